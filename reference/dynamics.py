@@ -1,0 +1,141 @@
+"""Token-by-token implicit dynamics for a fixed query (P1 §3, Prop. 3.1; App. B's factorised form).
+
+With ``W_0 = W`` and ``W_i = W_0 + ΔW_0(c_1..c_i)``, the block with ``i`` tokens of context equals the block
+with ``W_i`` on the query alone. Consecutive ``W_i`` follow online "gradient descent"
+``W_{i+1} = W_i − h ∇_W L_i(W_i)`` with ``h = 1/‖a‖²`` and the *linear* loss ``L_i(W) = tr(Δ_iᵀ W)``,
+``Δ_i = W_0 (a_i − a_{i+1}) aᵀ``. This is an exact rewriting of a telescoping sum, not a fitted optimiser
+(THEORY §4, §8.4): ``∇L_i`` does not depend on W and ``h`` is set by the query.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .blocks import check_context_query, head, sequence, taps
+from .config import BlockConfig
+from .update import Update, _check_norm, apply_update
+from .validation import check_params
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """Everything about the prefixes ``i = 0..n`` of a context for one fixed query, kept factored.
+
+    Shapes (n = context length, D = d_model, M = d_mlp):
+
+    - ``a`` (D,): the tap of the query alone; every ``ΔW_i`` has it as right factor.
+    - ``delta`` (n+1, D): ``a_i − a``, where ``a_i`` is the tap with the first i context tokens.
+    - ``u`` (n+1, M): ``W_0 delta_i``, so ``ΔW_i = u_i aᵀ/‖a‖²``; ``delta_b`` (n+1, D): ``r_i − r``.
+    - ``delta_W_norm`` (n+1,): ``‖ΔW_i‖_F = ‖u_i‖/‖a‖``.
+    - ``step_norm`` (n,): ``‖ΔW_{i+1} − ΔW_i‖ = ‖u_{i+1} − u_i‖/‖a‖`` (any matrix norm: the step is rank 1).
+    - ``relative_change`` (n,): ``step_norm_i / ‖ΔW_i‖``; ``nan`` where ``ΔW_i = 0`` (always at i = 0).
+    - ``h``: the step size ``1/‖a‖²``.
+    - ``grad_u`` (n, M): ``Δ_i = grad_u_i aᵀ`` is the gradient of ``L_i``, i.e. ``grad_u_i = u_i − u_{i+1}``.
+    - ``loss`` (n,): ``L_i(W_i) = tr(Δ_iᵀ W_i)``; ``grad_norm`` (n,): ``‖Δ_i‖_F``.
+    - ``pred_context`` (n+1, D): ``T_{W_0}(c_1..c_i, x)``; ``pred_update`` (n+1, D): ``T_{W_i}(x)``.
+    """
+
+    W0: np.ndarray
+    a: np.ndarray
+    delta: np.ndarray
+    u: np.ndarray
+    delta_b: np.ndarray
+    delta_W_norm: np.ndarray
+    step_norm: np.ndarray
+    relative_change: np.ndarray
+    h: float
+    grad_u: np.ndarray
+    loss: np.ndarray
+    grad_norm: np.ndarray
+    pred_context: np.ndarray
+    pred_update: np.ndarray
+
+    @property
+    def n(self) -> int:
+        """Context length (the number of steps)."""
+        return self.u.shape[0] - 1
+
+    def update(self, i: int) -> Update:
+        """The update that absorbs the first ``i`` context tokens."""
+        return Update(u=self.u[i], a=self.a, delta_b=self.delta_b[i])
+
+    def delta_W(self, i: int) -> np.ndarray:
+        """``ΔW_i`` as a matrix ``(M, D)``."""
+        return self.update(i).delta_W
+
+    def W(self, i: int) -> np.ndarray:
+        """``W_i = W_0 + ΔW_i`` as a matrix ``(M, D)``."""
+        return self.W0 + self.delta_W(i)
+
+    def gradient(self, i: int) -> np.ndarray:
+        """``Δ_i = ∇_W L_i`` as a matrix ``(M, D)`` (P1 Prop. 3.1); ``W_{i+1} = W_i − h Δ_i``."""
+        return np.outer(self.grad_u[i], self.a)
+
+    @property
+    def prediction_error(self) -> np.ndarray:
+        """``max |pred_context_i − pred_update_i|`` per prefix: round-off, by the theorem."""
+        return np.max(np.abs(self.pred_context - self.pred_update), axis=-1)
+
+
+def trajectory(params: dict, cfg: BlockConfig, context, query) -> Trajectory:
+    """The implicit dynamics over every prefix ``c_1..c_i`` (i = 0..n) of ``context`` for one ``query``.
+
+    The reference re-runs the block on each prefix (O(n²) time); backends compute the same in one scan.
+    """
+    check_params(params, cfg)
+    context, query = check_context_query(cfg, context, query)
+    n = context.shape[0]
+    W0 = np.asarray(params["mlp.W"], dtype=np.float64)
+    prefix_taps = [tuple(t[-1] for t in taps(params, cfg, sequence(context[:i], query))) for i in range(n + 1)]
+    a_i = np.stack([t[0] for t in prefix_taps])                          # (n+1, D)
+    r_i = np.stack([t[1] for t in prefix_taps])                          # (n+1, D)
+    a, r = a_i[0], r_i[0]                                                # the query alone
+    _check_norm(a, cfg, "the query")
+    a_norm = np.linalg.norm(a)
+    delta = a_i - a                                                      # (n+1, D)
+    u = delta @ W0.T                                                     # (n+1, M)
+    delta_b = r_i - r                                                    # (n+1, D)
+    delta_W_norm = np.linalg.norm(u, axis=1) / a_norm                    # (n+1,)
+    steps = np.diff(u, axis=0)                                           # (n, M)
+    step_norm = np.linalg.norm(steps, axis=1) / a_norm                   # (n,)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        relative_change = np.where(delta_W_norm[:-1] > 0, step_norm / delta_W_norm[:-1], np.nan)
+    grad_u = -steps                                                      # (n, M): Δ_i = grad_u_i aᵀ
+    W_i_a = a @ W0.T + u[:-1]                                            # (n, M): W_i a = W_0 a + u_i
+    loss = np.sum(grad_u * W_i_a, axis=1)                                # tr(Δ_iᵀ W_i) = grad_uᵀ W_i a
+    grad_norm = np.linalg.norm(grad_u, axis=1) * a_norm
+    pred_context = np.stack([head(params, cfg, ai, ri) for ai, ri in prefix_taps])  # (n+1, D)
+    pred_update = np.stack([
+        head(apply_update(params, Update(u[i], a, delta_b[i])), cfg, a, r) for i in range(n + 1)
+    ])                                                                   # (n+1, D): the query alone, W_i
+    return Trajectory(
+        W0=W0, a=a, delta=delta, u=u, delta_b=delta_b, delta_W_norm=delta_W_norm, step_norm=step_norm,
+        relative_change=relative_change, h=float(1.0 / (a_norm * a_norm)), grad_u=grad_u, loss=loss,
+        grad_norm=grad_norm, pred_context=pred_context, pred_update=pred_update,
+    )
+
+
+def factorised_update(params: dict, cfg: BlockConfig, context, query) -> dict:
+    """P1 App. B: remove the context tokens from the *front*, one at a time.
+
+    ``W_i = W_{i−1}(I + h_i A_i)`` with ``h_i = 1/‖a(c_{i+1}..c_n, x)‖²`` and
+    ``A_i = [a(c_i..c_n, x) − a(c_{i+1}..c_n, x)] a(c_{i+1}..c_n, x)ᵀ``; the bias telescopes to ``r_C − r_x``.
+    Returns new params whose ``mlp.W`` is ``W_0 ∏_{i=1}^{n}(I + h_i A_i)``. Its action on the query's tap
+    equals that of ``W_0 + ΔW(C)``, so ``T_{W_n}(x) = T_{W_0}(C, x)``; the matrices themselves differ in
+    general (``W_n`` is not the minimum-norm update).
+    """
+    check_params(params, cfg)
+    context, query = check_context_query(cfg, context, query)
+    n = context.shape[0]
+    suffix_taps = [tuple(t[-1] for t in taps(params, cfg, sequence(context[i:], query))) for i in range(n + 1)]
+    W = np.array(params["mlp.W"], dtype=np.float64)
+    for i in range(1, n + 1):                      # step i removes c_i from c_i..c_n
+        a_with, a_without = suffix_taps[i - 1][0], suffix_taps[i][0]
+        _check_norm(a_without, cfg, f"the suffix starting at context token {i}")
+        # W (I + h A) = W + h (W δ) sᵀ: a rank-1 correction, never forming I + hA.
+        W = W + np.outer(W @ (a_with - a_without), a_without) / (a_without @ a_without)
+    new = dict(params)
+    new["mlp.W"] = W
+    new["mlp.b_out"] = np.asarray(params["mlp.b_out"]) + (suffix_taps[0][1] - suffix_taps[n][1])
+    return new

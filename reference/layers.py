@@ -1,0 +1,62 @@
+"""The pieces of a transformer block as plain NumPy functions (float64, column-vector weights ``[out, in]``)."""
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import erf
+
+from .config import BlockConfig
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Numerically stable softmax: subtract the row maximum before exponentiating."""
+    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
+    return e / np.sum(e, axis=axis, keepdims=True)
+
+
+def relu(x: np.ndarray) -> np.ndarray:
+    return np.maximum(x, 0.0)
+
+
+def gelu(x: np.ndarray) -> np.ndarray:
+    """GELU in its exact erf form, ``x Φ(x)`` (PyTorch's default, not the tanh approximation)."""
+    return 0.5 * x * (1.0 + erf(x / np.sqrt(2.0)))
+
+
+ACTIVATION_FNS = {"relu": relu, "gelu": gelu}
+
+
+def layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
+    """LayerNorm over the last axis: ``g ⊙ (x − mean) / sqrt(var + eps) + b`` (population variance)."""
+    mean = np.mean(x, axis=-1, keepdims=True)
+    var = np.mean((x - mean) ** 2, axis=-1, keepdims=True)
+    return g * (x - mean) / np.sqrt(var + eps) + b
+
+
+def _bias(params: dict, key: str, size: int) -> np.ndarray:
+    return params[key] if key in params else np.zeros(size)
+
+
+def self_attention(params: dict, cfg: BlockConfig, X: np.ndarray) -> np.ndarray:
+    """Multi-head softmax self-attention at every position.
+
+    ``A(X)_i = W_o concat_h( Σ_{j} softmax_j(q_i·k_j / √d_head) v_j ) + b_o`` with ``j ≤ i`` when causal.
+    ``X`` is ``(T, d_model)``; a length-1 sequence gives ``A([x]) = W_o (W_v x + b_v) + b_o`` (THEORY §10.7).
+    """
+    T = X.shape[0]
+    H, dh = cfg.n_heads, cfg.head_dim
+    q = X @ params["attn.W_q"].T + _bias(params, "attn.b_q", cfg.d_attn)   # (T, H*dh)
+    k = X @ params["attn.W_k"].T + _bias(params, "attn.b_k", cfg.d_attn)   # (T, H*dh)
+    v = X @ params["attn.W_v"].T + _bias(params, "attn.b_v", cfg.d_attn)   # (T, H*dh)
+    q, k, v = (m.reshape(T, H, dh).transpose(1, 0, 2) for m in (q, k, v))  # (H, T, dh)
+    logits = q @ k.transpose(0, 2, 1) / np.sqrt(dh)                        # (H, T, T)
+    if cfg.causal:
+        logits = np.where(np.tril(np.ones((T, T), dtype=bool)), logits, -np.inf)
+    heads = softmax(logits, axis=-1) @ v                                   # (H, T, dh)
+    heads = heads.transpose(1, 0, 2).reshape(T, H * dh)                    # (T, H*dh)
+    return heads @ params["attn.W_o"].T + _bias(params, "attn.b_o", cfg.d_model)  # (T, d_model)
+
+
+def mlp(params: dict, cfg: BlockConfig, a: np.ndarray) -> np.ndarray:
+    """``MLP(a) = W_out σ(W a + b) + b_out``; ``W = params["mlp.W"]`` is the paper's first dense layer."""
+    pre = a @ params["mlp.W"].T + params["mlp.b"]          # (..., d_mlp)
+    return ACTIVATION_FNS[cfg.activation](pre) @ params["mlp.W_out"].T + params["mlp.b_out"]  # (..., d_model)

@@ -1,0 +1,136 @@
+"""The implicit weight update: P1 Thm 2.2 (any removed subset Y), P1 App. A and P2 (every position, every kind)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .blocks import check_context_query, sequence, taps
+from .config import BlockConfig
+from .validation import ZeroNormError, as_array, check_params, check_remove
+
+TAP_NAMES = {
+    "plain": "a = A(C\\Y, x), the attention output",
+    "p1-skip": "a = A(C\\Y, x), the attention output",
+    "residual": "a = x + A(C\\Y, x), the residual stream",
+    "pre-ln": "a = LN2(x + A(LN1 ·)), the normalised residual stream",
+    "post-ln": "a = LN1(x + A(C\\Y, x)), the normalised residual stream",
+}
+
+
+@dataclass(frozen=True)
+class Update:
+    """A rank-1 weight update kept factored: ``ΔW = u aᵀ / ‖a‖²`` (P1 Thm 2.2) and ``Δb_out = delta_b``.
+
+    ``u = W (a_C − a_x)`` has shape ``(..., d_mlp)``; ``a`` (the tap without context) and ``delta_b``
+    have shape ``(..., d_model)``. Leading dimensions index positions (``position_updates``) or prefixes.
+    """
+
+    u: np.ndarray
+    a: np.ndarray
+    delta_b: np.ndarray
+
+    @property
+    def a_norm_sq(self) -> np.ndarray:
+        """``‖a‖²``, the denominator of the update."""
+        return np.sum(self.a * self.a, axis=-1)
+
+    @property
+    def h(self) -> np.ndarray:
+        """Step size ``h = 1/‖a‖²`` (P1 Prop. 3.1)."""
+        return 1.0 / self.a_norm_sq
+
+    @property
+    def delta_W(self) -> np.ndarray:
+        """The rank-1 matrix ``u aᵀ / ‖a‖²``, shape ``(..., d_mlp, d_model)``. Formed on request only."""
+        return self.u[..., :, None] * self.a[..., None, :] / self.a_norm_sq[..., None, None]
+
+    @property
+    def norm(self) -> np.ndarray:
+        """``‖ΔW‖_F = ‖ΔW‖_2 = ‖u‖/‖a‖`` (THEORY §10.4): equal because the matrix has rank 1."""
+        return np.linalg.norm(self.u, axis=-1) / np.sqrt(self.a_norm_sq)
+
+    def __len__(self) -> int:
+        if self.u.ndim < 2:
+            raise TypeError("a single Update has no length")
+        return self.u.shape[0]
+
+    def __getitem__(self, i) -> "Update":
+        if self.u.ndim < 2:
+            raise TypeError("a single Update cannot be indexed")
+        return Update(self.u[i], self.a[i], self.delta_b[i])
+
+
+def _check_norm(a: np.ndarray, cfg: BlockConfig, where: str) -> None:
+    nsq = np.sum(a * a, axis=-1)
+    bad = ~(np.isfinite(nsq) & (nsq > 0))
+    if np.any(bad):
+        first = int(np.flatnonzero(np.atleast_1d(bad))[0])
+        at = f"{where} {first}" if np.ndim(nsq) else where
+        raise ZeroNormError(
+            f"‖a‖² = {np.atleast_1d(nsq)[first]!r} for {at}: the tap {TAP_NAMES[cfg.kind]} is zero or non-finite, "
+            "so ΔW = u aᵀ/‖a‖² is undefined (P1 Thm 2.2 assumes a ≠ 0). The query may lie in the null space "
+            "of the attention's value/output maps."
+        )
+
+
+def implicit_update(params: dict, cfg: BlockConfig, context, query, remove=None) -> Update:
+    """The update that removes the tokens ``Y = context[remove]`` (default: all of C) at the query.
+
+    P1 Thm 2.2: ``T_W(C, x) = T_{W+ΔW(Y)}(C\\Y, x)`` with ``ΔW(Y) = W ΔA(Y) A(C\\Y,x)ᵀ / ‖A(C\\Y,x)‖²``,
+    generalised to every block kind through its taps (P1 App. A, P2 Thm 1): ``u = W(a_C − a_x)``,
+    ``a = a_x`` and ``Δb_out = r_C − r_x``.
+    """
+    check_params(params, cfg)
+    context, query = check_context_query(cfg, context, query)
+    removed = check_remove(remove, context.shape[0])
+    kept = np.delete(context, removed, axis=0)                      # (n − |Y|, d_model), order kept
+    a_C, r_C = (t[-1] for t in taps(params, cfg, sequence(context, query)))
+    a_x, r_x = (t[-1] for t in taps(params, cfg, sequence(kept, query)))
+    _check_norm(a_x, cfg, "the query")
+    u = params["mlp.W"] @ (a_C - a_x)                               # (d_mlp,)
+    return Update(u=u, a=a_x, delta_b=r_C - r_x)
+
+
+def apply_update(params: dict, update: Update) -> dict:
+    """New params with ``mlp.W += ΔW`` and ``mlp.b_out += Δb`` (the input dict is not modified)."""
+    if not isinstance(update, Update):
+        raise ValueError(f"update must be an Update, got {type(update).__name__}")
+    W = np.asarray(params["mlp.W"])
+    if update.u.shape != (W.shape[0],) or update.a.shape != (W.shape[1],) or update.delta_b.shape != (W.shape[1],):
+        raise ValueError(
+            f"update must be a single Update with u ({W.shape[0]},), a and delta_b ({W.shape[1]},); "
+            f"got u {update.u.shape}, a {update.a.shape}, delta_b {update.delta_b.shape} (index a batch first)"
+        )
+    new = dict(params)
+    new["mlp.W"] = W + update.delta_W
+    new["mlp.b_out"] = np.asarray(params["mlp.b_out"]) + update.delta_b
+    return new
+
+
+def position_updates(params: dict, cfg: BlockConfig, Z, query: str = "own") -> Update:
+    """One update per position of ``Z`` (P2 Thm 1), stacked: ``u`` is ``(T, d_mlp)``, ``a`` and ``delta_b`` ``(T, d)``.
+
+    ``query="own"``: position i's update maps the token ``Z_i`` run *alone* onto ``block(Z)_i``.
+    ``query="last"`` (P2's convention): it maps the last token ``x = Z_T`` run alone onto ``block(Z)_i``,
+    so it also absorbs the swap ``Z_i → x`` (``Δz_i = Z_i − x`` enters the bias update).
+    """
+    if query not in ("own", "last"):
+        raise ValueError(f"query must be 'own' or 'last', got {query!r}")
+    check_params(params, cfg)
+    Z = as_array(Z, "Z", (None, cfg.d_model))
+    if Z.shape[0] == 0:
+        raise ValueError("Z must hold at least one token, got shape (0, d_model)")
+    a, r = taps(params, cfg, Z)                                                     # (T, d) each
+    if query == "own":
+        alone = [taps(params, cfg, Z[i : i + 1]) for i in range(Z.shape[0])]       # T length-1 runs
+        a_x = np.concatenate([t[0] for t in alone])                                 # (T, d)
+        r_x = np.concatenate([t[1] for t in alone])                                 # (T, d)
+        _check_norm(a_x, cfg, "position")
+    else:
+        a_last, r_last = taps(params, cfg, Z[-1:])                                  # (1, d) each
+        _check_norm(a_last[0], cfg, "the last token")
+        a_x = np.repeat(a_last, Z.shape[0], axis=0)                                 # (T, d)
+        r_x = np.repeat(r_last, Z.shape[0], axis=0)
+    u = (a - a_x) @ params["mlp.W"].T                                               # (T, d_mlp)
+    return Update(u=u, a=a_x, delta_b=r - r_x)
