@@ -1,0 +1,101 @@
+"""Checkpoints without pickle: an ``.npz`` of the params dict plus a JSON metadata record.
+
+Layout: every params key is an array of the archive; ``__meta__`` is the UTF-8 bytes of a JSON object holding
+``format`` (``"implicit-icl-checkpoint"``), ``format_version``, ``config`` (``BlockConfig.to_dict()``),
+``n_blocks`` (0 for a single block whose keys are ``attn.W_q`` …; L for a stack keyed ``blocks.<l>.…``),
+``code_version`` and any extra fields (seed, step, metrics). Files are written atomically.
+Loading never unpickles (``allow_pickle=False``) and every problem names the file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from implicit_icl import __version__
+from implicit_icl.reference.config import BlockConfig
+from implicit_icl.reference.model import split_stack
+from implicit_icl.reference.validation import check_params
+
+FORMAT = "implicit-icl-checkpoint"
+FORMAT_VERSION = 1
+DATA_DIR = Path(__file__).resolve().parent / "data"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, corrupt, or not one of ours; the message names the file."""
+
+
+def default_checkpoint_path() -> Path:
+    """The bundled ``p1`` model (trained by ``implicit-icl train --preset p1``)."""
+    return DATA_DIR / "p1.npz"
+
+
+def atomic_write_bytes(path: str | os.PathLike, write) -> None:
+    """Call ``write(fileobj)`` on a temporary file beside ``path`` and rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(path, params: dict, cfg: BlockConfig, **meta) -> Path:
+    """Write ``params`` (a block dict or a stack keyed ``blocks.<l>.…``) and ``cfg`` plus ``meta`` to ``path``."""
+    arrays = {k: np.asarray(v) for k, v in params.items()}
+    if any(k.startswith("__") for k in arrays):
+        raise ValueError("params keys must not start with '__'")
+    n_blocks = len(split_stack(arrays)) if any(k.startswith("blocks.") for k in arrays) else 0
+    record = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": cfg.to_dict(),
+              "n_blocks": n_blocks, "code_version": __version__, **meta}
+    arrays["__meta__"] = np.frombuffer(json.dumps(record, sort_keys=True).encode("utf-8"), dtype=np.uint8)
+    atomic_write_bytes(path, lambda f: np.savez(f, **arrays))
+    return Path(path)
+
+
+def load_checkpoint(path) -> tuple[dict, BlockConfig, dict]:
+    """``(params, cfg, meta)`` from ``path``; raises ``CheckpointError`` naming the file on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {k: archive[k] for k in archive.files}
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise CheckpointError(f"checkpoint {path}: not a readable .npz archive ({exc})") from None
+    if "__meta__" not in arrays:
+        raise CheckpointError(f"checkpoint {path}: no __meta__ record, so it is not an implicit-icl checkpoint")
+    try:
+        meta = json.loads(arrays.pop("__meta__").tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"checkpoint {path}: its __meta__ record is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path}: format is {meta.get('format') if isinstance(meta, dict) else meta!r}, "
+                              f"expected {FORMAT!r}")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path}: format_version {meta.get('format_version')!r} is not supported "
+                              f"(this code reads {FORMAT_VERSION})")
+    try:
+        cfg = BlockConfig.from_dict(meta["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path}: bad config record ({exc})") from None
+    params = {k: v.astype(np.float64) for k, v in arrays.items()}
+    try:
+        blocks = split_stack(params) if meta.get("n_blocks") else [params]
+        for p in blocks:
+            check_params(p, cfg)
+    except ValueError as exc:
+        raise CheckpointError(f"checkpoint {path}: params do not match its config ({exc})") from None
+    return params, cfg, meta

@@ -1,0 +1,56 @@
+"""The one command-line entry point: ``implicit-icl <command> …``.
+
+Each command lives in its own module that exposes ``HELP`` (one line), ``DESCRIPTION`` (the ``--help`` text),
+``add_arguments(parser)`` and ``run(args) -> int``. Command modules import heavy dependencies (torch, textual,
+matplotlib) inside ``run`` only, so ``implicit-icl --help`` stays fast and works without the extras.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from implicit_icl import __version__
+
+# command name -> module; the order is the order of `implicit-icl --help`.
+COMMANDS = {
+    "verify": "implicit_icl.verify",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="implicit-icl",
+        description=(
+            "In-context learning as an exact rank-1 weight update. A self-attention layer followed by an MLP "
+            "turns its context C into ΔW = (W ΔA) A(x)ᵀ/‖A(x)‖² on the MLP's first matrix, so that "
+            "T_W(C, x) = T_{W+ΔW}(x) (Dherin et al. 2025; Innocenti & Achour 2025)."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"implicit-icl {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=module.HELP, description=getattr(module, "DESCRIPTION", module.HELP),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
