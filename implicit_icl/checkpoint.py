@@ -70,6 +70,8 @@ def load_checkpoint(path) -> tuple[dict, BlockConfig, dict]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path}: no such file")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"checkpoint {path}: not an .npz archive (the file has no zip header; corrupt or foreign)")
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {k: archive[k] for k in archive.files}
