@@ -131,8 +131,6 @@ def preactivations_equal(s: Scenario):
 
 def attention_of_one_token(s: Scenario):
     """[THEORY §10.7] Softmax attention on [x] is W_O (W_V x + b_V) + b_O (weight exactly 1)."""
-    from implicit_icl.reference import layer_norm
-
     p, x = s.params, s.query
     if s.cfg.kind == "pre-ln":
         x = layer_norm(x, p["ln1.g"], p["ln1.b"], s.cfg.ln_eps)

@@ -1,0 +1,317 @@
+"""Grading machinery for the course exercises in ``exercises/`` (graded by pytest or by ``implicit-icl exercises``).
+
+An exercise is a folder ``exercises/NN_name/`` holding
+
+- ``exercise.py``: the student's file (a stub of functions that ``raise NotImplementedError`` until solved),
+- ``solution.py``: a reference solution, ``mistake.py``: a solution with one deliberate, common mistake,
+- ``test_grade_NN.py``: the grader, plain functions ``test_*(student)`` that compare the student's functions
+  with the NumPy reference ``implicit_icl.reference`` (the oracle), shape checks first and values after.
+
+Which file is graded: ``exercise.py`` by default; ``solution`` or ``mistake`` or any path through the pytest options
+``--solution`` / ``--mistake`` / ``--file PATH``, the environment variable ``IMPLICIT_ICL_EXERCISE`` (``solution``,
+``mistake`` or a path), or the CLI's ``implicit-icl exercises check N [--solution] [--file PATH]``.
+
+The graders need neither pytest nor torch: ``run_checks`` is a tiny runner that calls every ``test_*`` function
+of a grader with the student's module, so a student with only ``pip install -e .`` can be graded. Under pytest
+the same functions run through ``exercises/conftest.py``.
+
+Failures raise ``GradingFailure`` (an ``AssertionError``) whose message teaches: which check, expected vs got,
+where the largest difference is, and a hint.
+"""
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import itertools
+import os
+import re
+import sys
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ENV_TARGET = "IMPLICIT_ICL_EXERCISE"
+STUDENT_FILE = "exercise.py"
+TARGET_FILES = {"exercise": "exercise.py", "stub": "exercise.py", "solution": "solution.py", "mistake": "mistake.py"}
+GRADER_GLOB = "test_grade_*.py"
+
+# Default tolerances for value checks. Every solution computes in float64 with a handful of operations, so a
+# correct answer differs from the reference by ~1e-15 relative; any conceptual mistake changes values by O(1e-2)
+# or more. rtol = 1e-7 leaves room for a different (correct) order of operations and still catches every mistake.
+RTOL = 1e-7
+ATOL = 1e-10
+
+NOTES: list[str] = []
+_counter = itertools.count()
+
+
+class GradingFailure(AssertionError):
+    """A failed check, with a message written for the student.
+
+    ``check`` names what was checked; ``expected``/``got`` are shown side by side; ``hint`` says what to look at.
+    """
+
+    def __init__(self, check: str, *, expected=None, got=None, hint: str | None = None, detail: str | None = None):
+        self.check, self.expected, self.got, self.hint, self.detail = check, expected, got, hint, detail
+        lines = [f"check:    {check}"]
+        if expected is not None:
+            lines.append(f"expected: {_indent(expected)}")
+        if got is not None:
+            lines.append(f"got:      {_indent(got)}")
+        if detail:
+            lines.append(f"detail:   {_indent(detail)}")
+        if hint:
+            lines.append(f"hint:     {_indent(hint)}")
+        super().__init__("\n".join(lines))
+
+
+def _indent(value) -> str:
+    text = value if isinstance(value, str) else fmt(value)
+    return text.replace("\n", "\n          ")
+
+
+def fmt(x) -> str:
+    """A short readable rendering of a number or an array (large arrays are summarised)."""
+    if isinstance(x, str):
+        return x
+    arr = np.asarray(x) if not _is_tensor(x) else np.asarray(x.detach().cpu())
+    if arr.dtype == object:
+        return repr(x)
+    if arr.ndim == 0:
+        return np.array2string(arr, precision=6)
+    body = np.array2string(arr, precision=4, threshold=12, edgeitems=2, suppress_small=False, max_line_width=100)
+    return f"array of shape {arr.shape}: {body}"
+
+
+def note(message: str) -> None:
+    """Record a message to show the student even when every check passes (printed by both runners)."""
+    NOTES.append(message)
+
+
+def _is_tensor(x) -> bool:
+    return type(x).__module__.startswith("torch")
+
+
+# ----------------------------------------------------------------------------------------------- calling the student
+
+
+def call(student, name: str, *args, **kwargs):
+    """Call ``student.name(*args, **kwargs)``, turning a missing function, an unsolved stub or a crash into feedback."""
+    func = getattr(student, name, None)
+    where = getattr(student, "__file__", "your file")
+    if func is None or not callable(func):
+        raise GradingFailure(f"your file defines a function `{name}`", expected=f"def {name}(...)",
+                             got="no such function", hint=f"keep the function names of the stub ({where})")
+    try:
+        return func(*args, **kwargs)
+    except NotImplementedError:
+        raise GradingFailure(
+            f"`{name}` is implemented", got="it still raises NotImplementedError",
+            hint=f"open {where}, read the docstring of `{name}` and replace the `raise NotImplementedError` "
+                 "with your code",
+        ) from None
+    except GradingFailure:
+        raise
+    except Exception as exc:  # a crash in the student's code: show where
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == where]
+        at = f" (line {frames[-1].lineno}: {frames[-1].line})" if frames else ""
+        raise GradingFailure(
+            f"`{name}` runs without error", got=f"{type(exc).__name__}: {exc}{at}",
+            hint="check the shapes in the docstring; print them while you debug (`print(x.shape)`)",
+        ) from exc
+
+
+def as_numpy(x, what: str) -> np.ndarray:
+    """The student's result as a float64 array, or a clear failure if it is not array-like."""
+    if _is_tensor(x):
+        x = x.detach().cpu().numpy()
+    try:
+        arr = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise GradingFailure(f"{what} is an array of numbers", got=f"{type(x).__name__}: {x!r}"[:300],
+                             hint="return a NumPy array (np.ndarray)") from None
+    return arr
+
+
+def check_shape(what: str, got, expected_shape: tuple, hint: str | None = None) -> np.ndarray:
+    """Shape check (done before any value check); returns the result as a float64 array."""
+    arr = as_numpy(got, what)
+    if arr.shape != tuple(expected_shape):
+        raise GradingFailure(f"shape of {what}", expected=str(tuple(expected_shape)), got=str(arr.shape),
+                             hint=hint or "the docstring of the stub gives every shape")
+    return arr
+
+
+def check_finite(what: str, got, hint: str | None = None) -> np.ndarray:
+    arr = as_numpy(got, what)
+    if not np.all(np.isfinite(arr)):
+        bad = np.argwhere(~np.isfinite(arr))
+        raise GradingFailure(f"{what} is finite (no nan or inf)", expected="finite values", got=arr,
+                             detail=f"{len(bad)} non-finite entries, first at index {tuple(bad[0])}", hint=hint)
+    return arr
+
+
+def check_close(what: str, got, expected, *, rtol: float = RTOL, atol: float = ATOL, hint: str | None = None):
+    """Value check against the reference: ``|got − expected| ≤ atol + rtol·|expected|`` entrywise."""
+    expected = np.asarray(expected, dtype=np.float64)
+    arr = check_shape(what, got, expected.shape, hint=hint)
+    arr = check_finite(what, arr, hint=hint)
+    err = np.abs(arr - expected)
+    bound = atol + rtol * np.abs(expected)
+    if np.all(err <= bound):
+        return arr
+    worst = np.unravel_index(np.argmax(err - bound), err.shape) if err.ndim else ()
+    detail = (f"largest difference {err[worst]:.3g} at index {tuple(int(i) for i in worst)}: "
+              f"expected {expected[worst]:.6g}, got {arr[worst]:.6g} (tolerance {bound[worst]:.2g})")
+    raise GradingFailure(what, expected=expected, got=arr, detail=detail, hint=hint)
+
+
+def check_true(condition: bool, what: str, *, expected=None, got=None, hint: str | None = None) -> None:
+    if not condition:
+        raise GradingFailure(what, expected=expected, got=got, hint=hint)
+
+
+# ------------------------------------------------------------------------------------------- choosing the target
+
+
+def exercises_root() -> Path:
+    """The ``exercises/`` folder: ``$IMPLICIT_ICL_EXERCISES``, else ``./exercises``, else the repository's."""
+    env = os.environ.get("IMPLICIT_ICL_EXERCISES")
+    if env:
+        return Path(env)
+    here = Path.cwd() / "exercises"
+    if here.is_dir() and any(here.glob("[0-9][0-9]_*")):
+        return here
+    return Path(__file__).resolve().parents[1] / "exercises"
+
+
+def find_exercises(root: str | os.PathLike | None = None) -> dict[int, Path]:
+    """``{N: folder}`` for every ``NN_name`` folder of ``root`` that has a grader."""
+    root = Path(root) if root is not None else exercises_root()
+    if not root.is_dir():
+        raise FileNotFoundError(f"exercises folder {root} does not exist (pass --dir or set IMPLICIT_ICL_EXERCISES)")
+    out = {}
+    for d in sorted(root.iterdir()):
+        m = re.fullmatch(r"(\d\d)_\w+", d.name)
+        if m and d.is_dir() and any(d.glob(GRADER_GLOB)):
+            out[int(m.group(1))] = d
+    return out
+
+
+def grader_path(exercise_dir: Path) -> Path:
+    graders = sorted(Path(exercise_dir).glob(GRADER_GLOB))
+    if len(graders) != 1:
+        raise FileNotFoundError(f"{exercise_dir} must hold exactly one {GRADER_GLOB}, found {len(graders)}")
+    return graders[0]
+
+
+def resolve_target(exercise_dir: Path, choice: str | os.PathLike | None = None) -> Path:
+    """The file to grade: ``choice`` is ``None``/``"exercise"`` (the student's file), ``"solution"``, ``"mistake"``
+    or a path; ``None`` falls back to ``$IMPLICIT_ICL_EXERCISE``."""
+    if choice is None:
+        choice = os.environ.get(ENV_TARGET) or "exercise"
+    choice = str(choice)
+    path = Path(exercise_dir) / TARGET_FILES[choice] if choice in TARGET_FILES else Path(choice)
+    if not path.is_file():
+        raise FileNotFoundError(f"the file to grade, {path}, does not exist "
+                                f"(choose 'exercise', 'solution', 'mistake' or an existing path)")
+    return path
+
+
+def load_implementation(path: str | os.PathLike):
+    """Import the file at ``path`` as a fresh module (never cached, so edits are seen); failures are feedback."""
+    path = Path(path).resolve()
+    name = f"_implicit_icl_graded_{next(_counter)}_{re.sub(r'\W', '_', path.stem)}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        raise GradingFailure(f"your file {path} can be imported", got=f"{type(exc).__name__}: {exc}",
+                             hint="run `python " + str(path) + "` to see the full error") from exc
+    return module
+
+
+def load_grader(path: str | os.PathLike):
+    path = Path(path).resolve()
+    name = f"_implicit_icl_grader_{next(_counter)}_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ----------------------------------------------------------------------------------------------- the tiny runner
+
+
+@dataclass
+class CheckResult:
+    name: str
+    description: str
+    passed: bool
+    message: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def checks_of(grader) -> list[tuple[str, object]]:
+    """The ``test_*`` functions of a grader module, in the order they are defined (shape checks come first)."""
+    return [(n, f) for n, f in vars(grader).items() if n.startswith("test_") and inspect.isfunction(f)]
+
+
+def describe(func) -> str:
+    doc = inspect.getdoc(func)
+    return doc.splitlines()[0] if doc else func.__name__
+
+
+def run_checks(exercise_dir: str | os.PathLike, target: str | os.PathLike | None = None) -> list[CheckResult]:
+    """Run every check of ``exercise_dir``'s grader on ``target`` (see ``resolve_target``) without pytest."""
+    exercise_dir = Path(exercise_dir)
+    grader = load_grader(grader_path(exercise_dir))
+    path = resolve_target(exercise_dir, target)
+    results = []
+    try:
+        student = load_implementation(path)
+        import_error = None
+    except GradingFailure as exc:
+        student, import_error = None, exc
+    for name, func in checks_of(grader):
+        del NOTES[:]
+        params = list(inspect.signature(func).parameters)
+        if params not in ([], ["student"]):
+            raise TypeError(f"grader check {name} must take no argument or `student`, takes {params}")
+        try:
+            if import_error is not None:
+                raise import_error
+            func(*([student] if params else []))
+        except AssertionError as exc:
+            results.append(CheckResult(name, describe(func), False, str(exc), list(NOTES)))
+        except Exception as exc:  # a grader bug or an unexpected error: report it, never hide it
+            results.append(CheckResult(name, describe(func), False,
+                                       "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+                                       list(NOTES)))
+        else:
+            results.append(CheckResult(name, describe(func), True, "", list(NOTES)))
+    del NOTES[:]
+    return results
+
+
+def report(results: list[CheckResult], title: str, path: Path, stream=None) -> str:
+    """A readable report of ``run_checks``'s results."""
+    lines = [title, f"grading {path}", ""]
+    for r in results:
+        lines.append(f"  {'PASS' if r.passed else 'FAIL'}  {r.description}  [{r.name}]")
+        if not r.passed:
+            lines.extend("        " + ln for ln in r.message.splitlines())
+        lines.extend("        note: " + n.replace("\n", "\n              ") for n in r.notes)
+    n_pass = sum(r.passed for r in results)
+    lines.append("")
+    if n_pass == len(results):
+        lines.append(f"All {len(results)} checks passed. Well done: now read 'What to observe' in the README.")
+    else:
+        first = next(r for r in results if not r.passed)
+        lines.append(f"{n_pass}/{len(results)} checks passed. Start with the first failure: {first.description}.")
+    text = "\n".join(lines)
+    print(text, file=stream or sys.stdout)
+    return text

@@ -1,0 +1,91 @@
+"""The building blocks: softmax, LayerNorm, GELU, attention masks, and torch_ops against the reference."""
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from implicit_icl.reference import KINDS, BlockConfig, attention, block, gelu, init_block, layer_norm, softmax, taps
+
+
+def test_softmax_is_stable_for_huge_logits():
+    x = np.array([1e4, 1e4 - 1.0, -1e4])
+    p = softmax(x)
+    assert np.all(np.isfinite(p))
+    np.testing.assert_allclose(p[:2], [1 / (1 + math.e ** -1), math.e ** -1 / (1 + math.e ** -1)], rtol=1e-14)
+
+
+def test_gelu_is_the_exact_erf_form():
+    xs = np.linspace(-5, 5, 41)
+    want = [0.5 * x * (1 + math.erf(x / math.sqrt(2))) for x in xs]
+    np.testing.assert_allclose(gelu(xs), want, rtol=1e-14, atol=1e-300)
+
+
+def test_layer_norm_normalises():
+    x = np.random.default_rng(0).standard_normal((3, 7)) * 5 + 2
+    y = layer_norm(x, np.ones(7), np.zeros(7), 0.0)
+    np.testing.assert_allclose(y.mean(-1), 0, atol=1e-14)
+    np.testing.assert_allclose(y.var(-1), 1, rtol=1e-13)
+
+
+@given(seed=st.integers(0, 1000), t=st.integers(1, 12), kind=st.sampled_from(KINDS))
+def test_causal_attention_ignores_future_tokens(seed, t, kind):
+    cfg = BlockConfig(d_model=6, d_mlp=8, n_heads=3, kind=kind, causal=True, attn_bias=True)
+    p = init_block(cfg, seed, bias_std=0.1, ln_std=0.1)
+    rng = np.random.default_rng(seed)
+    Z = rng.standard_normal((t + 3, 6))
+    Z2 = Z.copy()
+    Z2[t:] = rng.standard_normal((3, 6))
+    np.testing.assert_array_equal(block(p, cfg, Z)[:t], block(p, cfg, Z2)[:t])
+
+
+def test_bidirectional_attention_is_permutation_equivariant():
+    cfg = BlockConfig(d_model=6, d_mlp=8, n_heads=2, kind="post-ln", causal=False, attn_bias=True)
+    p = init_block(cfg, 0, bias_std=0.1, ln_std=0.1)
+    Z = np.random.default_rng(0).standard_normal((9, 6))
+    perm = np.random.default_rng(1).permutation(9)
+    np.testing.assert_allclose(attention(p, cfg, Z)[perm], attention(p, cfg, Z[perm]), atol=1e-14)
+
+
+def test_heads_with_explicit_width():
+    """d_head decouples the head width from d_model (P1's replication: 8 heads × 4 on 3-dim tokens)."""
+    cfg = BlockConfig(d_model=3, d_mlp=16, n_heads=8, d_head=4)
+    p = init_block(cfg, 0)
+    assert p["attn.W_q"].shape == (32, 3) and p["attn.W_o"].shape == (3, 32)
+    assert block(p, cfg, np.ones((4, 3))).shape == (4, 3)
+
+
+def test_taps_of_each_kind():
+    """(a, r) for each kind as in DESIGN.md's table, from independent arithmetic."""
+    Z = np.random.default_rng(0).standard_normal((5, 4))
+    for kind in KINDS:
+        cfg = BlockConfig(d_model=4, d_mlp=8, n_heads=2, kind=kind)
+        p = init_block(cfg, 1, bias_std=0.1, ln_std=0.1)
+        a, r = taps(p, cfg, Z)
+        A = attention(p, cfg, Z)
+        ln = lambda v, i: layer_norm(v, p[f"ln{i}.g"], p[f"ln{i}.b"], cfg.ln_eps)
+        want = {"plain": (A, 0 * A), "p1-skip": (A, Z + A), "residual": (Z + A, Z + A),
+                "pre-ln": (ln(Z + A, 2) if kind == "pre-ln" else None, Z + A),
+                "post-ln": (ln(Z + A, 1) if kind == "post-ln" else None, ln(Z + A, 1) if kind == "post-ln" else None)}
+        np.testing.assert_allclose(a, want[kind][0], atol=1e-15)
+        np.testing.assert_allclose(r, want[kind][1], atol=1e-15)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("causal", [True, False])
+def test_torch_ops_match_reference_float64(kind, causal):
+    """llm.c habit: the torch building blocks against the oracle, tensor by tensor (float64, 1e-13 absolute)."""
+    torch = pytest.importorskip("torch", reason="torch extra not installed")
+    from implicit_icl.backends import torch_ops
+
+    cfg = BlockConfig(d_model=6, d_mlp=20, n_heads=3, kind=kind, activation="gelu", causal=causal, attn_bias=True)
+    p = init_block(cfg, 0, bias_std=0.1, ln_std=0.1)
+    Z = np.random.default_rng(1).standard_normal((2, 9, 6))
+    tp = {k: torch.tensor(v) for k, v in p.items()}
+    tZ = torch.tensor(Z)
+    for i in range(2):   # batched over a leading dimension
+        np.testing.assert_allclose(torch_ops.attention(tp, cfg, tZ)[i].numpy(), attention(p, cfg, Z[i]), atol=1e-13)
+        for got, want in zip(torch_ops.taps(tp, cfg, tZ), taps(p, cfg, Z[i])):
+            np.testing.assert_allclose(got[i].numpy(), want, atol=1e-13)
+        np.testing.assert_allclose(torch_ops.block(tp, cfg, tZ)[i].numpy(), block(p, cfg, Z[i]), atol=1e-13)

@@ -1,0 +1,276 @@
+"""What the walkthrough shows, prepared once outside the UI (no Textual import here).
+
+``WalkthroughData`` holds the prompt (token labels and values), the library's ``Trajectory`` for a fixed query
+(P1 §3, Prop. 3.1) and, optionally, the ``Trajectory`` of an untrained block of the same config on the same prompt
+(THEORY §8.5: the decay of ``‖ΔW_{i+1} − ΔW_i‖`` is generic, so the honest picture shows both). Every number the
+app displays is read from these trajectories; the app itself computes nothing.
+
+Builders:
+
+- ``regression_data``: a block (trained checkpoint or random) on one in-context regression prompt (P1 §4).
+- ``default_data``: the bundled trained checkpoint if it exists, else a seeded random ``plain`` block.
+- ``text_data``: a real pretrained model through ``implicit_icl.models.minilm.text_trajectory`` (a hook; the
+  loader lives elsewhere).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from implicit_icl.reference import BlockConfig, Trajectory, init_block, trajectory
+from implicit_icl.reference.tasks import regression_prompts
+
+#: The random block used when no trained checkpoint is bundled: P1's shape (THEORY §5: d = 2, so d_model = 3;
+#: MLP width 128; 8 heads of width 4; no skip around the MLP, no LayerNorm, causal, ReLU).
+RANDOM_CONFIG = BlockConfig(d_model=3, d_mlp=128, n_heads=8, d_head=4, kind="plain", activation="relu")
+DEFAULT_TOKENS = 50
+MAX_TOKENS = 2000
+
+
+class WalkthroughError(ValueError):
+    """A problem with what the user asked the walkthrough to show; the message says what was expected."""
+
+
+@dataclass(frozen=True)
+class WalkthroughData:
+    """A prepared walkthrough: prompt, trajectory, optional baseline trajectory, and labels.
+
+    token_labels:  n short strings, one chip per context token (``c_1..c_n``).
+    token_values:  n longer strings describing each token (its value).
+    query_value:   the fixed query ``x``, described.
+    trajectory:    ``reference.trajectory(params, cfg, context, query)`` of the model shown.
+    baseline:      the same for an untrained block of the same config (or ``None``).
+    readout:       index of the output coordinate that is the prediction (P1 §4: the last), or ``None`` when the
+                   model has no scalar readout (then only ``max |T_ctx − T_ΔW|`` is shown).
+    target:        the true value of the prediction (``⟨w, x_q⟩`` for regression), or ``None``.
+    """
+
+    title: str
+    source: str
+    token_labels: tuple[str, ...]
+    token_values: tuple[str, ...]
+    query_value: str
+    trajectory: Trajectory
+    baseline: Trajectory | None = None
+    baseline_label: str = "untrained block"
+    model_label: str = "model"
+    readout: int | None = None
+    target: float | None = None
+    target_label: str = "true target"
+    notes: tuple[str, ...] = field(default=())
+
+    def __post_init__(self):
+        n = self.trajectory.n
+        if len(self.token_labels) != n or len(self.token_values) != n:
+            raise WalkthroughError(
+                f"token_labels and token_values must hold one entry per context token ({n}); "
+                f"got {len(self.token_labels)} and {len(self.token_values)}")
+        if self.baseline is not None and self.baseline.n != n:
+            raise WalkthroughError(f"baseline must have the same context length ({n}), got {self.baseline.n}")
+
+    @property
+    def n(self) -> int:
+        """Context length: steps run over i = 0..n."""
+        return self.trajectory.n
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(d_mlp, d_model)``: the shape of ``W`` and of every ``ΔW_i``."""
+        return self.trajectory.W0.shape
+
+    # --- the matrices shown (formed from the library's factors on request) -------------------------------------
+
+    def delta_W(self, i: int) -> np.ndarray:
+        """``ΔW_i = u_i aᵀ/‖a‖²`` (P1 Thm 2.2 for the prefix ``c_1..c_i``), ``(d_mlp, d_model)``."""
+        return self.trajectory.delta_W(i)
+
+    def step(self, i: int) -> np.ndarray:
+        """``ΔW_i − ΔW_{i−1} = W_i − W_{i−1} = −h ∇L_{i−1}`` (P1 Prop. 3.1), for ``1 ≤ i ≤ n``."""
+        if not 1 <= i <= self.n:
+            raise IndexError(f"the step ΔW_i − ΔW_(i−1) needs 1 <= i <= {self.n}, got {i}")
+        return -self.trajectory.h * self.trajectory.gradient(i - 1)
+
+    @property
+    def delta_W_scale(self) -> float:
+        """``max_i max_{k,j} |ΔW_i[k, j]|`` from the factors: ``max|u_i| · max|a| / ‖a‖²``."""
+        t = self.trajectory
+        return float(np.max(np.abs(t.u)) * np.max(np.abs(t.a)) * t.h)
+
+    @property
+    def step_scale(self) -> float:
+        """``max_i max_{k,j} |ΔW_i − ΔW_{i−1}|`` from the factors: ``h · max|∇_u L_i| · max|a|``."""
+        t = self.trajectory
+        if t.n == 0:
+            return 0.0
+        return float(np.max(np.abs(t.grad_u)) * np.max(np.abs(t.a)) * t.h)
+
+    @property
+    def u_scale(self) -> float:
+        """``max_i max_k |u_i[k]|``: the common scale of the left factors."""
+        return float(np.max(np.abs(self.trajectory.u)))
+
+    # --- the check (P1 §4 / THEORY §10.13) ---------------------------------------------------------------------
+
+    def prediction_context(self, i: int) -> float | None:
+        """The prediction with ``i`` tokens of context, ``T_W(c_1..c_i, x)`` at the readout."""
+        return None if self.readout is None else float(self.trajectory.pred_context[i][self.readout])
+
+    def prediction_update(self, i: int) -> float | None:
+        """The prediction of the query alone with ``W + ΔW_i``, ``T_{W+ΔW_i}(x)`` at the readout."""
+        return None if self.readout is None else float(self.trajectory.pred_update[i][self.readout])
+
+    def prediction_difference(self, i: int) -> float | None:
+        """``T_W(c_1..c_i, x) − T_{W+ΔW_i}(x)`` at the readout: round-off, by the theorem."""
+        if self.readout is None:
+            return None
+        return float(self.trajectory.pred_context[i][self.readout] - self.trajectory.pred_update[i][self.readout])
+
+    def output_error(self, i: int) -> float:
+        """``max |T_W(c_1..c_i, x) − T_{W+ΔW_i}(x)|`` over every output coordinate (``Trajectory.prediction_error``)."""
+        return float(self.trajectory.prediction_error[i])
+
+
+# --- builders -----------------------------------------------------------------------------------------------------
+
+def check_tokens(n_tokens) -> int:
+    """``--tokens`` must be an int in ``1..MAX_TOKENS``."""
+    if isinstance(n_tokens, bool) or not isinstance(n_tokens, (int, np.integer)) or not 1 <= n_tokens <= MAX_TOKENS:
+        raise WalkthroughError(f"--tokens must be an integer from 1 to {MAX_TOKENS} (context tokens), got {n_tokens!r}")
+    return int(n_tokens)
+
+
+def _vector(v: np.ndarray, digits: int = 2) -> str:
+    return "(" + ", ".join(f"{x:+.{digits}f}" for x in v) + ")"
+
+
+def _trajectory(params: dict, cfg: BlockConfig, context: np.ndarray, query: np.ndarray, backend=None) -> Trajectory:
+    """The library's trajectory: the NumPy reference, or a backend's ``trajectory`` converted to NumPy."""
+    if backend is None:
+        return trajectory(params, cfg, context, query)
+    out = backend.trajectory(backend.asarray(params), cfg, backend.asarray(context), backend.asarray(query))
+    if isinstance(out, Trajectory) and all(isinstance(getattr(out, f), (np.ndarray, float)) for f in ("u", "a", "h")):
+        return out
+    fields = {}
+    for name in Trajectory.__dataclass_fields__:
+        value = getattr(out, name)
+        fields[name] = float(backend.to_numpy(value)) if name == "h" else np.asarray(backend.to_numpy(value),
+                                                                                        dtype=np.float64)
+    return Trajectory(**fields)
+
+
+def regression_data(params: dict, cfg: BlockConfig, *, n_tokens: int = DEFAULT_TOKENS, seed: int = 0,
+                    title: str, source: str, model_label: str, baseline_seed: int | None = None,
+                    backend=None) -> WalkthroughData:
+    """The block on one regression prompt of ``n_tokens`` examples (P1 §4), with an untrained baseline.
+
+    The prompt has ``d = d_model − 1`` input coordinates; the prediction is the last output coordinate.
+    The baseline is ``init_block(cfg, baseline_seed)`` on the same prompt (default seed: ``seed + 1``).
+    """
+    n_tokens = check_tokens(n_tokens)
+    if cfg.d_model < 2:
+        raise WalkthroughError(f"a regression prompt needs d_model >= 2 (d = d_model − 1 inputs plus y); "
+                               f"the block has d_model = {cfg.d_model}")
+    prompt = regression_prompts(1, n_tokens, cfg.d_model - 1, seed)
+    context, query = prompt.context[0], prompt.query[0]                     # (n, D), (D,)
+    traj = _trajectory(params, cfg, context, query, backend)
+    baseline_seed = seed + 1 if baseline_seed is None else baseline_seed
+    base = _trajectory(init_block(cfg, baseline_seed), cfg, context, query, backend)
+    x, y = prompt.x[0], prompt.y[0]
+    return WalkthroughData(
+        title=title,
+        source=source,
+        token_labels=tuple(f"{y_k:+.2f}" for y_k in y),
+        token_values=tuple(f"x = {_vector(x_k)}, y = ⟨w, x⟩ = {y_k:+.3f}" for x_k, y_k in zip(x, y)),
+        query_value=f"x_q = {_vector(prompt.x_query[0])}, y slot 0",
+        trajectory=traj,
+        baseline=base,
+        baseline_label=f"untrained block (seed {baseline_seed})",
+        model_label=model_label,
+        readout=cfg.d_model - 1,
+        target=float(prompt.target[0]),
+        target_label="⟨w, x_q⟩",
+    )
+
+
+def random_data(*, n_tokens: int = DEFAULT_TOKENS, seed: int = 0, reason: str = "", backend=None) -> WalkthroughData:
+    """A seeded random (untrained) ``plain`` block of P1's shape on a regression prompt."""
+    params = init_block(RANDOM_CONFIG, seed)
+    why = f" ({reason})" if reason else ""
+    return regression_data(
+        params, RANDOM_CONFIG, n_tokens=n_tokens, seed=seed, backend=backend,
+        title=f"random plain block, seed {seed} · regression prompt, seed {seed}",
+        source=f"UNTRAINED random block{why}: the identity is exact anyway (THEORY §8.1)",
+        model_label=f"random block (seed {seed})",
+    )
+
+
+def checkpoint_data(path, *, n_tokens: int | None = None, seed: int = 0, backend=None) -> WalkthroughData:
+    """A trained single block from a checkpoint on a regression prompt. Raises ``CheckpointError``."""
+    from implicit_icl.checkpoint import CheckpointError, load_checkpoint
+
+    params, cfg, meta = load_checkpoint(path)
+    if meta.get("n_blocks"):
+        raise CheckpointError(f"checkpoint {path}: holds a stack of {meta['n_blocks']} blocks; "
+                              "the walkthrough shows a single block")
+    if n_tokens is None:
+        n_tokens = int(meta.get("n_points", DEFAULT_TOKENS)) if str(meta.get("n_points", "")).isdigit() \
+            else DEFAULT_TOKENS
+    name = Path(path).name
+    return regression_data(
+        params, cfg, n_tokens=n_tokens, seed=seed, backend=backend,
+        title=f"trained {cfg.kind} block ({name}) · regression prompt, seed {seed}",
+        source=f"trained checkpoint {path}",
+        model_label=f"trained ({name})",
+    )
+
+
+def default_data(*, n_tokens: int | None = None, seed: int = 0, random: bool = False, checkpoint=None,
+                 backend=None) -> WalkthroughData:
+    """What ``implicit-icl walkthrough`` opens on: ``checkpoint`` if given; else the bundled trained checkpoint
+    if it exists (and ``random`` is false); else a seeded random block, saying so."""
+    from implicit_icl.checkpoint import default_checkpoint_path
+
+    if checkpoint is not None:
+        return checkpoint_data(checkpoint, n_tokens=n_tokens, seed=seed, backend=backend)
+    n = DEFAULT_TOKENS if n_tokens is None else n_tokens
+    if random:
+        return random_data(n_tokens=n, seed=seed, reason="--random", backend=backend)
+    bundled = default_checkpoint_path()
+    if bundled.is_file():
+        return checkpoint_data(bundled, n_tokens=n_tokens, seed=seed, backend=backend)
+    return random_data(n_tokens=n, seed=seed, reason=f"no bundled checkpoint at {bundled.name}", backend=backend)
+
+
+def text_data(model: str, text: str, *, layer: int = 0, position: int | None = None) -> WalkthroughData:
+    """A real pretrained model on ``text``: ``implicit_icl.models.<model>.text_trajectory(text, layer, position)``
+    returns ``(token_strings, Trajectory)``; the context is the tokens before the query position."""
+    import importlib
+
+    if model != "minilm":
+        raise WalkthroughError(f"--model must be 'minilm', got {model!r}")
+    try:
+        module = importlib.import_module("implicit_icl.models.minilm")
+        text_trajectory = module.text_trajectory
+    except (ImportError, AttributeError) as exc:
+        raise WalkthroughError(
+            f"--model minilm needs implicit_icl.models.minilm.text_trajectory, which is not available here ({exc})"
+        ) from None
+    tokens, traj = text_trajectory(text, layer, position)
+    tokens = [str(t) for t in tokens]
+    n = traj.n
+    if len(tokens) < n:
+        raise WalkthroughError(f"text_trajectory returned {len(tokens)} token strings for {n} context tokens")
+    query = tokens[n] if len(tokens) > n else "(query)"
+    return WalkthroughData(
+        title=f"{model} layer {layer} · {text[:40]!r}",
+        source=f"pretrained {model}, layer {layer}, query token {query!r} at position {n}",
+        token_labels=tuple(tokens[:n]),
+        token_values=tuple(f"token {t!r} at position {k}" for k, t in enumerate(tokens[:n])),
+        query_value=f"token {query!r} at position {n}",
+        trajectory=traj,
+        baseline=None,
+        model_label=f"{model} layer {layer}",
+        readout=None,
+    )

@@ -1,0 +1,220 @@
+"""Presentation helpers: fitting a matrix to a panel, diverging colours, bars, braille curves, number formats.
+
+These only *draw* numbers the library computed (block averaging to fit a panel is the one transformation, and the
+panel says so). Everything returns Rich ``Text`` so it can be tested without running an app.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from rich.style import Style
+from rich.text import Text
+
+# Diverging map centred at 0: dark neutral at 0, blue for negative, red/orange for positive (readable on a dark
+# terminal: brightness grows with |value|).
+NEUTRAL = (38, 38, 46)
+NEGATIVE = ((38, 38, 46), (40, 96, 200), (150, 205, 255))
+POSITIVE = ((38, 38, 46), (200, 56, 48), (255, 200, 130))
+BACKGROUND = "#1c1c22"
+
+
+def fit_size(size: int, avail: int) -> int:
+    """How many cells ``size`` entries take in ``avail`` cells: all of them, or whole repeats when there is room."""
+    if size <= 0 or avail <= 0:
+        return 0
+    return avail if size > avail else size * (avail // size)
+
+
+def resample(v: np.ndarray, out: int, axis: int = 0) -> np.ndarray:
+    """``v`` resized to ``out`` entries along ``axis``: block averages when shrinking, repeats when growing."""
+    v = np.asarray(v, dtype=np.float64)
+    size = v.shape[axis]
+    if out == size:
+        return v
+    if out < size:
+        edges = np.linspace(0, size, out + 1).round().astype(int)                 # out bins, none empty
+        return np.stack([v.take(range(lo, hi), axis=axis).mean(axis=axis) for lo, hi in zip(edges[:-1], edges[1:])],
+                        axis=axis)
+    index = (np.arange(out) * size) // out                                       # nearest source entry
+    return v.take(index, axis=axis)
+
+
+def resample_matrix(m: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """Block-average (or repeat) a matrix to ``(rows, cols)``."""
+    return resample(resample(m, rows, axis=0), cols, axis=1)
+
+
+def _ramp(stops, t: float) -> tuple[int, int, int]:
+    t = min(max(t, 0.0), 1.0) * (len(stops) - 1)
+    k = min(int(t), len(stops) - 2)
+    f = t - k
+    return tuple(int(round(a + (b - a) * f)) for a, b in zip(stops[k], stops[k + 1]))
+
+
+def diverging(value: float, scale: float) -> str:
+    """Hex colour of ``value`` on a diverging map centred at 0 that saturates at ``±scale``."""
+    if not (scale > 0) or not math.isfinite(value):
+        r, g, b = NEUTRAL
+    else:
+        t = abs(value) / scale
+        r, g, b = _ramp(POSITIVE if value > 0 else NEGATIVE, t)
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
+def heatmap(m: np.ndarray, scale: float, width: int, height: int) -> tuple[list[Text], np.ndarray]:
+    """Render ``m`` into at most ``width × height`` cells, two matrix rows per cell (upper-half blocks).
+
+    Returns the lines and the resampled image ``(pixel_rows, cols)`` (what the colours show).
+    """
+    rows = fit_size(m.shape[0], 2 * height)
+    cols = fit_size(m.shape[1], width)
+    img = resample_matrix(m, rows, cols) if rows and cols else np.zeros((0, 0))
+    lines = []
+    for top in range(0, rows, 2):
+        line = Text()
+        for c in range(cols):
+            fg = diverging(img[top, c], scale)
+            bg = diverging(img[top + 1, c], scale) if top + 1 < rows else None
+            line.append("▀", Style(color=fg, bgcolor=bg))
+        lines.append(line)
+    return lines, img
+
+
+def colour_bar(scale: float, width: int, label: str = "") -> Text:
+    """A legend ``-scale ▇▇▇ 0 ▇▇▇ +scale`` for ``diverging``."""
+    left, right = f"{-scale:+.2e} ", f" {scale:+.2e}"
+    n = max(width - len(left) - len(right) - len(label), 3)
+    text = Text(left, style="bold")
+    for k in range(n):
+        v = -scale + 2 * scale * (k + 0.5) / n
+        text.append("█", Style(color=diverging(v, scale)))
+    text.append(right, style="bold")
+    if label:
+        text.append(label, style="dim")
+    return text
+
+
+BAR_CHARS = " ▁▂▃▄▅▆▇█"
+HBAR_CHARS = " ▏▎▍▌▋▊▉█"
+
+
+def signed_bars(v: np.ndarray, scale: float, width: int, height: int) -> list[Text]:
+    """Vertical bars of ``|v_k|`` (block-averaged to ``width``), coloured by sign: red +, blue −."""
+    cols = fit_size(len(v), width)
+    vals = resample(v, cols) if cols else np.zeros(0)
+    levels = 8 * height
+    lines = [Text() for _ in range(height)]
+    for x in vals:
+        filled = 0 if not scale > 0 else int(round(min(abs(x) / scale, 1.0) * levels))
+        colour = diverging(scale if x > 0 else -scale, scale)
+        for row in range(height):                                     # row 0 is the top line
+            below = (height - 1 - row) * 8
+            part = min(max(filled - below, 0), 8)
+            lines[row].append(BAR_CHARS[part], Style(color=colour))
+    return lines
+
+
+def hbar(value: float, scale: float, width: int) -> Text:
+    """A horizontal bar of ``|value|`` (eighth-cell resolution), coloured by sign."""
+    eighths = 0 if not scale > 0 else int(round(min(abs(value) / scale, 1.0) * 8 * width))
+    full, part = divmod(eighths, 8)
+    s = "█" * full + (HBAR_CHARS[part] if part else "")
+    colour = diverging(scale if value > 0 else -scale, scale)
+    return Text(s.ljust(width), style=Style(color=colour))
+
+
+# --- braille curves -------------------------------------------------------------------------------------------
+
+_DOTS = ((0x01, 0x08), (0x02, 0x10), (0x04, 0x20), (0x40, 0x80))   # [row][col] bit of a 2×4 braille cell
+
+
+def braille_plot(series, width: int, height: int, *, n_points: int, marker: int | None = None,
+                 log: bool = False, y_range: tuple[float, float] | None = None):
+    """Curves on a shared x axis ``0..n_points−1`` drawn with braille dots in ``width × height`` cells.
+
+    ``series``: list of ``(values, colour)``; earlier series win a cell they share. Non-finite values (and values
+    ≤ 0 on a log axis) leave gaps. ``marker``: an x index drawn as a highlighted column.
+    Returns ``(lines, (y_lo, y_hi))`` with the y range actually used (in data units).
+    """
+    px_w, px_h = 2 * width, 4 * height
+    finite = [np.asarray(v, float) for v, _ in series]
+    pool = np.concatenate([v[np.isfinite(v) & ((v > 0) if log else True)] for v in finite]) if finite else []
+    if y_range is not None:
+        lo, hi = y_range
+    elif len(pool):
+        lo, hi = float(np.min(pool)), float(np.max(pool))
+        if not log:
+            lo = min(lo, 0.0)
+    else:
+        lo, hi = (1.0, 10.0) if log else (0.0, 1.0)
+    if log:
+        lo, hi = math.log10(lo), math.log10(hi)
+    if hi <= lo:
+        hi = lo + 1.0
+
+    def px_x(i):
+        return 0 if n_points <= 1 else int(round(i * (px_w - 1) / (n_points - 1)))
+
+    def px_y(v):
+        t = ((math.log10(v) if log else v) - lo) / (hi - lo)
+        return int(round((1.0 - min(max(t, 0.0), 1.0)) * (px_h - 1)))
+
+    bits = np.zeros((height, width), dtype=int)
+    owner = np.full((height, width), -1)
+
+    def dot(s, x, y):
+        cy, cx = divmod(y, 4)[0], divmod(x, 2)[0]
+        bits[cy, cx] |= _DOTS[y % 4][x % 2]
+        if owner[cy, cx] < 0:
+            owner[cy, cx] = s
+
+    for s, v in enumerate(finite):
+        ok = [np.isfinite(x) and (x > 0 or not log) for x in v]
+        prev = None
+        for i, x in enumerate(v):
+            if not ok[i]:
+                prev = None
+                continue
+            cur = (px_x(i), px_y(x))
+            if prev is None:
+                dot(s, *cur)
+            else:                                                    # a line segment from prev to cur
+                steps = max(abs(cur[0] - prev[0]), abs(cur[1] - prev[1]), 1)
+                for k in range(steps + 1):
+                    dot(s, int(round(prev[0] + (cur[0] - prev[0]) * k / steps)),
+                        int(round(prev[1] + (cur[1] - prev[1]) * k / steps)))
+            prev = cur
+    mark_col = None if marker is None else px_x(marker) // 2
+    lines = []
+    for cy in range(height):
+        line = Text()
+        for cx in range(width):
+            b = bits[cy, cx]
+            colour = series[owner[cy, cx]][1] if b else None
+            bg = "#3a3a1a" if cx == mark_col else None
+            line.append(chr(0x2800 + b) if b else ("│" if cx == mark_col else " "),
+                        Style(color=colour if b else "#8a8a40", bgcolor=bg))
+        lines.append(line)
+    y_lo, y_hi = (10 ** lo, 10 ** hi) if log else (lo, hi)
+    return lines, (y_lo, y_hi)
+
+
+# --- number formats ---------------------------------------------------------------------------------------------
+
+def fmt_value(x: float | None) -> str:
+    """A prediction, with enough digits that equal values look equal: ``+0.41728312345``."""
+    return "—" if x is None else f"{x:+.11f}"
+
+
+def fmt_small(x: float | None) -> str:
+    """A difference or norm in scientific notation: ``+2.22e-16``."""
+    return "—" if x is None or not math.isfinite(x) else f"{x:+.2e}"
+
+
+def fmt_norm(x: float | None) -> str:
+    return "—" if x is None or not math.isfinite(x) else f"{x:.4g}"
+
+
+def fmt_axis(x: float) -> str:
+    return f"{x:.2g}" if abs(x) >= 1e-2 or x == 0 else f"{x:.0e}"
