@@ -3,11 +3,15 @@
 P1 §4 (THEORY §5): one block, self-attention then MLP with **no skip connection** (kind ``plain``), causal, no
 positional encoding, trained on in-context linear regression with ``d = 2`` (tokens ``(x_i, ⟨w, x_i⟩)`` of width
 ``d_model = d + 1 = 3``) and ``N = 50`` examples. Width 128, 8 heads of width 4, ReLU, Adam 1e-3 and batch 64 follow
-the PyTorch replication THEORY §5 cites (the paper's own values are UNCONFIRMED). 4000 steps: at 3000 the test loss at
-N = 50 is ≈ 0.12 against ≈ 2 for predicting 0 (measured), so 4000 leaves a margin for the ≤ 1/10 requirement.
+the PyTorch replication THEORY §5 cites (the paper's own values are UNCONFIRMED); we add gradient-norm clipping at 1.
+4000 steps: the validation loss at N = 50 is ≈ 0.13 after 300 steps and ≈ 0.11 after 3000, against ≈ 1.7 for
+predicting 0 on the same prompts (measured), so 4000 leaves a wide margin for the ≤ 1/10 requirement.
 
-P2 (THEORY §3b, §10): a stack of pre-LN blocks (GELU, causal), P2's default shapes scaled to train in a minute on a
-CPU. The prediction is the last coordinate of the last block's output at the query.
+P2 (THEORY §3b, §10): a stack of 3 ``residual`` blocks (skip connections, no LayerNorm; GELU, causal, 4 heads of
+width 4, MLP 32), small enough to train in about a minute on a CPU. We tried P2's pre-LN first: with LayerNorm over
+only ``d_model = 3`` coordinates it learned slowly (validation loss 0.95 after 600 steps against 0.13 for the
+residual stack, same recipe), so p2 uses the residual kind, which the issue allows. The prediction is the last
+coordinate of the last block's output at the query.
 """
 from __future__ import annotations
 
@@ -64,8 +68,8 @@ PRESETS = {
     ),
     "p2": Preset(
         name="p2",
-        cfg=BlockConfig(d_model=3, d_mlp=32, n_heads=4, d_head=4, kind="pre-ln", activation="gelu", causal=True),
-        n_blocks=3, d=2, n_points=50, lr=1e-3, steps=3000, batch_size=64, eval_every=100, checkpoint_every=250,
+        cfg=BlockConfig(d_model=3, d_mlp=32, n_heads=4, d_head=4, kind="residual", activation="gelu", causal=True),
+        n_blocks=3, d=2, n_points=50, lr=1e-3, steps=2000, batch_size=64, eval_every=100, checkpoint_every=250,
         val_prompts=256,
     ),
 }

@@ -15,6 +15,11 @@ from implicit_icl import __version__
 # command name -> module; the order is the order of `implicit-icl --help`.
 COMMANDS = {
     "verify": "implicit_icl.verify",
+    "walkthrough": "implicit_icl.tui.command",
+    "train": "implicit_icl.experiments.train_command",
+    "reproduce": "implicit_icl.experiments.reproduce_command",
+    "exercises": "implicit_icl.exercises_cmd",
+    "explain": "implicit_icl.models.explain",
 }
 
 

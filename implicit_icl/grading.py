@@ -148,8 +148,9 @@ def check_finite(what: str, got, hint: str | None = None) -> np.ndarray:
     arr = as_numpy(got, what)
     if not np.all(np.isfinite(arr)):
         bad = np.argwhere(~np.isfinite(arr))
+        first = tuple(int(i) for i in bad[0])
         raise GradingFailure(f"{what} is finite (no nan or inf)", expected="finite values", got=arr,
-                             detail=f"{len(bad)} non-finite entries, first at index {tuple(bad[0])}", hint=hint)
+                             detail=f"{len(bad)} non-finite entries, first at index {first}", hint=hint)
     return arr
 
 
@@ -223,7 +224,8 @@ def resolve_target(exercise_dir: Path, choice: str | os.PathLike | None = None) 
 def load_implementation(path: str | os.PathLike):
     """Import the file at ``path`` as a fresh module (never cached, so edits are seen); failures are feedback."""
     path = Path(path).resolve()
-    name = f"_implicit_icl_graded_{next(_counter)}_{re.sub(r'\W', '_', path.stem)}"
+    stem = re.sub(r"\W", "_", path.stem)
+    name = f"_implicit_icl_graded_{next(_counter)}_{stem}"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     try:

@@ -55,6 +55,7 @@ class WalkthroughData:
     trajectory: Trajectory
     baseline: Trajectory | None = None
     baseline_label: str = "untrained block"
+    baseline_short: str = "untrained"
     model_label: str = "model"
     readout: int | None = None
     target: float | None = None
@@ -92,25 +93,6 @@ class WalkthroughData:
             raise IndexError(f"the step ΔW_i − ΔW_(i−1) needs 1 <= i <= {self.n}, got {i}")
         return -self.trajectory.h * self.trajectory.gradient(i - 1)
 
-    @property
-    def delta_W_scale(self) -> float:
-        """``max_i max_{k,j} |ΔW_i[k, j]|`` from the factors: ``max|u_i| · max|a| / ‖a‖²``."""
-        t = self.trajectory
-        return float(np.max(np.abs(t.u)) * np.max(np.abs(t.a)) * t.h)
-
-    @property
-    def step_scale(self) -> float:
-        """``max_i max_{k,j} |ΔW_i − ΔW_{i−1}|`` from the factors: ``h · max|∇_u L_i| · max|a|``."""
-        t = self.trajectory
-        if t.n == 0:
-            return 0.0
-        return float(np.max(np.abs(t.grad_u)) * np.max(np.abs(t.a)) * t.h)
-
-    @property
-    def u_scale(self) -> float:
-        """``max_i max_k |u_i[k]|``: the common scale of the left factors."""
-        return float(np.max(np.abs(self.trajectory.u)))
-
     # --- the check (P1 §4 / THEORY §10.13) ---------------------------------------------------------------------
 
     def prediction_context(self, i: int) -> float | None:
@@ -126,6 +108,11 @@ class WalkthroughData:
         if self.readout is None:
             return None
         return float(self.trajectory.pred_context[i][self.readout] - self.trajectory.pred_update[i][self.readout])
+
+    def output_norms(self, i: int) -> tuple[float, float]:
+        """``(‖T_W(c_1..c_i, x)‖, ‖T_{W+ΔW_i}(x)‖)``: the sizes of the two outputs being compared."""
+        t = self.trajectory
+        return float(np.linalg.norm(t.pred_context[i])), float(np.linalg.norm(t.pred_update[i]))
 
     def output_error(self, i: int) -> float:
         """``max |T_W(c_1..c_i, x) − T_{W+ΔW_i}(x)|`` over every output coordinate (``Trajectory.prediction_error``)."""
@@ -150,19 +137,23 @@ def _trajectory(params: dict, cfg: BlockConfig, context: np.ndarray, query: np.n
     if backend is None:
         return trajectory(params, cfg, context, query)
     out = backend.trajectory(backend.asarray(params), cfg, backend.asarray(context), backend.asarray(query))
-    if isinstance(out, Trajectory) and all(isinstance(getattr(out, f), (np.ndarray, float)) for f in ("u", "a", "h")):
-        return out
-    fields = {}
-    for name in Trajectory.__dataclass_fields__:
-        value = getattr(out, name)
-        fields[name] = float(backend.to_numpy(value)) if name == "h" else np.asarray(backend.to_numpy(value),
-                                                                                        dtype=np.float64)
-    return Trajectory(**fields)
+    out = backend.to_numpy(out)
+    if not isinstance(out, Trajectory):
+        raise WalkthroughError(f"backend {backend.name!r} returned {type(out).__name__} from trajectory(), "
+                               "expected a Trajectory (after to_numpy)")
+    return out
+
+
+def backend_label(backend) -> str:
+    """``"numpy reference (float64)"`` or ``"torch backend (cpu, float32)"``."""
+    if backend is None:
+        return "numpy reference (float64)"
+    return f"{backend.name} backend ({backend.device}, {backend.dtype})"
 
 
 def regression_data(params: dict, cfg: BlockConfig, *, n_tokens: int = DEFAULT_TOKENS, seed: int = 0,
                     title: str, source: str, model_label: str, baseline_seed: int | None = None,
-                    backend=None) -> WalkthroughData:
+                    baseline_short: str = "untrained", backend=None) -> WalkthroughData:
     """The block on one regression prompt of ``n_tokens`` examples (P1 §4), with an untrained baseline.
 
     The prompt has ``d = d_model − 1`` input coordinates; the prediction is the last output coordinate.
@@ -180,13 +171,14 @@ def regression_data(params: dict, cfg: BlockConfig, *, n_tokens: int = DEFAULT_T
     x, y = prompt.x[0], prompt.y[0]
     return WalkthroughData(
         title=title,
-        source=source,
+        source=f"{source} · {backend_label(backend)}",
         token_labels=tuple(f"{y_k:+.2f}" for y_k in y),
         token_values=tuple(f"x = {_vector(x_k)}, y = ⟨w, x⟩ = {y_k:+.3f}" for x_k, y_k in zip(x, y)),
         query_value=f"x_q = {_vector(prompt.x_query[0])}, y slot 0",
         trajectory=traj,
         baseline=base,
         baseline_label=f"untrained block (seed {baseline_seed})",
+        baseline_short=baseline_short,
         model_label=model_label,
         readout=cfg.d_model - 1,
         target=float(prompt.target[0]),
@@ -202,11 +194,13 @@ def random_data(*, n_tokens: int = DEFAULT_TOKENS, seed: int = 0, reason: str = 
         params, RANDOM_CONFIG, n_tokens=n_tokens, seed=seed, backend=backend,
         title=f"random plain block, seed {seed} · regression prompt, seed {seed}",
         source=f"UNTRAINED random block{why}: the identity is exact anyway (THEORY §8.1)",
-        model_label=f"random block (seed {seed})",
+        model_label=f"random s{seed}",
+        baseline_short=f"random s{seed + 1}",
     )
 
 
-def checkpoint_data(path, *, n_tokens: int | None = None, seed: int = 0, backend=None) -> WalkthroughData:
+def checkpoint_data(path, *, n_tokens: int | None = None, seed: int = 0, backend=None,
+                    bundled: bool = False) -> WalkthroughData:
     """A trained single block from a checkpoint on a regression prompt. Raises ``CheckpointError``."""
     from implicit_icl.checkpoint import CheckpointError, load_checkpoint
 
@@ -218,11 +212,14 @@ def checkpoint_data(path, *, n_tokens: int | None = None, seed: int = 0, backend
         n_tokens = int(meta.get("n_points", DEFAULT_TOKENS)) if str(meta.get("n_points", "")).isdigit() \
             else DEFAULT_TOKENS
     name = Path(path).name
+    where = f"bundled checkpoint implicit_icl/data/{name}" if bundled else f"checkpoint {path}"
+    trained = f", trained {meta['step']} steps" if isinstance(meta.get("step"), int) else ""
+    val = f", val loss {meta['val_loss']:.3g}" if isinstance(meta.get("val_loss"), float) else ""
     return regression_data(
         params, cfg, n_tokens=n_tokens, seed=seed, backend=backend,
         title=f"trained {cfg.kind} block ({name}) · regression prompt, seed {seed}",
-        source=f"trained checkpoint {path}",
-        model_label=f"trained ({name})",
+        source=f"{where}{trained}{val}",
+        model_label="trained",
     )
 
 
@@ -239,7 +236,7 @@ def default_data(*, n_tokens: int | None = None, seed: int = 0, random: bool = F
         return random_data(n_tokens=n, seed=seed, reason="--random", backend=backend)
     bundled = default_checkpoint_path()
     if bundled.is_file():
-        return checkpoint_data(bundled, n_tokens=n_tokens, seed=seed, backend=backend)
+        return checkpoint_data(bundled, n_tokens=n_tokens, seed=seed, backend=backend, bundled=True)
     return random_data(n_tokens=n, seed=seed, reason=f"no bundled checkpoint at {bundled.name}", backend=backend)
 
 
@@ -257,7 +254,10 @@ def text_data(model: str, text: str, *, layer: int = 0, position: int | None = N
         raise WalkthroughError(
             f"--model minilm needs implicit_icl.models.minilm.text_trajectory, which is not available here ({exc})"
         ) from None
-    tokens, traj = text_trajectory(text, layer, position)
+    try:
+        tokens, traj = text_trajectory(text, layer, position)
+    except ImportError as exc:                                        # a missing optional extra: say what to install
+        raise WalkthroughError(str(exc)) from None
     tokens = [str(t) for t in tokens]
     n = traj.n
     if len(tokens) < n:
@@ -265,10 +265,11 @@ def text_data(model: str, text: str, *, layer: int = 0, position: int | None = N
     query = tokens[n] if len(tokens) > n else "(query)"
     return WalkthroughData(
         title=f"{model} layer {layer} · {text[:40]!r}",
-        source=f"pretrained {model}, layer {layer}, query token {query!r} at position {n}",
+        source=f"pretrained {model}, layer {layer}, query token {query!r}, the other {n} tokens as context "
+               "in text order · numpy reference (float64)",
         token_labels=tuple(tokens[:n]),
-        token_values=tuple(f"token {t!r} at position {k}" for k, t in enumerate(tokens[:n])),
-        query_value=f"token {query!r} at position {n}",
+        token_values=tuple(f"token {t!r} ({k} of {n} context tokens, text order)" for k, t in enumerate(tokens[:n], 1)),
+        query_value=f"token {query!r}",
         trajectory=traj,
         baseline=None,
         model_label=f"{model} layer {layer}",

@@ -5,6 +5,7 @@ panel says so). Everything returns Rich ``Text`` so it can be tested without run
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -45,6 +46,18 @@ def resample_matrix(m: np.ndarray, rows: int, cols: int) -> np.ndarray:
     return resample(resample(m, rows, axis=0), cols, axis=1)
 
 
+def outer_display_scale(left: np.ndarray, right: np.ndarray, factor: float, rows: int, cols: int) -> float:
+    """``max_i max |cell|`` of the resampled matrices ``factor · right ⊗ left_i`` shown as ``(rows, cols)`` images.
+
+    ``left`` is ``(steps, M)`` (the ``u_i`` of every step), ``right`` is ``(D,)`` (``a``). Block averages of an
+    outer product over rectangular blocks are the outer product of the block averages, so this needs only the
+    resampled factors, never the ``steps × M × D`` matrices.
+    """
+    if left.size == 0 or rows == 0 or cols == 0:
+        return 0.0
+    return float(np.max(np.abs(resample(left, cols, axis=1))) * np.max(np.abs(resample(right, rows))) * abs(factor))
+
+
 def _ramp(stops, t: float) -> tuple[int, int, int]:
     t = min(max(t, 0.0), 1.0) * (len(stops) - 1)
     k = min(int(t), len(stops) - 2)
@@ -52,14 +65,34 @@ def _ramp(stops, t: float) -> tuple[int, int, int]:
     return tuple(int(round(a + (b - a) * f)) for a, b in zip(stops[k], stops[k + 1]))
 
 
+LEVELS = 256          # colour steps per sign: finer than the eye (and the terminal) can tell apart
+
+
 def diverging(value: float, scale: float) -> str:
     """Hex colour of ``value`` on a diverging map centred at 0 that saturates at ``±scale``."""
     if not (scale > 0) or not math.isfinite(value):
-        r, g, b = NEUTRAL
-    else:
-        t = abs(value) / scale
-        r, g, b = _ramp(POSITIVE if value > 0 else NEGATIVE, t)
+        return _colour(0, 0)
+    return _colour(1 if value > 0 else -1, int(round(min(abs(value) / scale, 1.0) * LEVELS)))
+
+
+@functools.lru_cache(maxsize=2 * LEVELS + 2)
+def _colour(sign: int, level: int) -> str:
+    r, g, b = NEUTRAL if sign == 0 or level == 0 else _ramp(POSITIVE if sign > 0 else NEGATIVE, level / LEVELS)
     return f"#{r:02x}{g:02x}{b:02x}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _half_block_style(fg: str, bg: str | None) -> Style:
+    return Style(color=fg, bgcolor=bg)
+
+
+def heatmap_shape(shape: tuple[int, int], width: int, height: int) -> tuple[int, int]:
+    """``(pixel_rows, cols)`` of the image of a ``shape`` matrix in ``width × height`` cells (2 pixels a cell)."""
+    if 0 < shape[0] <= height:
+        rows = shape[0] * 2 * (height // shape[0])                            # whole lines per matrix row
+    else:
+        rows = fit_size(shape[0], 2 * height)
+    return rows, fit_size(shape[1], width)
 
 
 def heatmap(m: np.ndarray, scale: float, width: int, height: int) -> tuple[list[Text], np.ndarray]:
@@ -67,8 +100,7 @@ def heatmap(m: np.ndarray, scale: float, width: int, height: int) -> tuple[list[
 
     Returns the lines and the resampled image ``(pixel_rows, cols)`` (what the colours show).
     """
-    rows = fit_size(m.shape[0], 2 * height)
-    cols = fit_size(m.shape[1], width)
+    rows, cols = heatmap_shape(m.shape, width, height)
     img = resample_matrix(m, rows, cols) if rows and cols else np.zeros((0, 0))
     lines = []
     for top in range(0, rows, 2):
@@ -76,15 +108,15 @@ def heatmap(m: np.ndarray, scale: float, width: int, height: int) -> tuple[list[
         for c in range(cols):
             fg = diverging(img[top, c], scale)
             bg = diverging(img[top + 1, c], scale) if top + 1 < rows else None
-            line.append("▀", Style(color=fg, bgcolor=bg))
+            line.append("▀", _half_block_style(fg, bg))
         lines.append(line)
     return lines, img
 
 
 def colour_bar(scale: float, width: int, label: str = "") -> Text:
-    """A legend ``-scale ▇▇▇ 0 ▇▇▇ +scale`` for ``diverging``."""
+    """A legend ``-scale ▇▇▇ 0 ▇▇▇ +scale`` of ``width`` colour cells for ``diverging``."""
     left, right = f"{-scale:+.2e} ", f" {scale:+.2e}"
-    n = max(width - len(left) - len(right) - len(label), 3)
+    n = max(width, 3)
     text = Text(left, style="bold")
     for k in range(n):
         v = -scale + 2 * scale * (k + 0.5) / n
@@ -210,6 +242,11 @@ def fmt_value(x: float | None) -> str:
 def fmt_small(x: float | None) -> str:
     """A difference or norm in scientific notation: ``+2.22e-16``."""
     return "—" if x is None or not math.isfinite(x) else f"{x:+.2e}"
+
+
+def fmt_abs(x: float | None) -> str:
+    """A non-negative error: ``2.22e-16``."""
+    return "—" if x is None or not math.isfinite(x) else f"{x:.2e}"
 
 
 def fmt_norm(x: float | None) -> str:

@@ -1,0 +1,82 @@
+"""Grader for exercise 3 (the rank-1 update ΔW(C) and the identity T_W(C, x) = T_{W+ΔW}(x))."""
+import numpy as np
+
+from implicit_icl import reference as ref
+from implicit_icl.grading import call, check_close, check_shape, check_true
+
+CFG = ref.BlockConfig(d_model=5, d_mlp=20, n_heads=1, activation="gelu")
+PARAMS = ref.init_block(CFG, seed=3, bias_std=0.5)
+_rng = np.random.default_rng(30)
+C = _rng.standard_normal((8, 5))
+X = _rng.standard_normal(5)
+EMPTY = np.zeros((0, 5))
+
+
+def _reference_update():
+    return ref.implicit_update(PARAMS, CFG, C, X)
+
+
+def test_rank1_update_shape(student):
+    """ΔW has the shape of W, (d_mlp, d_model)"""
+    check_shape("rank1_update(params, cfg, C, x) with d_mlp = 20, d_model = 5",
+                call(student, "rank1_update", PARAMS, CFG, C, X), (20, 5),
+                hint="np.outer(u, a) of u = W ΔA (20,) and a = A(x) (5,)")
+
+
+def test_rank1_update_values(student):
+    """ΔW = (W ΔA) A(x)ᵀ / ‖A(x)‖² matches the reference"""
+    check_close("rank1_update(params, cfg, C, x)", call(student, "rank1_update", PARAMS, CFG, C, X),
+                _reference_update().delta_W,
+                hint="the right factor is A(x), the query ALONE (not A(C, x)), divided by ‖A(x)‖²")
+
+
+def test_rank1_update_has_rank_one(student):
+    """ΔW has rank exactly 1: one non-zero singular value"""
+    dW = check_shape("rank1_update(params, cfg, C, x)", call(student, "rank1_update", PARAMS, CFG, C, X), (20, 5))
+    s = np.linalg.svd(dW, compute_uv=False)
+    check_true(s[0] > 0 and s[1] <= 1e-12 * s[0], "ΔW has one non-zero singular value",
+               expected="σ_2/σ_1 ≤ 1e-12", got=f"singular values {np.array2string(s, precision=3)}",
+               hint="an outer product of two vectors has rank 1")
+
+
+def test_apply_rank1_update(student):
+    """apply_rank1_update adds ΔW to mlp.W only, and leaves the input params untouched"""
+    dW = _reference_update().delta_W
+    before = {k: v.copy() for k, v in PARAMS.items()}
+    new = call(student, "apply_rank1_update", PARAMS, dW)
+    check_true(isinstance(new, dict), "apply_rank1_update returns a dict of params", got=type(new).__name__)
+    check_close("new['mlp.W']", new.get("mlp.W"), PARAMS["mlp.W"] + dW, hint="W + ΔW")
+    for k in PARAMS:
+        check_close(f"params[{k!r}] after the call (the input must not change)", PARAMS[k], before[k],
+                    hint="copy the dict (dict(params)) and put a NEW array in 'mlp.W'; `+=` modifies the original")
+        if k != "mlp.W":
+            check_close(f"new[{k!r}] (only mlp.W changes)", new.get(k), PARAMS[k], hint="copy every other entry")
+
+
+def test_identity_query_alone(student):
+    """the identity: the block with W + ΔW on the query ALONE gives T_W(C, x) (P1 Thm 2.2, Y = C)"""
+    dW = call(student, "rank1_update", PARAMS, CFG, C, X)
+    new = call(student, "apply_rank1_update", PARAMS, dW)
+    check_close("T_{W+ΔW}(x), the updated block on the query alone", ref.block_output(new, CFG, EMPTY, X),
+                ref.block_output(PARAMS, CFG, C, X), rtol=1e-9, atol=1e-12,
+                hint="(W + ΔW) A(x) must equal W A(C, x): check both factors of ΔW")
+
+
+def test_identity_preactivations(student):
+    """the first-layer pre-activations agree as vectors: (W + ΔW) A(x) = W A(C, x) (THEORY §10.6)"""
+    dW = call(student, "rank1_update", PARAMS, CFG, C, X)
+    A_x = ref.attention(PARAMS, CFG, X[None])[0]
+    A_C = ref.attention(PARAMS, CFG, np.concatenate([C, X[None]]))[-1]
+    check_close("(W + ΔW) A(x)", (PARAMS["mlp.W"] + check_shape("ΔW", dW, (20, 5))) @ A_x, PARAMS["mlp.W"] @ A_C,
+                rtol=1e-9, atol=1e-12, hint="ΔW A(x) = W ΔA needs A(x)ᵀA(x)/‖A(x)‖² = 1")
+
+
+def test_update_norm(student):
+    """‖ΔW‖_F = ‖ΔW‖_2 = ‖W ΔA‖/‖A(x)‖, computed from the factors"""
+    got = check_shape("update_norm(params, cfg, C, x)", call(student, "update_norm", PARAMS, CFG, C, X), (),
+                      hint="return one float")
+    dW = _reference_update().delta_W
+    check_close("update_norm(params, cfg, C, x)", got, np.linalg.norm(dW, "fro"),
+                hint="‖u aᵀ‖_F /‖a‖² = ‖u‖‖a‖/‖a‖² = ‖u‖/‖a‖")
+    check_close("update_norm vs the spectral norm ‖ΔW‖_2", got, np.linalg.norm(dW, 2),
+                hint="rank 1: the only singular value is the Frobenius norm")

@@ -1,0 +1,256 @@
+"""E1–E4: the papers' experiments as functions returning plain dicts of numbers (the content of report.json).
+
+- E1 (P1 Fig. 1): losses over training and the ΔW identity at every evaluation, float32 and float64.
+- E2 (P1 Fig. 2): ``‖ΔW_{i+1} − ΔW_i‖`` and the relative change over i, trained against untrained (THEORY §8.5).
+- E3 (P1 Fig. 3): test loss after i examples: implicit update vs online SGD on ``mlp.W`` vs least squares,
+  and the alignment of the two updates.
+- E4 (P2): per-block identity errors at every position, ``rank(Σ_i ΔW_i)``, token alignment.
+
+E2–E4 use the float64 NumPy reference; E3's SGD runs in torch float64, batched over runs.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from implicit_icl.reference import apply_update, block, model_forward, position_updates, trajectory
+from implicit_icl.reference import apply_model_updates, model_updates
+from implicit_icl.reference.tasks import least_squares_predictions, prediction, regression_prompts
+
+from .evaluate import blocks_of
+
+# Tolerances for "agrees to round-off": outputs are O(1), so these are ~100 ulps of float32 and ~5000 of float64.
+TOL_F32 = 1e-5
+TOL_F64 = 1e-12
+QUARTILES = (25, 50, 75)
+# E2: log-log slopes closer than this count as "the same rate of decay" (1/i is slope −1).
+GENERIC_SLOPE_GAP = 0.25
+# E3: words for the median alignment (a normalised inner product in [−1, 1]).
+ALIGNMENT_WORDS = ((0.7, "high and positive"), (0.3, "moderate and positive"), (0.05, "weak but positive"),
+                   (-0.05, "about zero"), (-1.01, "negative"))
+
+
+def _bands(x: np.ndarray) -> dict:
+    """Median and quartile band over axis 0, ignoring nan (lists, for JSON)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)           # all-nan columns stay nan
+        q = np.nanpercentile(x, QUARTILES, axis=0)
+    return {"q25": q[0].tolist(), "median": q[1].tolist(), "q75": q[2].tolist()}
+
+
+# ----------------------------------------------------------------------------------------------------------- E1
+def e1(metrics: list[dict]) -> dict:
+    """The training curves of one run and the largest prediction gap (with context vs via ΔW) per evaluation."""
+    keys = ("step", "train_loss", "val_loss", "val_loss_via_update", "max_abs_diff_f32", "val_loss_f64",
+            "val_loss_via_update_f64", "max_abs_diff_f64", "val_loss_zero")
+    curves = {k: [r.get(k) for r in metrics] for k in keys}
+    f32, f64 = max(curves["max_abs_diff_f32"]), max(curves["max_abs_diff_f64"])
+    return {
+        "curves": curves,
+        "max_abs_diff_f32": f32, "max_abs_diff_f64": f64, "tol_f32": TOL_F32, "tol_f64": TOL_F64,
+        "agrees_f32": bool(f32 <= TOL_F32), "agrees_f64": bool(f64 <= TOL_F64),
+        "final_val_loss": curves["val_loss_f64"][-1], "initial_val_loss": curves["val_loss_f64"][0],
+        "val_loss_zero": curves["val_loss_zero"][-1],
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------- E2
+def trajectories(params: dict, cfg, prompts) -> list:
+    """The reference ``trajectory`` of every prompt (context = its examples, query = its last row)."""
+    return [trajectory(params, cfg, z[:-1], z[-1]) for z in prompts.Z]
+
+
+def _marks(last: int, start: int) -> list[int]:
+    """The indices a table shows: ``start``, 1, 5, 10, 25 where they exist, and ``last``."""
+    return sorted({k for k in (start, 1, 5, 10, 25) if start <= k < last} | {last})
+
+
+def _loglog_slope(i: np.ndarray, y: np.ndarray) -> float:
+    ok = (i > 0) & np.isfinite(y) & (y > 0)
+    return float(np.polyfit(np.log(i[ok]), np.log(y[ok]), 1)[0])
+
+
+def e2(trained: list, untrained: list, fit_from: int = 5) -> dict:
+    """Step norms and relative changes against i (i = 0..n−1: the step that consumes token c_{i+1}).
+
+    ``slope``: least-squares slope of log(median) against log(i) for i ≥ ``fit_from`` (−1 means ∝ 1/i).
+    """
+    out = {}
+    for name, trs in (("trained", trained), ("untrained", untrained)):
+        step = np.stack([t.step_norm for t in trs])                           # (R, n)
+        rel = np.stack([t.relative_change for t in trs])                      # (R, n), nan at i = 0
+        i = np.arange(step.shape[1])
+        med_step = np.median(step, axis=0)
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)       # column i = 0 is all nan (ΔW_0 = 0)
+            med_rel = np.nanmedian(rel, axis=0)
+        fit = i >= fit_from
+        out[name] = {
+            "step_norm": _bands(step), "relative_change": _bands(rel),
+            "step_norm_slope": _loglog_slope(i[fit], med_step[fit]),
+            "relative_change_slope": _loglog_slope(i[fit], med_rel[fit]),
+            "step_norm_at": {str(k): float(med_step[k]) for k in _marks(step.shape[1] - 1, start=1)},
+            "relative_change_at": {str(k): float(med_rel[k]) for k in _marks(step.shape[1] - 1, start=1)},
+            "decay_ratio": float(med_step[-1] / med_step[1]),
+            "final_delta_W_norm": float(np.median([t.delta_W_norm[-1] for t in trs])),
+        }
+    tr_slope, un_slope = out["trained"]["step_norm_slope"], out["untrained"]["step_norm_slope"]
+    if abs(tr_slope - un_slope) <= GENERIC_SLOPE_GAP:
+        verdict = "at the same rate"
+    else:
+        verdict = "more slowly" if un_slope > tr_slope else "faster"
+    out["generic"] = {
+        "verdict": verdict, "slope_gap": abs(tr_slope - un_slope), "slope_gap_threshold": GENERIC_SLOPE_GAP,
+        "scale_ratio": float(out["trained"]["step_norm_at"]["1"] / out["untrained"]["step_norm_at"]["1"]),
+    }
+    out["i"] = list(range(len(out["trained"]["step_norm"]["median"])))
+    out["fit_from"] = fit_from
+    out["n_prompts"] = len(trained)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------- E3
+def sgd_runs(params: dict, cfg, prompts, lr: float):
+    """Online SGD on ``mlp.W`` alone: example j is the token ``(x_j, 0)`` run alone with target ``y_j``,
+    one step per example in prompt order, loss ``(ŷ − y)²``. Batched over the prompts (one run each).
+
+    Returns ``(pred, delta_W)``: the query's prediction after i steps, ``(R, n+1)``, and ``W_i − W_0``
+    as ``(R, n+1, M, D)``. float64 torch, so the only approximation is the SGD itself.
+    """
+    import torch
+
+    from implicit_icl.backends import torch_ops as T
+
+    from .torch_model import head_with
+
+    p = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in params.items()}
+    R, n = prompts.x.shape[:2]
+    D = cfg.d_model
+    tokens = torch.as_tensor(np.concatenate([prompts.x, np.zeros((R, n, 1))], axis=-1))   # (R, n, D): (x_j, 0)
+    a_tok, r_tok = T.taps(p, cfg, tokens.reshape(R * n, 1, D))                            # each run alone
+    a_tok, r_tok = a_tok.reshape(R, n, D), r_tok.reshape(R, n, D)
+    a_q, r_q = (t[:, 0, :] for t in T.taps(p, cfg, torch.as_tensor(prompts.query)[:, None, :]))  # (R, D)
+    y = torch.as_tensor(prompts.y)                                                         # (R, n)
+    b_out = p["mlp.b_out"].expand(R, D)
+    W = p["mlp.W"].expand(R, *p["mlp.W"].shape).clone()                                   # (R, M, D)
+    preds, deltas = [], []
+    for j in range(n + 1):
+        with torch.no_grad():
+            preds.append(head_with(p, cfg, a_q, r_q, W, b_out)[:, -1])
+            deltas.append(W - p["mlp.W"])
+        if j == n:
+            break
+        W.requires_grad_(True)
+        loss = ((head_with(p, cfg, a_tok[:, j], r_tok[:, j], W, b_out)[:, -1] - y[:, j]) ** 2).sum()
+        (grad,) = torch.autograd.grad(loss, W)          # runs are independent: row r is run r's gradient
+        W = (W - lr * grad).detach()
+    return torch.stack(preds, 1).numpy(), torch.stack(deltas, 1).numpy()
+
+
+def choose_sgd_lr(params: dict, cfg, held_out, grid) -> tuple[float, dict]:
+    """The learning rate with the lowest mean test loss over i = 1..n on held-out tasks (never the test tasks)."""
+    scores = {}
+    for lr in grid:
+        pred, _ = sgd_runs(params, cfg, held_out, lr)
+        loss = (pred[:, 1:] - held_out.target[:, None]) ** 2
+        score = float(np.mean(loss))
+        scores[f"{lr:g}"] = score if np.isfinite(score) else float("inf")
+    best = min(grid, key=lambda lr: scores[f"{lr:g}"])
+    return best, scores
+
+
+def normalised_inner(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """``⟨A, B⟩_F / (‖A‖_F ‖B‖_F)`` over the last two axes; nan where either is 0."""
+    num = np.sum(A * B, axis=(-2, -1))
+    den = np.linalg.norm(A, axis=(-2, -1)) * np.linalg.norm(B, axis=(-2, -1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(den > 0, num / den, np.nan)
+
+
+def e3(params: dict, cfg, prompts, trained_trajectories: list, held_out, grid) -> dict:
+    """Test loss against i for the implicit update, online SGD on W and least squares; the update alignment."""
+    target = prompts.target
+    pred_implicit = np.stack([prediction(t.pred_update) for t in trained_trajectories])      # (R, n+1)
+    pred_context = np.stack([prediction(t.pred_context) for t in trained_trajectories])      # (R, n+1)
+    lr, scores = choose_sgd_lr(params, cfg, held_out, grid)
+    pred_sgd, dW_sgd = sgd_runs(params, cfg, prompts, lr)
+    pred_ls = least_squares_predictions(prompts.x, prompts.y, prompts.x_query)                # (R, n+1)
+    dW_impl = np.stack([np.stack([t.delta_W(i) for i in range(t.n + 1)]) for t in trained_trajectories])
+    align = normalised_inner(dW_impl, dW_sgd)                                                 # (R, n+1)
+
+    def loss(pred):
+        return (pred - target[:, None]) ** 2                                                  # (R, n+1)
+
+    curves = {name: np.mean(loss(p), axis=0).tolist() for name, p in
+              (("implicit", pred_implicit), ("sgd", pred_sgd), ("least_squares", pred_ls))}
+    n = pred_implicit.shape[1] - 1
+    implicit, sgd = np.array(curves["implicit"]), np.array(curves["sgd"])
+    align_mean = float(np.nanmean(np.nanmedian(align[:, 1:], axis=0)))
+    if implicit[-1] < sgd[-1]:
+        comparison = "the implicit update's test loss is lower than SGD's"
+    else:
+        comparison = "online SGD's test loss is lower than the implicit update's"
+    return {
+        "sgd_falls_with_i": bool(sgd[-1] < sgd[1] and sgd[n // 2] < sgd[1]), "comparison": comparison,
+        "alignment_verdict": next(w for t, w in ALIGNMENT_WORDS if align_mean > t),
+        "i": list(range(n + 1)), "loss": curves, "sgd_lr_at_grid_edge": bool(lr in (min(grid), max(grid))), "loss_zero": float(np.mean(target ** 2)),
+        "loss_sem": {name: (np.std(loss(p), axis=0) / np.sqrt(len(target))).tolist() for name, p in
+                     (("implicit", pred_implicit), ("sgd", pred_sgd), ("least_squares", pred_ls))},
+        "alignment": _bands(align[:, 1:]), "alignment_i": list(range(1, n + 1)),
+        "alignment_median_mean": align_mean,
+        "alignment_at": {str(k): float(np.nanmedian(align[:, k])) for k in _marks(n, start=1)},
+        "sgd_lr": lr, "sgd_lr_grid_scores": scores, "n_runs": len(target), "n_held_out": len(held_out.target),
+        "identity_max_abs_diff": float(np.max(np.abs(pred_implicit - pred_context))),
+        "loss_at": {name: {str(k): float(curves[name][k]) for k in _marks(n, start=0)} for name in curves},
+        "full_length_ratio_to_zero": float(implicit[-1] / np.mean(target ** 2)),
+        "implicit_falls_with_i": bool(implicit[-1] < implicit[1] and implicit[n // 2] < implicit[1]),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------- E4
+def numerical_rank(M: np.ndarray) -> int:
+    """Rank with NumPy's default tolerance ``σ_max · max(shape) · eps``."""
+    return int(np.linalg.matrix_rank(M))
+
+
+def e4(params: dict, cfg, n_blocks: int, prompts) -> dict:
+    """P2 on a stack: every block, every position, query = the block input's last token (P2's convention)."""
+    blocks = blocks_of(params, n_blocks)
+    L, T = len(blocks), prompts.Z.shape[1]
+    err = np.zeros((len(prompts.Z), L, T))                 # max |block([x]; W+ΔW_i, b+Δb_i) − block(H)_i|
+    ranks = np.zeros((len(prompts.Z), L), dtype=int)
+    compose = np.zeros(len(prompts.Z))
+    align = None
+    for p_i, z in enumerate(prompts.Z):
+        H = model_forward(blocks, cfg, z)                  # [H^0 .. H^L], each (T, D)
+        for l, (bp, Hin) in enumerate(zip(blocks, H[:-1])):
+            ups = position_updates(bp, cfg, Hin, query="last")
+            for t in range(T):
+                alone = block(apply_update(bp, ups[t]), cfg, Hin[-1:])[0]
+                err[p_i, l, t] = np.max(np.abs(alone - H[l + 1][t]))
+            dW = ups.delta_W                               # (T, M, D)
+            ranks[p_i, l] = numerical_rank(dW.sum(0))
+            if p_i == 0:
+                flat = dW.reshape(T, -1)
+                norms = np.linalg.norm(flat, axis=1)
+                a = flat @ flat.T / np.outer(norms, norms)  # normalised Frobenius inner products (T, T)
+                align = a[None] if align is None else np.concatenate([align, a[None]])
+        updated = apply_model_updates(blocks, model_updates(blocks, cfg, z))
+        compose[p_i] = np.max(np.abs(model_forward(updated, cfg, z[-1:])[-1][0] - H[-1][-1]))
+    return {
+        "n_blocks": L, "n_prompts": len(prompts.Z), "positions": T,
+        "identity_error_max": err.max(axis=0).tolist(),           # (L, T) max over prompts
+        "identity_error_max_per_block": err.max(axis=(0, 2)).tolist(),
+        "identity_error_overall": float(err.max()),
+        "rank_sum_delta_W": ranks.tolist(), "rank_sum_delta_W_set": sorted(set(ranks.ravel().tolist())),
+        "composition_error_max": float(compose.max()),
+        "alignment_prompt0": align.tolist(),                       # (L, T, T)
+        "alignment_offdiag_median_per_block": [float(np.median(a[~np.eye(T, dtype=bool)])) for a in align],
+        "tol_f64": TOL_F64, "agrees_f64": bool(err.max() <= TOL_F64 and compose.max() <= TOL_F64),
+    }
+
+
+def fresh_prompts(n_prompts: int, n_points: int, d: int, seed: int):
+    """Fresh tasks for E2–E4, disjoint in seed from training (seed, t) and validation streams."""
+    return regression_prompts(n_prompts, n_points, d, np.random.default_rng([seed, 3]))

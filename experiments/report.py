@@ -1,0 +1,199 @@
+"""``report.md`` rendered from ``report.json`` alone: every number in the text is a value of the JSON.
+
+``render(report)`` is a pure function of the dict; the papers' reported values live in ``PAPER`` and are copied into
+report.json's ``paper`` section (cited to THEORY.md) so that they too come from the JSON.
+"""
+from __future__ import annotations
+
+import math
+
+# What the papers (and the sources THEORY.md cites) report; the numbers go into report.json["paper"].
+PAPER = {
+    "e1": {"source": "P1 v1 Fig. 1; THEORY §5.1, §10.13",
+           "claim": "the validation curve computed via ΔW overlaps the ordinary validation curve",
+           "replication_max_abs_diff_f32": [1e-7, 1e-6], "replication_loss": 0.13, "replication_n_points": 100},
+    "e2": {"source": "P1 v1 Fig. 2; THEORY §5.2, §8.5, §10.12",
+           "claim": "‖ΔW_{i+1} − ΔW_i‖ decreases and vanishes as i grows (trained model)",
+           "random_block_step_norm_at": {"1": 0.57, "5": 0.26, "10": 0.11, "25": 0.058, "49": 0.017},
+           "random_block_d_model": 5},
+    "e3": {"source": "P1 v1 Fig. 3; THEORY §5.3",
+           "claim": "the finetuned (SGD) and the ΔW-updated model's test losses decrease in a similar way; a later "
+                    "version reports high positive alignment of the two updates (UNCONFIRMED)",
+           "n_runs": 100},
+    "e4": {"source": "P2 plots and analytical.py; THEORY §3b, §10.14, §10.16, §10.19",
+           "claim": "each block's identity holds at every position; rank(Σ_i ΔW_i) = 1 by construction",
+           "theory_max_error_f64": 9e-16, "p2_mse_f32": [1e-16, 1e-14], "rank": 1},
+    "recipe": {"source": "THEORY §5, the PyTorch replication",
+               "lr": 1e-3, "steps": 2000, "batch_size": 64, "n_heads": 8, "d_head": 4, "d_mlp": 128, "d": 2,
+               "n_points": 50},
+}
+
+
+def fmt(x, digits: int = 3) -> str:
+    """The one number formatter: every number printed in report.md goes through it."""
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return str(x)
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    if x == 0:
+        return "0"
+    if abs(x) >= 1e4 or abs(x) < 1e-3:
+        return f"{x:.{digits - 1}e}"
+    return f"{x:.{digits}g}"
+
+
+def _range(pair) -> str:
+    return f"{fmt(pair[0])}–{fmt(pair[1])}"
+
+
+def render(r: dict) -> str:
+    """The Markdown report of one ``implicit-icl reproduce`` run (a pure function of report.json)."""
+    P, s = r["paper"], r["settings"]
+    L = []
+    add = L.append
+    add(f"# Reproduction report: preset `{r['preset']}`{' (quick)' if r['quick'] else ''}")
+    add("")
+    add(f"Command: `{r['command']}` — seed {fmt(r['seed'])}, total time {fmt(r['total_s'])} s "
+        f"(implicit-icl {r['versions']['implicit_icl']}, torch {r['versions']['torch']}, "
+        f"numpy {r['versions']['numpy']}). Every number below is read from `report.json` of this run.")
+    add("")
+    add("## Models")
+    add("")
+    add("| role | model | steps | validation loss (float64) | predicting 0 |")
+    add("|---|---|---|---|---|")
+    for role, m in r["models"].items():
+        add(f"| {role} | {m['description']} | {fmt(m['step'])} | {fmt(m['val_loss'])} | {fmt(m['val_loss_zero'])} |")
+    add("")
+    t = s["train"][r["preset"]]
+    rc = P["recipe"]
+    add(f"Training recipe ({r['preset']}): Adam lr {fmt(t['lr'])}, batch {fmt(t['batch_size'])}, "
+        f"{fmt(t['steps'])} steps, gradient-norm clip {fmt(t['grad_clip'])}, N = {fmt(t['n_points'])} examples, "
+        f"d = {fmt(t['d'])}, block `{t['cfg']['kind']}` with {fmt(t['cfg']['n_heads'])} heads of width "
+        f"{fmt(t['cfg']['d_head'])}, MLP {fmt(t['cfg']['d_mlp'])}, {t['cfg']['activation']}. "
+        f"The replication THEORY §5 cites uses Adam lr {fmt(rc['lr'])}, {fmt(rc['steps'])} steps, batch "
+        f"{fmt(rc['batch_size'])}, {fmt(rc['n_heads'])} heads × {fmt(rc['d_head'])}, MLP {fmt(rc['d_mlp'])}; "
+        f"the paper's own values are UNCONFIRMED (source: {rc['source']}).")
+    add("")
+
+    e1 = r["e1"]
+    add("## E1 — losses during training and the ΔW identity (P1 Fig. 1)")
+    add("")
+    add("![E1](e1_training.png)")
+    add("")
+    add("| | ours | papers |")
+    add("|---|---|---|")
+    add(f"| validation loss, first → last evaluation | {fmt(e1['initial_val_loss'])} → {fmt(e1['final_val_loss'])} "
+        f"(predicting 0: {fmt(e1['val_loss_zero'])}) | replication ≈ {fmt(P['e1']['replication_loss'])} at "
+        f"N = {fmt(P['e1']['replication_n_points'])} |")
+    add(f"| max \\|ŷ(context) − ŷ(ΔW)\\|, float32 (torch) | {fmt(e1['max_abs_diff_f32'])} "
+        f"(tolerance {fmt(e1['tol_f32'])}: {fmt(e1['agrees_f32'])}) | replication "
+        f"{_range(P['e1']['replication_max_abs_diff_f32'])} |")
+    add(f"| same, re-checked in float64 (NumPy reference) | {fmt(e1['max_abs_diff_f64'])} "
+        f"(tolerance {fmt(e1['tol_f64'])}: {fmt(e1['agrees_f64'])}) | \"machine precision\" |")
+    add("")
+    add(f"The curves overlap as P1 reports ({P['e1']['claim']}). This is guaranteed by algebra, not learned: the "
+        "identity holds at step 0 (random weights) exactly as at the end (THEORY §8.1).")
+    add("")
+
+    if r.get("e2"):
+        e2, pe2 = r["e2"], P["e2"]
+        tr, un = e2["trained"], e2["untrained"]
+        add("## E2 — convergence of the implicit dynamics (P1 Fig. 2)")
+        add("")
+        add("![E2](e2_convergence.png)")
+        add("")
+        add(f"Median over {fmt(e2['n_prompts'])} prompts (quartile band in the figure).")
+        add("")
+        keys = list(tr["step_norm_at"])
+        add("| i | " + " | ".join(keys) + " | log-log slope |")
+        add("|---|" + "---|" * (len(keys) + 1))
+        add("| step norm, trained | " + " | ".join(fmt(tr["step_norm_at"][k]) for k in keys)
+            + f" | {fmt(tr['step_norm_slope'])} |")
+        add("| step norm, untrained (same architecture, its initial weights) | "
+            + " | ".join(fmt(un["step_norm_at"][k]) for k in keys) + f" | {fmt(un['step_norm_slope'])} |")
+        add("| relative change, trained | " + " | ".join(fmt(tr["relative_change_at"][k]) for k in keys)
+            + f" | {fmt(tr['relative_change_slope'])} |")
+        add("| relative change, untrained | " + " | ".join(fmt(un["relative_change_at"][k]) for k in keys)
+            + f" | {fmt(un['relative_change_slope'])} |")
+        rb = pe2["random_block_step_norm_at"]
+        add("| THEORY §8.5: a random block (d_model " + fmt(pe2["random_block_d_model"]) + "), step norm | "
+            + " | ".join(fmt(rb.get(k)) for k in keys) + " | |")
+        add("")
+        g = e2["generic"]
+        add(f"**What is generic.** P1 reports: {pe2['claim']}. It does here too, "
+            f"but the untrained block decays {g['verdict']}: slope {fmt(un['step_norm_slope'])} against "
+            f"{fmt(tr['step_norm_slope'])} for the trained model (fit for i ≥ {fmt(e2['fit_from'])}), and the "
+            f"relative change at the last step is {fmt(un['relative_change_at'][keys[-1]])} untrained vs "
+            f"{fmt(tr['relative_change_at'][keys[-1]])} trained. Softmax attention over i.i.d. tokens is a running "
+            "weighted mean, so its increments shrink like 1/i whatever the weights (THEORY §8.5): the decay is not "
+            f"evidence of learning. Training changes the scale (step norm at i = {keys[0]}: "
+            f"{fmt(tr['step_norm_at'][keys[0]])} trained, {fmt(un['step_norm_at'][keys[0]])} untrained; ratio of "
+            f"medians {fmt(g['scale_ratio'])}) and the direction of the update, which E3 tests against the data.")
+        add("")
+
+    if r.get("e3"):
+        e3, pe3 = r["e3"], P["e3"]
+        la = e3["loss_at"]
+        keys = list(la["implicit"])
+        add("## E3 — in-context (implicit ΔW) vs explicit finetuning (P1 Fig. 3)")
+        add("")
+        add("![E3](e3_finetuning.png)")
+        add("")
+        add(f"{fmt(e3['n_runs'])} test tasks (P1: {fmt(pe3['n_runs'])} runs). SGD: online, one example at a time in "
+            f"prompt order, on `mlp.W` only; example j is the token (x_j, 0) run alone with target y_j. Its learning "
+            f"rate {fmt(e3['sgd_lr'])} is the best of the grid "
+            + ", ".join(f"{k} (loss {fmt(v)})" for k, v in e3["sgd_lr_grid_scores"].items())
+            + f" by mean test loss over i on {fmt(e3['n_held_out'])} held-out tasks (never the test tasks)"
+            + (" — it lies at the edge of the grid." if e3["sgd_lr_at_grid_edge"] else "."))
+        add("")
+        add("| test loss at i = | " + " | ".join(keys) + " |")
+        add("|---|" + "---|" * len(keys))
+        for name, label in (("implicit", "implicit ΔW_i (= in context)"), ("sgd", "online SGD on W"),
+                            ("least_squares", "least squares")):
+            add(f"| {label} | " + " | ".join(fmt(la[name][k]) for k in keys) + " |")
+        add(f"| alignment ⟨ΔW_impl, ΔW_SGD⟩ (median) | " + " | ".join(fmt(e3["alignment_at"].get(k)) for k in keys)
+            + " |")
+        add("")
+        add(f"The trained model learns in context: at the full prompt length its loss is "
+            f"{fmt(e3['full_length_ratio_to_zero'])} × that of predicting 0 ({fmt(e3['loss_zero'])}); it falls with i: "
+            f"{fmt(e3['implicit_falls_with_i'])}. Paper: {pe3['claim']}. Ours: both losses fall with i "
+            f"(implicit: {fmt(e3['implicit_falls_with_i'])}, SGD: {fmt(e3['sgd_falls_with_i'])}); at i = {keys[-1]} "
+            f"{e3['comparison']}. The alignment is {e3['alignment_verdict']} (mean of the median over i: "
+            f"{fmt(e3['alignment_median_mean'])}). Least squares is exact after d examples (noise-free tasks), far "
+            f"below both. The implicit prediction equals the in-context one to {fmt(e3['identity_max_abs_diff'])} "
+            "(float64).")
+        add("")
+
+    e4, pe4 = r["e4"], P["e4"]
+    add(f"## E4 — P2 on the `p2` stack ({fmt(e4['n_blocks'])} blocks): every position, every block")
+    add("")
+    add("![E4 identity](e4_identity.png)")
+    add("")
+    add("![E4 alignment](e4_alignment.png)")
+    add("")
+    add("| | ours (float64 reference) | papers |")
+    add("|---|---|---|")
+    add("| max identity error per block | " + ", ".join(fmt(v) for v in e4["identity_error_max_per_block"])
+        + f" over {fmt(e4['n_prompts'])} prompts × {fmt(e4['positions'])} positions "
+        f"(tolerance {fmt(e4['tol_f64'])}: {fmt(e4['agrees_f64'])}) | THEORY ≤ {fmt(pe4['theory_max_error_f64'])} "
+        f"(float64); P2 MSE {_range(pe4['p2_mse_f32'])} (float32) |")
+    add(f"| last-token updates in all blocks at once, query alone | {fmt(e4['composition_error_max'])} | exact "
+        "(THEORY §10.18) |")
+    add("| rank(Σ_i ΔW_i), all blocks and prompts | " + ", ".join(fmt(v) for v in e4["rank_sum_delta_W_set"])
+        + f" | {fmt(pe4['rank'])}, by construction |")
+    add("| median off-diagonal token alignment per block (prompt 0) | "
+        + ", ".join(fmt(v) for v in e4["alignment_offdiag_median_per_block"]) + " | plotted, no number |")
+    add("")
+    add("The rank is 1 by construction, not an empirical finding: every ΔW_i shares the right factor (the last "
+        "token's tap), so the token alignment is the cosine of the left factors W(·)_i (THEORY §10.16–17).")
+    add("")
+    add("## Timing")
+    add("")
+    add("| step | seconds |")
+    add("|---|---|")
+    for k, v in r["timings_s"].items():
+        add(f"| {k} | {fmt(v)} |")
+    add("")
+    return "\n".join(L)

@@ -1,0 +1,240 @@
+"""Training on in-context linear regression (P1 §4) with resumable, atomic, pickle-free checkpoints.
+
+Files in the run directory:
+
+- ``checkpoint.npz``: the training state, written with ``save_checkpoint`` every ``checkpoint_every`` steps and at
+  the end. Arrays: the model params plus Adam's moments keyed ``optim.exp_avg.<name>`` / ``optim.exp_avg_sq.<name>``
+  (``blocks.<l>.optim.…`` in a stack, so the file stays a valid stack checkpoint). Meta: preset, seed, step, Adam's
+  step count, the running train-loss accumulator and the data-stream position.
+- ``metrics.jsonl``: one JSON line per evaluation (E1's curves); on ``--resume`` lines after the checkpoint's step
+  are dropped and training continues from there.
+- ``model.npz``: the final model alone, with its float64 (NumPy reference) validation losses in the meta.
+
+Determinism: the batch of step ``t`` is drawn from ``numpy.random.default_rng([seed, 1, t])``, a counter-based
+stream, so the data RNG state *is* the step number (recorded as ``rng`` in the meta); there is no other randomness
+after the seeded init. Torch runs on ``threads`` CPU threads (default 1) with deterministic algorithms, so a run
+resumed from any checkpoint ends bit-identical to an uninterrupted one.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from implicit_icl import __version__
+from implicit_icl.checkpoint import CheckpointError, atomic_write_bytes, load_checkpoint, save_checkpoint
+from implicit_icl.reference.tasks import regression_prompts
+
+from .evaluate import validate, validation_prompts
+from .presets import Preset
+
+CHECKPOINT = "checkpoint.npz"
+METRICS = "metrics.jsonl"
+MODEL = "model.npz"
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+
+
+def optim_key(name: str, slot: str) -> str:
+    """Where Adam's ``slot`` for the param ``name`` lives in the checkpoint (stack-compatible)."""
+    if name.startswith("blocks."):
+        _, l, rest = name.split(".", 2)
+        return f"blocks.{l}.optim.{slot}.{rest}"
+    return f"optim.{slot}.{name}"
+
+
+def is_optim_key(key: str) -> bool:
+    return key.startswith("optim.") or (key.startswith("blocks.") and key.split(".", 2)[2].startswith("optim."))
+
+
+def model_only(params: dict) -> dict:
+    """The params of a training checkpoint without the optimizer arrays."""
+    return {k: v for k, v in params.items() if not is_optim_key(k)}
+
+
+def batch(preset: Preset, seed: int, step: int):
+    """The training prompts of ``step``: a pure function of ``(seed, step)``."""
+    return regression_prompts(preset.batch_size, preset.n_points, preset.d, np.random.default_rng([seed, 1, step]))
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    step: int
+    params: dict          # numpy float32 arrays
+    validation: object    # evaluate.Validation of the final model (float64 reference)
+    seconds: float
+
+
+def _write_metrics(path: Path, lines: list[dict]) -> None:
+    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in lines)
+    atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def _read_metrics(path: Path, upto_step: int) -> list[dict]:
+    if not path.exists():
+        return []
+    out = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"metrics file {path}: line {n} is not JSON ({exc})") from None
+        if rec.get("step", math.inf) <= upto_step:
+            out.append(rec)
+    return out
+
+
+def train(preset: Preset, out_dir, seed: int = 0, resume: bool = False, progress: bool = True,
+          threads: int = 1, stop_after: int | None = None, log=None) -> TrainResult:
+    """Train ``preset`` into ``out_dir``; with ``resume`` continue from ``out_dir/checkpoint.npz``.
+
+    ``stop_after`` ends the run after that many steps of this call (a clean interruption, for tests and demos).
+    """
+    import torch
+    from tqdm import tqdm
+
+    from . import torch_model as TM
+
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    out_dir = Path(out_dir)
+    ckpt_path, metrics_path = out_dir / CHECKPOINT, out_dir / METRICS
+    cfg, L = preset.cfg, preset.n_blocks
+
+    params = {k: v.requires_grad_(True) for k, v in TM.init_params(cfg, L, seed).items()}
+    names = sorted(params)
+    opt = torch.optim.Adam([params[k] for k in names], lr=preset.lr, betas=ADAM_BETAS, eps=ADAM_EPS, foreach=False)
+    step, acc_sum, acc_count = 0, 0.0, 0
+    if resume:
+        arrays, ck_cfg, meta = load_checkpoint(ckpt_path)
+        _check_resumable(ckpt_path, meta, preset, seed)
+        with torch.no_grad():
+            for k in names:
+                params[k].copy_(torch.from_numpy(arrays[k].astype(np.float32)))
+        if meta["adam_step"] > 0:
+            opt.load_state_dict({"state": {i: {
+                "step": torch.tensor(float(meta["adam_step"])),
+                "exp_avg": torch.from_numpy(arrays[optim_key(k, "exp_avg")].astype(np.float32)),
+                "exp_avg_sq": torch.from_numpy(arrays[optim_key(k, "exp_avg_sq")].astype(np.float32)),
+            } for i, k in enumerate(names)}, "param_groups": opt.state_dict()["param_groups"]})
+        step, acc_sum, acc_count = meta["step"], meta["train_loss_sum"], meta["train_loss_count"]
+        metrics = _read_metrics(metrics_path, step)
+        log(f"resuming {ckpt_path} at step {step}/{preset.steps}")
+    else:
+        if ckpt_path.exists():
+            raise FileExistsError(f"{ckpt_path} exists: pass --resume to continue it, or choose another --out")
+        metrics = []
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    val = validation_prompts(preset.val_prompts, preset.n_points, preset.d, preset.val_seed)
+    Zv = torch.tensor(val.Z, dtype=torch.float32)
+    yv = torch.tensor(val.target, dtype=torch.float32)
+
+    def numpy_params() -> dict:
+        return {k: params[k].detach().numpy().copy() for k in names}
+
+    def evaluate(train_loss):
+        with torch.no_grad():
+            pred = TM.predict(params, cfg, L, Zv)
+            pred_dw = TM.predict_via_update(params, cfg, L, Zv)
+        ref = validate({k: v.astype(np.float64) for k, v in numpy_params().items()}, cfg, L, val)
+        return {
+            "step": step, "train_loss": train_loss,
+            "val_loss": float(((pred - yv) ** 2).mean()), "val_loss_via_update": float(((pred_dw - yv) ** 2).mean()),
+            "max_abs_diff_f32": float((pred - pred_dw).abs().max()),
+            "val_loss_f64": ref.loss, "val_loss_via_update_f64": ref.loss_via_update,
+            "max_abs_diff_f64": ref.max_abs_diff, "val_loss_zero": ref.loss_zero,
+        }
+
+    def save():
+        arrays = numpy_params()
+        state = opt.state_dict()["state"]
+        adam_step = int(state[0]["step"]) if state else 0
+        for i, k in enumerate(names):
+            if state:
+                arrays[optim_key(k, "exp_avg")] = state[i]["exp_avg"].numpy()
+                arrays[optim_key(k, "exp_avg_sq")] = state[i]["exp_avg_sq"].numpy()
+        _write_metrics(metrics_path, metrics)
+        save_checkpoint(ckpt_path, arrays, cfg, preset=preset.to_dict(), seed=seed, step=step, adam_step=adam_step,
+                        train_loss_sum=acc_sum, train_loss_count=acc_count, torch_version=torch.__version__,
+                        rng={"scheme": "numpy default_rng([seed, 1, step]) per batch", "seed": seed,
+                             "next_step": step})
+
+    if step == 0 and not metrics:
+        metrics.append(evaluate(None))
+        save()
+    t0, done_here = time.perf_counter(), 0
+    bar = tqdm(total=preset.steps, initial=step, disable=not progress, desc=f"train {preset.name}", unit="step",
+               dynamic_ncols=True)
+    try:
+        while step < preset.steps and (stop_after is None or done_here < stop_after):
+            prompts = batch(preset, seed, step)
+            Z = torch.tensor(prompts.Z, dtype=torch.float32)              # (B, N+1, d+1)
+            y = torch.tensor(prompts.target, dtype=torch.float32)         # (B,)
+            loss = ((TM.predict(params, cfg, L, Z) - y) ** 2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if preset.grad_clip:
+                torch.nn.utils.clip_grad_norm_([params[k] for k in names], preset.grad_clip)
+            opt.step()
+            step += 1
+            done_here += 1
+            loss_value = float(loss.detach())
+            acc_sum += loss_value
+            acc_count += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.4f}")
+            if step % preset.eval_every == 0 or step == preset.steps:
+                rec = evaluate(acc_sum / acc_count)
+                metrics.append(rec)
+                acc_sum, acc_count = 0.0, 0
+                bar.set_postfix(loss=f"{rec['train_loss']:.4f}", val=f"{rec['val_loss']:.4f}")
+                _write_metrics(metrics_path, metrics)
+            if step % preset.checkpoint_every == 0 or step == preset.steps:
+                save()
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    final = numpy_params()
+    result_val = None
+    if step == preset.steps:
+        result_val = validate({k: v.astype(np.float64) for k, v in final.items()}, cfg, L, val)
+        save_model(out_dir / MODEL, final, preset, seed, step, result_val)
+        log(f"done: {step} steps; validation loss {result_val.loss:.4g} (predicting 0: {result_val.loss_zero:.4g}); "
+            f"model in {out_dir / MODEL}")
+    else:
+        save()
+        log(f"stopped at step {step}/{preset.steps}; continue with --resume")
+    return TrainResult(out_dir=out_dir, step=step, params=final, validation=result_val, seconds=seconds)
+
+
+def save_model(path, params: dict, preset: Preset, seed: int, step: int, validation) -> Path:
+    """The trained model alone (float32 arrays), with the validation it was checked on recorded beside it."""
+    return save_checkpoint(
+        path, model_only(params), preset.cfg, preset=preset.to_dict(), seed=seed, step=step,
+        val_loss=validation.loss, val_loss_via_update=validation.loss_via_update,
+        val_max_abs_diff=validation.max_abs_diff, val_loss_zero=validation.loss_zero,
+        val_note="float64 NumPy reference on the preset's seeded validation prompts "
+                 "(regression_prompts(val_prompts, n_points, d, val_seed))",
+        trained_by=f"implicit-icl train --preset {preset.name} --seed {seed} (implicit-icl {__version__})",
+    )
+
+
+def _check_resumable(path: Path, meta: dict, preset: Preset, seed: int) -> None:
+    needed = ("preset", "seed", "step", "adam_step", "train_loss_sum", "train_loss_count")
+    missing = [k for k in needed if k not in meta]
+    if missing:
+        raise CheckpointError(f"checkpoint {path}: not a training checkpoint (its meta lacks {missing})")
+    if meta["preset"] != preset.to_dict():
+        diff = sorted(k for k in preset.to_dict() if meta["preset"].get(k) != preset.to_dict()[k])
+        raise CheckpointError(f"checkpoint {path}: was written for a different preset/settings (differs in {diff}); "
+                              "resume with the same options")
+    if meta["seed"] != seed:
+        raise CheckpointError(f"checkpoint {path}: was written with seed {meta['seed']}, not {seed}")

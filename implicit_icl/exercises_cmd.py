@@ -1,0 +1,73 @@
+"""``implicit-icl exercises``: list the course exercises and grade one (no pytest or torch needed)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+HELP = "course exercises: list them, or grade one (`implicit-icl exercises check N`)"
+DESCRIPTION = """\
+Course exercises, from softmax attention to the implicit weight update (exercises/README.md).
+
+  implicit-icl exercises list                 the exercises, in order
+  implicit-icl exercises check N              grade exercises/NN_*/exercise.py (your file)
+  implicit-icl exercises check N --solution   grade the reference solution instead
+  implicit-icl exercises check N --file PATH  grade another file
+
+Each check compares your functions with the NumPy reference (implicit_icl.reference): shapes first, values
+after, with the expected and the obtained value and a hint when a check fails. The exit status is 0 when every
+check passes. The same graders run under pytest: `pytest exercises/01_*` (options --solution, --mistake,
+--file PATH).
+"""
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--dir", metavar="DIR", default=None,
+                        help="the exercises folder (default: ./exercises, else the repository's)")
+    sub = parser.add_subparsers(dest="exercises_action", metavar="ACTION")
+    sub.add_parser("list", help="list the exercises")
+    check = sub.add_parser("check", help="grade one exercise")
+    check.add_argument("number", type=int, metavar="N", help="the exercise number, 1..8")
+    which = check.add_mutually_exclusive_group()
+    which.add_argument("--solution", action="store_const", const="solution", dest="target",
+                       help="grade the reference solution (solution.py)")
+    which.add_argument("--mistake", action="store_const", const="mistake", dest="target",
+                       help="grade the deliberately wrong solution (mistake.py), to see the feedback")
+    which.add_argument("--file", metavar="PATH", dest="target", help="grade this file instead of exercise.py")
+
+
+def _title(folder: Path) -> str:
+    readme = folder / "README.md"
+    if readme.is_file():
+        for line in readme.read_text(encoding="utf-8").splitlines():
+            if line.startswith("# "):
+                return line[2:].strip()
+    return folder.name
+
+
+def run(args) -> int:
+    from implicit_icl import grading
+
+    try:
+        exercises = grading.find_exercises(args.dir)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    action = getattr(args, "exercises_action", None)
+    if action in (None, "list"):
+        for n, folder in exercises.items():
+            print(f"{n:2d}  {_title(folder)}    ({folder})")
+        if action is None:
+            print("\ngrade one with: implicit-icl exercises check N", file=sys.stderr)
+        return 0
+    if args.number not in exercises:
+        print(f"error: N must be one of {sorted(exercises)}, got {args.number}", file=sys.stderr)
+        return 2
+    folder = exercises[args.number]
+    try:
+        path = grading.resolve_target(folder, args.target)
+    except FileNotFoundError as exc:
+        print(f"error: --file: {exc}", file=sys.stderr)
+        return 2
+    results = grading.run_checks(folder, path)
+    grading.report(results, _title(folder), path)
+    return 0 if results and all(r.passed for r in results) else 1

@@ -1,0 +1,272 @@
+"""The course exercises' graders are real: each passes on its reference solution, fails on the untouched stub
+(every check, each because the stub is unsolved) and fails on its deliberately wrong solution (exactly at the
+checks that the mistake should trip). Graded in-process with the pytest-free runner, and once through pytest.
+"""
+from __future__ import annotations
+
+import ast
+import inspect
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from implicit_icl import grading
+
+ROOT = Path(__file__).resolve().parents[1]
+EXERCISES = ROOT / "exercises"
+FOLDERS = grading.find_exercises(EXERCISES)
+
+# The checks that each exercise's mistake.py must fail, and no others: a grader that fails the mistake
+# somewhere else, or misses it, is wrong.
+MISTAKE_CAUGHT_BY = {
+    1: {"test_softmax_large_logits"},
+    2: {"test_context_vector_whole_context", "test_context_vector_subset"},
+    3: {"test_rank1_update_values", "test_identity_query_alone", "test_identity_preactivations"},
+    4: {"test_rank1_update_remove_values", "test_identity_with_kept_tokens", "test_remove_nothing_or_everything",
+        "test_minimal_norm"},
+    5: {"test_gradients", "test_gradient_descent_recursion"},
+    6: {"test_step_norms_untrained", "test_step_norms_trained", "test_mean_step_norms", "test_trained_vs_untrained"},
+    7: {"test_update_pre_ln_values", "test_identity_pre_ln"},
+    8: {"test_position_updates_values", "test_identity_every_position"},
+}
+
+
+def _failures(results):
+    return {r.name: r.message for r in results if not r.passed}
+
+
+def test_the_eight_exercises_are_complete():
+    assert sorted(FOLDERS) == list(range(1, 9))
+    for n, folder in FOLDERS.items():
+        for name in ("README.md", "exercise.py", "solution.py", "mistake.py"):
+            assert (folder / name).is_file(), f"exercise {n}: {name} is missing"
+        assert len(list(folder.glob(grading.GRADER_GLOB))) == 1, f"exercise {n}: expected one grader"
+        assert len(grading.checks_of(grading.load_grader(grading.grader_path(folder)))) >= 5
+
+
+@pytest.mark.parametrize("n", sorted(MISTAKE_CAUGHT_BY))
+def test_solution_passes_every_check(n):
+    results = grading.run_checks(FOLDERS[n], "solution")
+    assert results and _failures(results) == {}
+
+
+@pytest.mark.parametrize("n", sorted(MISTAKE_CAUGHT_BY))
+def test_untouched_stub_fails_every_check(n):
+    results = grading.run_checks(FOLDERS[n], "exercise")
+    failures = _failures(results)
+    assert set(failures) == {r.name for r in results}, "every check must fail on the stub"
+    for name, message in failures.items():  # each fails because the stub is unsolved, not through a grader crash
+        assert "raises NotImplementedError" in message and "Traceback" not in message, (name, message)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")   # exercise 1's mistake
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("n", sorted(MISTAKE_CAUGHT_BY))
+def test_mistake_fails_exactly_where_expected(n):
+    results = grading.run_checks(FOLDERS[n], "mistake")
+    failures = _failures(results)
+    assert set(failures) == MISTAKE_CAUGHT_BY[n], {k: v[:300] for k, v in failures.items()}
+    for name, message in failures.items():  # teaching feedback, not a crash
+        assert message.startswith("check:") and "hint:" in message and "Traceback" not in message, (name, message)
+
+
+def _functions(path: Path) -> dict[str, tuple[str, str | None]]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return {f.name: (ast.unparse(f.args), ast.get_docstring(f)) for f in tree.body if isinstance(f, ast.FunctionDef)}
+
+
+@pytest.mark.parametrize("n", sorted(MISTAKE_CAUGHT_BY))
+def test_stub_and_mistake_have_the_solutions_functions(n):
+    """The stub keeps every public function, signature and docstring of the solution; only bodies differ."""
+    folder = FOLDERS[n]
+    solution = {k: v for k, v in _functions(folder / "solution.py").items() if not k.startswith("_")}
+    stub = _functions(folder / "exercise.py")
+    assert {k: v for k, v in stub.items() if not k.startswith("_")} == solution
+    assert set(_functions(folder / "mistake.py")) == set(_functions(folder / "solution.py"))
+    for name in solution:
+        body = ast.parse((folder / "exercise.py").read_text(encoding="utf-8"))
+        func = next(f for f in body.body if isinstance(f, ast.FunctionDef) and f.name == name)
+        assert isinstance(func.body[-1], ast.Raise), f"exercise {n}: stub `{name}` must end in raise NotImplementedError"
+
+
+def test_feedback_names_the_check_expected_got_and_hint():
+    with pytest.raises(grading.GradingFailure) as info:
+        grading.check_close("softmax(x)", np.array([0.2, 0.3, 0.5]), np.array([0.2, 0.3, 0.4]), hint="look here")
+    text = str(info.value)
+    assert "check:    softmax(x)" in text and "expected:" in text and "got:" in text
+    assert "largest difference 0.1 at index (2,)" in text and "hint:     look here" in text
+    with pytest.raises(grading.GradingFailure, match=r"shape of ΔW[\s\S]*\(4, 5\)[\s\S]*\(5, 4\)"):
+        grading.check_shape("ΔW", np.zeros((5, 4)), (4, 5))
+
+    class Student:
+        __file__ = "student.py"
+
+        @staticmethod
+        def f(x):
+            return x["missing"]
+
+    with pytest.raises(grading.GradingFailure, match="no such function"):
+        grading.call(Student, "g")
+    with pytest.raises(grading.GradingFailure, match="KeyError"):
+        grading.call(Student, "f", {})
+
+
+def test_check_close_tolerance_is_what_it_says():
+    x = np.array([1.0, -2.0, 1e-12])
+    grading.check_close("x", x * (1 + 0.9e-7), x)          # inside rtol = 1e-7
+    with pytest.raises(grading.GradingFailure):
+        grading.check_close("x", x * (1 + 2e-7), x)        # outside
+    with pytest.raises(grading.GradingFailure, match="non-finite"):
+        grading.check_close("x", np.array([1.0, np.nan, 0.0]), x)
+
+
+@given(expected=hnp.arrays(np.float64, hnp.array_shapes(max_dims=2, max_side=4),
+                           elements=st.floats(-1e3, 1e3, allow_nan=False)),
+       scale=st.floats(-3.0, 3.0), data=st.data())
+def test_check_close_passes_exactly_within_its_bound(expected, scale, data):
+    """check_close accepts got iff |got − expected| ≤ atol + rtol·|expected| entrywise."""
+    noise = data.draw(hnp.arrays(np.float64, expected.shape, elements=st.floats(-1.0, 1.0)))
+    got = expected + scale * noise * (grading.ATOL + grading.RTOL * np.abs(expected))
+    inside = bool(np.all(np.abs(got - expected) <= grading.ATOL + grading.RTOL * np.abs(expected)))
+    try:
+        grading.check_close("x", got, expected)
+        passed = True
+    except grading.GradingFailure:
+        passed = False
+    assert passed == inside
+
+
+def test_exercise_6_uses_the_bundled_checkpoint_when_present(tmp_path, monkeypatch):
+    from implicit_icl import checkpoint
+    from implicit_icl import reference as ref
+
+    grader = grading.load_grader(grading.grader_path(FOLDERS[6]))
+    params = ref.init_block(grader.P1_CFG, seed=99)
+    path = checkpoint.save_checkpoint(tmp_path / "p1.npz", params, grader.P1_CFG)
+    monkeypatch.setattr(checkpoint, "default_checkpoint_path", lambda: path)
+    got, cfg, label = grader.trained_model()
+    assert cfg == grader.P1_CFG and label == f"the trained checkpoint {path}"
+    assert np.array_equal(got["mlp.W"], params["mlp.W"])
+    monkeypatch.setattr(checkpoint, "default_checkpoint_path", lambda: tmp_path / "absent.npz")
+    _, _, label = grader.trained_model()
+    assert "seeded random block" in label and "does not exist" in label
+
+
+def test_cli_check_list_and_exit_status(capsys, monkeypatch):
+    from implicit_icl.cli import main
+
+    monkeypatch.chdir(ROOT)
+    assert main(["exercises", "check", "1", "--solution"]) == 0
+    out = capsys.readouterr().out
+    assert "All 9 checks passed" in out and "solution.py" in out
+    assert main(["exercises", "check", "3", "--mistake"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL" in out and "expected:" in out and "hint:" in out and "the right factor is A(x)" in out
+    assert main(["exercises", "check", "2"]) == 1
+    assert "0/9 checks passed" in capsys.readouterr().out
+    assert main(["exercises", "check", "2", "--file", str(FOLDERS[2] / "solution.py")]) == 0
+    capsys.readouterr()
+    assert main(["exercises", "check", "2", "--file", "no/such/file.py"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["exercises", "check", "9"]) == 2
+    assert main(["exercises", "list"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 8 and "Softmax attention" in out
+
+
+def _pytest_outcomes(target_args, tmp_path, tag):
+    xml = tmp_path / f"{tag}.xml"
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    env.pop(grading.ENV_TARGET, None)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXERCISES),
+                           f"--junitxml={xml}", *target_args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    outcomes = {}
+    for case in ET.parse(xml).getroot().iter("testcase"):
+        failed = case.find("failure") is not None or case.find("error") is not None
+        assert case.find("skipped") is None
+        outcomes[(case.get("classname").rsplit(".", 1)[-1], case.get("name"))] = not failed
+    return proc, outcomes
+
+
+def test_plain_pytest_grades_the_same_way(tmp_path):
+    """`pytest exercises --solution / (stub) / --mistake` agree check by check with the in-process runner."""
+    expected_names = {}
+    for n, folder in FOLDERS.items():
+        grader = grading.grader_path(folder)
+        expected_names.update({(grader.stem, name): n for name, _ in grading.checks_of(grading.load_grader(grader))})
+    for tag, args in (("solution", ["--solution"]), ("stub", []), ("mistake", ["--mistake"])):
+        proc, outcomes = _pytest_outcomes(args, tmp_path, tag)
+        assert set(outcomes) == set(expected_names), proc.stdout[-2000:]
+        for (module, name), passed in outcomes.items():
+            n = expected_names[(module, name)]
+            should_pass = {"solution": True, "stub": False, "mistake": name not in MISTAKE_CAUGHT_BY[n]}[tag]
+            assert passed == should_pass, (tag, module, name, proc.stdout[-3000:])
+        assert proc.returncode == (0 if tag == "solution" else 1), proc.stdout[-2000:]
+        if tag == "mistake":  # the teaching message replaces the traceback
+            assert "hint:" in proc.stdout and "Traceback" not in proc.stdout
+
+
+NO_EXTRAS = """
+import argparse, io, contextlib, sys
+for name in ("torch", "pytest", "_pytest"):
+    sys.modules[name] = None         # any `import torch` / `import pytest` now fails, as on a bare `pip install -e .`
+from implicit_icl import exercises_cmd, grading
+for n, folder in sorted(grading.find_exercises(sys.argv[1]).items()):
+    if n > 7:
+        continue
+    results = grading.run_checks(folder, "solution")
+    bad = [(r.name, r.message) for r in results if not r.passed]
+    assert not bad, (n, bad)
+    if n == 5:
+        assert any("finite differences" in note for r in results for note in r.notes), results
+    args = argparse.Namespace(dir=sys.argv[1], exercises_action="check", number=n, target="solution")
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert exercises_cmd.run(args) == 0, n
+loaded = {m.split(".")[0] for m, v in sys.modules.items() if v is not None}
+assert not loaded & {"torch", "pytest", "_pytest"}, loaded
+print("ok")
+"""
+
+
+def test_exercises_1_to_7_need_neither_torch_nor_pytest():
+    proc = subprocess.run([sys.executable, "-c", NO_EXTRAS, str(EXERCISES)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+
+
+CLI_NO_EXTRAS = """
+import sys
+for name in ("torch", "textual", "matplotlib", "pytest", "_pytest"):
+    sys.modules[name] = None
+from implicit_icl.cli import main
+sys.exit(main(["exercises", "check", "5", "--solution"]))
+"""
+
+
+def test_the_cli_grades_without_torch_textual_matplotlib_or_pytest():
+    """`implicit-icl exercises check` on a bare install: every command module must import its extras lazily."""
+    proc = subprocess.run([sys.executable, "-c", CLI_NO_EXTRAS], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "All 8 checks passed" in proc.stdout and "finite differences" in proc.stdout
+
+
+def test_exercise_5_uses_autograd_when_torch_is_present():
+    pytest.importorskip("torch", reason="the autograd path needs torch (the no-torch path is tested above)")
+    results = grading.run_checks(FOLDERS[5], "solution")
+    assert any("torch autograd" in note for r in results for note in r.notes)
+
+
+def test_grader_modules_document_how_the_target_is_chosen():
+    text = (EXERCISES / "README.md").read_text(encoding="utf-8")
+    for phrase in ("implicit-icl exercises check", "--solution", "--file", grading.ENV_TARGET, "pytest exercises/"):
+        assert phrase in text, phrase
+    assert inspect.getdoc(grading).count("--solution") >= 1

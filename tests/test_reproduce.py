@@ -1,0 +1,189 @@
+"""implicit-icl reproduce: E1–E4 on a tiny setting of the same code path, the report's provenance, the pieces."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from implicit_icl.checkpoint import load_checkpoint
+from implicit_icl.reference import BlockConfig, block_output, init_block, init_model, join_stack
+from implicit_icl.reference.tasks import regression_prompts
+
+torch = pytest.importorskip("torch", reason="reproduce needs the torch extra")
+
+from implicit_icl.experiments import experiments as E  # noqa: E402
+from implicit_icl.experiments.report import fmt, render  # noqa: E402
+from implicit_icl.experiments.reproduce import reproduce  # noqa: E402
+
+# The quick path with smaller numbers: short training, few prompts (seconds instead of a minute).
+TINY = {"train": {"p1": dict(steps=40, eval_every=20, checkpoint_every=20, val_prompts=16, n_points=20),
+                  "p2": dict(steps=30, eval_every=15, checkpoint_every=15, val_prompts=8, n_points=12)},
+        "e2_prompts": 12, "e3_held_out": 12, "e4_prompts": 2}
+FIGURES = ["e1_training.png", "e2_convergence.png", "e3_finetuning.png", "e4_identity.png", "e4_alignment.png"]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reproduce")
+    report = reproduce("p1", out, quick=True, settings=TINY, progress=False, log=lambda m: None)
+    return out, report
+
+
+def test_reproduce_writes_every_figure_and_both_reports(quick_run):
+    out, report = quick_run
+    for name in FIGURES:
+        data = (out / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, name
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk["figures"] == FIGURES
+    assert set(on_disk["timings_s"]) >= {"E1 train p1", "E4 train p2", "E4 identities", "figures"}
+    # report.md is generated from report.json as written.
+    assert (out / "report.md").read_text() == render(on_disk)
+
+
+def test_reproduce_results_state_the_papers_facts(quick_run):
+    _, r = quick_run
+    e1, e3, e4 = r["e1"], r["e3"], r["e4"]
+    assert e1["agrees_f32"] and e1["agrees_f64"]
+    assert e1["curves"]["step"] == [0, 20, 40]
+    # E2/E3 study the bundled model under --quick; it learns in context.
+    assert "bundled" in r["models"]["E2/E3"]["description"] and r["models"]["E2/E3"]["step"] == 4000
+    assert e3["full_length_ratio_to_zero"] <= 0.1   # seeded: measured 0.057 on these 12 tasks
+    assert e3["implicit_falls_with_i"]
+    assert e3["identity_max_abs_diff"] < E.TOL_F64
+    assert e3["loss"]["implicit"][0] == pytest.approx(e3["loss"]["sgd"][0], rel=1e-12)  # i = 0: both are W_0
+    assert e3["sgd_lr"] in r["settings"]["sgd_lr_grid"]
+    e2 = r["e2"]
+    assert len(e2["trained"]["step_norm"]["median"]) == len(e2["untrained"]["step_norm"]["median"]) == 50
+    assert e4["agrees_f64"] and e4["rank_sum_delta_W_set"] == [1] and e4["n_blocks"] == 3
+    assert np.array(e4["alignment_prompt0"]).shape == (3, 13, 13)
+
+
+NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e[-+]\d+)?")
+# Labels that contain digits but are not measurements: experiment and paper names, section and figure numbers,
+# dtypes, the token (x_j, 0), "1/i", the time-less parts of the command line.
+LABELS = re.compile(r"\bE[1-4]\b|\bP[12]\b|§\d+(?:\.\d+)?(?:–\d+)?|Fig\. \d|float(?:32|64)|\(x_j, 0\)|1/i|p[12]\b"
+                    r"|`[^`]*`")
+
+
+def _leaves(x):
+    if isinstance(x, dict):
+        for v in x.values():
+            yield from _leaves(v)
+    elif isinstance(x, list):
+        for v in x:
+            yield from _leaves(v)
+    else:
+        yield x
+
+
+def test_every_number_in_report_md_is_a_value_of_report_json(quick_run):
+    out, _ = quick_run
+    r = json.loads((out / "report.json").read_text())
+    allowed = {fmt(v) for v in _leaves(r) if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    allowed |= {str(k) for v in _leaves_dicts(r) for k in v}           # table columns are JSON keys ("i = 25")
+    allowed |= {m for v in _leaves(r) if isinstance(v, str) for m in NUMBER.findall(v)}  # numbers inside strings
+    text = LABELS.sub(" ", (out / "report.md").read_text())
+    stray = [n for n in NUMBER.findall(text) if n not in allowed and n.lstrip("-") not in allowed]
+    assert not stray, f"numbers in report.md that are not values of report.json: {stray[:10]}"
+
+
+def _leaves_dicts(x):
+    if isinstance(x, dict):
+        yield x
+        for v in x.values():
+            yield from _leaves_dicts(v)
+    elif isinstance(x, list):
+        for v in x:
+            yield from _leaves_dicts(v)
+
+
+def test_render_changes_when_a_number_changes(quick_run):
+    """The provenance test above would pass on a constant text; this one shows the numbers flow from the JSON."""
+    out, _ = quick_run
+    r = json.loads((out / "report.json").read_text())
+    r["e1"]["max_abs_diff_f64"] = 1.2345e-13
+    r["e3"]["loss_at"]["sgd"]["1"] = 0.98765
+    md = render(r)
+    assert "1.23e-13" in md and "0.988" in md
+
+
+def test_sgd_step_matches_the_reference_gradient():
+    """One online SGD step on mlp.W, checked against the hand-derived gradient of (ŷ − y)² in NumPy.
+
+    For a plain ReLU block on a token alone: ŷ = W_out[-1]·relu(W a + b) + b_out[-1], so
+    ∇_W = 2(ŷ − y) (W_out[-1] ⊙ 1[W a + b > 0]) aᵀ. float64 on both sides: agreement to 1e-12.
+    """
+    cfg = BlockConfig(d_model=3, d_mlp=16, n_heads=2, d_head=3, kind="plain")
+    params = init_block(cfg, seed=5, bias_std=0.3)
+    prompts = regression_prompts(4, 3, 2, seed=9)
+    lr = 0.1
+    pred, dW = E.sgd_runs(params, cfg, prompts, lr)
+    for r in range(4):
+        W = params["mlp.W"].copy()
+        for j in range(3):
+            token = np.append(prompts.x[r, j], 0.0)
+            a = params["attn.W_o"] @ (params["attn.W_v"] @ token)          # A([x]) = W_o W_v x (THEORY §10.7)
+            pre = W @ a + params["mlp.b"]
+            y_hat = params["mlp.W_out"][-1] @ np.maximum(pre, 0) + params["mlp.b_out"][-1]
+            grad = 2 * (y_hat - prompts.y[r, j]) * np.outer(params["mlp.W_out"][-1] * (pre > 0), a)
+            W = W - lr * grad
+            np.testing.assert_allclose(dW[r, j + 1], W - params["mlp.W"], rtol=0, atol=1e-12)
+        after = dict(params, **{"mlp.W": W})
+        assert pred[r, 3] == pytest.approx(block_output(after, cfg, np.zeros((0, 3)), prompts.query[r])[-1], abs=1e-12)
+
+
+def test_e4_on_a_random_stack_meets_p2_identities():
+    cfg = BlockConfig(d_model=3, d_mlp=8, n_heads=2, d_head=2, kind="pre-ln", activation="gelu")
+    params = join_stack(init_model(cfg, 2, seed=1, bias_std=0.2, ln_std=0.2))
+    r = E.e4(params, cfg, 2, regression_prompts(2, 6, 2, seed=3))
+    assert r["agrees_f64"] and r["identity_error_overall"] < 1e-12 and r["composition_error_max"] < 1e-12
+    assert r["rank_sum_delta_W_set"] == [1]
+    align = np.array(r["alignment_prompt0"])
+    np.testing.assert_allclose(np.diagonal(align, axis1=1, axis2=2), 1.0, atol=1e-12)   # THEORY §10.17
+    np.testing.assert_allclose(align, np.swapaxes(align, 1, 2), atol=1e-12)
+
+
+def test_e2_sees_the_generic_decay_in_two_random_blocks():
+    """Two untrained blocks: the verdict must be 'the same rate' (THEORY §8.5: the decay is generic)."""
+    cfg = BlockConfig(d_model=3, d_mlp=16, n_heads=2, d_head=4, kind="plain")
+    prompts = regression_prompts(20, 30, 2, seed=2)
+    a = E.trajectories(init_block(cfg, seed=1), cfg, prompts)
+    b = E.trajectories(init_block(cfg, seed=2), cfg, prompts)
+    r = E.e2(a, b)
+    assert r["trained"]["step_norm_slope"] < -0.5 and r["untrained"]["step_norm_slope"] < -0.5
+    assert r["generic"]["verdict"] == "at the same rate"
+
+
+mats = arrays(np.float64, (4, 3), elements=st.floats(-10, 10, allow_subnormal=False))
+
+
+@settings(max_examples=50, deadline=None)
+@given(mats, mats, st.floats(0.1, 10))
+def test_normalised_inner_product_is_a_cosine(A, B, c):
+    v = E.normalised_inner(A, B)
+    if np.linalg.norm(A) * np.linalg.norm(B) == 0:
+        assert np.isnan(v)
+        return
+    assert -1 - 1e-12 <= v <= 1 + 1e-12
+    assert v == pytest.approx(E.normalised_inner(c * A, B), abs=1e-9)
+    assert v == pytest.approx(E.normalised_inner(B, A), abs=1e-12)
+    if np.linalg.norm(A) > 1e-3:
+        assert E.normalised_inner(A, A) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_cli_rejects_a_foreign_checkpoint_before_training(tmp_path):
+    bad = tmp_path / "weights.npz"
+    np.savez(bad, w=np.zeros(2))
+    out = subprocess.run([sys.executable, "-m", "implicit_icl", "reproduce", "--quick", "--out", str(tmp_path / "o"),
+                          "--checkpoint", str(bad)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    assert f"checkpoint {bad}: no __meta__ record" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "o" / "train_p1").exists()

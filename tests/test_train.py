@@ -1,0 +1,196 @@
+"""Training (implicit-icl train): learning, determinism, kill-and-resume, checkpoint errors, the bundled model."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from implicit_icl.checkpoint import CheckpointError, default_checkpoint_path, load_checkpoint
+from implicit_icl.experiments.evaluate import checkpoint_validation
+from implicit_icl.experiments.presets import get_preset
+from implicit_icl.experiments.train import is_optim_key, model_only, optim_key
+
+torch = pytest.importorskip("torch", reason="training needs the torch extra")
+
+# A tiny recipe: same code path as the presets, seconds of CPU.
+TINY = dict(n_points=10, batch_size=16, val_prompts=8, eval_every=20, checkpoint_every=20)
+CLI = [sys.executable, "-m", "implicit_icl", "train", "--preset", "p1", "--no-progress", "--n-points", "10",
+       "--batch-size", "16", "--val-prompts", "8", "--eval-every", "20", "--checkpoint-every", "20"]
+
+
+def _train(tmp_path, name="run", preset="p1", **kw):
+    from implicit_icl.experiments.train import train
+
+    p = get_preset(preset).with_overrides(**{**TINY, **kw})
+    return train(p, tmp_path / name, seed=0, progress=False, log=lambda m: None)
+
+
+def test_bundled_p1_checkpoint_loss_matches_recorded_value_without_torch():
+    """The bundled model's recorded float64 validation loss is recomputed from scratch with the NumPy reference.
+
+    Same float64 code and prompts, so only BLAS summation order can differ: 1e-10 relative is generous.
+    The recomputation runs in a fresh interpreter that must not import torch.
+    """
+    path = default_checkpoint_path()
+    assert path.is_file(), f"bundled checkpoint {path} is missing"
+    assert path.stat().st_size < 1_000_000, "the bundled checkpoint must stay well under 5 MB"
+    code = (
+        "import sys, json\n"
+        "from implicit_icl.checkpoint import load_checkpoint, default_checkpoint_path\n"
+        "from implicit_icl.experiments.evaluate import checkpoint_validation\n"
+        "p, c, m = load_checkpoint(default_checkpoint_path())\n"
+        "v = checkpoint_validation(p, c, m)\n"
+        "print(json.dumps([v.loss, v.loss_zero, v.max_abs_diff, m['val_loss'], m['val_loss_zero'], "
+        "'torch' in sys.modules]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loss, loss_zero, max_diff, recorded, recorded_zero, torch_loaded = json.loads(out.stdout)
+    assert not torch_loaded
+    assert loss == pytest.approx(recorded, rel=1e-10)
+    assert loss_zero == pytest.approx(recorded_zero, rel=1e-12)
+    # The model learns in context: at the full prompt length its loss is at most 1/10 of predicting 0.
+    assert loss <= loss_zero / 10
+    # Its validation "via ΔW" agrees to float64 round-off (outputs are O(1); 1e-12 is ~5000 ulps).
+    assert max_diff < 1e-12
+
+
+def test_bundled_checkpoint_is_a_clean_p1_model():
+    params, cfg, meta = load_checkpoint(default_checkpoint_path())
+    assert cfg == get_preset("p1").cfg
+    assert meta["preset"] == get_preset("p1").to_dict()
+    assert meta["step"] == get_preset("p1").steps
+    assert not any(is_optim_key(k) for k in params), "the bundled model must not carry optimizer state"
+
+
+def test_short_training_learns_and_records_e1_metrics(tmp_path):
+    result = _train(tmp_path, steps=120, n_points=20, batch_size=32, val_prompts=32, eval_every=40)
+    lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [0, 40, 80, 120]
+    first, last = lines[0], lines[-1]
+    # Measured: ~1.9 → ~0.3 in 120 steps; a factor 2 leaves room for BLAS differences across machines.
+    assert last["val_loss_f64"] < 0.5 * first["val_loss_f64"]
+    for r in lines:
+        # float32 (torch) vs float64 (reference) losses of the same weights: float32 round-off.
+        assert r["val_loss"] == pytest.approx(r["val_loss_f64"], rel=1e-5)
+        assert r["max_abs_diff_f32"] < 1e-5      # predictions O(1): ~100 float32 ulps
+        assert r["max_abs_diff_f64"] < 1e-12     # ~5000 float64 ulps
+    assert result.validation.loss == pytest.approx(last["val_loss_f64"], rel=1e-12)
+    params, cfg, meta = load_checkpoint(tmp_path / "run" / "model.npz")
+    assert meta["val_loss"] == result.validation.loss and meta["seed"] == 0
+
+
+def test_training_is_deterministic_and_stop_then_resume_is_bit_identical(tmp_path):
+    from implicit_icl.experiments.train import train
+
+    full = _train(tmp_path, "full", steps=60)
+    p = get_preset("p1").with_overrides(**TINY, steps=60)
+    part = train(p, tmp_path / "part", seed=0, progress=False, stop_after=30, log=lambda m: None)
+    assert part.step == 30 and not (tmp_path / "part" / "model.npz").exists()
+    resumed = train(p, tmp_path / "part", seed=0, resume=True, progress=False, log=lambda m: None)
+    for k in full.params:
+        np.testing.assert_array_equal(full.params[k], resumed.params[k], err_msg=k)
+    assert (tmp_path / "full" / "metrics.jsonl").read_text() == (tmp_path / "part" / "metrics.jsonl").read_text()
+
+
+def _ckpt_step(path: Path) -> int:
+    try:
+        return load_checkpoint(path)[2]["step"]
+    except CheckpointError:
+        return -1
+
+
+def test_killed_training_subprocess_resumes_to_the_same_weights(tmp_path):
+    """SIGKILL a real `implicit-icl train` mid-run, rerun with --resume, compare with an uninterrupted run."""
+    steps = "1500"
+    ref = subprocess.run(CLI + ["--steps", steps, "--out", str(tmp_path / "ref")], capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr
+
+    run_dir = tmp_path / "killed"
+    proc = subprocess.Popen(CLI + ["--steps", steps, "--out", str(run_dir)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and _ckpt_step(run_dir / "checkpoint.npz") < 100:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    killed_at = _ckpt_step(run_dir / "checkpoint.npz")
+    assert 100 <= killed_at < int(steps), f"the run was not interrupted mid-way (checkpoint at {killed_at})"
+    assert not (run_dir / "model.npz").exists()
+
+    again = subprocess.run(CLI + ["--steps", steps, "--out", str(run_dir), "--resume"], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert f"resuming {run_dir / 'checkpoint.npz'} at step {killed_at}" in again.stderr
+    a, _, meta_a = load_checkpoint(tmp_path / "ref" / "checkpoint.npz")
+    b, _, meta_b = load_checkpoint(run_dir / "checkpoint.npz")
+    assert sorted(a) == sorted(b) and any(is_optim_key(k) for k in a)
+    for k in a:  # model and Adam moments, bit for bit
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert meta_a["adam_step"] == meta_b["adam_step"] == int(steps)
+    assert (tmp_path / "ref" / "metrics.jsonl").read_text() == (run_dir / "metrics.jsonl").read_text()
+
+
+def test_resume_rejects_corrupt_foreign_and_mismatched_checkpoints(tmp_path):
+    from implicit_icl.experiments.train import train
+
+    p = get_preset("p1").with_overrides(**TINY, steps=20)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    ckpt = run_dir / "checkpoint.npz"
+    ckpt.write_bytes(b"PK\x03\x04 this is not really a zip archive")
+    with pytest.raises(CheckpointError, match=str(ckpt).replace("\\", "\\\\") + ".*not"):
+        train(p, run_dir, resume=True, progress=False)
+    np.savez(ckpt, weights=np.zeros(3))                                   # someone else's npz
+    with pytest.raises(CheckpointError, match=f"{ckpt}.*not an implicit-icl checkpoint"):
+        train(p, run_dir, resume=True, progress=False)
+    ckpt.unlink()
+    _train(tmp_path, "run", steps=20)
+    model = run_dir / "model.npz"
+    os.replace(model, ckpt)                                               # a model, not a training state
+    with pytest.raises(CheckpointError, match=f"{ckpt}: not a training checkpoint"):
+        train(p, run_dir, resume=True, progress=False)
+    _train(tmp_path, "other", steps=20)
+    with pytest.raises(CheckpointError, match="different preset.*lr"):
+        train(p.with_overrides(lr=0.5), tmp_path / "other", resume=True, progress=False)
+    with pytest.raises(CheckpointError, match="seed 0, not 3"):
+        train(p, tmp_path / "other", seed=3, resume=True, progress=False)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(p, tmp_path / "other", progress=False)
+
+
+def test_cli_reports_a_corrupt_checkpoint_by_name(tmp_path):
+    run_dir = tmp_path / "bad"
+    run_dir.mkdir()
+    (run_dir / "checkpoint.npz").write_bytes(b"\x00" * 64)
+    out = subprocess.run(CLI + ["--steps", "20", "--out", str(run_dir), "--resume"], capture_output=True, text=True)
+    assert out.returncode == 1
+    assert f"checkpoint {run_dir / 'checkpoint.npz'}: not an .npz archive" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_p2_stack_training_checkpoint_is_a_valid_stack_with_adam_state(tmp_path):
+    result = _train(tmp_path, "p2", preset="p2", steps=20)
+    params, cfg, meta = load_checkpoint(tmp_path / "p2" / "checkpoint.npz")
+    assert meta["n_blocks"] == 3 and cfg == get_preset("p2").cfg
+    assert set(model_only(params)) == set(result.params)
+    assert {optim_key(k, "exp_avg") for k in result.params} <= set(params)
+    val = checkpoint_validation(*load_checkpoint(tmp_path / "p2" / "model.npz"))
+    assert val.loss == pytest.approx(result.validation.loss, rel=1e-12)
+
+
+names = st.from_regex(r"(blocks\.[0-9]{1,2}\.)?(attn|mlp|ln1)\.[A-Za-z_]{1,6}", fullmatch=True)
+
+
+@given(names, st.sampled_from(["exp_avg", "exp_avg_sq"]))
+def test_optimizer_keys_are_recognised_and_never_model_keys(name, slot):
+    key = optim_key(name, slot)
+    assert is_optim_key(key) and not is_optim_key(name)
+    assert key.startswith("blocks.") == name.startswith("blocks.")   # stays inside its block in a stack

@@ -1,0 +1,181 @@
+"""Drive the walkthrough headless with Textual's Pilot: every key and click changes the state and the screen.
+
+The screen text is read back as a person would see it (``screen_text``), so these tests check what is drawn,
+not only the app's attributes.
+"""
+from __future__ import annotations
+
+import asyncio
+import re
+
+import pytest
+
+from implicit_icl.tui.app import HelpScreen, WalkthroughApp, screen_text
+from implicit_icl.tui.data import random_data
+
+SIZE = (140, 45)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return random_data(n_tokens=30, seed=1)
+
+
+def run(app, body, size=SIZE):
+    async def main():
+        async with app.run_test(size=size) as pilot:
+            await pilot.pause()
+            await body(pilot)
+    asyncio.run(main())
+
+
+def step_of(text: str) -> int:
+    return int(re.search(r"step i = (\d+) / \d+", text).group(1))
+
+
+def shown_difference(text: str) -> str:
+    return re.search(r"difference\s+(\S+)", text).group(1)
+
+
+def test_keys_step_and_jump(data):
+    app = WalkthroughApp(data)
+
+    async def body(pilot):
+        assert app.i == 0 and step_of(screen_text(app)) == 0
+        assert "no context consumed yet" in screen_text(app)
+        await pilot.press("right", "right", "l")
+        assert app.i == 3 and step_of(screen_text(app)) == 3
+        assert "current c_3:" in screen_text(app) and "ΔW_3 = u_3 aᵀ/‖a‖²" in screen_text(app)
+        await pilot.press("left", "h")
+        assert app.i == 1
+        await pilot.press("end")
+        assert app.i == data.n and f"all {data.n} tokens consumed" in screen_text(app)
+        await pilot.press("right")                     # clamped at n
+        assert app.i == data.n
+        await pilot.press("home", "left")              # clamped at 0
+        assert app.i == 0
+    run(app, body)
+
+
+def test_click_token_jumps(data):
+    app = WalkthroughApp(data)
+
+    async def body(pilot):
+        chips = app.query_one("#chips")
+        await pilot.click("#chips", offset=chips.chip_offset(12))
+        await pilot.pause()
+        assert app.i == 12
+        text = screen_text(app)
+        assert step_of(text) == 12 and "current c_12:" in text
+        assert "✓ 11 " in text and "▶ 12 " in text and "✓ 12" not in text and "✓ 13" not in text
+        await pilot.click("#chips", offset=chips.chip_offset(3))
+        assert app.i == 3
+    run(app, body)
+
+
+def test_play_and_pause(data):
+    app = WalkthroughApp(data)
+
+    async def body(pilot):
+        await pilot.press("space")
+        assert app.playing and "▶ playing" in screen_text(app)
+        await pilot.pause(1.0)                          # ≈ 3 ticks of 0.3 s
+        await pilot.press("space")
+        stopped_at = app.i
+        assert not app.playing and "paused" in screen_text(app)
+        assert 1 <= stopped_at < data.n
+        await pilot.pause(0.7)
+        assert app.i == stopped_at                      # paused: no more steps
+    run(app, body)
+
+
+def test_play_stops_at_end_and_replays(data):
+    app = WalkthroughApp(data, start=data.n - 1)
+
+    async def body(pilot):
+        await pilot.press("space")
+        await pilot.pause(0.8)
+        assert app.i == data.n and not app.playing
+        await pilot.press("space")                      # at the end: replay from 0
+        assert app.playing and app.i <= 1
+        await pilot.press("space")
+    run(app, body)
+
+
+def test_toggles(data):
+    app = WalkthroughApp(data, start=5)
+
+    async def body(pilot):
+        text = screen_text(app)
+        assert "baseline on" in text and f"━ {data.baseline_short} " in text
+        await pilot.press("b")
+        text = screen_text(app)
+        assert not app.show_baseline and "baseline off" in text and f"━ {data.baseline_short}" not in text
+        await pilot.press("s")
+        text = screen_text(app)
+        assert app.step_view and "step ΔW_5 − ΔW_4 = −h ∇L_4" in text and "u_i − u_(i−1)" in text
+        await pilot.press("home")
+        assert "No step at i = 0" in screen_text(app)
+        await pilot.press("s", "b")
+        text = screen_text(app)
+        assert not app.step_view and app.show_baseline and "ΔW_0 = u_0 aᵀ/‖a‖²" in text
+    run(app, body)
+
+
+def test_help_and_quit(data):
+    app = WalkthroughApp(data)
+
+    async def body(pilot):
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        assert "Read it honestly" in screen_text(app)
+        await pilot.press("escape")
+        assert not isinstance(app.screen, HelpScreen)
+        await pilot.press("question_mark")
+        await pilot.press("question_mark")
+        assert not isinstance(app.screen, HelpScreen)
+        await pilot.press("q")
+        await pilot.pause()
+        assert not app.is_running
+    run(app, body)
+
+
+def test_footer_lists_keys(data):
+    app = WalkthroughApp(data)
+
+    async def body(pilot):
+        footer = screen_text(app).splitlines()[-1]
+        for key in ("→/l", "←/h", "space", "baseline", "help", "quit"):
+            assert key in footer
+    run(app, body)
+
+
+def test_displayed_difference_equals_library_at_every_step(data):
+    """The check panel's difference is the library's ``pred_context − pred_update`` at the readout, every i."""
+    app = WalkthroughApp(data)
+
+    async def body(pilot):
+        t = data.trajectory
+        for i in range(data.n + 1):
+            app.jump(i)
+            await pilot.pause()
+            text = screen_text(app)
+            assert step_of(text) == i
+            library = t.pred_context[i][data.readout] - t.pred_update[i][data.readout]
+            shown = shown_difference(text)
+            assert shown == f"{library:+.2e}"
+            assert abs(float(shown) - library) <= 5e-3 * abs(library) + 1e-300   # 3 significant digits
+            # and the two predictions themselves, to 11 decimals
+            assert f"{t.pred_context[i][data.readout]:+.11f}" in text
+            assert f"{t.pred_update[i][data.readout]:+.11f}" in text
+    run(app, body)
+
+
+def test_too_small_terminal_says_so(data):
+    app = WalkthroughApp(data)
+
+    async def body(pilot):
+        text = screen_text(app)
+        assert "needs at least 100×34" in text and "80×24" in text
+        assert "step i =" not in text
+    run(app, body, size=(80, 24))

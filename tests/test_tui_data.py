@@ -1,0 +1,147 @@
+"""The walkthrough's prepared data and drawing helpers (no Textual app needed).
+
+Tolerances: values the data object forms from the library's factors are compared with the library's own
+matrices at 1e-12 relative (float64 round-off of a few operations on entries of order 1).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from rich.text import Text
+
+from implicit_icl import checkpoint
+from implicit_icl.reference import BlockConfig, init_block, trajectory
+from implicit_icl.reference.tasks import regression_prompts
+from implicit_icl.tui import data as wdata
+from implicit_icl.tui import view
+
+
+@pytest.fixture(scope="module")
+def small():
+    return wdata.random_data(n_tokens=9, seed=3)
+
+
+def test_trajectory_is_the_librarys(small):
+    prompt = regression_prompts(1, 9, 2, 3)
+    ref = trajectory(init_block(wdata.RANDOM_CONFIG, 3), wdata.RANDOM_CONFIG, prompt.context[0], prompt.query[0])
+    np.testing.assert_array_equal(small.trajectory.u, ref.u)
+    np.testing.assert_array_equal(small.trajectory.pred_context, ref.pred_context)
+    assert small.target == pytest.approx(float(prompt.target[0]), abs=0)
+    base = trajectory(init_block(wdata.RANDOM_CONFIG, 4), wdata.RANDOM_CONFIG, prompt.context[0], prompt.query[0])
+    np.testing.assert_array_equal(small.baseline.step_norm, base.step_norm)
+
+
+def test_step_is_difference_of_updates(small):
+    for i in range(1, small.n + 1):
+        want = small.delta_W(i) - small.delta_W(i - 1)
+        np.testing.assert_allclose(small.step(i), want, rtol=0, atol=1e-12 * (1 + np.abs(want).max()))
+    with pytest.raises(IndexError):
+        small.step(0)
+
+
+@pytest.mark.parametrize("rows, cols", [(18, 40), (3, 128), (6, 256), (2, 7)])
+def test_display_scale_is_max_cell_over_steps(small, rows, cols):
+    """The heatmap's colour scale is the largest |cell| of the resampled ΔW_i over all i (computed from factors)."""
+    t = small.trajectory
+    scale = view.outer_display_scale(t.u, t.a, t.h, rows, cols)
+    cells = [np.abs(view.resample_matrix(small.delta_W(i).T, rows, cols)).max() for i in range(small.n + 1)]
+    assert scale == pytest.approx(max(cells), rel=1e-12)
+    step_scale = view.outer_display_scale(-t.grad_u, t.a, t.h, rows, cols)
+    cells = [np.abs(view.resample_matrix(small.step(i).T, rows, cols)).max() for i in range(1, small.n + 1)]
+    assert step_scale == pytest.approx(max(cells), rel=1e-12)
+
+
+def test_prediction_difference_is_round_off(small):
+    for i in range(small.n + 1):
+        d = small.prediction_difference(i)
+        assert d == small.prediction_context(i) - small.prediction_update(i)
+        assert abs(d) < 1e-12                                    # the theorem, at float64 round-off
+        assert small.output_error(i) == small.trajectory.prediction_error[i]
+
+
+def test_default_is_random_without_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setattr(checkpoint, "default_checkpoint_path", lambda: tmp_path / "absent.npz")
+    d = wdata.default_data(n_tokens=5)
+    assert "UNTRAINED" in d.source and "no bundled checkpoint" in d.source
+    assert d.n == 5
+
+
+def test_default_opens_bundled_checkpoint(tmp_path, monkeypatch):
+    cfg = BlockConfig(d_model=3, d_mlp=8, n_heads=1)
+    path = checkpoint.save_checkpoint(tmp_path / "p1.npz", init_block(cfg, 7), cfg, n_points=6)
+    monkeypatch.setattr(checkpoint, "default_checkpoint_path", lambda: path)
+    d = wdata.default_data()
+    assert d.n == 6                                              # from the checkpoint's metadata
+    assert "bundled checkpoint" in d.source and d.shape == (8, 3)
+    assert "UNTRAINED" in wdata.default_data(random=True).source
+
+
+def test_stack_checkpoint_is_refused(tmp_path):
+    cfg = BlockConfig(d_model=3, d_mlp=4)
+    params = {f"blocks.{l}.{k}": v for l in range(2) for k, v in init_block(cfg, l).items()}
+    path = checkpoint.save_checkpoint(tmp_path / "stack.npz", params, cfg)
+    with pytest.raises(checkpoint.CheckpointError, match="stack of 2 blocks"):
+        wdata.checkpoint_data(path)
+
+
+@pytest.mark.parametrize("bad", [0, -1, wdata.MAX_TOKENS + 1, 2.5, True])
+def test_tokens_must_be_positive_int(bad):
+    with pytest.raises(wdata.WalkthroughError, match="--tokens"):
+        wdata.check_tokens(bad)
+
+
+def test_text_hook_reports_missing_loader():
+    try:
+        import implicit_icl.models.minilm  # noqa: F401
+    except ImportError:
+        with pytest.raises(wdata.WalkthroughError, match="not available"):
+            wdata.text_data("minilm", "a b c")
+    with pytest.raises(wdata.WalkthroughError, match="--model must be 'minilm'"):
+        wdata.text_data("gpt9", "a b c")
+
+
+# --- drawing helpers ---------------------------------------------------------------------------------------------
+
+@settings(max_examples=40, deadline=None)
+@given(size=st.integers(1, 300), out=st.integers(1, 80), seed=st.integers(0, 2**16))
+def test_resample_block_average(size, out, seed):
+    """Shrinking averages contiguous blocks (so it keeps the range); growing repeats whole entries."""
+    v = np.random.default_rng(seed).standard_normal(size)
+    r = view.resample(v, out)
+    assert r.shape == (out,)
+    assert v.min() - 1e-12 <= r.min() and r.max() <= v.max() + 1e-12
+    if out < size:                                               # near-equal blocks: the mean is kept within
+        edges = np.linspace(0, size, out + 1).round().astype(int)
+        want = np.array([v[a:b].mean() for a, b in zip(edges[:-1], edges[1:])])
+        np.testing.assert_allclose(r, want, atol=1e-12)
+    elif out % size == 0:
+        np.testing.assert_array_equal(r, np.repeat(v, out // size))
+
+
+def test_diverging_is_centred():
+    assert view.diverging(0.0, 1.0) == "#%02x%02x%02x" % view.NEUTRAL
+    red, blue = view.diverging(1.0, 1.0), view.diverging(-1.0, 1.0)
+    assert int(red[1:3], 16) > int(red[5:7], 16)                 # positive: more red than blue
+    assert int(blue[5:7], 16) > int(blue[1:3], 16)               # negative: more blue than red
+    assert view.diverging(5.0, 1.0) == red                       # saturates at the scale
+    assert view.diverging(1.0, 0.0) == view.diverging(0.0, 1.0)  # zero scale: all neutral, no division
+
+
+def test_heatmap_fits_panel():
+    m = np.arange(128 * 3, dtype=float).reshape(3, 128)
+    lines, img = view.heatmap(m, 1.0, 40, 9)
+    assert len(lines) == 9 and all(isinstance(t, Text) and len(t) == 40 for t in lines)
+    assert img.shape == (18, 40)                                  # 3 rows × 6 pixels, 128 → 40 columns averaged
+    np.testing.assert_allclose(img[0].mean(), m[0].mean(), rtol=0.05)
+
+
+def test_braille_plot_marks_and_skips_nan():
+    values = np.array([4.0, 2.0, 1.0, np.nan])
+    lines, (lo, hi) = view.braille_plot([(values, "#ffffff")], 10, 3, n_points=4, marker=3, log=True)
+    assert (lo, hi) == pytest.approx((1.0, 4.0))
+    assert len(lines) == 3 and all(len(t) == 10 for t in lines)
+    plain = "".join(t.plain for t in lines)
+    assert "│" in plain                                           # the marker column at x = 3 (no value: nan)
+    assert lines[0].plain[0] != " " and lines[-1].plain[-1] == "│"
