@@ -44,8 +44,10 @@ class NumpyBackend:
             return {k: self.asarray(v) for k, v in x.items()}
         if isinstance(x, (list, tuple)) and x and isinstance(x[0], (dict, ref.Update)):
             return type(x)(self.asarray(v) for v in x)
-        if isinstance(x, ref.Update):
+        if isinstance(x, (ref.Update, ref.Trajectory)):
             return x
+        if isinstance(x, (list, tuple)) and x and isinstance(x[0], np.ndarray):
+            return type(x)(self.asarray(v) for v in x)
         if hasattr(x, "detach"):                                   # a torch tensor
             x = x.detach().cpu().double().numpy()
         return np.asarray(x, dtype=np.float64)

@@ -479,31 +479,8 @@ class TorchBackend:
         P = {k: v.to(acc) for k, v in P0.items()}
         x = query.to(acc)                                                            # (..., D)
         batch, n, D = x.shape[:-1], context.shape[-2], cfg.d_model
-        H, dh = cfg.n_heads, cfg.head_dim
-        scale = 1.0 / math.sqrt(dh)
-
-        def normed(X):
-            return torch_ops.layer_norm(X, P["ln1.g"], P["ln1.b"], cfg.ln_eps) if cfg.kind == "pre-ln" else X
-
-        def heads(X, key):                                                           # (..., S, D) → (..., H, S, dh)
-            y = F.linear(X, P[f"attn.W_{key}"], P.get(f"attn.b_{key}"))
-            return y.reshape(*y.shape[:-1], H, dh).transpose(-3, -2)
-
-        xn = normed(x)[..., None, :]                                                 # (..., 1, D)
-        q = heads(xn, "q")[..., 0, :] * scale                                        # (..., H, dh)
-        v_x = heads(xn, "v")[..., 0, :]                                              # (..., H, dh)
-        s_x = (q * heads(xn, "k")[..., 0, :]).sum(-1)                                # (..., H): the query's own logit
-        # logits s_j = q_h·(W_k^h x_j + b_k^h) = (W_k^hᵀ q_h)·x_j + q_h·b_k^h: one (D × H) product per token
-        qk = (q[..., :, :, None] * P["attn.W_k"].reshape(H, dh, D)).sum(-2)          # (..., H, D)
-        qb = (q * P["attn.b_k"].reshape(H, dh)).sum(-1) if "attn.b_k" in P else None  # (..., H)
-        carry = (s_x, v_x, torch.ones_like(s_x))                                     # the query alone: o_0 = v_x
-        o_prev = v_x                                                                 # (..., H, dh)
-
-        def attn_out(o, bias=True):                                                  # (..., H, S, dh) → (..., S, D)
-            flat = o.transpose(-3, -2).reshape(*o.shape[:-3], o.shape[-2], H * dh)
-            return F.linear(flat, P["attn.W_o"], P.get("attn.b_o") if bias else None)
-
-        A0 = attn_out(v_x[..., None, :])[..., 0, :]                                  # (..., D)
+        scan = self._prefix_scan(P, cfg, x, context, slab)
+        A0 = next(scan)                                                              # (..., D): the query alone
         a0, r0 = torch_ops.taps_from_attention(P, cfg, x, A0)
         self._check_norm(a0, cfg, "the query")
         a_norm_sq = (a0 * a0).sum(-1)                                                # (...)
@@ -523,17 +500,7 @@ class TorchBackend:
         dW_sq[..., 0] = 0
         pre_prev = x + A0                                                            # LN input of the previous prefix
         a_prev = a0
-        for s0 in range(0, n, slab):
-            C = normed(context[..., s0:s0 + slab, :].to(acc))                        # (..., S, D)
-            s = (C @ qk.transpose(-1, -2)).transpose(-1, -2)                         # (..., H, S) logits
-            if qb is not None:
-                s = s + qb[..., None]
-            v = heads(C, "v")                                                        # (..., H, S, dh)
-            o, p, carry = prefix_softmax_means(s, v, carry)                          # (..., H, S, dh), (..., H, S)
-            o_before = torch.cat([o_prev[..., None, :], o[..., :-1, :]], -2)        # o_{i−1}
-            inc = p[..., None] * (v - o_before)                                      # o_i − o_{i−1}, exact form
-            o_prev = o[..., -1, :]
-            A, dA = attn_out(o), attn_out(inc, bias=False)                           # (..., S, D)
+        for s0, A, dA in scan:
             a, r = torch_ops.taps_from_attention(P, cfg, x[..., None, :].expand_as(A), A)
             da = self._tap_increments(P, cfg, x, A, dA, pre_prev)                    # (..., S, D)
             pre_prev = x + A[..., -1, :]
@@ -559,6 +526,57 @@ class TorchBackend:
             W0=P0["mlp.W"], a=cast(a0), delta=delta, delta_b=delta_b, delta_W_norm=cast(delta_W_norm),
             step_norm=cast(step_norm), relative_change=cast(relative_change), h=cast(1.0 / a_norm_sq),
             loss=cast(loss), grad_norm=cast(grad_norm), steps=steps, r=cast(r0), params=P0, cfg=cfg)
+
+    @staticmethod
+    def _prefix_scan(P, cfg, x, context, slab):
+        """Generator: first the query-alone attention output ``A_0`` (..., D), then for each slab of the context
+        ``(s0, A, dA)``: the query's attention output over the prefixes ``s0+1 .. s0+S`` (..., S, D) and its
+        exact increments ``A_i − A_{i−1}`` (..., S, D). O(n·d) time, O(slab·d) working memory."""
+        D = cfg.d_model
+        H, dh = cfg.n_heads, cfg.head_dim
+        scale = 1.0 / math.sqrt(dh)
+
+        def normed(X):
+            return torch_ops.layer_norm(X, P["ln1.g"], P["ln1.b"], cfg.ln_eps) if cfg.kind == "pre-ln" else X
+
+        def heads(X, key):                                                           # (..., S, D) → (..., H, S, dh)
+            y = F.linear(X, P[f"attn.W_{key}"], P.get(f"attn.b_{key}"))
+            return y.reshape(*y.shape[:-1], H, dh).transpose(-3, -2)
+
+        xn = normed(x)[..., None, :]                                                 # (..., 1, D)
+        q = heads(xn, "q")[..., 0, :] * scale                                        # (..., H, dh)
+        v_x = heads(xn, "v")[..., 0, :]                                              # (..., H, dh)
+        s_x = (q * heads(xn, "k")[..., 0, :]).sum(-1)                                # (..., H): the query's own logit
+        # logits s_j = q_h·(W_k^h x_j + b_k^h) = (W_k^hᵀ q_h)·x_j + q_h·b_k^h: one (D × H) product per token
+        qk = (q[..., :, :, None] * P["attn.W_k"].reshape(H, dh, D)).sum(-2)          # (..., H, D)
+        qb = (q * P["attn.b_k"].reshape(H, dh)).sum(-1) if "attn.b_k" in P else None  # (..., H)
+        carry = (s_x, v_x, torch.ones_like(s_x))                                     # the query alone: o_0 = v_x
+        o_prev = v_x                                                                 # (..., H, dh)
+
+        def attn_out(o, bias=True):                                                  # (..., H, S, dh) → (..., S, D)
+            flat = o.transpose(-3, -2).reshape(*o.shape[:-3], o.shape[-2], H * dh)
+            return F.linear(flat, P["attn.W_o"], P.get("attn.b_o") if bias else None)
+
+        yield attn_out(v_x[..., None, :])[..., 0, :]                                 # (..., D)
+        for s0 in range(0, context.shape[-2], slab):
+            C = normed(context[..., s0:s0 + slab, :].to(x.dtype))                   # (..., S, D)
+            s = (C @ qk.transpose(-1, -2)).transpose(-1, -2)                         # (..., H, S) logits
+            if qb is not None:
+                s = s + qb[..., None]
+            v = heads(C, "v")                                                        # (..., H, S, dh)
+            o, p, carry = prefix_softmax_means(s, v, carry)                          # (..., H, S, dh), (..., H, S)
+            o_before = torch.cat([o_prev[..., None, :], o[..., :-1, :]], -2)        # o_{i−1}
+            inc = p[..., None] * (v - o_before)                                      # o_i − o_{i−1}, exact form
+            o_prev = o[..., -1, :]
+            yield s0, attn_out(o), attn_out(inc, bias=False)                         # (..., S, D) each
+
+    def prefix_attention(self, params, cfg, context, query, *, slab: int = SLAB) -> torch.Tensor:
+        """The query's attention output ``A(c_1..c_i, x)`` for every prefix i = 0..n, ``(..., n+1, d_model)``,
+        by the O(n·d) scan (``A(LN1 ·)`` for pre-ln): what ``trajectory`` builds its taps from."""
+        P = {k: v.to(self.acc_dtype) for k, v in self._params(params, cfg).items()}
+        context, query = self._context_query(cfg, context, query)
+        scan = self._prefix_scan(P, cfg, query.to(self.acc_dtype), context, slab)
+        return torch.cat([next(scan)[..., None, :]] + [A for _, A, _ in scan], -2).to(self.torch_dtype)
 
     @staticmethod
     def _tap_increments(P, cfg, x, A, dA, pre_prev):

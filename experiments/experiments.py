@@ -27,7 +27,7 @@ QUARTILES = (25, 50, 75)
 # E2: log-log slopes closer than this count as "the same rate of decay" (1/i is slope −1).
 GENERIC_SLOPE_GAP = 0.25
 # E3: words for the median alignment (a normalised inner product in [−1, 1]).
-ALIGNMENT_WORDS = ((0.7, "high and positive"), (0.3, "moderate and positive"), (0.05, "weak but positive"),
+ALIGNMENT_WORDS = ((0.7, "high and positive"), (0.2, "positive but far from 1"), (0.05, "weak but positive"),
                    (-0.05, "about zero"), (-1.01, "negative"))
 
 

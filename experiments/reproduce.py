@@ -43,7 +43,11 @@ def _train_or_resume(preset, out_dir: Path, seed: int, progress: bool, log):
     from .train import CHECKPOINT, METRICS, MODEL, train
 
     resume = (out_dir / CHECKPOINT).exists()
-    result = train(preset, out_dir, seed=seed, resume=resume, progress=progress, log=log)
+    try:
+        result = train(preset, out_dir, seed=seed, resume=resume, progress=progress, log=log)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc}. {out_dir} holds a run with other settings (--quick or not, another --seed): "
+                              "use another --out") from None
     metrics = [json.loads(l) for l in (out_dir / METRICS).read_text(encoding="utf-8").splitlines()]
     return out_dir / MODEL, metrics, result
 
@@ -115,8 +119,12 @@ def reproduce(preset_name: str, out, quick: bool = False, checkpoint=None, seed:
         un = timed("E2 trajectories (untrained)", lambda: E.trajectories(untrained, cfg, prompts))
         e2 = E.e2(tr, un)
         log("E3: implicit update vs online SGD vs least squares")
-        torch.set_num_threads(1)
-        e3 = timed("E3 SGD + least squares", lambda: E.e3(params, cfg, prompts, tr, held_out, SGD_LR_GRID))
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)           # tiny batched matmuls: one thread is fastest here
+        try:
+            e3 = timed("E3 SGD + least squares", lambda: E.e3(params, cfg, prompts, tr, held_out, SGD_LR_GRID))
+        finally:
+            torch.set_num_threads(threads)
 
     # ---- E4: the p2 stack.
     if preset_name == "p2":

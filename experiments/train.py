@@ -97,13 +97,23 @@ def train(preset: Preset, out_dir, seed: int = 0, resume: bool = False, progress
     ``stop_after`` ends the run after that many steps of this call (a clean interruption, for tests and demos).
     """
     import torch
+
+    previous = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    try:
+        return _train(torch, preset, out_dir, seed, resume, progress, stop_after,
+                      log or (lambda msg: print(msg, file=sys.stderr)))
+    finally:
+        torch.set_num_threads(previous[0])
+        torch.use_deterministic_algorithms(previous[1])
+
+
+def _train(torch, preset: Preset, out_dir, seed: int, resume: bool, progress: bool, stop_after, log) -> TrainResult:
     from tqdm import tqdm
 
     from . import torch_model as TM
 
-    log = log or (lambda msg: print(msg, file=sys.stderr))
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True)
     out_dir = Path(out_dir)
     ckpt_path, metrics_path = out_dir / CHECKPOINT, out_dir / METRICS
     cfg, L = preset.cfg, preset.n_blocks

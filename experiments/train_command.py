@@ -59,4 +59,8 @@ def run(args) -> int:
     except (CheckpointError, FileExistsError) as exc:
         print(f"implicit-icl train: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"interrupted: the last checkpoint in {args.out} is kept; rerun the same command with --resume "
+              "to continue", file=sys.stderr)
+        return 130
     return 0

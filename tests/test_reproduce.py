@@ -187,3 +187,13 @@ def test_cli_rejects_a_foreign_checkpoint_before_training(tmp_path):
     assert out.returncode == 1
     assert f"checkpoint {bad}: no __meta__ record" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "o" / "train_p1").exists()
+
+
+def test_reproduce_p2_runs_e1_and_e4_on_the_same_stack(tmp_path):
+    r = reproduce("p2", tmp_path, quick=True, settings=TINY, progress=False, log=lambda m: None)
+    assert r["e2"] is None and r["e3"] is None
+    assert r["models"]["E4"]["path"] == r["models"]["E1"]["path"]
+    assert r["figures"] == ["e1_training.png", "e4_identity.png", "e4_alignment.png"]
+    assert r["e1"]["agrees_f64"] and r["e4"]["agrees_f64"]
+    md = (tmp_path / "report.md").read_text()
+    assert "## E4" in md and "## E2" not in md

@@ -11,7 +11,6 @@ import io
 
 import numpy as np
 from rich.console import Console, Group
-from rich.style import Style
 from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding

@@ -208,8 +208,10 @@ def checkpoint_data(path, *, n_tokens: int | None = None, seed: int = 0, backend
     if meta.get("n_blocks"):
         raise CheckpointError(f"checkpoint {path}: holds a stack of {meta['n_blocks']} blocks; "
                               "the walkthrough shows a single block")
-    if n_tokens is None:
-        n_tokens = int(meta.get("n_points", DEFAULT_TOKENS)) if str(meta.get("n_points", "")).isdigit() \
+    if n_tokens is None:                                              # the prompt length the block was trained on
+        preset = meta.get("preset") if isinstance(meta.get("preset"), dict) else {}
+        stored = meta.get("n_points", preset.get("n_points"))
+        n_tokens = stored if isinstance(stored, int) and not isinstance(stored, bool) and 1 <= stored <= MAX_TOKENS \
             else DEFAULT_TOKENS
     name = Path(path).name
     where = f"bundled checkpoint implicit_icl/data/{name}" if bundled else f"checkpoint {path}"

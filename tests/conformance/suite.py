@@ -1,0 +1,51 @@
+"""The checks, as functions of a backend object: used by the parametrized tests and by any third party
+(``check_backend(my_backend)`` runs every scenario and every bad input)."""
+from __future__ import annotations
+
+import pytest
+
+from implicit_icl.backends.numpy_backend import NumpyBackend
+
+from .scenarios import Scenario, bad_inputs, call, compare, expected_for, run, scenarios
+from .tolerances import EPS
+
+REFERENCE = NumpyBackend()
+
+
+def dtype_name(backend) -> str:
+    name = str(backend.dtype).removeprefix("torch.")
+    if name not in EPS:
+        raise ValueError(f"backend.dtype must be one of {sorted(EPS)} for the conformance suite, got {name!r}")
+    return name
+
+
+def check_scenario(backend, sc: Scenario) -> dict[str, float]:
+    """Run ``sc`` through ``backend`` and compare with the reference on the same (rounded) inputs."""
+    if not hasattr(backend, sc.op) and sc.op not in ("identity",):
+        pytest.skip(f"backend {backend.name!r} has no {sc.op!r} (an optional extension of the core API)")
+    actual = run(backend, sc)
+    expected = expected_for(backend, sc, REFERENCE)
+    return compare(actual, expected, dtype_name(backend), sc.params)
+
+
+def check_bad_input(backend, case) -> None:
+    """The backend raises the reference's error type, with a message naming the argument."""
+    name, op, cfg, params, inputs, kwargs, err_type, word = case
+    with pytest.raises(Exception) as ref_err:
+        call(REFERENCE, op, cfg, params, inputs, kwargs)
+    assert type(ref_err.value) is err_type, f"the reference raised {type(ref_err.value).__name__} for {name}"
+    assert word in str(ref_err.value), f"reference message for {name} lacks {word!r}: {ref_err.value}"
+    with pytest.raises(Exception) as got:
+        call(backend, op, cfg, params, inputs, kwargs)
+    assert type(got.value) is err_type, (
+        f"{name}: {backend!r} raised {type(got.value).__name__}({got.value}), the reference {err_type.__name__}")
+    assert word in str(got.value), f"{name}: {backend!r}'s message does not name {word!r}: {got.value}"
+
+
+def check_backend(backend) -> dict[str, dict[str, float]]:
+    """Every scenario and every bad input through ``backend``; returns the relative errors per scenario."""
+    errors = {sc.name: check_scenario(backend, sc) for sc in scenarios() if hasattr(backend, sc.op)
+              or sc.op == "identity"}
+    for case in bad_inputs():
+        check_bad_input(backend, case)
+    return errors
