@@ -492,12 +492,12 @@ class TorchBackend:
         delta = torch.empty(*batch, n + 1, D, dtype=out_dtype, device=x.device)
         delta_b = torch.zeros_like(delta) if cfg.kind == "plain" else torch.empty_like(delta)
         steps = torch.empty(*batch, n, D, dtype=out_dtype, device=x.device)
-        dW_sq = torch.empty(*batch, n + 1, dtype=acc, device=x.device)
-        step_sq = torch.empty(*batch, n, dtype=acc, device=x.device)
+        dW_n = torch.empty(*batch, n + 1, dtype=acc, device=x.device)
+        step_n = torch.empty(*batch, n, dtype=acc, device=x.device)
         loss = torch.empty(*batch, n, dtype=acc, device=x.device)
         delta[..., 0, :] = 0
         delta_b[..., 0, :] = 0
-        dW_sq[..., 0] = 0
+        dW_n[..., 0] = 0
         pre_prev = x + A0                                                            # LN input of the previous prefix
         a_prev = a0
         for s0, A, dA in scan:
@@ -510,14 +510,13 @@ class TorchBackend:
             if cfg.kind != "plain":                                                  # plain: r ≡ 0, Δb ≡ 0
                 delta_b[..., s0 + 1:s0 + 1 + S, :] = r - r0[..., None, :]
             steps[..., s0:s0 + S, :] = da
-            dW_sq[..., s0 + 1:s0 + 1 + S] = ((d @ G) * d).sum(-1)                    # ‖u_i‖² = δ_iᵀ G δ_i
-            daG = da @ G
-            step_sq[..., s0:s0 + S] = (daG * da).sum(-1)
+            dW_n[..., s0 + 1:s0 + 1 + S] = gram_norm(d, G)[0]                      # ‖u_i‖ = √(δ_iᵀ G δ_i)
+            step_n[..., s0:s0 + S], daG = gram_norm(da, G)
             a_before = torch.cat([a_prev[..., None, :], a[..., :-1, :]], -2)         # a_i for step i → i+1
             loss[..., s0:s0 + S] = -(daG * a_before).sum(-1)                         # tr(Δ_iᵀW_i) = −stepᵀ G a_i
             a_prev = a[..., -1, :]
-        delta_W_norm = torch.sqrt(dW_sq.clamp_min(0)) / a_norm[..., None]
-        step_norm = torch.sqrt(step_sq.clamp_min(0)) / a_norm[..., None]
+        delta_W_norm = dW_n / a_norm[..., None]
+        step_norm = step_n / a_norm[..., None]
         prev = delta_W_norm[..., :-1]
         relative_change = torch.where(prev > 0, step_norm / torch.where(prev > 0, prev, 1), torch.nan)
         grad_norm = step_norm * a_norm_sq[..., None]                                 # ‖Δ_i‖_F = ‖grad_u_i‖ ‖a‖
@@ -708,6 +707,19 @@ class TorchBackend:
         o = o.transpose(-3, -2).reshape(*o.shape[:-3], o.shape[-2], H * dh)
         A = F.linear(o, P["attn.W_o"], P.get("attn.b_o"))
         return torch_ops.head(P, cfg, *torch_ops.taps_from_attention(P, cfg, Hc, A))
+
+
+def gram_norm(y: torch.Tensor, G: torch.Tensor):
+    """``(‖W y‖, G y)`` rowwise from the Gram matrix ``G = WᵀW`` (``‖W y‖² = yᵀ G y``), never forming ``W y``.
+
+    Each row is scaled by its largest entry first, so tiny rows (steps of 1e-23 in float32) do not underflow
+    when squared. ``y`` (..., D) → (...), (..., D).
+    """
+    s = y.abs().amax(-1, keepdim=True)                                              # (..., 1)
+    s = torch.where(s > 0, s, 1)
+    z = y / s
+    zG = z @ G                                                                      # (..., D)
+    return torch.sqrt((zG * z).sum(-1).clamp_min(0)) * s[..., 0], zG * s
 
 
 def layer_norm_increment(y: torch.Tensor, dy: torch.Tensor, g: torch.Tensor, eps: float) -> torch.Tensor:

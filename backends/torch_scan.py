@@ -37,7 +37,8 @@ def _direct(s: torch.Tensor, V: torch.Tensor):
     """``(m, N)`` for short sequences by a masked ``L × L`` weighted sum; ``s`` (..., L), ``V`` (..., L, e)."""
     L = s.shape[-1]
     m = torch.cummax(s, dim=-1).values                                   # (..., L)
-    w = s[..., None, :] - m[..., :, None]                                # (..., L, L) [i, j], ≤ 0 where j ≤ i
+    m_ref = torch.where(torch.isfinite(m), m, 0)                         # rows of padding only: weights 0, not nan
+    w = s[..., None, :] - m_ref[..., :, None]                            # (..., L, L) [i, j], ≤ 0 where j ≤ i
     w.masked_fill_(_upper(L, s.device), -torch.inf).exp_()              # weights exp(s_j − m_i), 0 where j > i
     return m, w @ V                                                      # (..., L), (..., L, e)
 
@@ -73,7 +74,8 @@ def combine(m1: torch.Tensor, N1: torch.Tensor, m2: torch.Tensor, N2: torch.Tens
     ``m*`` broadcast against ``N*[..., 0]``; an empty part has ``m = −inf`` and ``N = 0``.
     """
     m = torch.maximum(m1, m2)
-    N = torch.exp(m1 - m)[..., None] * N1 + torch.exp(m2 - m)[..., None] * N2
+    m_ref = torch.where(torch.isfinite(m), m, 0)                         # both parts empty: 0, not nan
+    N = torch.exp(m1 - m_ref)[..., None] * N1 + torch.exp(m2 - m_ref)[..., None] * N2
     return m, N
 
 

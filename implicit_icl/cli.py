@@ -15,6 +15,7 @@ from implicit_icl import __version__
 # command name -> module; the order is the order of `implicit-icl --help`.
 COMMANDS = {
     "verify": "implicit_icl.verify",
+    "bench": "implicit_icl.bench",
     "walkthrough": "implicit_icl.tui.command",
     "train": "implicit_icl.experiments.train_command",
     "reproduce": "implicit_icl.experiments.reproduce_command",

