@@ -36,7 +36,8 @@ from .torch_scan import prefix_softmax_means
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16,
           "double": torch.float64, "float": torch.float32, "float16": torch.float16, "half": torch.float16}
-SLAB = 1 << 15          # context tokens per slab of the trajectory scan (bounds the scan's temporaries)
+SLAB = 1 << 13          # context tokens per slab of the trajectory scan on CPU (bounds its temporaries; cache-sized)
+SLAB_GPU = 1 << 18      # … on GPUs, where fewer, larger kernels win
 ELEMENTS = 1 << 23      # logits per chunk of the chunked causal attention in ``model_trajectory``
 
 
@@ -229,6 +230,9 @@ class TorchBackend:
         # the scan's logits, exponentials and sums run in at least float32 (as fused attention kernels do);
         # bfloat16/float16 inputs and outputs keep their dtype
         self.acc_dtype = torch.float32 if self.torch_dtype in (torch.bfloat16, torch.float16) else self.torch_dtype
+        if self.torch_device.type == "mps" and self.torch_dtype == torch.float64:
+            raise ValueError("dtype must be float32 or bfloat16 on device 'mps' (MPS has no float64), got float64")
+        self._slab = SLAB if self.torch_device.type == "cpu" else SLAB_GPU
 
     @property
     def device(self) -> str:
@@ -342,7 +346,8 @@ class TorchBackend:
 
     @staticmethod
     def _check_norm(a: torch.Tensor, cfg: BlockConfig, where: str, indexed: bool = False) -> None:
-        nsq = (a.double() * a.double()).sum(-1) if a.dtype != torch.float64 else (a * a).sum(-1)
+        a = a.float() if a.dtype in (torch.bfloat16, torch.float16) else a      # float64 is not on every device
+        nsq = (a * a).sum(-1)
         bad = ~(torch.isfinite(nsq) & (nsq > 0))
         if bool(bad.any()):
             flat = bad.reshape(-1).nonzero()[0, 0].item()
@@ -464,7 +469,7 @@ class TorchBackend:
         return Update(u=u, a=a_x, delta_b=r - r_x)
 
     # the O(n·d) trajectory ---------------------------------------------------------------------------------
-    def trajectory(self, params, cfg, context, query, *, slab: int = SLAB) -> Trajectory:
+    def trajectory(self, params, cfg, context, query, *, slab: int | None = None) -> Trajectory:
         """P1 Prop. 3.1 over every prefix ``c_1..c_i`` (i = 0..n) of ``context`` for one ``query``, in O(n·d).
 
         The query's attention over prefix i is a running softmax mean (``torch_scan``); the taps follow
@@ -479,7 +484,7 @@ class TorchBackend:
         P = {k: v.to(acc) for k, v in P0.items()}
         x = query.to(acc)                                                            # (..., D)
         batch, n, D = x.shape[:-1], context.shape[-2], cfg.d_model
-        scan = self._prefix_scan(P, cfg, x, context, slab)
+        scan = self._prefix_scan(P, cfg, x, context, slab or self._slab)
         A0 = next(scan)                                                              # (..., D): the query alone
         a0, r0 = torch_ops.taps_from_attention(P, cfg, x, A0)
         self._check_norm(a0, cfg, "the query")
@@ -569,12 +574,12 @@ class TorchBackend:
             o_prev = o[..., -1, :]
             yield s0, attn_out(o), attn_out(inc, bias=False)                         # (..., S, D) each
 
-    def prefix_attention(self, params, cfg, context, query, *, slab: int = SLAB) -> torch.Tensor:
+    def prefix_attention(self, params, cfg, context, query, *, slab: int | None = None) -> torch.Tensor:
         """The query's attention output ``A(c_1..c_i, x)`` for every prefix i = 0..n, ``(..., n+1, d_model)``,
         by the O(n·d) scan (``A(LN1 ·)`` for pre-ln): what ``trajectory`` builds its taps from."""
         P = {k: v.to(self.acc_dtype) for k, v in self._params(params, cfg).items()}
         context, query = self._context_query(cfg, context, query)
-        scan = self._prefix_scan(P, cfg, query.to(self.acc_dtype), context, slab)
+        scan = self._prefix_scan(P, cfg, query.to(self.acc_dtype), context, slab or self._slab)
         return torch.cat([next(scan)[..., None, :]] + [A for _, A, _ in scan], -2).to(self.torch_dtype)
 
     @staticmethod

@@ -45,7 +45,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--kind", default="pre-ln", help="block kind (default pre-ln)")
     parser.add_argument("--positions", type=int, metavar="T", help="sequence length for position_updates (4096)")
     parser.add_argument("--threads", type=int, metavar="K",
-                        help="torch CPU threads in each measurement (default: torch's default)")
+                        help="torch CPU threads in each measurement (default 1 on cpu: on a shared machine "
+                             "OpenMP threads spin-wait for descheduled peers and 2 threads run 5-20x slower; "
+                             "pass 2 on an idle 2-core machine)")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -104,8 +106,8 @@ def _per_prefix(run_prefix, n, budget, warm):
         t0, c0 = time.perf_counter(), time.process_time()
         for L in range(n + 1):
             run_prefix(L)
-        return {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0, "extrapolated": False,
-                "method": "ran every prefix"}
+        return {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0, "estimated": False,
+                "extrapolated": False, "method": "ran every prefix"}
     points, spent, L = [], 0.0, 1
     while L <= n:
         predicted = points[-1][1] * 4.5 if points else 0.0   # cost grows at most ~quadratically per doubling
@@ -117,9 +119,10 @@ def _per_prefix(run_prefix, n, budget, warm):
         spent += sum(ts)
         L *= 2
     total, coef = _fit_total(points, n)
-    return {"wall_s": total, "cpu_s": None, "extrapolated": points[-1][0] < n or len(points) < n + 1,
+    return {"wall_s": total, "cpu_s": None, "estimated": True, "extrapolated": points[-1][0] < n,
             "method": "timed prefixes of lengths L on a geometric grid within the budget; fitted t(L) = a + b·L + "
-                      "c·L² (nnls, relative) and summed over L = 1..n+1",
+                      "c·L² (nnls, relative) and summed over L = 1..n+1 (estimated: the sum is the fit's; "
+                      "extrapolated: the grid stopped before L = n)",
             "measured_prefixes": [[int(a), b] for a, b in points], "fit_abc": coef, "budget_s": budget}
 
 
@@ -247,10 +250,14 @@ def _child(spec: dict, timeout: float, isolate: bool = True) -> dict:
           file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     if not isolate:                                            # --quick: in this process (peaks are not isolated)
+        import torch
+        threads = torch.get_num_threads()
         try:
             return dict(worker(spec), memory_isolated=False)
         except Exception as exc:                               # noqa: BLE001 - reported in the JSON
             return {"op": spec["op"], "n": spec.get("n"), "error": f"{type(exc).__name__}: {exc}"}
+        finally:
+            torch.set_num_threads(threads)                     # leave the caller's setting as it was
     try:
         proc = subprocess.run([sys.executable, "-m", "implicit_icl.bench", json.dumps(spec)], capture_output=True,
                               text=True, timeout=timeout)
@@ -305,6 +312,7 @@ def bench(sizes, device="cpu", budget=20.0, kind="pre-ln", positions=4096, quick
             if scan and op in by:
                 entry[f"{op}_over_scan"] = by[op]["wall_s"] / scan
                 entry[f"{op}_extrapolated"] = by[op]["extrapolated"]
+                entry[f"{op}_estimated"] = by[op].get("estimated", False)
         ratios.append(entry)
     err = child(dict(base, op="float32_error", n=max(sizes)), child_timeout)
     pos = child(dict(base, op="position_updates", T=positions, reps=3 if quick else 10), child_timeout)
@@ -344,8 +352,9 @@ def run(args) -> int:
         return 2
     budget = args.budget if args.budget is not None else (0.5 if args.quick else 20.0)
     positions = args.positions or (256 if args.quick else 4096)
+    threads = args.threads if args.threads is not None else (1 if args.device == "cpu" else None)
     result = bench(sizes, device=args.device, budget=budget, kind=args.kind, positions=positions, quick=args.quick,
-                   threads=args.threads)
+                   threads=threads)
     text = json.dumps(result, indent=2)
     if args.json == "-":
         print(text)
@@ -360,14 +369,15 @@ def run(args) -> int:
 
 def _summary(res) -> None:
     w = sys.stderr
-    print("[bench] n        scan(s)   per-prefix/scan   forward/scan   numpy/scan   (* = extrapolated)", file=w)
+    print("[bench] n        scan(s)   per-prefix/scan   forward/scan   numpy/scan   (* fitted, ** extrapolated)", file=w)
     rows = {(r.get("op"), r.get("n")): r for r in res["trajectory"]}
     for r in res["ratios"]:
         scan = rows.get(("scan", r["n"]), {})
 
         def cell(op):
             v = r.get(f"{op}_over_scan")
-            return "—" if v is None else f"{v:,.0f}{'*' if r.get(f'{op}_extrapolated') else ''}"
+            mark = "**" if r.get(f"{op}_extrapolated") else "*" if r.get(f"{op}_estimated") else ""
+            return "—" if v is None else f"{v:,.0f}{mark}"
         print(f"[bench] {r['n']:<8} {scan.get('wall_s', float('nan')):<9.3f} {cell('per_prefix_update'):<17} "
               f"{cell('prefix_forward'):<14} {cell('numpy_reference')}", file=w)
     print(f"[bench] targets: {res['targets']}", file=w)
