@@ -161,7 +161,16 @@ def choose_sgd_lr(params: dict, cfg, held_out, grid) -> tuple[float, dict]:
 
 
 def normalised_inner(A: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """``⟨A, B⟩_F / (‖A‖_F ‖B‖_F)`` over the last two axes; nan where either is 0."""
+    """``⟨A, B⟩_F / (‖A‖_F ‖B‖_F)`` over the last two axes; nan where either is 0.
+
+    Each matrix is first divided by its largest entry, so tiny or huge scales neither underflow nor overflow.
+    """
+    def unit_scale(M):
+        m = np.max(np.abs(M), axis=(-2, -1), keepdims=True)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(m > 0, M / m, 0.0)
+
+    A, B = unit_scale(np.asarray(A, dtype=np.float64)), unit_scale(np.asarray(B, dtype=np.float64))
     num = np.sum(A * B, axis=(-2, -1))
     den = np.linalg.norm(A, axis=(-2, -1)) * np.linalg.norm(B, axis=(-2, -1))
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -71,6 +71,8 @@ def scenarios() -> list[Scenario]:
                             {"context": C, "query": x}, {"remove": np.asarray(remove, dtype=np.int64)}))
     out.append(Scenario("implicit_update-empty-context", "implicit_update", cfg, p, {"context": C[:0], "query": x}))
     out.append(Scenario("block_output-empty-context", "block_output", cfg, p, {"context": C[:0], "query": x}))
+    out.append(Scenario("trajectory-empty-context", "trajectory", cfg, p, {"context": C[:0], "query": x}))
+    out.append(Scenario("trajectory-one-token", "trajectory", cfg, p, {"context": C[:1], "query": x}))
     # a regression prompt (P1 §4 layout) through a p1-skip block with large logits
     cfg = BlockConfig(d_model=4, d_mlp=16, n_heads=2, kind="p1-skip")
     p = ref.init_block(cfg, 5)
