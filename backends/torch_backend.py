@@ -676,11 +676,8 @@ class TorchBackend:
             logits = torch.where(seen, logits, -torch.inf)
             if own is not None:
                 s_own = (q[..., i0:i1, :] * own[0][..., i0:i1, :]).sum(-1, keepdim=True) * scale  # (..., H, R, 1)
-                logits = torch.cat([logits, s_own], -1)                               # (..., H, R, K+1)
-                vals = torch.cat([v[..., None, :kmax, :].expand(*logits.shape[:-1], kmax, v.shape[-1]),
-                                  own[1][..., i0:i1, None, :]], -2)                   # (..., H, R, K+1, dh)
-                w = torch.softmax(logits, -1)
-                outs.append((w[..., None, :] @ vals)[..., 0, :])
+                w = torch.softmax(torch.cat([logits, s_own], -1), -1)                # (..., H, R, K+1)
+                outs.append(w[..., :kmax] @ v[..., :kmax, :] + w[..., kmax:] * own[1][..., i0:i1, :])
             else:
                 outs.append(torch.softmax(logits, -1) @ v[..., :kmax, :])
         return torch.cat(outs, -2)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -77,8 +76,14 @@ def _sync(torch, device):
         torch.cuda.synchronize()
 
 
+def _rss() -> int:
+    """This process's peak resident set so far, in bytes (Unix ``ru_maxrss`` is KiB on Linux)."""
+    import resource                                          # Unix only: imported here so the CLI loads anywhere
+    return _rss()
+
+
 def _peak(torch, device, rss_before):
-    out = {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    out = {"peak_rss_bytes": _rss()}
     out["peak_extra_rss_bytes"] = max(0, out["peak_rss_bytes"] - rss_before)
     if str(device).startswith("cuda"):
         out["peak_device_bytes"] = int(torch.cuda.max_memory_allocated())
@@ -140,7 +145,7 @@ def worker(spec: dict) -> dict:
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     device, op = spec["device"], spec["op"]
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    rss_before = _rss()
     out = {"op": op, "n": spec.get("n"), "device": device}
     if op == "scan":
         tb = get_backend("torch", device=device, dtype=spec["dtype"])
@@ -151,7 +156,7 @@ def worker(spec: dict) -> dict:
         _sync(torch, device)
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
-        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        rss_before = _rss()
         reps = 3 if C.shape[0] <= 65536 else 1
         walls, cpus = [], []
         for _ in range(reps):
@@ -292,19 +297,46 @@ def _machine(device: str) -> dict:
     return info
 
 
-def bench(sizes, device="cpu", budget=20.0, kind="pre-ln", positions=4096, quick=False, threads=None) -> dict:
+def bench(sizes, device="cpu", budget=20.0, kind="pre-ln", positions=4096, quick=False, threads=None,
+          on_progress=None) -> dict:
+    """Run every measurement; ``on_progress(partial_result)`` is called after each (so a killed run leaves JSON)."""
     base = {"d_model": 64, "d_mlp": 256, "n_heads": 4, "kind": kind, "device": device, "threads": threads}
     child_timeout = max(180.0, 6 * budget + 60)
+    result = {
+        "schema": SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "quick": quick,
+        "complete": False, "machine": _machine(device),
+        "config": dict(base, sizes=list(sizes), budget_s=budget, positions=positions),
+        "trajectory": [], "ratios": [], "float32_error": {}, "position_updates": {},
+    }
+    rows = result["trajectory"]
 
-    def child(spec, timeout):                                  # --quick runs in-process
-        return _child(spec, timeout, isolate=not quick)
-    rows = []
+    def progress():
+        result["ratios"] = _ratios(rows, sizes)
+        result["targets"] = _targets(result)
+        if on_progress:
+            on_progress(result)
+
+    plan = [dict(base, op="scan", n=n, dtype="float32") for n in sizes]   # the scan first: the headline figures
     for n in sizes:
-        rows.append(child(dict(base, op="scan", n=n, dtype="float32"), child_timeout))
-        rows.append(child(dict(base, op="per_prefix_update", n=n, budget=budget), child_timeout))
-        rows.append(child(dict(base, op="prefix_forward", n=n, budget=budget), child_timeout))
+        plan += [dict(base, op="per_prefix_update", n=n, budget=budget), dict(base, op="prefix_forward", n=n,
+                                                                               budget=budget)]
         if device == "cpu":
-            rows.append(child(dict(base, op="numpy_reference", n=n, budget=budget), child_timeout))
+            plan.append(dict(base, op="numpy_reference", n=n, budget=budget))
+    isolate = not quick                                        # --quick runs in-process
+    for spec in plan:
+        rows.append(_child(spec, child_timeout, isolate))
+        progress()
+    result["float32_error"] = _child(dict(base, op="float32_error", n=max(sizes)), child_timeout, isolate)
+    progress()
+    result["position_updates"] = _child(dict(base, op="position_updates", T=positions, reps=3 if quick else 10),
+                                        child_timeout, isolate)
+    result["complete"] = True
+    progress()
+    return result
+
+
+def _ratios(rows, sizes) -> list[dict]:
+    """Baseline time over scan time per n (what the figures are: ratios measured in one run)."""
     ratios = []
     for n in sizes:
         by = {r["op"]: r for r in rows if r.get("n") == n and "wall_s" in r}
@@ -316,16 +348,7 @@ def bench(sizes, device="cpu", budget=20.0, kind="pre-ln", positions=4096, quick
                 entry[f"{op}_extrapolated"] = by[op]["extrapolated"]
                 entry[f"{op}_estimated"] = by[op].get("estimated", False)
         ratios.append(entry)
-    err = child(dict(base, op="float32_error", n=max(sizes)), child_timeout)
-    pos = child(dict(base, op="position_updates", T=positions, reps=3 if quick else 10), child_timeout)
-    result = {
-        "schema": SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "quick": quick,
-        "machine": _machine(device),
-        "config": dict(base, sizes=list(sizes), budget_s=budget, positions=positions),
-        "trajectory": rows, "ratios": ratios, "float32_error": err, "position_updates": pos,
-    }
-    result["targets"] = _targets(result)
-    return result
+    return ratios
 
 
 def _targets(res) -> dict:
@@ -355,14 +378,17 @@ def run(args) -> int:
     budget = args.budget if args.budget is not None else (0.5 if args.quick else 20.0)
     positions = args.positions or (256 if args.quick else 4096)
     threads = args.threads if args.threads is not None else (1 if args.device == "cpu" else None)
+    def save(res):
+        if args.json and args.json != "-":
+            from implicit_icl.checkpoint import atomic_write_bytes
+            text = json.dumps(res, indent=2)
+            atomic_write_bytes(args.json, lambda f: f.write(text.encode()))
+
     result = bench(sizes, device=args.device, budget=budget, kind=args.kind, positions=positions, quick=args.quick,
-                   threads=threads)
-    text = json.dumps(result, indent=2)
+                   threads=threads, on_progress=save)
     if args.json == "-":
-        print(text)
+        print(json.dumps(result, indent=2))
     elif args.json:
-        from implicit_icl.checkpoint import atomic_write_bytes
-        atomic_write_bytes(args.json, lambda f: f.write(text.encode()))
         print(f"[bench] wrote {args.json}", file=sys.stderr)
     _summary(result)
     failed = [r for r in result["trajectory"] + [result["float32_error"], result["position_updates"]] if "error" in r]

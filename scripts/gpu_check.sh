@@ -66,7 +66,7 @@ out, test_rc, bench_rc, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]
 summary = {"tests_exit_code": test_rc, "bench_exit_code": bench_rc, "seconds": seconds, "problems": []}
 xml_path = os.path.join(out, "conformance.xml")
 if os.path.exists(xml_path):
-    counts, skips = {"passed": 0, "failed": 0, "error": 0, "skipped": 0}, {}
+    counts, skips, cuda_skipped = {"passed": 0, "failed": 0, "error": 0, "skipped": 0}, {}, []
     for case in ET.parse(xml_path).getroot().iter("testcase"):
         name = case.get("name", "")
         kinds = [c.tag for c in case]
@@ -79,13 +79,19 @@ if os.path.exists(xml_path):
             reason = case.find("skipped").get("message", "")
             skips[reason] = skips.get(reason, 0) + 1
             if "cuda" in name and "not selected" not in reason:
-                summary["problems"].append(f"CUDA case skipped: {name}: {reason}")
+                cuda_skipped.append(f"{name}: {reason}")
         else:
             counts["passed"] += 1
             if "cuda" in name:
                 counts["cuda_passed"] = counts.get("cuda_passed", 0) + 1
     summary["conformance"] = counts
     summary["skip_reasons"] = skips
+    if cuda_skipped:
+        summary["problems"].append(f"{len(cuda_skipped)} CUDA cases skipped, e.g. {cuda_skipped[:3]}")
+    failed = [c.get("name") for c in ET.parse(xml_path).getroot().iter("testcase")
+              if c.find("failure") is not None or c.find("error") is not None]
+    if failed:
+        summary["problems"].append(f"{len(failed)} tests failed, e.g. {failed[:5]} (see conformance.log)")
     if not counts.get("cuda_passed"):
         summary["problems"].append("no CUDA test case passed")
 else:

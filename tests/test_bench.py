@@ -20,7 +20,7 @@ def test_quick_bench_writes_the_documented_json(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "[bench] scan n=64" in err and "targets" in err                 # progress goes to stderr
     res = json.loads(path.read_text())
-    assert res["schema"] == bench.SCHEMA and res["quick"] is True
+    assert res["schema"] == bench.SCHEMA and res["quick"] is True and res["complete"] is True
     assert res["config"]["sizes"] == [64, 300] and res["config"]["d_model"] == 64
     rows = res["trajectory"]
     assert {(r["op"], r["n"]) for r in rows} == {(op, n) for op in OPS for n in (64, 300)}
