@@ -79,7 +79,7 @@ def _sync(torch, device):
 def _rss() -> int:
     """This process's peak resident set so far, in bytes (Unix ``ru_maxrss`` is KiB on Linux)."""
     import resource                                          # Unix only: imported here so the CLI loads anywhere
-    return _rss()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _peak(torch, device, rss_before):

@@ -81,7 +81,7 @@ class Trajectory:
 def trajectory(params: dict, cfg: BlockConfig, context, query) -> Trajectory:
     """The implicit dynamics over every prefix ``c_1..c_i`` (i = 0..n) of ``context`` for one ``query``.
 
-    The reference re-runs the block on each prefix (O(n²) time); backends compute the same in one scan.
+    The reference re-runs attention on each prefix (O(n³) time, O(n²) per prefix); backends compute the same in one O(n) scan.
     """
     check_params(params, cfg)
     context, query = check_context_query(cfg, context, query)
