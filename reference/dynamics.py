@@ -81,7 +81,8 @@ class Trajectory:
 def trajectory(params: dict, cfg: BlockConfig, context, query) -> Trajectory:
     """The implicit dynamics over every prefix ``c_1..c_i`` (i = 0..n) of ``context`` for one ``query``.
 
-    The reference re-runs attention on each prefix (O(n³) time, O(n²) per prefix); backends compute the same in one O(n) scan.
+    The reference re-runs attention on each prefix (O(n²) per prefix, O(n³) in all); the torch backend computes
+    the same in one O(n) scan.
     """
     check_params(params, cfg)
     context, query = check_context_query(cfg, context, query)
