@@ -1,5 +1,6 @@
 import os
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 # Property tests build random blocks: no wall-clock deadline (CI machines are slow and shared); the example
@@ -9,3 +10,16 @@ _common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow], max_
 settings.register_profile("ci", derandomize=True, **_common)
 settings.register_profile("explore", **_common)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture(scope="module")
+def one_blas_thread():
+    """One BLAS thread while a module's tests run: on a busy 2-core machine OpenBLAS's spinning threads make the
+    384/1536-wide products (and SVDs) of the real-model tests 5-10× slower. Without threadpoolctl nothing changes."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield

@@ -26,18 +26,7 @@ TEXT = "France is to Paris as Japan is to"
 LAYER = 2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_blas_thread():
-    """One BLAS thread while these tests run: on a busy 2-core machine OpenBLAS's spinning threads make the
-    384/1536-wide products (and SVDs) 5-10× slower. threadpoolctl comes with the extra's dependencies
-    (scikit-learn via sentence-transformers); without it nothing changes."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 def real_scenarios() -> list[Scenario]:
