@@ -74,6 +74,9 @@ def resolve_device(device) -> torch.device:
     dev = torch.device("cpu" if device is None else device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device must be available on this machine: {device!r} asked for, but CUDA is not")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device must be available on this machine: {device!r} asked for, but there are only "
+                         f"{torch.cuda.device_count()} CUDA device(s)")
     if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
         raise ValueError(f"device must be available on this machine: {device!r} asked for, but MPS is not")
     return dev
@@ -421,10 +424,13 @@ class TorchBackend:
         n = context.shape[-2]
         if isinstance(remove, torch.Tensor):
             remove = remove.detach().cpu().numpy()
-        removed = check_remove(remove, n)
-        keep = torch.as_tensor(np.setdiff1d(np.arange(n), removed), dtype=torch.long, device=self.torch_device)
+        if remove is None:                       # Y = C: the query alone (no O(n log n) index arithmetic on the host)
+            kept = context[..., :0, :]
+        else:
+            keep = np.setdiff1d(np.arange(n), check_remove(remove, n))
+            kept = context.index_select(-2, torch.as_tensor(keep, dtype=torch.long, device=self.torch_device))
         a_C, r_C = self._query_taps(P, cfg, context, query)
-        a_x, r_x = self._query_taps(P, cfg, context.index_select(-2, keep), query)   # (..., D) each
+        a_x, r_x = self._query_taps(P, cfg, kept, query)                             # (..., D) each
         self._check_norm(a_x, cfg, "the query")
         u = F.linear(a_C - a_x, P["mlp.W"])                                          # (..., d_mlp)
         return Update(u=u, a=a_x, delta_b=r_C - r_x)
@@ -478,13 +484,14 @@ class TorchBackend:
         (``p`` the new token's weight), pushed through ``W_o`` and, for LayerNorm taps, through an exact LN
         difference, so they carry no cancellation even when they are 1e-6 of ``a``.
         """
+        slab = self._slab_size(slab)
         P0 = self._params(params, cfg)
         context, query = self._context_query(cfg, context, query)
         out_dtype, acc = self.torch_dtype, self.acc_dtype
         P = {k: v.to(acc) for k, v in P0.items()}
         x = query.to(acc)                                                            # (..., D)
         batch, n, D = x.shape[:-1], context.shape[-2], cfg.d_model
-        scan = self._prefix_scan(P, cfg, x, context, slab or self._slab)
+        scan = self._prefix_scan(P, cfg, x, context, slab)
         A0 = next(scan)                                                              # (..., D): the query alone
         a0, r0 = torch_ops.taps_from_attention(P, cfg, x, A0)
         self._check_norm(a0, cfg, "the query")
@@ -530,6 +537,14 @@ class TorchBackend:
             W0=P0["mlp.W"], a=cast(a0), delta=delta, delta_b=delta_b, delta_W_norm=cast(delta_W_norm),
             step_norm=cast(step_norm), relative_change=cast(relative_change), h=cast(1.0 / a_norm_sq),
             loss=cast(loss), grad_norm=cast(grad_norm), steps=steps, r=cast(r0), params=P0, cfg=cfg)
+
+    def _slab_size(self, slab) -> int:
+        """``slab`` (context tokens per step of the scan) checked; ``None`` is the device's default."""
+        if slab is None:
+            return self._slab
+        if isinstance(slab, bool) or not isinstance(slab, (int, np.integer)) or slab < 1:
+            raise ValueError(f"slab must be a positive integer (context tokens per scan step), got {slab!r}")
+        return int(slab)
 
     @staticmethod
     def _prefix_scan(P, cfg, x, context, slab):
@@ -577,9 +592,10 @@ class TorchBackend:
     def prefix_attention(self, params, cfg, context, query, *, slab: int | None = None) -> torch.Tensor:
         """The query's attention output ``A(c_1..c_i, x)`` for every prefix i = 0..n, ``(..., n+1, d_model)``,
         by the O(n·d) scan (``A(LN1 ·)`` for pre-ln): what ``trajectory`` builds its taps from."""
+        slab = self._slab_size(slab)
         P = {k: v.to(self.acc_dtype) for k, v in self._params(params, cfg).items()}
         context, query = self._context_query(cfg, context, query)
-        scan = self._prefix_scan(P, cfg, query.to(self.acc_dtype), context, slab or self._slab)
+        scan = self._prefix_scan(P, cfg, query.to(self.acc_dtype), context, slab)
         return torch.cat([next(scan)[..., None, :]] + [A for _, A, _ in scan], -2).to(self.torch_dtype)
 
     @staticmethod
@@ -640,22 +656,23 @@ class TorchBackend:
         prefix outputs are also what the O(n·d) scan gives.
         """
         blocks, cfgs = self._stack(model_params, model_cfg)
-        if len(blocks) > 1 and not all(c.causal for c in cfgs):
-            raise ValueError("model_cfg must be causal for a stack's prefix dynamics (a non-causal block lets "
-                             "later tokens change the context's hidden states)")
+        if not all(c.causal for c in cfgs[:-1]):            # the last block's context states feed no block
+            raise ValueError("model_cfg must be causal in every block but the last for a stack's prefix dynamics "
+                             "(a non-causal block lets later tokens change the context's hidden states)")
         context, query = self._context_query(cfgs[0], context, query)
         n = context.shape[-2]
         Hc = context                                                                  # (..., n, D) context states
         Xq = query[..., None, :].expand(*query.shape[:-1], n + 1, query.shape[-1])   # (..., n+1, D) queries
         updates = []
-        for P, cfg in zip(blocks, cfgs):
+        for l, (P, cfg) in enumerate(zip(blocks, cfgs)):
             A = self._prefix_attention(P, cfg, Hc, Xq, elements)                     # (..., n+1, D)
             a, r = torch_ops.taps_from_attention(P, cfg, Xq, A)
             a_x, r_x = torch_ops.taps_from_attention(P, cfg, Xq, self._alone_attention(P, cfg, Xq))
             self._check_norm(a_x, cfg, "prefix", indexed=True)
             updates.append(Update(u=F.linear(a - a_x, P["mlp.W"]), a=a_x, delta_b=r - r_x))
-            Xq = torch_ops.head(P, cfg, a, r)                                         # next block's queries
-            Hc = self._causal_block(P, cfg, Hc, elements)                             # next block's context
+            if l + 1 < len(blocks):
+                Xq = torch_ops.head(P, cfg, a, r)                                     # next block's queries
+                Hc = self._causal_block(P, cfg, Hc, elements)                         # next block's context
         return updates
 
     @staticmethod

@@ -26,9 +26,12 @@ def self_attention(params: dict, cfg: BlockConfig, X: torch.Tensor) -> torch.Ten
     q = F.linear(X, params["attn.W_q"], _bias(params, "attn.b_q"))        # (..., T, H*dh)
     k = F.linear(X, params["attn.W_k"], _bias(params, "attn.b_k"))
     v = F.linear(X, params["attn.W_v"], _bias(params, "attn.b_v"))
-    q, k, v = (m.reshape(*batch, T, H, dh).transpose(-3, -2) for m in (q, k, v))  # (..., H, T, dh)
-    heads = F.scaled_dot_product_attention(q, k, v, is_causal=cfg.causal)          # (..., H, T, dh)
-    heads = heads.transpose(-3, -2).reshape(*batch, T, H * dh)                      # (..., T, H*dh)
+    # exactly one batch dimension: the fused (flash / memory-efficient) kernels accept only 4-D inputs, and any
+    # other rank falls back to the math path, which forms the (T × T) logits (2.5 GB and 50× slower at T = 8k)
+    B = math.prod(batch)
+    q, k, v = (m.reshape(B, T, H, dh).transpose(1, 2) for m in (q, k, v))        # (B, H, T, dh)
+    heads = F.scaled_dot_product_attention(q, k, v, is_causal=cfg.causal)          # (B, H, T, dh)
+    heads = heads.transpose(1, 2).reshape(*batch, T, H * dh)                        # (..., T, H*dh)
     return F.linear(heads, params["attn.W_o"], _bias(params, "attn.b_o"))         # (..., T, d_model)
 
 

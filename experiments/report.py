@@ -93,8 +93,12 @@ def render(r: dict) -> str:
     add(f"| same, re-checked in float64 (NumPy reference) | {fmt(e1['max_abs_diff_f64'])} "
         f"(tolerance {fmt(e1['tol_f64'])}: {fmt(e1['agrees_f64'])}) | \"machine precision\" |")
     add("")
-    add(f"The curves overlap as P1 reports ({P['e1']['claim']}). This is guaranteed by algebra, not learned: the "
-        "identity holds at step 0 (random weights) exactly as at the end (THEORY §8.1).")
+    if e1["agrees_f32"] and e1["agrees_f64"]:
+        add(f"The curves overlap as P1 reports ({P['e1']['claim']}). This is guaranteed by algebra, not learned: "
+            "the identity holds at step 0 (random weights) exactly as at the end (THEORY §8.1).")
+    else:
+        add(f"P1 reports that {P['e1']['claim']}; here the two predictions differ by more than the tolerance "
+            "stated above, which the algebra (THEORY §8.1) does not allow: a bug or an overflow, not a finding.")
     add("")
 
     if r.get("e2"):
@@ -122,13 +126,15 @@ def render(r: dict) -> str:
             + " | ".join(fmt(rb.get(k)) for k in keys) + " | |")
         add("")
         g = e2["generic"]
-        add(f"**What is generic.** P1 reports: {pe2['claim']}. It does here too, "
+        decays = "It does here too" if tr["decay_ratio"] < 1 else "Here it does not decrease"
+        add(f"**What is generic.** P1 reports: {pe2['claim']}. {decays} (ratio of the median step norms at "
+            f"i = {keys[-1]} and i = {keys[0]}: {fmt(tr['decay_ratio'])}), "
             f"but the untrained block decays {g['verdict']}: slope {fmt(un['step_norm_slope'])} against "
             f"{fmt(tr['step_norm_slope'])} for the trained model (fit for i ≥ {fmt(e2['fit_from'])}), and the "
             f"relative change at the last step is {fmt(un['relative_change_at'][keys[-1]])} untrained vs "
             f"{fmt(tr['relative_change_at'][keys[-1]])} trained. Softmax attention over i.i.d. tokens is a running "
             "weighted mean, so its increments shrink like 1/i whatever the weights (THEORY §8.5): the decay is not "
-            f"evidence of learning. Training changes the scale (step norm at i = {keys[0]}: "
+            f"evidence of learning. Compare the scale instead (step norm at i = {keys[0]}: "
             f"{fmt(tr['step_norm_at'][keys[0]])} trained, {fmt(un['step_norm_at'][keys[0]])} untrained; ratio of "
             f"medians {fmt(g['scale_ratio'])}) and the direction of the update, which E3 tests against the data.")
         add("")
@@ -156,17 +162,33 @@ def render(r: dict) -> str:
         add(f"| alignment ⟨ΔW_impl, ΔW_SGD⟩ (median) | " + " | ".join(fmt(e3["alignment_at"].get(k)) for k in keys)
             + " |")
         add("")
-        add(f"The trained model learns in context: at the full prompt length its loss is "
-            f"{fmt(e3['full_length_ratio_to_zero'])} × that of predicting 0 ({fmt(e3['loss_zero'])}); it falls with i: "
-            f"{fmt(e3['implicit_falls_with_i'])}. Paper: {pe3['claim']}. Ours: both losses fall with i "
-            f"(implicit: {fmt(e3['implicit_falls_with_i'])}, SGD: {fmt(e3['sgd_falls_with_i'])}); at i = {keys[-1]} "
-            f"{e3['comparison']}. The alignment is {e3['alignment_verdict']} (mean of the median over i: "
-            f"{fmt(e3['alignment_median_mean'])}): the two updates share a direction without being the same update "
-            "(the implicit ΔW_i is rank 1 with right factor A(x_q); SGD's sums rank-1 steps with right factors "
-            "A(x_j)). Where the curves differ in level, the single softmax block's in-context estimate levels off "
-            "near its validation loss, while online SGD with a tuned step keeps improving on noise-free examples. "
-            "Least squares is exact after d examples (noise-free tasks), far below both. The implicit prediction "
-            f"equals the in-context one to {fmt(e3['identity_max_abs_diff'])} (float64).")
+        last = keys[-1]
+        implicit_falls, sgd_falls = e3["implicit_falls_with_i"], e3["sgd_falls_with_i"]
+        learns = e3["full_length_ratio_to_zero"] <= 0.1 and implicit_falls       # the bar of the issue (P1 §4)
+        falls = {(True, True): "both losses fall with i", (True, False): "the implicit loss falls with i, SGD's "
+                 "does not", (False, True): "SGD's loss falls with i, the implicit one does not",
+                 (False, False): "neither loss falls with i"}[(implicit_falls, sgd_falls)]
+        shares = e3["alignment_verdict"] not in ("about zero", "negative")
+        text = (("The model learns in context" if learns else
+                 "The model does NOT clearly learn in context (the bar: at most a tenth of the loss of predicting 0 "
+                 "at the full prompt length, falling with i)")
+                + f": at the full prompt length its loss is {fmt(e3['full_length_ratio_to_zero'])} × that of "
+                f"predicting 0 ({fmt(e3['loss_zero'])}); it falls with i: {fmt(implicit_falls)}. "
+                f"Paper: {pe3['claim']}. Ours: {falls} (implicit: {fmt(implicit_falls)}, SGD: {fmt(sgd_falls)}); "
+                f"at i = {last} {e3['comparison']}. The alignment is {e3['alignment_verdict']} (mean of the median "
+                f"over i: {fmt(e3['alignment_median_mean'])}): "
+                + ("the two updates share a direction without being the same update" if shares else
+                   "the two updates do not share a direction")
+                + " (the implicit ΔW_i is rank 1 with right factor A(x_q); SGD's sums rank-1 steps with right factors "
+                "A(x_j)).")
+        if sgd_falls and la["sgd"][last] < la["implicit"][last]:
+            text += (" Where the curves differ in level, the single softmax block's in-context estimate is limited by "
+                     "what the block learned (its validation loss is in the Models table), while online SGD with a "
+                     "tuned step keeps improving on noise-free examples.")
+        if la["least_squares"][last] < min(la["implicit"][last], la["sgd"][last]):
+            text += " Least squares is exact after d examples (noise-free tasks), far below both."
+        add(text + f" The implicit prediction equals the in-context one to {fmt(e3['identity_max_abs_diff'])} "
+            "(float64).")
         add("")
 
     e4, pe4 = r["e4"], P["e4"]

@@ -62,6 +62,10 @@ def batch(preset: Preset, seed: int, step: int):
     return regression_prompts(preset.batch_size, preset.n_points, preset.d, np.random.default_rng([seed, 1, step]))
 
 
+class TrainingError(RuntimeError):
+    """Training cannot go on (it diverged); the message says why and what to change."""
+
+
 @dataclass
 class TrainResult:
     out_dir: Path
@@ -197,6 +201,11 @@ def _train(torch, preset: Preset, out_dir, seed: int, resume: bool, progress: bo
             step += 1
             done_here += 1
             loss_value = float(loss.detach())
+            if not math.isfinite(loss_value) or not all(bool(torch.isfinite(params[k]).all()) for k in names):
+                # Never evaluate or checkpoint a diverged state: the last checkpoint stays the last good one.
+                raise TrainingError(f"training diverged at step {step}: the loss or the weights are no longer "
+                                    f"finite (Adam lr {preset.lr:g}); lower --lr. The last checkpoint in "
+                                    f"{out_dir} is kept")
             acc_sum += loss_value
             acc_count += 1
             bar.update(1)

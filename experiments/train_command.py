@@ -1,6 +1,7 @@
 """``implicit-icl train``: train a preset on in-context linear regression (P1 §4)."""
 from __future__ import annotations
 
+import math
 import sys
 
 HELP = "train the in-context regression transformer (presets p1, p2); resumable"
@@ -40,8 +41,10 @@ def preset_from_args(args):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise SystemExit(f"implicit-icl train: --{name.replace('_', '-')} must be >= 1, got {value}")
-    if args.lr is not None and not args.lr > 0:
-        raise SystemExit(f"implicit-icl train: --lr must be > 0, got {args.lr}")
+    if not 0 <= args.seed < 2**64:       # numpy's seed streams: non-negative; torch.manual_seed: 64 bits
+        raise SystemExit(f"implicit-icl train: --seed must be from 0 to 2**64 - 1, got {args.seed}")
+    if args.lr is not None and not 0 < args.lr < math.inf:
+        raise SystemExit(f"implicit-icl train: --lr must be a finite number > 0, got {args.lr}")
     return get_preset(args.preset).with_overrides(
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every,
         checkpoint_every=args.checkpoint_every, val_prompts=args.val_prompts, n_points=args.n_points)
@@ -50,14 +53,18 @@ def preset_from_args(args):
 def run(args) -> int:
     from implicit_icl.checkpoint import CheckpointError
 
-    from .train import train
+    from .train import TrainingError, train
 
     preset = preset_from_args(args)
     try:
         train(preset, args.out, seed=args.seed, resume=args.resume, progress=not args.no_progress,
               threads=args.threads)
-    except (CheckpointError, FileExistsError) as exc:
+    except (CheckpointError, TrainingError) as exc:
         print(f"implicit-icl train: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:              # the run exists (no --resume), or --out cannot be created or written
+        where = "" if exc.filename is None else f"--out {args.out}: {exc.filename}: "
+        print(f"implicit-icl train: error: {where}{exc.strerror if where else exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"interrupted: the last checkpoint in {args.out} is kept; rerun the same command with --resume "

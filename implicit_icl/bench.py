@@ -62,12 +62,12 @@ def _setup(spec):
 
     cfg = ref.BlockConfig(d_model=spec["d_model"], d_mlp=spec["d_mlp"], n_heads=spec["n_heads"], kind=spec["kind"])
     params = ref.init_block(cfg, 0, bias_std=0.1, ln_std=0.1)
-    g = torch.Generator().manual_seed(1)
     n = spec.get("n", 0)
-    # the scan's inputs are drawn in its own dtype, so the process peak does not hold a float64 copy
-    dt = torch.float32 if spec["op"] == "scan" and spec.get("dtype") == "float32" else torch.float64
-    context = torch.randn(n, cfg.d_model, generator=g, dtype=dt)
-    query = torch.randn(cfg.d_model, generator=g, dtype=dt)
+    # drawn on the measured device in float32, the dtype the timed runs use: no float64 copy in the process peak,
+    # no 8 s of serial host RNG for 16M × 64 numbers on a GPU run, and float32 and float64 runs see the same inputs
+    g = torch.Generator(device=spec["device"]).manual_seed(1)
+    context = torch.randn(n, cfg.d_model, generator=g, dtype=torch.float32, device=spec["device"])
+    query = torch.randn(cfg.d_model, generator=g, dtype=torch.float32, device=spec["device"])
     return np, torch, ref, get_backend, cfg, params, context, query
 
 
@@ -187,7 +187,7 @@ def worker(spec: dict) -> dict:
                    dtype="float32")
         out.update(_peak(torch, device, rss_before))
     elif op == "numpy_reference":
-        C, x = context.numpy(), query.numpy()
+        C, x = context.double().cpu().numpy(), query.double().cpu().numpy()
         from implicit_icl.reference.blocks import head, sequence, taps
 
         def run_prefix(L):
@@ -271,7 +271,8 @@ def _child(spec: dict, timeout: float, isolate: bool = True) -> dict:
     except subprocess.TimeoutExpired:
         return {"op": spec["op"], "n": spec.get("n"), "error": f"timed out after {timeout:.0f} s"}
     if proc.returncode != 0:
-        return {"op": spec["op"], "n": spec.get("n"), "error": proc.stderr.strip().splitlines()[-1:]}
+        last = proc.stderr.strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
+        return {"op": spec["op"], "n": spec.get("n"), "error": last[0]}
     res = dict(json.loads(proc.stdout.strip().splitlines()[-1]), memory_isolated=True)
     print(f"[bench]   done in {time.perf_counter() - t0:.1f} s: "
           f"{ {k: res[k] for k in ('wall_s', 'extrapolated', 'peak_rss_bytes') if k in res} }",
@@ -316,12 +317,16 @@ def bench(sizes, device="cpu", budget=20.0, kind="pre-ln", positions=4096, quick
         if on_progress:
             on_progress(result)
 
+    progress()                                                 # the skeleton first: an unwritable --json fails now
     plan = [dict(base, op="scan", n=n, dtype="float32") for n in sizes]   # the scan first: the headline figures
     for n in sizes:
         plan += [dict(base, op="per_prefix_update", n=n, budget=budget), dict(base, op="prefix_forward", n=n,
                                                                                budget=budget)]
         if device == "cpu":
             plan.append(dict(base, op="numpy_reference", n=n, budget=budget))
+    if device != "cpu":                                        # said in the JSON, not skipped silently
+        result["skipped"] = [f"numpy_reference: the NumPy reference runs on the CPU only, not on {device} "
+                             "(run the bench with --device cpu for it)"]
     isolate = not quick                                        # --quick runs in-process
     for spec in plan:
         rows.append(_child(spec, child_timeout, isolate))
@@ -370,22 +375,60 @@ def _targets(res) -> dict:
     }
 
 
+class _CannotWrite(Exception):
+    pass
+
+
+def _check_args(args) -> str | None:
+    """The first bad argument, as a message naming it (``None`` if all are fine)."""
+    from implicit_icl.reference import KINDS
+
+    if args.sizes is not None and any(n < 1 for n in args.sizes):
+        return f"--sizes must be positive integers, got {list(args.sizes)}"
+    if args.positions is not None and args.positions < 1:
+        return f"--positions must be a positive integer, got {args.positions}"
+    if args.threads is not None and args.threads < 1:
+        return f"--threads must be a positive integer, got {args.threads}"
+    if args.budget is not None and not 0 < args.budget < float("inf"):
+        return f"--budget must be a positive number of seconds, got {args.budget}"
+    if args.kind not in KINDS:
+        return f"--kind must be one of {list(KINDS)}, got {args.kind!r}"
+    try:
+        from implicit_icl.backends.torch_backend import resolve_device
+    except ImportError:
+        return "bench measures the torch backend: install torch (pip install 'implicit-icl[torch]')"
+    try:
+        resolve_device(args.device)
+    except (ValueError, RuntimeError) as exc:
+        return f"--device: {exc}"
+    return None
+
+
 def run(args) -> int:
-    sizes = tuple(args.sizes) if args.sizes else (QUICK_SIZES if args.quick else FULL_SIZES)
-    if any(n < 1 for n in sizes):
-        print(f"--sizes must be positive integers, got {list(sizes)}", file=sys.stderr)
+    problem = _check_args(args)
+    if problem:
+        print(problem, file=sys.stderr)
         return 2
+    sizes = tuple(args.sizes) if args.sizes else (QUICK_SIZES if args.quick else FULL_SIZES)
     budget = args.budget if args.budget is not None else (0.5 if args.quick else 20.0)
-    positions = args.positions or (256 if args.quick else 4096)
+    positions = args.positions if args.positions is not None else (256 if args.quick else 4096)
     threads = args.threads if args.threads is not None else (1 if args.device == "cpu" else None)
+
     def save(res):
         if args.json and args.json != "-":
             from implicit_icl.checkpoint import atomic_write_bytes
             text = json.dumps(res, indent=2)
-            atomic_write_bytes(args.json, lambda f: f.write(text.encode()))
+            try:
+                atomic_write_bytes(args.json, lambda f: f.write(text.encode()))
+            except OSError as exc:
+                raise _CannotWrite(f"--json: cannot write {args.json}: {exc}") from None
 
-    result = bench(sizes, device=args.device, budget=budget, kind=args.kind, positions=positions, quick=args.quick,
-                   threads=threads, on_progress=save)
+    try:
+        result = bench(sizes, device=args.device, budget=budget, kind=args.kind, positions=positions,
+                       quick=args.quick, threads=threads, on_progress=save)
+    except _CannotWrite as exc:
+        print(exc, file=sys.stderr)
+        return 2
     if args.json == "-":
         print(json.dumps(result, indent=2))
     elif args.json:
@@ -409,6 +452,9 @@ def _summary(res) -> None:
         print(f"[bench] {r['n']:<8} {scan.get('wall_s', float('nan')):<9.3f} {cell('per_prefix_update'):<17} "
               f"{cell('prefix_forward'):<14} {cell('numpy_reference')}", file=w)
     print(f"[bench] targets: {res['targets']}", file=w)
+    for r in res["trajectory"] + [res["float32_error"], res["position_updates"]]:
+        if "error" in r:
+            print(f"[bench] FAILED {r.get('op')} n={r.get('n')}: {r['error']}", file=w)
 
 
 if __name__ == "__main__":                                     # child process: one measurement

@@ -66,7 +66,7 @@ def run(args) -> int:
     try:
         path = grading.resolve_target(folder, args.target)
     except FileNotFoundError as exc:
-        print(f"error: --file: {exc}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     results = grading.run_checks(folder, path)
     grading.report(results, _title(folder), path)

@@ -98,14 +98,20 @@ def _is_tensor(x) -> bool:
 
 
 def call(student, name: str, *args, **kwargs):
-    """Call ``student.name(*args, **kwargs)``, turning a missing function, an unsolved stub or a crash into feedback."""
+    """Call ``student.name(*args, **kwargs)``, turning a missing function, an unsolved stub or a crash into feedback.
+
+    The grader's arrays are passed read-only and its dict/list arguments are checked afterwards: a student's
+    in-place change (``W += ΔW``, ``params["mlp.W"] = …``) is reported as such and never corrupts the fixtures that
+    later checks use.
+    """
     func = getattr(student, name, None)
     where = getattr(student, "__file__", "your file")
     if func is None or not callable(func):
         raise GradingFailure(f"your file defines a function `{name}`", expected=f"def {name}(...)",
                              got="no such function", hint=f"keep the function names of the stub ({where})")
+    frozen, containers = _protect([*args, *kwargs.values()])
     try:
-        return func(*args, **kwargs)
+        result = func(*args, **kwargs)
     except NotImplementedError:
         raise GradingFailure(
             f"`{name}` is implemented", got="it still raises NotImplementedError",
@@ -117,14 +123,66 @@ def call(student, name: str, *args, **kwargs):
     except Exception as exc:  # a crash in the student's code: show where
         frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == where]
         at = f" (line {frames[-1].lineno}: {frames[-1].line})" if frames else ""
+        in_place = isinstance(exc, ValueError) and "read-only" in str(exc)
         raise GradingFailure(
-            f"`{name}` runs without error", got=f"{type(exc).__name__}: {exc}{at}",
-            hint="check the shapes in the docstring; print them while you debug (`print(x.shape)`)",
+            f"`{name}` leaves its inputs unchanged" if in_place else f"`{name}` runs without error",
+            got=f"{type(exc).__name__}: {exc}{at}",
+            hint=IN_PLACE_HINT if in_place else
+            "check the shapes in the docstring; print them while you debug (`print(x.shape)`)",
         ) from exc
+    finally:
+        changed = _restore(frozen, containers)
+    if changed:
+        raise GradingFailure(f"`{name}` leaves its inputs unchanged", got=f"it changed {changed} in place",
+                             hint=IN_PLACE_HINT)
+    return result
+
+
+IN_PLACE_HINT = ("your code changes one of its inputs in place (+=, -=, x[...] = ..., params[key] = ...); the "
+                 "grader passes its arrays read-only. Build new ones instead: W = W + dW, x = x - mean, "
+                 "new = dict(params)")
+
+
+def _protect(args) -> tuple[list, list]:
+    """Make the writable arrays among ``args`` (and inside dict/list arguments) read-only; snapshot the containers."""
+    frozen, containers = [], []
+    for arg in args:
+        if isinstance(arg, (dict, list)):
+            containers.append((arg, arg.copy()))
+        for v in (arg.values() if isinstance(arg, dict) else arg if isinstance(arg, list) else (arg,)):
+            if isinstance(v, np.ndarray) and v.flags.writeable:
+                v.setflags(write=False)
+                frozen.append(v)
+    return frozen, containers
+
+
+def _restore(frozen, containers) -> str:
+    """Undo ``_protect``; put back any dict/list argument the student changed and say which ("" when none)."""
+    for v in frozen:
+        try:
+            v.setflags(write=True)
+        except ValueError:  # an array numpy will not make writable again: it stays read-only, as is safe
+            pass
+    changed = []
+    for container, snapshot in containers:
+        if isinstance(container, dict):
+            kept = {k for k in snapshot if k in container and container[k] is snapshot[k]}
+            keys = sorted({*container, *snapshot} - kept, key=str)
+            if keys:
+                changed.append(f"the entries {', '.join(map(repr, keys))} of its dict argument")
+                container.clear()
+                container.update(snapshot)
+        elif len(container) != len(snapshot) or any(a is not b for a, b in zip(container, snapshot)):
+            changed.append("a list argument")
+            container[:] = snapshot
+    return "; ".join(changed)
 
 
 def as_numpy(x, what: str) -> np.ndarray:
     """The student's result as a float64 array, or a clear failure if it is not array-like."""
+    if x is None:
+        raise GradingFailure(f"{what} returns a value", got="None",
+                             hint="the function ends without `return` (or returns None): return the result")
     if _is_tensor(x):
         x = x.detach().cpu().numpy()
     try:
@@ -210,13 +268,17 @@ def grader_path(exercise_dir: Path) -> Path:
 
 def resolve_target(exercise_dir: Path, choice: str | os.PathLike | None = None) -> Path:
     """The file to grade: ``choice`` is ``None``/``"exercise"`` (the student's file), ``"solution"``, ``"mistake"``
-    or a path; ``None`` falls back to ``$IMPLICIT_ICL_EXERCISE``."""
-    if choice is None:
-        choice = os.environ.get(ENV_TARGET) or "exercise"
+    or a path; ``None`` falls back to ``$IMPLICIT_ICL_EXERCISE``. A missing file's error names where it came from."""
+    if choice is None and os.environ.get(ENV_TARGET):
+        choice, source = os.environ[ENV_TARGET], f"${ENV_TARGET}"
+    elif choice is None:
+        choice, source = "exercise", "the student's file"
+    else:
+        source = f"--{choice}" if str(choice) in ("solution", "mistake") else "--file"
     choice = str(choice)
     path = Path(exercise_dir) / TARGET_FILES[choice] if choice in TARGET_FILES else Path(choice)
     if not path.is_file():
-        raise FileNotFoundError(f"the file to grade, {path}, does not exist "
+        raise FileNotFoundError(f"{source}: the file to grade, {path}, does not exist "
                                 f"(choose 'exercise', 'solution', 'mistake' or an existing path)")
     return path
 

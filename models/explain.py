@@ -10,7 +10,8 @@ Run TEXT through all-MiniLM-L6-v2 (a 6-layer post-LN BERT, float64 NumPy referen
 query token, rewrite what layer L's attention did with the other tokens as a rank-1 update of that layer's first
 MLP matrix W (BERT's intermediate.dense) plus a bias update (P1 Thm 2.2, post-ln taps):
 
-  T_W(C, x) = T_{W+ΔW}(x),   ΔW = W (h_C − h_x) h_xᵀ / ‖h_x‖²,   Δb_out = h_C − h_x,   h = LN1(z + A(z))
+  T_{W,b_out}(C, x) = T_{W+ΔW, b_out+Δb_out}(x),   ΔW = W (h_C − h_x) h_xᵀ / ‖h_x‖²,   Δb_out = h_C − h_x,
+  h = LN1(z + A(z))
 
 x is the query token's layer-L input row; the context C is every other row ([CLS] and [SEP] included), in text
 order. The attention is bidirectional and positions are embedded before layer 0, so the layer's output at the
@@ -21,11 +22,14 @@ Shown: ‖ΔW‖ relative to ‖W‖, the bias update, the identity error (the q
 model's own layer output), and for each context token j its marginal update ‖ΔW({c_j})‖ (remove c_j alone, keep
 the others) and the prefix step ‖ΔW_i − ΔW_{i−1}‖ when c_j joins the context in text order (P1 Prop. 3.1).
 --all-layers gives one update per layer that composes exactly through the whole encoder (P2 §3c).
+Cost: the marginals and the prefix dynamics each re-run layer L once per context token (float64 NumPy): a second
+or two for a sentence, minutes near the 512-token limit; --no-prefix skips the prefix part.
 
 The identity is exact by algebra, at any weights (THEORY §8.1); ΔW is specific to this query and layer (§8.2)
 and is the minimum-norm choice among infinitely many (§8.3). No weight of the model changes.
 Needs the extra: pip install 'implicit-icl[real]'. Exit status: 0 ok; 1 the extra is missing or an identity
-error exceeds 1e-12 × (1 + output scale); 2 a bad argument (layer, position, text longer than 512 tokens).
+error exceeds 1e-12 × (1 + output scale); 2 a bad argument (layer, position, a text longer than 512 tokens,
+a --model-dir that cannot be read, a --json path that cannot be written).
 """
 
 TOLERANCE = 1e-12   # × (1 + output scale): float64 round-off of a few hundred-term sums, as `implicit-icl verify`
@@ -42,7 +46,7 @@ def add_arguments(parser) -> None:
                         help="the per-layer updates for the query token, composed through the whole encoder")
     parser.add_argument("--pair", metavar="TEXT2", help="a second segment ([SEP]-separated, token type 1)")
     parser.add_argument("--no-prefix", action="store_true",
-                        help="skip the prefix dynamics (re-runs the layer on every prefix: slow on long texts)")
+                        help="skip the prefix dynamics (re-runs layer L on every prefix of the context)")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH ('-' for stdout)")
     parser.add_argument("--model-dir", metavar="DIR",
                         help="a folder with config.json, model.safetensors and tokenizer.json "
@@ -74,7 +78,7 @@ def format_layer(ex) -> str:
         f"  ‖W‖_F              {ex.W_norm:12.6g}",
         f"  ‖ΔW‖ / ‖W‖         {ex.relative_norm:12.4%}",
         f"  ‖Δb_out‖           {ex.delta_b_norm:12.6g}    (added inside LN2, with the residual h)",
-        f"  identity error     {ex.identity_error:12.3g}    max |T_(W+ΔW)(x alone) − model's layer output|, "
+        f"  identity error     {ex.identity_error:12.3g}    max |T_(W+ΔW, b+Δb)(x alone) − model's layer output|, "
         f"outputs up to {ex.output_scale:.3g}  [{'ok' if _ok(ex.identity_error, ex.output_scale) else 'FAIL'}]",
         "",
         "which context tokens move W (marginal: remove that token alone from layer "
@@ -88,7 +92,7 @@ def format_layer(ex) -> str:
     if ex.marginal_norm.size:
         lines.append(f"  (marginals need not add up to ‖ΔW(C)‖ = {ex.delta_W_norm:.4g}: attention is not additive)")
     if ex.dynamics is not None:
-        lines.append(f"  prefix dynamics: max |T_(W_i)(x) − T_W(c_1..c_i, x)| over all prefixes = "
+        lines.append(f"  prefix dynamics: max |T_(W_i, b_i)(x) − T_W(c_1..c_i, x)| over all prefixes = "
                      f"{ex.dynamics.prediction_error.max():.3g}")
     return "\n".join(lines)
 
@@ -132,8 +136,8 @@ def run(args) -> int:
     except MissingExtraError as exc:
         print(f"implicit-icl explain: {exc}", file=sys.stderr)
         return 1
-    except FileNotFoundError as exc:
-        print(f"implicit-icl explain: {exc}", file=sys.stderr)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"implicit-icl explain: {'--model-dir: ' if args.model_dir else ''}{exc}", file=sys.stderr)
         return 2
     report: dict = {"model": "all-MiniLM-L6-v2", "path": str(model.path), "text": args.text, "pair": args.pair,
                     "tolerance": f"{TOLERANCE} * (1 + output scale)"}
@@ -163,6 +167,10 @@ def run(args) -> int:
         if args.json:
             from implicit_icl.checkpoint import atomic_write_bytes
 
-            atomic_write_bytes(args.json, lambda f: f.write(json.dumps(report, indent=2).encode()))
+            try:
+                atomic_write_bytes(args.json, lambda f: f.write(json.dumps(report, indent=2).encode()))
+            except OSError as exc:
+                print(f"implicit-icl explain: --json: cannot write {args.json}: {exc}", file=sys.stderr)
+                return 2
             print(f"wrote {args.json}")
     return 0 if ok else 1

@@ -151,24 +151,36 @@ class MiniLM:
         return self.embeddings["position"].shape[0]
 
 
+def _read(path: Path, reader):
+    """``reader(path)``, with any failure to parse the file turned into a ``ValueError`` that names it."""
+    try:
+        return reader(path)
+    except Exception as exc:  # json, safetensors and tokenizers each raise their own kind
+        raise ValueError(f"{path} cannot be read: {type(exc).__name__}: {exc}") from exc
+
+
 @functools.lru_cache(maxsize=2)
 def _load(folder: str) -> MiniLM:
     safetensors_numpy = require("safetensors.numpy", "loading all-MiniLM-L6-v2")
     tokenizers = require("tokenizers", "tokenizing text for all-MiniLM-L6-v2")
     folder = Path(folder)
-    config = json.loads((folder / "config.json").read_text())
-    cfg = config_from_json(config)
-    state = safetensors_numpy.load_file(str(folder / "model.safetensors"))
-    embeddings, blocks = params_from_state(state, int(config["num_hidden_layers"]), cfg)
-    tokenizer = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
+    def read_config(path):
+        config = json.loads(path.read_text())
+        return config_from_json(config), int(config["num_hidden_layers"])
+
+    cfg, n_layers = _read(folder / "config.json", read_config)
+    state = _read(folder / "model.safetensors", lambda p: safetensors_numpy.load_file(str(p)))
+    embeddings, blocks = params_from_state(state, n_layers, cfg)
+    tokenizer = _read(folder / "tokenizer.json", lambda p: tokenizers.Tokenizer.from_file(str(p)))
     tokenizer.no_padding()       # the shipped file pads to 128 and truncates: we want the text's own tokens
     tokenizer.no_truncation()
     return MiniLM(cfg=cfg, embeddings=embeddings, blocks=tuple(blocks), tokenizer=tokenizer, path=folder,
-                  emb_ln_eps=float(config["layer_norm_eps"]))
+                  emb_ln_eps=cfg.ln_eps)     # BERT's one layer_norm_eps, embeddings included
 
 
 def load_minilm(path: str | os.PathLike | None = None) -> MiniLM:
-    """Load all-MiniLM-L6-v2 (cached per folder). Raises ``MissingExtraError`` without the ``real`` extra."""
+    """Load all-MiniLM-L6-v2 (cached per folder). Raises ``MissingExtraError`` without the ``real`` extra,
+    ``FileNotFoundError`` when a file is missing and ``ValueError`` naming the file when one cannot be read."""
     return _load(str(model_dir(path).resolve()))
 
 

@@ -1,14 +1,22 @@
 """all-MiniLM-L6-v2 through torch: the same encoder as ``minilm.forward``, batched, with a padding mask.
 
 Built from ``implicit_icl.backends.torch_ops`` (the project's torch versions of the reference's block functions);
-only the key-padding mask is added here, because the toy blocks never pad. Import this module only where torch is
-installed. The params are the NumPy ones of ``minilm.load_minilm`` converted to tensors.
+only the key-padding mask is added here, because the toy blocks never pad. Importing it without torch raises
+``MissingExtraError`` naming the ``torch`` extra. The params are the NumPy ones of ``minilm.load_minilm`` converted
+to tensors.
 """
 from __future__ import annotations
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+from .errors import MissingExtraError
+
+try:
+    import torch
+    import torch.nn.functional as F
+except ImportError as exc:
+    raise MissingExtraError("implicit_icl.models.minilm_torch needs torch, which is not installed: "
+                            "pip install 'implicit-icl[torch]'") from exc
 
 from implicit_icl.backends import torch_ops
 from implicit_icl.reference import BlockConfig

@@ -183,6 +183,33 @@ def test_leading_batch_dimensions_equal_a_loop(kind):
             np.testing.assert_allclose(pb.u[i, j].numpy(), pu.u, rtol=0, atol=1e-13)
 
 
+def test_bad_slab_is_refused():
+    """A slab of 0 or less used to skip the scan and return uninitialised memory as ``delta``."""
+    cfg, p = _block("plain")
+    C, x = np.ones((5, 6)), np.ones(6)
+    for bad in (0, -3, 2.5):
+        with pytest.raises(ValueError, match="slab must be a positive integer"):
+            T64.trajectory(p, cfg, C, x, slab=bad)
+        with pytest.raises(ValueError, match="slab must be a positive integer"):
+            T64.prefix_attention(p, cfg, C, x, slab=bad)
+
+
+def test_default_remove_does_no_host_index_arithmetic(monkeypatch):
+    """``remove=None`` (Y = C) keeps no token: it used to build ``arange(n)`` and a set difference on the host at
+    every call, O(n log n) CPU work and a host-to-device copy that dominated the per-prefix baseline of the bench."""
+    cfg, p = _block("pre-ln")
+    rng = np.random.default_rng(0)
+    C, x = rng.standard_normal((6, 6)), rng.standard_normal(6)
+    want = ref.implicit_update(p, cfg, C, x)
+
+    def boom(*a, **k):
+        raise AssertionError("host index arithmetic for remove=None")
+    monkeypatch.setattr(np, "setdiff1d", boom)
+    got = T64.implicit_update(p, cfg, C, x)
+    np.testing.assert_allclose(got.u.numpy(), want.u, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(got.delta_b.numpy(), want.delta_b, rtol=0, atol=1e-13)
+
+
 def test_context_and_query_batches_broadcast():
     cfg, p = _block("residual")
     rng = np.random.default_rng(0)
@@ -218,6 +245,21 @@ def test_model_trajectory_rejects_non_causal_stacks():
     blocks = ref.init_model(cfg, 2)
     with pytest.raises(ValueError, match="model_cfg must be causal"):
         T64.model_trajectory(blocks, cfg, np.ones((3, 4)), np.ones(4))
+
+
+def test_model_trajectory_allows_a_non_causal_last_block():
+    """Only the blocks that feed another block must be causal: the last block's query (its last position) sees
+    the whole prefix either way, so a causal stack topped by a bidirectional block has exact prefix dynamics."""
+    causal = ref.BlockConfig(d_model=6, d_mlp=12, n_heads=2, kind="pre-ln", attn_bias=True)
+    cfgs = [causal, causal, ref.BlockConfig(**dict(causal.to_dict(), causal=False))]
+    blocks = ref.init_model(causal, 3, seed=7, bias_std=0.2, ln_std=0.2)
+    rng = np.random.default_rng(8)
+    C, x = rng.standard_normal((11, 6)), rng.standard_normal(6)
+    got = T64.model_trajectory(blocks, cfgs, C, x)
+    want = get_backend("numpy").model_trajectory(blocks, cfgs, C, x)             # re-runs every prefix
+    for l in range(3):
+        np.testing.assert_allclose(got[l].u.numpy(), want[l].u, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(got[l].delta_b.numpy(), want[l].delta_b, rtol=0, atol=1e-12)
 
 
 # --- types, conversions, devices -------------------------------------------------------------------------------
@@ -271,6 +313,14 @@ def test_missing_device_raises_a_value_error():
         get_backend("torch", device="cuda")
 
 
+def test_missing_gpu_index_raises_a_value_error(monkeypatch):
+    """``cuda:3`` on a one-GPU machine is refused when the backend is made, not with a CUDA error later."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"only 1 CUDA device\(s\)"):
+        get_backend("torch", device="cuda:3")
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available on this machine")
 def test_cuda_trajectory_matches_cpu():
     cfg, p = _block("pre-ln")
@@ -280,3 +330,23 @@ def test_cuda_trajectory_matches_cpu():
     cpu = T64.trajectory(p, cfg, C.double(), x.double())
     rel = ((gpu.delta_W_norm[1:].cpu().double() - cpu.delta_W_norm[1:]).abs() / cpu.delta_W_norm[1:]).max()
     assert rel.item() < 1e-4
+
+
+@pytest.mark.parametrize("batch", [(), (2, 3)])
+def test_self_attention_uses_a_fused_kernel_for_any_batch_rank(batch):
+    """``torch_ops.self_attention`` hands SDPA 4-D tensors whatever the leading dimensions: 3-D or 5-D inputs
+    fall back to the math path, which forms the (T × T) logits (O(T²) memory: 2.5 GB at T = 8k, an out-of-memory
+    error on long sequences). Restricted to the fused kernel, the call must still run and match the reference."""
+    attention = pytest.importorskip("torch.nn.attention", reason="sdpa_kernel needs torch >= 2.3")
+    if not hasattr(attention, "sdpa_kernel"):
+        pytest.skip("torch.nn.attention.sdpa_kernel needs torch >= 2.3")
+    SDPBackend, sdpa_kernel = attention.SDPBackend, attention.sdpa_kernel
+    from implicit_icl.backends import torch_ops
+
+    cfg, p = _block("plain", causal=True)
+    Z = np.random.default_rng(0).standard_normal((*batch, 7, 6))
+    P = T64.asarray(p)
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+        got = torch_ops.self_attention(P, cfg, torch.from_numpy(Z)).numpy()
+    want = np.stack([ref.attention(p, cfg, z) for z in Z.reshape(-1, 7, 6)]).reshape(Z.shape)
+    np.testing.assert_allclose(got, want, rtol=0, atol=64 * EPS64 * np.abs(want).max())

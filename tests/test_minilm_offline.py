@@ -312,3 +312,13 @@ def test_cli_help_lists_explain(capsys):
         main(["explain", "--help"])
     out = capsys.readouterr().out
     assert "--all-layers" in out and "implicit-icl[real]" in out
+
+
+def test_the_torch_forward_without_torch_names_the_extra(monkeypatch):
+    import importlib
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch", None)            # `import torch` fails, as without the extra
+    monkeypatch.delitem(sys.modules, "implicit_icl.models.minilm_torch", raising=False)
+    with pytest.raises(MissingExtraError, match=r"implicit-icl\[torch\]"):
+        importlib.import_module("implicit_icl.models.minilm_torch")

@@ -256,3 +256,20 @@ def test_cli_json_to_stdout_and_position(capsys):
 def test_cli_bad_arguments(capsys, argv, match):
     assert main(["explain", "the cat sat", *argv]) == 2
     assert match in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("broken", ["config.json", "model.safetensors", "tokenizer.json"])
+def test_a_corrupt_model_folder_is_named_not_a_traceback(model, tmp_path, capsys, broken):
+    for name in minilm.FILES:
+        (tmp_path / name).write_bytes((model.path / name).read_bytes() if name != broken else b"{ not this")
+    with pytest.raises(ValueError, match=broken):
+        minilm.load_minilm(tmp_path)
+    assert main(["explain", "a", "--layer", "0", "--model-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--model-dir" in err and broken in err and "Traceback" not in err
+
+
+def test_cli_json_path_that_cannot_be_written_is_named(tmp_path, capsys):
+    (tmp_path / "a_file").write_text("")
+    assert main(["explain", "a", "--layer", "0", "--no-prefix", "--json", str(tmp_path / "a_file" / "x.json")]) == 2
+    assert "--json" in capsys.readouterr().err

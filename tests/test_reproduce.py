@@ -115,6 +115,27 @@ def test_render_changes_when_a_number_changes(quick_run):
     assert "1.23e-13" in md and "0.988" in md
 
 
+def test_report_claims_follow_the_numbers(quick_run):
+    """The sentences of report.md that state a finding are conditioned on report.json: with the opposite numbers
+    the report must not keep claiming overlap, decay, learning in context or a shared direction."""
+    out, _ = quick_run
+    r = json.loads((out / "report.json").read_text())
+    md = render(r)
+    assert "The curves overlap as P1 reports" in md and "It does here too" in md
+    assert "The model learns in context" in md
+    r["e1"]["agrees_f32"] = False
+    r["e2"]["trained"]["decay_ratio"] = 1.5
+    r["e3"].update(full_length_ratio_to_zero=0.8, implicit_falls_with_i=False, sgd_falls_with_i=False,
+                   alignment_verdict="about zero")
+    md = render(r)
+    for claim in ("The curves overlap as P1 reports", "It does here too", "The model learns in context",
+                  "both losses fall with i", "share a direction without", "keeps improving"):
+        assert claim not in md, claim
+    for honest in ("differ by more than the tolerance", "Here it does not decrease", "does NOT clearly learn",
+                   "neither loss falls with i", "do not share a direction"):
+        assert honest in md, honest
+
+
 def test_sgd_step_matches_the_reference_gradient():
     """One online SGD step on mlp.W, checked against the hand-derived gradient of (ŷ − y)² in NumPy.
 
@@ -187,6 +208,14 @@ def test_cli_rejects_a_foreign_checkpoint_before_training(tmp_path):
     assert out.returncode == 1
     assert f"checkpoint {bad}: no __meta__ record" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "o" / "train_p1").exists()
+
+
+def test_cli_rejects_a_negative_seed_by_name(tmp_path, capsys):
+    from implicit_icl.cli import main
+
+    assert main(["reproduce", "--quick", "--out", str(tmp_path / "o"), "--seed", "-1", "--no-progress"]) == 2
+    assert "--seed must be from 0 to 2**64 - 1, got -1" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_reproduce_p2_runs_e1_and_e4_on_the_same_stack(tmp_path):

@@ -110,7 +110,9 @@ def _ckpt_step(path: Path) -> int:
 
 def test_killed_training_subprocess_resumes_to_the_same_weights(tmp_path):
     """SIGKILL a real `implicit-icl train` mid-run, rerun with --resume, compare with an uninterrupted run."""
-    steps = "1500"
+    # ~7 ms a step here: the kill lands a few ms after the checkpoint at step >= 100, ~500 steps (seconds) before
+    # the end, and the three runs take ~12 s instead of ~23 s at 1500 steps.
+    steps = "600"
     ref = subprocess.run(CLI + ["--steps", steps, "--out", str(tmp_path / "ref")], capture_output=True, text=True)
     assert ref.returncode == 0, ref.stderr
 
@@ -174,6 +176,43 @@ def test_cli_reports_a_corrupt_checkpoint_by_name(tmp_path):
     assert out.returncode == 1
     assert f"checkpoint {run_dir / 'checkpoint.npz'}: not an .npz archive" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_diverging_training_stops_clearly_and_keeps_the_last_good_checkpoint(tmp_path):
+    """Adam at lr 1e4 overflows float32 within a few steps: a clear error naming --lr, no non-finite state saved."""
+    from implicit_icl.experiments.train import TrainingError
+
+    with pytest.raises(TrainingError, match=r"diverged at step \d+.*lower --lr"):
+        _train(tmp_path, "div", steps=40, lr=1e4)
+    params, _, meta = load_checkpoint(tmp_path / "div" / "checkpoint.npz")    # loads: every array is finite
+    assert meta["step"] < 40 and all(np.isfinite(v).all() for v in params.values())
+    assert not (tmp_path / "div" / "model.npz").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--seed", "-1"], r"--seed must be from 0 to 2\*\*64 - 1, got -1"),
+    (["--seed", str(2**64)], r"--seed must be from 0 to 2\*\*64 - 1, got 18446744073709551616"),
+    (["--lr", "inf"], "--lr must be a finite number > 0, got inf"),
+    (["--lr", "nan"], "--lr must be a finite number > 0, got nan"),
+])
+def test_train_cli_rejects_bad_numbers_by_name(tmp_path, argv, message):
+    from implicit_icl.cli import main
+
+    with pytest.raises(SystemExit, match=message):
+        main(["train", "--out", str(tmp_path / "x"), "--steps", "2", *argv])
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "reproduce"])
+def test_cli_reports_an_unusable_out_directory(tmp_path, capsys, command):
+    from implicit_icl.cli import main
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    extra = ["--steps", "2"] if command == "train" else ["--quick"]
+    assert main([command, "--out", str(blocker / "run"), "--no-progress", *extra]) == 1
+    err = capsys.readouterr().err
+    assert f"implicit-icl {command}: error: --out {blocker / 'run'}" in err and "Not a directory" in err
 
 
 def test_p2_stack_training_checkpoint_is_a_valid_stack_with_adam_state(tmp_path):

@@ -50,6 +50,15 @@ def test_terminal_too_small(capsys, monkeypatch):
     assert code == 2 and "60x20" in err and "at least 100x34" in err
 
 
+def test_negative_seed_and_model_only_options(capsys, tmp_path):
+    code, _, err = call(capsys, "--random", "--seed", "-1", "--export", str(tmp_path / "s.txt"))
+    assert code == 2 and "--seed must be >= 0, got -1" in err
+    for option in ("--layer", "--position"):          # silently ignored before: they only mean something with --model
+        code, _, err = call(capsys, "--random", option, "2", "--export", str(tmp_path / "s.txt"))
+        assert code == 2 and f"{option} only applies with --model" in err
+    assert not (tmp_path / "s.txt").exists()
+
+
 def test_bad_step_and_export_name(capsys, tmp_path):
     code, _, err = call(capsys, "--random", "--tokens", "5", "--step", "9")
     assert code == 2 and "--step must be from 0 to 5" in err
@@ -57,6 +66,13 @@ def test_bad_step_and_export_name(capsys, tmp_path):
     assert code == 2 and ".svg or .txt" in err
     code, _, err = call(capsys, "--random", "--export", str(tmp_path / "x.svg"), "--size", "60x20")
     assert code == 2 and "too small" in err
+
+
+def test_export_to_an_unwritable_place(capsys, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    code, _, err = call(capsys, "--random", "--tokens", "3", "--export", str(blocker / "w.txt"))
+    assert code == 2 and f"--export {blocker / 'w.txt'}: cannot write it" in err
 
 
 def test_model_needs_text_and_loader(capsys):

@@ -34,7 +34,7 @@ def add_arguments(parser) -> None:
     source.add_argument("--random", action="store_true", help="a seeded random (untrained) plain block")
     source.add_argument("--model", metavar="NAME", help="a real pretrained model ('minilm') on TEXT")
     parser.add_argument("text", nargs="?", help="the text to read with --model")
-    parser.add_argument("--layer", type=int, default=0, help="with --model: the block to show (default: 0)")
+    parser.add_argument("--layer", type=int, default=None, help="with --model: the block to show (default: 0)")
     parser.add_argument("--position", type=int, default=None,
                         help="with --model: the query token's position (default: the last)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the prompt (and of the random block)")
@@ -91,30 +91,40 @@ def prepare(args):
 
     if args.tokens is not None:
         check_tokens(args.tokens)
+    if args.seed < 0:                    # numpy's seed streams take non-negative integers only
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
     if args.model is not None:
         if not args.text:
             raise ValueError("--model needs the TEXT to read, e.g. implicit-icl walkthrough --model minilm \"…\"")
-        return text_data(args.model, args.text, layer=args.layer, position=args.position)
+        return text_data(args.model, args.text, layer=0 if args.layer is None else args.layer,
+                         position=args.position)
     if args.text:
         raise ValueError(f"unexpected TEXT {args.text!r}: TEXT is only read with --model")
+    for name in ("layer", "position"):
+        if getattr(args, name) is not None:
+            raise ValueError(f"--{name} only applies with --model")
     backend = get_backend(args.backend)
     return default_data(n_tokens=args.tokens, seed=args.seed, random=args.random, checkpoint=args.checkpoint,
                         backend=backend)
 
 
 def export(app, path: Path, size: tuple[int, int]) -> None:
-    """Render the app headless at ``size`` and write an SVG (or, for ``.txt``, plain text) screenshot."""
+    """Render the app headless at ``size`` and write an SVG (or, for ``.txt``, plain text) screenshot.
+
+    Raises ``OSError`` when ``path`` cannot be written (after the app has closed)."""
     from .app import screen_text
+
+    shot: list[str] = []
 
     async def shoot(pilot) -> None:
         await pilot.pause()
         await pilot.pause()
-        content = screen_text(app) if path.suffix.lower() == ".txt" else app.export_screenshot()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(content, encoding="utf-8")
+        shot.append(screen_text(app) if path.suffix.lower() == ".txt" else app.export_screenshot())
         app.exit()
 
     app.run(headless=True, size=size, auto_pilot=shoot)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(shot[0], encoding="utf-8")
 
 
 def run(args) -> int:
@@ -140,7 +150,10 @@ def run(args) -> int:
 
     app = WalkthroughApp(data, start=args.step)
     if export_path is not None:
-        export(app, export_path, size)
+        try:
+            export(app, export_path, size)
+        except OSError as exc:
+            return fail(f"--export {export_path}: cannot write it ({exc.strerror or exc})")
         print(f"wrote {export_path} (step {args.step} of {data.n}, {size[0]}x{size[1]})")
         return 0
     width, height = shutil.get_terminal_size(fallback=(DEFAULT_EXPORT_SIZE[0], DEFAULT_EXPORT_SIZE[1]))

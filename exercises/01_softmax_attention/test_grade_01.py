@@ -86,6 +86,7 @@ def test_attention_single_token(student):
     expected = (PARAMS["attn.W_o"] @ PARAMS["attn.W_v"] @ x[0])[None]
     check_close("self_attention(params, [x])", got, expected,
                 hint="a length-1 sequence has a single weight, softmax of one logit = 1")
-    check_true(np.allclose(call(student, "self_attention", PARAMS, Z)[0], expected[0], rtol=1e-7, atol=1e-10),
+    full = check_shape("self_attention(params, Z)", call(student, "self_attention", PARAMS, Z), (6, 4))
+    check_true(np.allclose(full[0], expected[0], rtol=1e-7, atol=1e-10),
                "with the causal mask, position 0 sees only itself: A(Z)_0 = W_o W_v z_0",
                hint="the mask must keep j ≤ i (including the diagonal)")

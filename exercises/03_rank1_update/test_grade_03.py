@@ -45,12 +45,12 @@ def test_apply_rank1_update(student):
     before = {k: v.copy() for k, v in PARAMS.items()}
     new = call(student, "apply_rank1_update", PARAMS, dW)
     check_true(isinstance(new, dict), "apply_rank1_update returns a dict of params", got=type(new).__name__)
-    check_close("new['mlp.W']", new.get("mlp.W"), PARAMS["mlp.W"] + dW, hint="W + ΔW")
+    check_close("new['mlp.W']", new.get("mlp.W"), before["mlp.W"] + dW, hint="W + ΔW")
     for k in PARAMS:
         check_close(f"params[{k!r}] after the call (the input must not change)", PARAMS[k], before[k],
                     hint="copy the dict (dict(params)) and put a NEW array in 'mlp.W'; `+=` modifies the original")
         if k != "mlp.W":
-            check_close(f"new[{k!r}] (only mlp.W changes)", new.get(k), PARAMS[k], hint="copy every other entry")
+            check_close(f"new[{k!r}] (only mlp.W changes)", new.get(k), before[k], hint="copy every other entry")
 
 
 def test_identity_query_alone(student):

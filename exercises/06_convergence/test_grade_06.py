@@ -106,5 +106,8 @@ def test_trained_vs_untrained(student):
              "           " + "".join(f"{f'i={i}':>9}" for i in (1, 5, 10, 20, 40)) + "   exponent p"]
     for label, (steps, p) in rows.items():
         lines.append(f"{label:>10} " + "".join(f"{steps[i - 1]:9.4f}" for i in (1, 5, 10, 20, 40)) + f"   {p:+.2f}")
-    lines.append("both decay: the shrinking steps alone do not show learning (THEORY §8.5)")
+    if all(p < 0 for _, p in rows.values()):
+        lines.append("both decay: the shrinking steps alone do not show learning (THEORY §8.5)")
+    else:
+        lines.append("not both decaying here: compare the two rows before reading anything into them (THEORY §8.5)")
     note("\n".join(lines))

@@ -74,3 +74,7 @@ def test_rank_of_sum(student):
     rng = np.random.default_rng(81)
     check_true(int(call(student, "rank_of_sum", rng.standard_normal((T, M)), rng.standard_normal(D))) == 1,
                "rank_of_sum of any factored updates with a shared right factor", expected=1)
+    v = rng.standard_normal(M)
+    got = call(student, "rank_of_sum", np.stack([v, -v]), rng.standard_normal(D))      # cancels exactly
+    check_true(int(got) == 0, "rank_of_sum when the updates cancel: Σ_i ΔW_i = 0 has rank 0 (rank ≤ 1, not = 1)",
+               expected=0, got=int(got), hint="compute the singular values of the sum; do not assume the answer")

@@ -88,6 +88,19 @@ def scenarios() -> list[Scenario]:
         out.append(Scenario(f"model_updates/{kind}", "model_updates", cfg, blocks, {"tokens": T}))
         out.append(Scenario(f"model_trajectory/{kind}", "model_trajectory", cfg, blocks,
                             {"context": T[:-1], "query": T[-1]}))
+    # bidirectional blocks: every position sees the whole sequence, but the query (the last position) sees the
+    # same prefix either way, so the O(n) scan must still equal the reference's re-run of every prefix
+    # (appended last so that the seeds, and the golden fixtures, of the scenarios above stay as they were)
+    for k, kind in enumerate(ref.KINDS):
+        cfg = BlockConfig(d_model=6, d_mlp=12, n_heads=2, kind=kind, activation="gelu", causal=False, attn_bias=True)
+        p = ref.init_block(cfg, seed=300 + k, bias_std=0.3, ln_std=0.3)
+        r = _rng(300 + k)
+        Z = r.standard_normal((7, 6))
+        tag = f"{kind}-gelu-h2-bias-noncausal"
+        for q in ("own", "last"):
+            out.append(Scenario(f"position_updates-{q}/{tag}", "position_updates", cfg, p, {"Z": Z}, {"query": q}))
+        out.append(Scenario(f"trajectory/{tag}", "trajectory", cfg, p,
+                            {"context": r.standard_normal((9, 6)), "query": r.standard_normal(6)}))
     return out
 
 

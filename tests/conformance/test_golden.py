@@ -12,7 +12,7 @@ import pytest
 from implicit_icl.backends import get_backend
 
 from .golden import ROOT, VERSION, files, load
-from .scenarios import compare, run
+from .scenarios import compare, run, scenarios
 from .suite import REFERENCE
 from .targets import targets
 
@@ -23,6 +23,17 @@ def test_fixtures_exist_and_are_small():
     assert ROOT.name == f"v{VERSION}"
     assert len(FILES) >= 100, f"expected the golden fixtures in {ROOT}; run tests/conformance/make_golden.py"
     assert sum(f.stat().st_size for f in FILES) < 1_000_000
+
+
+def test_fixtures_are_the_current_scenarios():
+    """One fixture per scenario, with the scenario's inputs: a scenario added or changed without rerunning
+    ``make_golden.py`` would otherwise never reach the golden check."""
+    stored = {sc.name: sc for sc in (load(f)[0] for f in FILES)}
+    current = {sc.name: sc for sc in scenarios()}
+    assert set(stored) == set(current), f"regenerate the fixtures: {sorted(set(stored) ^ set(current))}"
+    for name, sc in current.items():
+        for k, v in sc.inputs.items():
+            assert np.array_equal(np.asarray(v, dtype=np.float64), stored[name].inputs[k]), f"{name}: input {k}"
 
 
 @functools.lru_cache(maxsize=None)
