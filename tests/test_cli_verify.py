@@ -42,3 +42,30 @@ def test_console_script_help():
     assert r.returncode == 0 and "verify" in r.stdout
     r = subprocess.run([sys.executable, "-m", "implicit_icl", "verify", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "P1 Thm 2.2" in r.stdout
+
+
+@pytest.mark.parametrize("argv, module, extra", [
+    (["reproduce", "--quick", "--out", "OUT"], "torch", "torch"),
+    (["train", "--preset", "p1", "--out", "OUT"], "torch", "torch"),
+    (["bench", "--quick"], "torch", "torch"),
+    (["walkthrough", "--export", "OUT/w.txt"], "textual", "tui"),
+])
+def test_missing_extra_names_the_extra(monkeypatch, tmp_path, capsys, argv, module, extra):
+    """A command whose extra is missing says which extra to install, instead of a traceback."""
+    monkeypatch.setitem(sys.modules, module, None)          # `import torch` now raises ModuleNotFoundError
+    argv = [a.replace("OUT", str(tmp_path)) for a in argv]
+    assert main(argv) in (1, 2)                              # bench checks for torch itself and exits 2
+    err = capsys.readouterr().err
+    assert f"pip install 'implicit-icl[{extra}]'" in err and module in err and "Traceback" not in err
+
+
+def test_unrelated_missing_module_is_not_hidden(monkeypatch):
+    def broken(args):
+        import a_module_that_does_not_exist  # noqa: F401
+
+    from implicit_icl import cli
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    parser._subparsers._group_actions[0].choices["verify"].set_defaults(_run=broken)
+    with pytest.raises(ModuleNotFoundError):
+        main(["verify"])
