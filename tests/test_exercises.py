@@ -35,7 +35,8 @@ MISTAKE_CAUGHT_BY = {
     5: {"test_gradients", "test_gradient_descent_recursion"},
     6: {"test_step_norms_untrained", "test_step_norms_trained", "test_mean_step_norms", "test_trained_vs_untrained"},
     7: {"test_update_pre_ln_values", "test_identity_pre_ln"},
-    8: {"test_position_updates_values", "test_identity_every_position"},
+    8: {"test_position_updates_values", "test_identity_every_position", "test_layer_update_values",
+        "test_identity_real_layer"},
 }
 
 
@@ -160,6 +161,44 @@ def test_exercise_6_uses_the_bundled_checkpoint_when_present(tmp_path, monkeypat
     assert "seeded random block" in label and "does not exist" in label
 
 
+def test_exercise_8_grades_the_real_minilm_layer_when_the_extra_is_installed():
+    from implicit_icl.models import MissingExtraError, minilm
+
+    try:
+        model = minilm.load_minilm()
+    except MissingExtraError as exc:
+        pytest.skip(f"the real extra is not installed ({exc}); the stand-in is tested without extras above")
+    grader = grading.load_grader(grading.grader_path(FOLDERS[8]))
+    assert grader.R_CFG == model.cfg == grader.MINILM_CFG          # the stand-in copies the real layer's shapes
+    assert grader.R_PARAMS is model.blocks[2] and "all-MiniLM-L6-v2 layer 2" in grader.R_LABEL
+    enc, hidden = minilm.encode(model, grader.REAL_TEXT)
+    assert grader.R_POSITIONS[0] == minilm.default_position(enc.tokens) and enc.tokens[grader.R_P] == "to"
+    assert np.array_equal(grader.R_H, hidden[2]) and np.array_equal(grader.R_OUT, hidden[3])
+    results = grading.run_checks(FOLDERS[8], "solution")
+    assert _failures(results) == {}
+    notes = [note for r in results if r.name == "test_identity_real_layer" for note in r.notes]
+    assert any("all-MiniLM-L6-v2 layer 2" in note for note in notes), notes
+    assert any("identity error" in note for note in notes), notes
+
+
+def test_exercise_8_falls_back_to_a_stand_in_and_says_why(monkeypatch):
+    from implicit_icl.models import EXTRA_HINT, MissingExtraError, minilm
+
+    grader = grading.load_grader(grading.grader_path(FOLDERS[8]))
+
+    def missing(path=None):
+        raise MissingExtraError(f"the package is not installed: {EXTRA_HINT}")
+
+    monkeypatch.setattr(minilm, "load_minilm", missing)
+    params, cfg, H_in, H_out, positions, label = grader.real_layer()
+    assert cfg == grader.MINILM_CFG and cfg.kind == "post-ln" and not cfg.causal and cfg.ln_eps == 1e-12
+    assert params["mlp.W"].shape == (1536, 384) and "attn.b_q" in params and H_in.shape == (10, 384)
+    assert "seeded random post-ln block" in label and "not installed" in label and label.count("pip install") == 1
+    assert np.allclose(H_out, grader.ref.block(params, cfg, H_in))
+    again = grader.real_layer()                                      # seeded: the same stand-in every time
+    assert np.array_equal(again[2], H_in) and np.array_equal(again[0]["mlp.W"], params["mlp.W"])
+
+
 def test_cli_check_list_and_exit_status(capsys, monkeypatch):
     from implicit_icl.cli import main
 
@@ -226,23 +265,32 @@ for name in OPTIONAL:
     sys.modules[name] = None         # any `import torch` / `import pytest` now fails, as on a bare `pip install -e .`
 from implicit_icl import exercises_cmd, grading
 for n, folder in sorted(grading.find_exercises(sys.argv[1]).items()):
-    if n > 7:
-        continue
     results = grading.run_checks(folder, "solution")
     bad = [(r.name, r.message) for r in results if not r.passed]
     assert not bad, (n, bad)
     if n == 5:
         assert any("finite differences" in note for r in results for note in r.notes), results
+    if n == 8:   # the real layer's checks run on the stand-in: never skipped, and the stub and mistake still fail
+        notes = [note for r in results for note in r.notes]
+        assert any("seeded random post-ln block" in note and "NOT the real model" in note
+                   and "implicit-icl[real]" in note for note in notes), notes
+        assert not any("all-MiniLM-L6-v2 layer" in note for note in notes), notes
+        stub = grading.run_checks(folder, "exercise")
+        assert all(not r.passed and "raises NotImplementedError" in r.message for r in stub), stub
+        mistake = {r.name for r in grading.run_checks(folder, "mistake") if not r.passed}
+        assert mistake == MISTAKE_8, mistake
     args = argparse.Namespace(dir=sys.argv[1], exercises_action="check", number=n, target="solution")
     with contextlib.redirect_stdout(io.StringIO()):
         assert exercises_cmd.run(args) == 0, n
 loaded = {m.split(".")[0] for m, v in sys.modules.items() if v is not None}
 assert not loaded & set(OPTIONAL), loaded
 print("ok")
-""".replace("OPTIONAL", repr(OPTIONAL))
+""".replace("OPTIONAL", repr(OPTIONAL)).replace("MISTAKE_8", repr(MISTAKE_CAUGHT_BY[8]))
 
 
-def test_exercises_1_to_7_need_neither_torch_nor_pytest():
+def test_every_exercise_needs_neither_torch_nor_pytest_nor_the_real_extra():
+    """A bare `pip install -e .`: exercises 1-8 pass on their solutions; exercise 8's real-layer part runs on the
+    seeded stand-in (and says so), where the stub still fails every check and the mistake its checks."""
     proc = subprocess.run([sys.executable, "-c", NO_EXTRAS, str(EXERCISES)], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
@@ -326,6 +374,21 @@ def test_a_copied_dict_with_a_rebound_key_is_still_caught(tmp_path):
 def test_exercise_8_rank_check_is_not_passed_by_a_constant(tmp_path):
     path = _student_file(tmp_path, 8, {"return int(np.sum(s > tol * s[0]))": "return 1"})
     assert set(_failures(grading.run_checks(FOLDERS[8], path))) == {"test_rank_of_sum"}
+
+
+def test_exercise_8_real_layer_slips_get_their_hint(tmp_path):
+    """Two common slips in the real-layer part: the query taken as the LAST row, and Δb added after LN2."""
+    path = _student_file(tmp_path, 8, {"h_C = post_ln_taps(params, cfg, H)[0][p]":
+                                       "h_C = post_ln_taps(params, cfg, H)[0][-1]"})
+    failures = _failures(grading.run_checks(FOLDERS[8], path))
+    assert set(failures) == {"test_layer_update_values", "test_identity_real_layer"}, failures
+    assert "not the last row" in failures["test_layer_update_values"]
+    path = _student_file(tmp_path, 8, {
+        '    new["mlp.b_out"] = params["mlp.b_out"] + delta_b             # (D,): inside LN2\n'
+        '    return block(new, cfg, x[None, :])[0]': '    return block(new, cfg, x[None, :])[0] + delta_b'})
+    failures = _failures(grading.run_checks(FOLDERS[8], path))
+    assert set(failures) == {"test_query_alone_with_update", "test_identity_real_layer"}, failures
+    assert "INSIDE the layer (before LN2)" in failures["test_query_alone_with_update"]
 
 
 def test_a_bad_environment_choice_is_named(monkeypatch, capsys):
