@@ -30,24 +30,13 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from implicit_icl.checkpoint import CheckpointError
-
     from .reproduce import reproduce
-    from .train import TrainingError
+    from .train_command import run_reporting_errors, seed_problem
 
-    if not 0 <= args.seed < 2**64:       # numpy's seed streams: non-negative; torch.manual_seed: 64 bits
-        print(f"implicit-icl reproduce: error: --seed must be from 0 to 2**64 - 1, got {args.seed}",
-              file=sys.stderr)
+    if problem := seed_problem(args.seed):
+        print(f"implicit-icl reproduce: error: {problem}", file=sys.stderr)
         return 2
     command = " ".join(["implicit-icl", "reproduce"] + sys.argv[2:]) if sys.argv[1:2] == ["reproduce"] else None
-    try:
-        reproduce(args.preset, args.out, quick=args.quick, checkpoint=args.checkpoint, seed=args.seed,
-                  progress=not args.no_progress, command=command)
-    except (CheckpointError, TrainingError) as exc:
-        print(f"implicit-icl reproduce: error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:              # the run exists (no --resume), or --out cannot be created or written
-        where = "" if exc.filename is None else f"--out {args.out}: {exc.filename}: "
-        print(f"implicit-icl reproduce: error: {where}{exc.strerror if where else exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_reporting_errors("reproduce", args.out, lambda: reproduce(
+        args.preset, args.out, quick=args.quick, checkpoint=args.checkpoint, seed=args.seed,
+        progress=not args.no_progress, command=command))

@@ -10,7 +10,7 @@ Train a preset on in-context linear regression (P1 §4): prompts (x_1, <w,x_1>),
 w, x ~ N(0, I_d) fresh every batch; the prediction is the last coordinate at the query. Seeded and deterministic.
 
   p1  one 'plain' block (no skip, no LayerNorm, no positional encoding), causal, d=2, N=50, 8 heads x 4, MLP 128
-  p2  a stack of 3 pre-LN GELU blocks (P2)
+  p2  a stack of 3 residual GELU blocks (P2), d=2, N=50, 4 heads x 4, MLP 32
 
 Writes OUT/checkpoint.npz (atomic, no pickle; model + Adam state), OUT/metrics.jsonl (one line per evaluation) and,
 when done, OUT/model.npz (the model with its float64 validation loss recorded). Interrupt at any time and rerun the
@@ -41,8 +41,8 @@ def preset_from_args(args):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise SystemExit(f"implicit-icl train: --{name.replace('_', '-')} must be >= 1, got {value}")
-    if not 0 <= args.seed < 2**64:       # numpy's seed streams: non-negative; torch.manual_seed: 64 bits
-        raise SystemExit(f"implicit-icl train: --seed must be from 0 to 2**64 - 1, got {args.seed}")
+    if problem := seed_problem(args.seed):
+        raise SystemExit(f"implicit-icl train: {problem}")
     if args.lr is not None and not 0 < args.lr < math.inf:
         raise SystemExit(f"implicit-icl train: --lr must be a finite number > 0, got {args.lr}")
     return get_preset(args.preset).with_overrides(
@@ -50,24 +50,38 @@ def preset_from_args(args):
         checkpoint_every=args.checkpoint_every, val_prompts=args.val_prompts, n_points=args.n_points)
 
 
-def run(args) -> int:
+def seed_problem(seed: int) -> str | None:
+    """Why ``--seed`` is unusable, or None: numpy's seed streams need it non-negative, torch.manual_seed 64 bits."""
+    return None if 0 <= seed < 2**64 else f"--seed must be from 0 to 2**64 - 1, got {seed}"
+
+
+def run_reporting_errors(command: str, out, job) -> int:
+    """Run ``job()`` and turn the errors a user can cause into one line on stderr and exit status 1."""
     from implicit_icl.checkpoint import CheckpointError
 
-    from .train import TrainingError, train
+    from .train import TrainingError
+
+    try:
+        job()
+    except (CheckpointError, TrainingError) as exc:
+        print(f"implicit-icl {command}: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:              # the run exists (no --resume), or --out cannot be created or written
+        where = "" if exc.filename is None else f"--out {out}: {exc.filename}: "
+        print(f"implicit-icl {command}: error: {where}{exc.strerror if where else exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run(args) -> int:
+    from .train import train
 
     preset = preset_from_args(args)
     try:
-        train(preset, args.out, seed=args.seed, resume=args.resume, progress=not args.no_progress,
-              threads=args.threads)
-    except (CheckpointError, TrainingError) as exc:
-        print(f"implicit-icl train: error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:              # the run exists (no --resume), or --out cannot be created or written
-        where = "" if exc.filename is None else f"--out {args.out}: {exc.filename}: "
-        print(f"implicit-icl train: error: {where}{exc.strerror if where else exc}", file=sys.stderr)
-        return 1
+        return run_reporting_errors("train", args.out, lambda: train(
+            preset, args.out, seed=args.seed, resume=args.resume, progress=not args.no_progress,
+            threads=args.threads))
     except KeyboardInterrupt:
         print(f"interrupted: the last checkpoint in {args.out} is kept; rerun the same command with --resume "
               "to continue", file=sys.stderr)
         return 130
-    return 0
