@@ -58,7 +58,7 @@ def make_scenario(cfg: BlockConfig, n: int, seed: int, n_blocks: int = 3, label:
     query, other = rng.standard_normal((2, cfg.d_model))
     remove = np.sort(rng.choice(n, size=rng.integers(1, n + 1), replace=False)) if n else np.zeros(0, int)
     stack = init_model(cfg, n_blocks, seed=seed + 1000, bias_std=0.1, ln_std=0.1)
-    return Scenario(cfg, params, context, query, other, remove, label or f"{cfg.kind} n={n} seed={seed}", stack)
+    return Scenario(cfg, params, context, query, other, remove, label or f"{cfg.kind} d={cfg.d_model} heads={cfg.n_heads} n={n} seed={seed}", stack)
 
 
 # --- P1 §2: the theorem and what follows --------------------------------------------------------------------
