@@ -12,16 +12,29 @@
 # PYTHONSAFEPATH=1 so that the checkout's own implicit_icl/ folder does not shadow it (Python >= 3.11).
 #
 # Writes OUTDIR/gpu_env.json, conformance.xml (JUnit), conformance.log, bench_cuda.json, bench.log and
-# gpu_check.json (the summary). Exits non-zero if CUDA is missing, a test fails, a CUDA case was skipped, or the
-# benchmark reports an error. Nothing is skipped silently: every skip is listed in conformance.log and in
-# gpu_check.json with its reason (the CPU targets are deselected on purpose with IMPLICIT_ICL_CONFORMANCE_DEVICES=cuda
+# gpu_check.json (the summary, by scripts/gpu_check_summary.py). Exits non-zero if CUDA is missing, a test fails, a
+# CUDA case was skipped, or the benchmark reports an error. Nothing is skipped silently: every skip is counted with
+# its reason in gpu_check.json (the CPU targets are deselected on purpose with IMPLICIT_ICL_CONFORMANCE_DEVICES=cuda
 # and say so; the bench JSON lists the NumPy reference as CPU-only under "skipped").
+#
+# Rehearsal on a machine without a GPU (CI does this, tests/test_gpu_check_script.py): the same steps on the CPU at
+# small sizes, through the same package shim the GPU machine uses:
+#   GPU_CHECK_DEVICE=cpu GPU_CHECK_SIZES="4096" GPU_CHECK_POSITIONS=256 GPU_CHECK_BUDGET=0.5 \
+#     GPU_CHECK_FORCE_SHIM=1 scripts/gpu_check.sh /tmp/rehearsal
+# Settings (environment): GPU_CHECK_DEVICE (cuda), GPU_CHECK_SIZES ("1048576 16777216"), GPU_CHECK_POSITIONS
+# (4096), GPU_CHECK_BUDGET (5 s per baseline), GPU_CHECK_FORCE_SHIM (0: link the package only if not installed).
 set -euo pipefail
 
-cd "$(dirname "$0")/.."
 OUTDIR="${1:-${OUT:-gpu_check_out}}"
 mkdir -p "$OUTDIR"
+OUTDIR="$(cd "$OUTDIR" && pwd)"                  # absolute: the steps below run from the checkout's root
+cd "$(dirname "$0")/.."
 START=$(date +%s)
+DEVICE="${GPU_CHECK_DEVICE:-cuda}"
+SIZES="${GPU_CHECK_SIZES:-1048576 16777216}"
+POSITIONS="${GPU_CHECK_POSITIONS:-4096}"
+BUDGET="${GPU_CHECK_BUDGET:-5}"
+case "$DEVICE" in cuda|cpu|mps) ;; *) echo "GPU_CHECK_DEVICE must be cuda, cpu or mps, got '$DEVICE'" >&2; exit 2;; esac
 log() { echo "[gpu_check $(( $(date +%s) - START ))s] $*" >&2; }
 
 # 0. a Python with torch
@@ -38,8 +51,9 @@ fi
 log "python: $(command -v "$PY") ($("$PY" -c 'import sys, torch; print(sys.version.split()[0], "torch", torch.__version__)'))"
 
 # 1. the package, without installing it if it is not installed
-if ! "$PY" -c "import implicit_icl.backends.torch_backend" >/dev/null 2>&1; then
+if [ "${GPU_CHECK_FORCE_SHIM:-0}" = 1 ] || ! "$PY" -c "import implicit_icl.backends.torch_backend" >/dev/null 2>&1; then
   SHIM="$(mktemp -d)"
+  trap 'rm -rf "$SHIM"' EXIT                   # links only: the checkout itself is untouched
   log "implicit_icl is not installed for $PY: linking the checkout's package layout into $SHIM"
   "$PY" - "$SHIM" <<'PYEOF' || { log "FAIL: could not link the package layout (needs Python >= 3.11)"; exit 2; }
 import os, sys, tomllib
@@ -59,104 +73,48 @@ for pkg, folder in sorted(dirs.items(), key=lambda kv: kv[0].count(".")):     # 
 PYEOF
   export PYTHONPATH="$SHIM${PYTHONPATH:+:$PYTHONPATH}" PYTHONSAFEPATH=1
   "$PY" -c "import implicit_icl.backends.torch_backend" || { log "FAIL: implicit_icl does not import"; exit 2; }
+  log "implicit_icl from $("$PY" -c 'import implicit_icl, os; print(os.path.dirname(implicit_icl.__file__))')"
 fi
 "$PY" -c "import numpy, scipy, pytest, hypothesis" \
   || { log "FAIL: numpy, scipy, pytest and hypothesis are needed (pip install 'implicit-icl[torch,dev]')"; exit 2; }
 
 # 2. the machine
 set +e
-"$PY" - "$OUTDIR/gpu_env.json" <<'PYEOF'
-import json, sys, torch
-info = {"torch": torch.__version__, "cuda_available": torch.cuda.is_available(),
-        "cuda_version": torch.version.cuda,
+"$PY" - "$OUTDIR/gpu_env.json" "$DEVICE" <<'PYEOF'
+import json, platform, sys, torch
+device = sys.argv[2]
+available = {"cpu": True, "cuda": torch.cuda.is_available(),
+             "mps": hasattr(torch.backends, "mps") and torch.backends.mps.is_available()}[device]
+info = {"device": device, "available": available, "python": platform.python_version(), "torch": torch.__version__,
+        "cuda_available": torch.cuda.is_available(), "cuda_version": torch.version.cuda,
         "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]}
 json.dump(info, open(sys.argv[1], "w"), indent=2)
 print(json.dumps(info), file=sys.stderr)
-sys.exit(0 if info["cuda_available"] else 3)
+sys.exit(0 if available else 3)
 PYEOF
 status=$?
 set -e
-if [ $status -ne 0 ]; then log "FAIL: CUDA is not available to torch on this machine"; exit 3; fi
+if [ $status -ne 0 ]; then log "FAIL: $DEVICE is not available to torch on this machine"; exit 3; fi
 
 # 3. conformance on CUDA: scenarios, golden fixtures, and the torch backend's own tests (its CUDA test included)
-log "conformance suite on cuda"
+log "conformance suite on $DEVICE"
 set +e
-IMPLICIT_ICL_CONFORMANCE_DEVICES=cuda timeout 130 "$PY" -m pytest -q -rs -p no:cacheprovider \
+IMPLICIT_ICL_CONFORMANCE_DEVICES="$DEVICE" timeout 130 "$PY" -m pytest -q -rs -p no:cacheprovider \
   tests/conformance/test_conformance.py tests/conformance/test_golden.py tests/test_backend_torch.py \
   --junitxml="$OUTDIR/conformance.xml" > "$OUTDIR/conformance.log" 2>&1
 TEST_RC=$?
 set -e
 tail -n 5 "$OUTDIR/conformance.log" >&2
 
-# 4. the benchmark at 1M and 16M tokens on CUDA (baselines budgeted to 5 s each, then extrapolated)
-log "bench on cuda at 1M and 16M tokens"
+# 4. the benchmark at 1M and 16M tokens (baselines budgeted to 5 s each, then extrapolated)
+log "bench on $DEVICE at $SIZES tokens"
 set +e
-timeout 160 "$PY" -m implicit_icl.cli bench --device cuda --sizes 1048576 16777216 --budget 5 --positions 4096 \
-  --json "$OUTDIR/bench_cuda.json" > "$OUTDIR/bench.log" 2>&1
+# shellcheck disable=SC2086  # SIZES is a list of numbers
+timeout 160 "$PY" -m implicit_icl.cli bench --device "$DEVICE" --sizes $SIZES --budget "$BUDGET" \
+  --positions "$POSITIONS" --json "$OUTDIR/bench_$DEVICE.json" > "$OUTDIR/bench.log" 2>&1
 BENCH_RC=$?
 set -e
 tail -n 8 "$OUTDIR/bench.log" >&2
 
-# 5. the summary: counts per outcome, every skip with its reason, CUDA skips are failures
-"$PY" - "$OUTDIR" "$TEST_RC" "$BENCH_RC" "$(( $(date +%s) - START ))" <<'PYEOF'
-import json, os, sys
-import xml.etree.ElementTree as ET
-out, test_rc, bench_rc, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-summary = {"tests_exit_code": test_rc, "bench_exit_code": bench_rc, "seconds": seconds, "problems": []}
-xml_path = os.path.join(out, "conformance.xml")
-if os.path.exists(xml_path):
-    counts, skips, cuda_skipped, failed = {"passed": 0, "failed": 0, "error": 0, "skipped": 0}, {}, [], []
-    for case in ET.parse(xml_path).getroot().iter("testcase"):
-        name = case.get("name", "")
-        kinds = [c.tag for c in case]
-        if "failure" in kinds or "error" in kinds:
-            counts["failed" if "failure" in kinds else "error"] += 1
-            failed.append(name)
-        elif "skipped" in kinds:
-            counts["skipped"] += 1
-            reason = case.find("skipped").get("message", "")
-            skips[reason] = skips.get(reason, 0) + 1
-            if "cuda" in name and "not selected" not in reason:
-                cuda_skipped.append(f"{name}: {reason}")
-        else:
-            counts["passed"] += 1
-            if "cuda" in name:
-                counts["cuda_passed"] = counts.get("cuda_passed", 0) + 1
-    summary["conformance"] = counts
-    summary["skip_reasons"] = skips
-    if cuda_skipped:
-        summary["problems"].append(f"{len(cuda_skipped)} CUDA cases skipped, e.g. {cuda_skipped[:3]}")
-    if failed:
-        summary["problems"].append(f"{len(failed)} tests failed, e.g. {failed[:5]} (see conformance.log)")
-    if not counts.get("cuda_passed"):
-        summary["problems"].append("no CUDA test case passed")
-else:
-    summary["problems"].append("no conformance.xml: the test run did not finish (see conformance.log)")
-if test_rc != 0:
-    summary["problems"].append(f"pytest exited with {test_rc} (124 = timed out)")
-bench_path = os.path.join(out, "bench_cuda.json")
-if os.path.exists(bench_path):
-    bench = json.load(open(bench_path))
-    summary["bench_complete"] = bench.get("complete")
-    summary["bench_targets"] = bench.get("targets")
-    summary["bench_skipped"] = bench.get("skipped", [])
-    summary["bench_scan"] = [{k: r.get(k) for k in ("n", "wall_s", "peak_device_bytes", "error")}
-                             for r in bench["trajectory"] if r.get("op") == "scan"]
-    summary["bench_ratios"] = bench.get("ratios")
-    summary["float32_error"] = bench.get("float32_error")
-    summary["position_updates"] = bench.get("position_updates")
-    errors = [r for r in bench["trajectory"] + [bench.get("float32_error", {}), bench.get("position_updates", {})]
-              if "error" in r]
-    if errors:
-        summary["problems"].append(f"bench errors: {errors}")
-    if not bench.get("complete"):
-        summary["problems"].append("the bench did not finish (see bench.log)")
-else:
-    summary["problems"].append("no bench_cuda.json (see bench.log)")
-if bench_rc != 0:
-    summary["problems"].append(f"bench exited with {bench_rc} (124 = timed out)")
-summary["ok"] = not summary["problems"]
-json.dump(summary, open(os.path.join(out, "gpu_check.json"), "w"), indent=2)
-print(json.dumps(summary, indent=2), file=sys.stderr)
-sys.exit(0 if summary["ok"] else 1)
-PYEOF
+# 5. the summary: counts per outcome, every skip with its reason; a skipped case on $DEVICE is a failure
+"$PY" scripts/gpu_check_summary.py "$OUTDIR" "$TEST_RC" "$BENCH_RC" "$(( $(date +%s) - START ))" "$DEVICE"

@@ -1,0 +1,130 @@
+"""The verdict of ``scripts/gpu_check.sh``: read what its steps wrote and say, in ``gpu_check.json``, whether the
+device check passed and why not.
+
+    python scripts/gpu_check_summary.py OUTDIR TEST_EXIT_CODE BENCH_EXIT_CODE SECONDS [DEVICE]
+
+It reads ``OUTDIR/conformance.xml`` (pytest's JUnit report) and ``OUTDIR/bench_<device>.json`` (``implicit-icl
+bench``) and fails the check (exit 1) when: a test failed or errored; a test case on DEVICE was skipped for any
+reason other than being deselected on purpose; no test case on DEVICE passed; pytest or the bench exited non-zero
+(124 is ``timeout``'s code); the bench reported an error or did not finish; a file is missing. Every skip reason is
+counted in the JSON, so nothing is skipped silently. Plain Python (no project imports): it also runs where the
+package does not import.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import xml.etree.ElementTree as ET
+
+DESELECTED = "not selected"        # targets.py's reason for a device left out by IMPLICIT_ICL_CONFORMANCE_DEVICES
+
+
+def _on_device(test_name: str, device: str) -> bool:
+    """Whether a pytest case targets DEVICE: a parameter id ``…-torch-cuda-float32…`` or a test named
+    ``test_cuda_…`` (not ``test_cuda_trajectory_matches_cpu`` for the cpu: that one is a CUDA test)."""
+    return f"-{device}-" in test_name or test_name.startswith(f"test_{device}_")
+
+
+def conformance_summary(xml_path: str, device: str) -> tuple[dict, dict, list[str]]:
+    """Counts per outcome, skip reasons with their counts, and the problems found in a JUnit report."""
+    counts = {"passed": 0, "failed": 0, "error": 0, "skipped": 0, f"{device}_passed": 0, f"{device}_skipped": 0}
+    skips: dict[str, int] = {}
+    device_skipped, failed, problems = [], [], []
+    for case in ET.parse(xml_path).getroot().iter("testcase"):
+        name = case.get("name", "")
+        tags = [child.tag for child in case]
+        if "failure" in tags or "error" in tags:
+            counts["failed" if "failure" in tags else "error"] += 1
+            failed.append(f"{case.get('classname', '')}::{name}")
+        elif "skipped" in tags:
+            counts["skipped"] += 1
+            reason = case.find("skipped").get("message", "")
+            skips[reason] = skips.get(reason, 0) + 1
+            if _on_device(name, device) and DESELECTED not in reason:
+                counts[f"{device}_skipped"] += 1
+                device_skipped.append(f"{name}: {reason}")
+        else:
+            counts["passed"] += 1
+            if _on_device(name, device):
+                counts[f"{device}_passed"] += 1
+    if device_skipped:
+        problems.append(f"{len(device_skipped)} {device} test cases were skipped, e.g. {device_skipped[:3]}")
+    if failed:
+        problems.append(f"{len(failed)} tests failed, e.g. {failed[:5]} (see conformance.log)")
+    if not counts[f"{device}_passed"]:
+        problems.append(f"no {device} test case passed")
+    return counts, skips, problems
+
+
+def bench_summary(bench: dict) -> tuple[dict, list[str]]:
+    """The bench figures worth reading at a glance, and the problems in them."""
+    out = {
+        "bench_complete": bench.get("complete"), "bench_targets": bench.get("targets"),
+        "bench_skipped": bench.get("skipped", []), "bench_ratios": bench.get("ratios"),
+        "bench_scan": [{k: r.get(k) for k in ("n", "wall_s", "peak_device_bytes", "peak_rss_bytes", "error")
+                        if k in r} for r in bench.get("trajectory", []) if r.get("op") == "scan"],
+        "float32_error": bench.get("float32_error"), "position_updates": bench.get("position_updates"),
+    }
+    problems = []
+    rows = bench.get("trajectory", []) + [bench.get("float32_error") or {}, bench.get("position_updates") or {}]
+    errors = [r for r in rows if "error" in r]
+    if errors:
+        problems.append(f"bench errors: {errors}")
+    not_finite = [r.get("n") for r in bench.get("trajectory", []) if r.get("op") == "scan" and r.get("finite") is False]
+    if not_finite:
+        problems.append(f"the scan produced non-finite norms at n = {not_finite}")
+    if not bench.get("complete"):
+        problems.append("the bench did not finish (see bench.log)")
+    return out, problems
+
+
+def summarize(out: str, test_rc: int, bench_rc: int, seconds: int, device: str = "cuda") -> dict:
+    """Everything above, as the dict written to ``OUTDIR/gpu_check.json`` (``"ok"``: the check passed)."""
+    summary = {"device": device, "tests_exit_code": test_rc, "bench_exit_code": bench_rc, "seconds": seconds,
+               "problems": []}
+    xml_path = os.path.join(out, "conformance.xml")
+    if os.path.exists(xml_path):
+        try:
+            counts, skips, problems = conformance_summary(xml_path, device)
+            summary.update(conformance=counts, skip_reasons=skips)
+            summary["problems"] += problems
+        except ET.ParseError as exc:
+            summary["problems"].append(f"conformance.xml is not a readable JUnit report: {exc}")
+    else:
+        summary["problems"].append("no conformance.xml: the test run did not finish (see conformance.log)")
+    if test_rc != 0:
+        summary["problems"].append(f"pytest exited with {test_rc} (124 = timed out)")
+    bench_path = os.path.join(out, f"bench_{device}.json")
+    if os.path.exists(bench_path):
+        try:
+            with open(bench_path) as f:
+                figures, problems = bench_summary(json.load(f))
+            summary.update(figures)
+            summary["problems"] += problems
+        except json.JSONDecodeError as exc:
+            summary["problems"].append(f"{os.path.basename(bench_path)} is not valid JSON: {exc}")
+    else:
+        summary["problems"].append(f"no bench_{device}.json (see bench.log)")
+    if bench_rc != 0:
+        summary["problems"].append(f"bench exited with {bench_rc} (124 = timed out)")
+    summary["ok"] = not summary["problems"]
+    return summary
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) not in (4, 5):
+        print(__doc__.strip().splitlines()[3].strip(), file=sys.stderr)
+        return 2
+    out, test_rc, bench_rc, seconds = argv[0], int(argv[1]), int(argv[2]), int(argv[3])
+    summary = summarize(out, test_rc, bench_rc, seconds, argv[4] if len(argv) == 5 else "cuda")
+    tmp = os.path.join(out, ".gpu_check.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(summary, f, indent=2)
+    os.replace(tmp, os.path.join(out, "gpu_check.json"))
+    print(json.dumps(summary, indent=2), file=sys.stderr)
+    return 0 if summary["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,155 @@
+"""``scripts/gpu_check.sh``, the one prepared GPU check, proven here without a GPU.
+
+Its verdict (``scripts/gpu_check_summary.py``) is checked on made-up reports: every way a device run can go wrong
+must turn ``ok`` false. Then the whole script is rehearsed on the CPU at small sizes, through the same package shim
+the GPU machine uses (``GPU_CHECK_FORCE_SHIM=1``: the package linked into a temporary folder, not imported from the
+install), so that the one scarce GPU run does not fail on plumbing.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "gpu_check.sh"
+
+_spec = importlib.util.spec_from_file_location("gpu_check_summary", ROOT / "scripts" / "gpu_check_summary.py")
+summary_mod = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(summary_mod)
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+needs_torch_and_bash = pytest.mark.skipif(not HAS_TORCH or shutil.which("bash") is None,
+                                          reason="the GPU check script needs torch and bash")
+
+
+def _junit(cases) -> str:
+    """A JUnit report with ``cases`` = [(name, outcome, skip reason)]."""
+    body = []
+    for name, outcome, reason in cases:
+        inner = {"passed": "", "failed": '<failure message="boom"/>', "error": '<error message="boom"/>',
+                 "skipped": f'<skipped message="{reason}"/>'}[outcome]
+        body.append(f'<testcase classname="tests.conformance.test_conformance" name="{name}">{inner}</testcase>')
+    return f'<testsuites><testsuite name="pytest">{"".join(body)}</testsuite></testsuites>'
+
+
+GOOD_CASES = [
+    ("test_scenario_matches_reference[attention/plain-relu-h1-torch-cuda-float32]", "passed", ""),
+    ("test_scenario_matches_reference[attention/plain-relu-h1-torch-cuda-bfloat16]", "passed", ""),
+    ("test_scenario_matches_reference[attention/plain-relu-h1-torch-cpu-float32]", "skipped",
+     "not selected: IMPLICIT_ICL_CONFORMANCE_DEVICES=cuda"),
+    ("test_scenario_matches_reference[attention/plain-relu-h1-torch-mps-float32]", "skipped",
+     "MPS is not available on this machine"),
+    ("test_cuda_trajectory_matches_cpu", "passed", ""),
+]
+GOOD_BENCH = {"complete": True, "targets": {}, "ratios": [],
+              "trajectory": [{"op": "scan", "n": 1 << 20, "wall_s": 0.1, "finite": True},
+                             {"op": "per_prefix_update", "n": 1 << 20, "wall_s": 99.0}],
+              "float32_error": {"max_rel_err_delta_W_norm": 1e-7}, "position_updates": {"torch": {"ratio": 1.0}}}
+
+
+def _write(out: Path, cases=GOOD_CASES, bench=GOOD_BENCH, device="cuda"):
+    out.mkdir(exist_ok=True)
+    if cases is not None:
+        (out / "conformance.xml").write_text(_junit(cases))
+    if bench is not None:
+        (out / f"bench_{device}.json").write_text(json.dumps(bench))
+    return out
+
+
+def test_a_clean_run_is_ok_and_counts_every_skip_reason(tmp_path):
+    s = summary_mod.summarize(str(_write(tmp_path)), 0, 0, 100)
+    assert s["ok"] is True and s["problems"] == []
+    assert s["conformance"]["cuda_passed"] == 3            # the two scenarios and test_cuda_… itself
+    assert s["skip_reasons"] == {"not selected: IMPLICIT_ICL_CONFORMANCE_DEVICES=cuda": 1,
+                                 "MPS is not available on this machine": 1}
+
+
+@pytest.mark.parametrize("cases, bench, rcs, says", [
+    (GOOD_CASES[:-1] + [("test_cuda_trajectory_matches_cpu", "skipped", "CUDA is not available")], GOOD_BENCH,
+     (0, 0), "cuda test cases were skipped"),
+    (GOOD_CASES + [("test_scenario_matches_reference[x-torch-cuda-float64]", "skipped", "some reason")],
+     GOOD_BENCH, (0, 0), "cuda test cases were skipped"),
+    (GOOD_CASES + [("test_scenario_matches_reference[x-torch-cuda-float64]", "failed", "")], GOOD_BENCH, (1, 0),
+     "tests failed"),
+    (GOOD_CASES + [("test_golden", "error", "")], GOOD_BENCH, (1, 0), "tests failed"),
+    ([c for c in GOOD_CASES if c[1] != "passed"], GOOD_BENCH, (0, 0), "no cuda test case passed"),
+    (GOOD_CASES, GOOD_BENCH, (124, 0), "pytest exited with 124"),
+    (None, GOOD_BENCH, (124, 0), "no conformance.xml"),
+    (GOOD_CASES, None, (0, 124), "no bench_cuda.json"),
+    (GOOD_CASES, dict(GOOD_BENCH, complete=False), (0, 0), "did not finish"),
+    (GOOD_CASES, dict(GOOD_BENCH, trajectory=[{"op": "scan", "n": 16, "error": "CUDA out of memory"}]), (0, 1),
+     "bench errors"),
+    (GOOD_CASES, dict(GOOD_BENCH, float32_error={"error": "timed out after 180 s"}), (0, 1), "bench errors"),
+    (GOOD_CASES, dict(GOOD_BENCH, trajectory=[{"op": "scan", "n": 16, "wall_s": 1.0, "finite": False}]), (0, 0),
+     "non-finite"),
+    (GOOD_CASES, GOOD_BENCH, (0, 1), "bench exited with 1"),
+])
+def test_every_way_a_device_run_goes_wrong_fails_the_check(tmp_path, cases, bench, rcs, says):
+    s = summary_mod.summarize(str(_write(tmp_path, cases, bench)), *rcs, 100)
+    assert s["ok"] is False
+    assert any(says in p for p in s["problems"]), s["problems"]
+
+
+def test_unreadable_reports_are_problems_not_crashes(tmp_path):
+    (tmp_path / "conformance.xml").write_text("<testsuites><testsuite")
+    (tmp_path / "bench_cuda.json").write_text("{not json")
+    s = summary_mod.summarize(str(tmp_path), 0, 0, 1)
+    assert s["ok"] is False
+    assert any("not a readable JUnit report" in p for p in s["problems"])
+    assert any("not valid JSON" in p for p in s["problems"])
+
+
+def test_the_summary_script_writes_json_and_exits_with_the_verdict(tmp_path):
+    script = ROOT / "scripts" / "gpu_check_summary.py"
+    good = subprocess.run([sys.executable, str(script), str(_write(tmp_path / "good")), "0", "0", "5"],
+                          capture_output=True, text=True)
+    assert good.returncode == 0, good.stderr
+    assert json.loads((tmp_path / "good" / "gpu_check.json").read_text())["ok"] is True
+    bad = subprocess.run([sys.executable, str(script), str(_write(tmp_path / "bad")), "1", "0", "5"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 1
+    usage = subprocess.run([sys.executable, str(script), "only-one-argument"], capture_output=True, text=True)
+    assert usage.returncode == 2 and "OUTDIR" in usage.stderr
+
+
+def _run_script(out: Path, **env) -> subprocess.CompletedProcess:
+    full_env = dict(os.environ, PYTHON=sys.executable, PYTHONUNBUFFERED="1", **env)
+    return subprocess.run(["bash", str(SCRIPT), str(out)], capture_output=True, text=True, env=full_env,
+                          timeout=400)
+
+
+@needs_torch_and_bash
+def test_rehearsal_on_the_cpu_runs_every_step_through_the_package_shim(tmp_path):
+    proc = _run_script(tmp_path, GPU_CHECK_DEVICE="cpu", GPU_CHECK_SIZES="2048", GPU_CHECK_POSITIONS="128",
+                       GPU_CHECK_BUDGET="0.3", GPU_CHECK_FORCE_SHIM="1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "linking the checkout's package layout" in proc.stderr      # the path the GPU machine takes
+    verdict = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert verdict["ok"] is True and verdict["device"] == "cpu"
+    assert verdict["conformance"]["cpu_passed"] > 500 and verdict["conformance"]["failed"] == 0
+    bench = json.loads((tmp_path / "bench_cpu.json").read_text())
+    assert bench["complete"] and bench["config"]["sizes"] == [2048]
+    assert bench["float32_error"]["max_rel_err_delta_W_norm"] < 1e-4
+    env = json.loads((tmp_path / "gpu_env.json").read_text())
+    assert env["device"] == "cpu" and env["available"] is True
+    for name in ("conformance.log", "conformance.xml", "bench.log"):
+        assert (tmp_path / name).stat().st_size > 0
+
+
+@needs_torch_and_bash
+def test_the_gpu_check_refuses_a_machine_without_the_device(tmp_path):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the refusal is for machines without it")
+    proc = _run_script(tmp_path)
+    assert proc.returncode == 3
+    assert "FAIL: cuda is not available" in proc.stderr
+    bad = _run_script(tmp_path, GPU_CHECK_DEVICE="tpu")
+    assert bad.returncode == 2 and "GPU_CHECK_DEVICE must be cuda, cpu or mps" in bad.stderr
