@@ -17,6 +17,7 @@ from implicit_icl.reference import (
     implicit_update, init_block, init_model, layer_norm, model_forward, model_updates, position_updates, taps,
     trajectory,
 )
+from implicit_icl.reference.subsets import marginal_updates, prefix_trajectory, subset_updates
 
 TOL_REL = 1e-12
 QUERY_GAP = 1e-6   # the smallest mismatch that counts as "x's update does not reproduce x′'s output"
@@ -216,6 +217,25 @@ def trajectory_matches_updates(s: Scenario):
     return err, tol(tr.pred_context, tr.u)
 
 
+def subsets_match_reruns(s: Scenario):
+    """One masked attention pass per subset (``reference.subsets``) = re-running the block on each subset: the
+    prefix trajectory, every leave-one-out update and the scenario's subset Y (the two code paths agree)."""
+    fast, slow = prefix_trajectory(s.params, s.cfg, s.context, s.query), trajectory(s.params, s.cfg, s.context,
+                                                                                  s.query)
+    err = max(max_err(fast.u, slow.u), max_err(fast.delta_b, slow.delta_b), max_err(fast.a, slow.a),
+              max_err(fast.pred_context, slow.pred_context))
+    loo = marginal_updates(s.params, s.cfg, s.context, s.query)
+    for j in range(0, s.context.shape[0], max(1, s.context.shape[0] // 7)):
+        upd = implicit_update(s.params, s.cfg, s.context, s.query, remove=[j])
+        err = max(err, max_err(loo.u[j], upd.u), max_err(loo.a[j], upd.a), max_err(loo.delta_b[j], upd.delta_b))
+    keep = np.ones((1, s.context.shape[0]), dtype=bool)
+    keep[0, s.remove] = False
+    one = subset_updates(s.params, s.cfg, s.context, s.query, keep)
+    want = implicit_update(s.params, s.cfg, s.context, s.query, remove=s.remove)
+    err = max(err, max_err(one.u[0], want.u), max_err(one.a[0], want.a), max_err(one.delta_b[0], want.delta_b))
+    return err, tol(slow.pred_context, slow.u, want.u)
+
+
 # --- P2: every position, stacks -----------------------------------------------------------------------------
 
 def _position_check(s: Scenario, query: str):
@@ -284,6 +304,7 @@ CHECKS = {
     "∇L_i=Δ_i (linear loss)": linear_loss_gradient,
     "factorised dynamics (App B)": factorised_dynamics,
     "trajectory = per-prefix updates": trajectory_matches_updates,
+    "subsets: one pass = re-runs": subsets_match_reruns,
     "P2 every position (own)": positions_own,
     "P2 every position (last)": positions_last,
     "rank(Σ_i ΔW_i)=1": sum_rank_one,

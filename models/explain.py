@@ -22,8 +22,9 @@ Shown: ‖ΔW‖ relative to ‖W‖, the bias update, the identity error (the q
 model's own layer output), and for each context token j its marginal update ‖ΔW({c_j})‖ (remove c_j alone, keep
 the others) and the prefix step ‖ΔW_i − ΔW_{i−1}‖ when c_j joins the context in text order (P1 Prop. 3.1).
 --all-layers gives one update per layer that composes exactly through the whole encoder (P2 §3c).
-Cost: the marginals and the prefix dynamics each re-run layer L once per context token (float64 NumPy): a second
-or two for a sentence, minutes near the 512-token limit; --no-prefix skips the prefix part.
+Cost: the marginals and the prefix dynamics come from one masked pass of layer L's attention row per subset of the
+context (float64 NumPy, checked against re-running the layer): well under a second for a sentence, a few seconds
+near the 512-token limit; --no-prefix skips the prefix part.
 
 The identity is exact by algebra, at any weights (THEORY §8.1); ΔW is specific to this query and layer (§8.2)
 and is the minimum-norm choice among infinitely many (§8.3). No weight of the model changes.
@@ -46,7 +47,7 @@ def add_arguments(parser) -> None:
                         help="the per-layer updates for the query token, composed through the whole encoder")
     parser.add_argument("--pair", metavar="TEXT2", help="a second segment ([SEP]-separated, token type 1)")
     parser.add_argument("--no-prefix", action="store_true",
-                        help="skip the prefix dynamics (re-runs layer L on every prefix of the context)")
+                        help="skip the prefix dynamics (layer L's attention over every prefix of the context)")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH ('-' for stdout)")
     parser.add_argument("--model-dir", metavar="DIR",
                         help="a folder with config.json, model.safetensors and tokenizer.json "

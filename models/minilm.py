@@ -41,8 +41,9 @@ import numpy as np
 
 from implicit_icl.reference import (
     BlockConfig, Trajectory, Update, apply_model_updates, apply_update, block, block_output, implicit_update,
-    layer_norm, model_forward, model_updates, trajectory,
+    layer_norm, model_forward, model_updates,
 )
+from implicit_icl.reference.subsets import marginal_updates, prefix_trajectory
 from implicit_icl.reference.validation import check_params
 
 from .errors import EXTRA_HINT, MissingExtraError, require
@@ -315,10 +316,12 @@ class LayerExplanation:
     - ``identity_error``: ``max |T_{W+ΔW}(x) − H^{ℓ+1}[p]|``, the query alone with the update against the model's
       own layer output (round-off); ``output_scale``: ``max |H^{ℓ+1}[p]|``.
     - ``marginal_norm[j]``: ``‖ΔW({c_j})‖``, the update that removes context token j alone while the others stay
-      (``implicit_update(..., remove=[j])``); ``marginal_bias_norm[j]``: its ``‖Δb‖``. Attention is not additive,
-      so these do not sum to ``‖ΔW(C)‖``.
+      (``implicit_update(..., remove=[j])``, computed for every j in one masked pass by
+      ``reference.subsets.marginal_updates``); ``marginal_bias_norm[j]``: its ``‖Δb‖``. Attention is not
+      additive, so these do not sum to ``‖ΔW(C)‖``.
     - ``dynamics``: the reference ``Trajectory`` over the context in text order (prefix ``c_1..c_i`` with the
-      query), or ``None``; ``step_norm[i]`` is how far adding ``c_{i+1}`` moves ``W`` (P1 Prop. 3.1).
+      query; from ``reference.subsets.prefix_trajectory``, equal to ``trajectory`` without its n+1 re-runs), or
+      ``None``; ``step_norm[i]`` is how far adding ``c_{i+1}`` moves ``W`` (P1 Prop. 3.1).
     """
 
     layer: int
@@ -385,14 +388,14 @@ def explain_layer(model: MiniLM, text: str, layer: int, position: int | None = N
     alone = block_output(apply_update(params, upd), cfg, context[:0], query)     # T_{W+ΔW}(x), (D,)
     target = H[layer + 1][p]                                                     # the model's own output
     n = context.shape[0]
-    marginal = [implicit_update(params, cfg, context, query, remove=[j]) for j in range(n)]
+    marginal = marginal_updates(params, cfg, context, query)     # = implicit_update(remove=[j]) for each j: (n, ·)
     return LayerExplanation(
         layer=layer, position=p, tokens=enc.tokens, context_index=context_index, update=upd,
         W_norm=float(np.linalg.norm(params["mlp.W"])),
         identity_error=float(np.max(np.abs(alone - target))), output_scale=float(np.max(np.abs(target))),
-        marginal_norm=np.array([float(m.norm) for m in marginal]),
-        marginal_bias_norm=np.array([float(np.linalg.norm(m.delta_b)) for m in marginal]),
-        dynamics=trajectory(params, cfg, context, query) if dynamics and n else None,
+        marginal_norm=np.asarray(marginal.norm, dtype=float),
+        marginal_bias_norm=np.linalg.norm(marginal.delta_b, axis=-1),
+        dynamics=prefix_trajectory(params, cfg, context, query) if dynamics and n else None,
     )
 
 
@@ -471,5 +474,5 @@ def text_trajectory(text: str, layer: int, position: int | None = None, *,
     enc, H = encode(model, text)
     p = resolve_position(enc.tokens, position)
     context, query, context_index = split_query(H[layer], p)
-    traj = trajectory(model.blocks[layer], model.cfg, context, query)
+    traj = prefix_trajectory(model.blocks[layer], model.cfg, context, query)   # = reference trajectory, one pass
     return [enc.tokens[i] for i in context_index] + [enc.tokens[p]], traj

@@ -56,7 +56,11 @@ def _attention(params, cfg, Z):
 
 def taps(params: dict, cfg: BlockConfig, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(a, r)`` at every position, each ``(T, d_model)``: what ``W`` reads and the residual around the MLP."""
-    A = _attention(params, cfg, Z)                                     # (T, d_model)
+    return taps_from_attention(params, cfg, Z, _attention(params, cfg, Z))
+
+
+def taps_from_attention(params: dict, cfg: BlockConfig, Z: np.ndarray, A: np.ndarray):
+    """The taps ``(a, r)`` given the block input ``Z`` and its contextual layer's output ``A`` (broadcasting)."""
     if cfg.kind == "plain":
         return A, np.zeros_like(A)
     if cfg.kind == "p1-skip":

@@ -87,10 +87,20 @@ def trajectory(params: dict, cfg: BlockConfig, context, query) -> Trajectory:
     check_params(params, cfg)
     context, query = check_context_query(cfg, context, query)
     n = context.shape[0]
-    W0 = np.asarray(params["mlp.W"], dtype=np.float64)
     prefix_taps = [tuple(t[-1] for t in taps(params, cfg, sequence(context[:i], query))) for i in range(n + 1)]
     a_i = np.stack([t[0] for t in prefix_taps])                          # (n+1, D)
     r_i = np.stack([t[1] for t in prefix_taps])                          # (n+1, D)
+    return trajectory_from_taps(params, cfg, a_i, r_i)
+
+
+def trajectory_from_taps(params: dict, cfg: BlockConfig, a_i: np.ndarray, r_i: np.ndarray) -> Trajectory:
+    """The :class:`Trajectory` given the query's taps with the first i context tokens, ``a_i``, ``r_i`` (n+1, D).
+
+    Everything after the taps: the factors, norms, steps, linear losses and both predictions (the query alone
+    through the *formed* matrix ``W_i``, an honest check of the identity, not a shortcut through the factors).
+    """
+    n = a_i.shape[0] - 1
+    W0 = np.asarray(params["mlp.W"], dtype=np.float64)
     a, r = a_i[0], r_i[0]                                                # the query alone
     _check_norm(a, cfg, "the query")
     a_norm = np.linalg.norm(a)
@@ -106,7 +116,7 @@ def trajectory(params: dict, cfg: BlockConfig, context, query) -> Trajectory:
     W_i_a = a @ W0.T + u[:-1]                                            # (n, M): W_i a = W_0 a + u_i
     loss = np.sum(grad_u * W_i_a, axis=1)                                # tr(Δ_iᵀ W_i) = grad_uᵀ W_i a
     grad_norm = np.linalg.norm(grad_u, axis=1) * a_norm
-    pred_context = np.stack([head(params, cfg, ai, ri) for ai, ri in prefix_taps])  # (n+1, D)
+    pred_context = head(params, cfg, a_i, r_i)                           # (n+1, D): T_{W_0}(c_1..c_i, x)
     pred_update = np.stack([
         head(apply_update(params, Update(u[i], a, delta_b[i])), cfg, a, r) for i in range(n + 1)
     ])                                                                   # (n+1, D): the query alone, W_i

@@ -36,6 +36,21 @@ def _bias(params: dict, key: str, size: int) -> np.ndarray:
     return params[key] if key in params else np.zeros(size)
 
 
+def attention_projections(params: dict, cfg: BlockConfig, X: np.ndarray):
+    """Queries, keys and values per head, each ``(H, T, d_head)``: ``W_q x + b_q`` etc., split into heads."""
+    T = X.shape[0]
+    q = X @ params["attn.W_q"].T + _bias(params, "attn.b_q", cfg.d_attn)   # (T, H*dh)
+    k = X @ params["attn.W_k"].T + _bias(params, "attn.b_k", cfg.d_attn)   # (T, H*dh)
+    v = X @ params["attn.W_v"].T + _bias(params, "attn.b_v", cfg.d_attn)   # (T, H*dh)
+    return tuple(m.reshape(T, cfg.n_heads, cfg.head_dim).transpose(1, 0, 2) for m in (q, k, v))  # (H, T, dh)
+
+
+def merge_heads(params: dict, cfg: BlockConfig, heads: np.ndarray) -> np.ndarray:
+    """``W_o concat_h(heads) + b_o``: ``heads`` ``(..., H, d_head)`` → ``(..., d_model)``."""
+    flat = heads.reshape(*heads.shape[:-2], cfg.d_attn)                    # (..., H*dh)
+    return flat @ params["attn.W_o"].T + _bias(params, "attn.b_o", cfg.d_model)
+
+
 def self_attention(params: dict, cfg: BlockConfig, X: np.ndarray) -> np.ndarray:
     """Multi-head softmax self-attention at every position.
 
@@ -43,17 +58,12 @@ def self_attention(params: dict, cfg: BlockConfig, X: np.ndarray) -> np.ndarray:
     ``X`` is ``(T, d_model)``; a length-1 sequence gives ``A([x]) = W_o (W_v x + b_v) + b_o`` (THEORY §10.7).
     """
     T = X.shape[0]
-    H, dh = cfg.n_heads, cfg.head_dim
-    q = X @ params["attn.W_q"].T + _bias(params, "attn.b_q", cfg.d_attn)   # (T, H*dh)
-    k = X @ params["attn.W_k"].T + _bias(params, "attn.b_k", cfg.d_attn)   # (T, H*dh)
-    v = X @ params["attn.W_v"].T + _bias(params, "attn.b_v", cfg.d_attn)   # (T, H*dh)
-    q, k, v = (m.reshape(T, H, dh).transpose(1, 0, 2) for m in (q, k, v))  # (H, T, dh)
-    logits = q @ k.transpose(0, 2, 1) / np.sqrt(dh)                        # (H, T, T)
+    q, k, v = attention_projections(params, cfg, X)                        # (H, T, dh) each
+    logits = q @ k.transpose(0, 2, 1) / np.sqrt(cfg.head_dim)              # (H, T, T)
     if cfg.causal:
         logits = np.where(np.tril(np.ones((T, T), dtype=bool)), logits, -np.inf)
     heads = softmax(logits, axis=-1) @ v                                   # (H, T, dh)
-    heads = heads.transpose(1, 0, 2).reshape(T, H * dh)                    # (T, H*dh)
-    return heads @ params["attn.W_o"].T + _bias(params, "attn.b_o", cfg.d_model)  # (T, d_model)
+    return merge_heads(params, cfg, heads.transpose(1, 0, 2))              # (T, d_model)
 
 
 def mlp(params: dict, cfg: BlockConfig, a: np.ndarray) -> np.ndarray:
