@@ -12,8 +12,10 @@ Files in the run directory:
 
 Determinism: the batch of step ``t`` is drawn from ``numpy.random.default_rng([seed, 1, t])``, a counter-based
 stream, so the data RNG state *is* the step number (recorded as ``rng`` in the meta); there is no other randomness
-after the seeded init. Torch runs on ``threads`` CPU threads (default 1) with deterministic algorithms, so a run
-resumed from any checkpoint ends bit-identical to an uninterrupted one.
+after the seeded init. Torch runs on ``threads`` CPU threads (default 1; recorded in the checkpoint, and on
+``--resume`` taken from it unless given) with deterministic algorithms, so a run resumed from any checkpoint ends
+bit-identical to an uninterrupted one. Resuming with a different thread count works but says that the result may
+differ in the last bits (a float32 sum split over other threads is added in another order).
 """
 from __future__ import annotations
 
@@ -95,25 +97,38 @@ def _read_metrics(path: Path, upto_step: int) -> list[dict]:
 
 
 def train(preset: Preset, out_dir, seed: int = 0, resume: bool = False, progress: bool = True,
-          threads: int = 1, stop_after: int | None = None, log=None) -> TrainResult:
+          threads: int | None = None, stop_after: int | None = None, log=None) -> TrainResult:
     """Train ``preset`` into ``out_dir``; with ``resume`` continue from ``out_dir/checkpoint.npz``.
 
+    ``threads``: torch CPU threads; ``None`` means 1 for a new run and the checkpoint's count on ``resume``.
     ``stop_after`` ends the run after that many steps of this call (a clean interruption, for tests and demos).
     """
     import torch
 
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    if threads is None:
+        threads = _recorded_threads(Path(out_dir) / CHECKPOINT) if resume else 1
     previous = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True)
     try:
-        return _train(torch, preset, out_dir, seed, resume, progress, stop_after,
-                      log or (lambda msg: print(msg, file=sys.stderr)))
+        return _train(torch, preset, out_dir, seed, resume, progress, stop_after, threads, log)
     finally:
         torch.set_num_threads(previous[0])
         torch.use_deterministic_algorithms(previous[1])
 
 
-def _train(torch, preset: Preset, out_dir, seed: int, resume: bool, progress: bool, stop_after, log) -> TrainResult:
+def _recorded_threads(path: Path) -> int:
+    """The thread count a training checkpoint was written with (1 before it was recorded; 1 if unreadable: the
+    resume itself then reports the file's problem)."""
+    try:
+        return int(load_checkpoint(path)[2].get("threads", 1))
+    except (CheckpointError, OSError, TypeError, ValueError):
+        return 1
+
+
+def _train(torch, preset: Preset, out_dir, seed: int, resume: bool, progress: bool, stop_after, threads: int,
+           log) -> TrainResult:
     from tqdm import tqdm
 
     from . import torch_model as TM
@@ -140,7 +155,11 @@ def _train(torch, preset: Preset, out_dir, seed: int, resume: bool, progress: bo
             } for i, k in enumerate(names)}, "param_groups": opt.state_dict()["param_groups"]})
         step, acc_sum, acc_count = meta["step"], meta["train_loss_sum"], meta["train_loss_count"]
         metrics = _read_metrics(metrics_path, step)
-        log(f"resuming {ckpt_path} at step {step}/{preset.steps}")
+        log(f"resuming {ckpt_path} at step {step}/{preset.steps} on {threads} torch thread(s)")
+        if meta.get("threads", 1) != threads:
+            log(f"note: {ckpt_path} was written on {meta.get('threads', 1)} torch thread(s), this run uses {threads}: "
+                "the result may differ from an uninterrupted run in the last bits (resume without --threads to "
+                "keep the recorded count)")
     else:
         if ckpt_path.exists():
             raise FileExistsError(f"{ckpt_path} exists: pass --resume to continue it, or choose another --out")
@@ -178,6 +197,7 @@ def _train(torch, preset: Preset, out_dir, seed: int, resume: bool, progress: bo
         _write_metrics(metrics_path, metrics)
         save_checkpoint(ckpt_path, arrays, cfg, preset=preset.to_dict(), seed=seed, step=step, adam_step=adam_step,
                         train_loss_sum=acc_sum, train_loss_count=acc_count, torch_version=torch.__version__,
+                        threads=threads,
                         rng={"scheme": "numpy default_rng([seed, 1, step]) per batch", "seed": seed,
                              "next_step": step})
 

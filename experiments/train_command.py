@@ -30,7 +30,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--checkpoint-every", type=int, help="override: checkpoint every this many steps")
     parser.add_argument("--val-prompts", type=int, help="override the number of validation prompts")
     parser.add_argument("--n-points", type=int, help="override the number of in-context examples N")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1; part of determinism)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default 1, or on --resume the count recorded "
+                                                    "in the checkpoint; part of bit-for-bit determinism)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -101,6 +101,24 @@ def test_training_is_deterministic_and_stop_then_resume_is_bit_identical(tmp_pat
     assert (tmp_path / "full" / "metrics.jsonl").read_text() == (tmp_path / "part" / "metrics.jsonl").read_text()
 
 
+def test_resume_keeps_the_recorded_thread_count_and_says_when_it_changes(tmp_path):
+    from implicit_icl.experiments.train import train
+
+    p = get_preset("p1").with_overrides(**TINY, steps=40)
+    before = torch.get_num_threads()
+    train(p, tmp_path / "run", seed=0, progress=False, threads=before + 1, stop_after=20, log=lambda m: None)
+    assert torch.get_num_threads() == before                            # the caller's setting is restored
+    n = before + 1
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.npz")[2]["threads"] == n
+    said = []
+    train(p, tmp_path / "run", seed=0, resume=True, progress=False, stop_after=10, log=said.append)
+    assert any(f"on {n} torch thread(s)" in m for m in said) and not any("note:" in m for m in said), said
+    said.clear()
+    train(p, tmp_path / "run", seed=0, resume=True, progress=False, threads=n + 1, log=said.append)
+    assert any(f"written on {n} torch thread(s), this run uses {n + 1}" in m for m in said), said
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.npz")[2]["threads"] == n + 1
+
+
 def _ckpt_step(path: Path) -> int:
     try:
         return load_checkpoint(path)[2]["step"]
