@@ -8,10 +8,14 @@ HELP = "course exercises: list them, or grade one (`implicit-icl exercises check
 DESCRIPTION = """\
 Course exercises, from softmax attention to the implicit weight update (exercises/README.md).
 
+  implicit-icl exercises init [DIR]           copy the course into DIR (default ./exercises) to work in
   implicit-icl exercises list                 the exercises, in order
   implicit-icl exercises check N              grade exercises/NN_*/exercise.py (your file)
   implicit-icl exercises check N --solution   grade the reference solution instead
   implicit-icl exercises check N --file PATH  grade another file
+
+The exercises are found in --dir, else $IMPLICIT_ICL_EXERCISES, else ./exercises, else the copy installed with
+the package (read it, but edit your own: `init` copies it and never overwrites a file you already have).
 
 Each check compares your functions with the NumPy reference (implicit_icl.reference): shapes first, values
 after, with the expected and the obtained value and a hint when a check fails. The exit status is 0 when every
@@ -24,6 +28,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--dir", metavar="DIR", default=None,
                         help="the exercises folder (default: ./exercises, else the repository's)")
     sub = parser.add_subparsers(dest="exercises_action", metavar="ACTION")
+    init = sub.add_parser("init", help="copy the course into a folder of yours (existing files are kept)")
+    init.add_argument("dest", nargs="?", default="exercises", metavar="DIR",
+                      help="where to put the course (default ./exercises)")
     sub.add_parser("list", help="list the exercises")
     check = sub.add_parser("check", help="grade one exercise")
     check.add_argument("number", type=int, metavar="N", help="the exercise number, 1..8")
@@ -44,9 +51,26 @@ def _title(folder: Path) -> str:
     return folder.name
 
 
+def _init(dest: str) -> int:
+    from implicit_icl import grading
+
+    try:
+        copied, kept = grading.copy_course(dest)
+    except (FileNotFoundError, FileExistsError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"copied {len(copied)} files into {dest}/" + (f"; kept {len(kept)} files you already had there "
+                                                        f"(not overwritten)" if kept else ""))
+    print(f"next: edit {dest}/01_softmax_attention/exercise.py, then run `implicit-icl exercises check 1` "
+          f"from the folder that holds {dest}/" + ("" if Path(dest).name == "exercises" else f" (or pass --dir {dest})"))
+    return 0
+
+
 def run(args) -> int:
     from implicit_icl import grading
 
+    if getattr(args, "exercises_action", None) == "init":
+        return _init(args.dest)
     try:
         exercises = grading.find_exercises(args.dir)
     except FileNotFoundError as exc:
@@ -58,6 +82,10 @@ def run(args) -> int:
             print(f"{n:2d}  {_title(folder)}    ({folder})")
         if action is None:
             print("\ngrade one with: implicit-icl exercises check N", file=sys.stderr)
+        root = next(iter(exercises.values())).parent if exercises else None
+        if root is not None and root.resolve() == grading.installed_course().resolve() and root.name == "course":
+            print("these are the installed originals: run `implicit-icl exercises init` for a copy of your own to edit",
+                  file=sys.stderr)
         return 0
     if args.number not in exercises:
         print(f"error: N must be one of {sorted(exercises)}, got {args.number}", file=sys.stderr)

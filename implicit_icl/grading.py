@@ -235,22 +235,60 @@ def check_true(condition: bool, what: str, *, expected=None, got=None, hint: str
 # ------------------------------------------------------------------------------------------- choosing the target
 
 
+def installed_course() -> Path:
+    """The course as shipped with the package: the repository's ``exercises/`` in a checkout (an editable install),
+    else the copy installed as package data (``implicit_icl/course``, a regular ``pip install``)."""
+    repo = Path(__file__).resolve().parents[1] / "exercises"
+    return repo if repo.is_dir() else Path(__file__).resolve().parent / "course"
+
+
 def exercises_root() -> Path:
-    """The ``exercises/`` folder: ``$IMPLICIT_ICL_EXERCISES``, else ``./exercises``, else the repository's."""
+    """The ``exercises/`` folder: ``$IMPLICIT_ICL_EXERCISES``, else ``./exercises``, else the installed course."""
     env = os.environ.get("IMPLICIT_ICL_EXERCISES")
     if env:
         return Path(env)
     here = Path.cwd() / "exercises"
     if here.is_dir() and any(here.glob("[0-9][0-9]_*")):
         return here
-    return Path(__file__).resolve().parents[1] / "exercises"
+    return installed_course()
+
+
+COURSE_FILES = ("README.md", "conftest.py", "[0-9][0-9]_*/*.md", "[0-9][0-9]_*/*.py")
+
+
+def copy_course(dest: str | os.PathLike, source: str | os.PathLike | None = None) -> tuple[list[Path], list[Path]]:
+    """Copy the course into ``dest`` for a student to edit; returns ``(copied, kept)``.
+
+    A file that already exists in ``dest`` is kept as it is (never overwritten: it may hold the student's work).
+    Each file is written to a temporary name and renamed, so an interrupted copy leaves no half-written file.
+    """
+    source = Path(source) if source is not None else installed_course()
+    dest = Path(dest)
+    if not source.is_dir():
+        raise FileNotFoundError(f"the course is not installed at {source} (reinstall implicit-icl)")
+    if dest.exists() and not dest.is_dir():
+        raise FileExistsError(f"DIR: {dest} exists and is not a folder")
+    copied, kept = [], []
+    for pattern in COURSE_FILES:
+        for src in sorted(source.glob(pattern)):
+            target = dest / src.relative_to(source)
+            if target.exists():
+                kept.append(target)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.tmp")
+            tmp.write_bytes(src.read_bytes())
+            os.replace(tmp, target)
+            copied.append(target)
+    return copied, kept
 
 
 def find_exercises(root: str | os.PathLike | None = None) -> dict[int, Path]:
     """``{N: folder}`` for every ``NN_name`` folder of ``root`` that has a grader."""
     root = Path(root) if root is not None else exercises_root()
     if not root.is_dir():
-        raise FileNotFoundError(f"exercises folder {root} does not exist (pass --dir or set IMPLICIT_ICL_EXERCISES)")
+        raise FileNotFoundError(f"exercises folder {root} does not exist (pass --dir, set IMPLICIT_ICL_EXERCISES, or "
+                                "copy the course there with `implicit-icl exercises init`)")
     out = {}
     for d in sorted(root.iterdir()):
         m = re.fullmatch(r"(\d\d)_\w+", d.name)

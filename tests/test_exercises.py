@@ -398,3 +398,54 @@ def test_a_bad_environment_choice_is_named(monkeypatch, capsys):
     assert main(["exercises", "check", "1"]) == 2
     err = capsys.readouterr().err
     assert grading.ENV_TARGET in err and "--file" not in err
+
+
+# --- the course outside a checkout: shipped as package data, copied for the student by `exercises init` -----------
+
+def _course_files() -> list[Path]:
+    return sorted(p.relative_to(EXERCISES) for p in EXERCISES.rglob("*")
+                  if p.is_file() and "__pycache__" not in p.parts and not p.name.startswith("."))
+
+
+def test_every_course_file_is_packaged_and_copied():
+    """A file of exercises/ that no package-data glob (pyproject) or COURSE_FILES pattern covers would be missing
+    from a `pip install` or from `exercises init`."""
+    import fnmatch
+    import tomllib
+
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"][
+        "implicit_icl.course"] + ["*.py"]                 # top-level modules (conftest.py) install as the package's
+    files = _course_files()
+    assert len(files) >= 8 * 5 + 2
+    for rel in files:
+        path = rel.as_posix()
+        assert any(fnmatch.fnmatch(path, g) and g.count("/") == path.count("/") for g in globs), path
+        assert any(fnmatch.fnmatch(path, g) and g.count("/") == path.count("/") for g in grading.COURSE_FILES), path
+
+
+def test_exercises_init_copies_the_course_and_never_overwrites_the_students_work(tmp_path, capsys):
+    from implicit_icl.cli import main
+
+    dest = tmp_path / "my-course"
+    assert main(["exercises", "init", str(dest)]) == 0
+    assert f"copied {len(_course_files())} files" in capsys.readouterr().out
+    for rel in _course_files():
+        assert (dest / rel).read_bytes() == (EXERCISES / rel).read_bytes(), rel
+    mine = dest / "01_softmax_attention" / "exercise.py"
+    mine.write_text(mine.read_text() + "\n# my own work\n")
+    assert main(["exercises", "init", str(dest)]) == 0
+    out = capsys.readouterr().out
+    assert "copied 0 files" in out and f"kept {len(_course_files())} files" in out
+    assert mine.read_text().endswith("# my own work\n")
+    assert not list(dest.rglob(".*.tmp"))
+    assert main(["exercises", "--dir", str(dest), "check", "2", "--solution"]) == 0   # the copy grades
+
+
+def test_exercises_init_into_a_file_is_refused_by_name(tmp_path, capsys):
+    from implicit_icl.cli import main
+
+    target = tmp_path / "a-file"
+    target.write_text("not a folder")
+    assert main(["exercises", "init", str(target)]) == 2
+    assert f"{target} exists and is not a folder" in capsys.readouterr().err
+    assert target.read_text() == "not a folder"
