@@ -11,9 +11,9 @@
 # pyproject.toml ([tool.setuptools] package-dir) is linked into a temporary folder put on PYTHONPATH, with
 # PYTHONSAFEPATH=1 so that the checkout's own implicit_icl/ folder does not shadow it (Python >= 3.11).
 #
-# Writes OUTDIR/gpu_env.json, conformance.xml (JUnit), conformance.log, bench_cuda.json, bench.log and
-# gpu_check.json (the summary, by scripts/gpu_check_summary.py). Exits non-zero if CUDA is missing, a test fails, a
-# CUDA case was skipped, or the benchmark reports an error. Nothing is skipped silently: every skip is counted with
+# Writes OUTDIR/gpu_env.json, conformance.xml (JUnit), conformance.log, bench_cuda.json, bench.log,
+# gpu_check.json (the verdict, by scripts/gpu_check_summary.py) and gpu_check.md (README's table of the figures).
+# Exits non-zero if CUDA is missing, a test fails, a CUDA case was skipped, or the benchmark reports an error. Nothing is skipped silently: every skip is counted with
 # its reason in gpu_check.json (the CPU targets are deselected on purpose with IMPLICIT_ICL_CONFORMANCE_DEVICES=cuda
 # and say so; the bench JSON lists the NumPy reference as CPU-only under "skipped").
 #

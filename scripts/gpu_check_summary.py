@@ -79,6 +79,39 @@ def bench_summary(bench: dict) -> tuple[dict, list[str]]:
     return out, problems
 
 
+def _seconds(t: float) -> str:
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+        if t >= 10 * size:
+            return f"~{t / size:,.0f} {unit}"
+    return f"{t:.3g} s"
+
+
+def markdown_table(bench: dict, device: str) -> str:
+    """The README's table for this device: per n, the scan's time and peak memory and the re-run baseline."""
+    rows = {(r.get("op"), r.get("n")): r for r in bench.get("trajectory", [])}
+    gpu = (bench.get("machine") or {}).get("gpu") or device
+    lines = [f"| context ({gpu}, float32) | O(n) scan | peak {'device' if device != 'cpu' else 'process'} memory "
+             "| the single-query update re-run on every prefix |", "|---|---|---|---|"]
+    for n in (bench.get("config") or {}).get("sizes", []):
+        scan, base = rows.get(("scan", n), {}), rows.get(("per_prefix_update", n), {})
+        if "wall_s" not in scan:
+            lines.append(f"| {n:,} tokens | failed: {scan.get('error', 'not measured')} | | |")
+            continue
+        peak = scan.get("peak_device_bytes", scan.get("peak_rss_bytes"))
+        how = "fitted" if base.get("estimated") else "measured"
+        how += ", extrapolated" if base.get("extrapolated") else ""
+        baseline = (f"{_seconds(base['wall_s'])}, {how} ({base['wall_s'] / scan['wall_s']:,.0f}×)"
+                    if "wall_s" in base else base.get("error", "not measured"))
+        lines.append(f"| {n:,} tokens | {scan['wall_s']:.3g} s | {peak / 1e9:.2f} GB | {baseline} |")
+    err, pos = bench.get("float32_error") or {}, (bench.get("position_updates") or {}).get("torch") or {}
+    if "max_rel_err_delta_W_norm" in err:
+        lines.append(f"\nfloat32 against float64 at {err.get('n', 0):,} tokens: ‖ΔW_i‖ within "
+                     f"{err['max_rel_err_delta_W_norm']:.2g} relative; all-position updates at T = "
+                     f"{(bench.get('position_updates') or {}).get('T')}: {pos.get('ratio', float('nan')):.2f}× one "
+                     "plain forward.")
+    return "\n".join(lines) + "\n"
+
+
 def summarize(out: str, test_rc: int, bench_rc: int, seconds: int, device: str = "cuda") -> dict:
     """Everything above, as the dict written to ``OUTDIR/gpu_check.json`` (``"ok"``: the check passed)."""
     summary = {"device": device, "tests_exit_code": test_rc, "bench_exit_code": bench_rc, "seconds": seconds,
@@ -99,9 +132,11 @@ def summarize(out: str, test_rc: int, bench_rc: int, seconds: int, device: str =
     if os.path.exists(bench_path):
         try:
             with open(bench_path) as f:
-                figures, problems = bench_summary(json.load(f))
+                bench = json.load(f)
+            figures, problems = bench_summary(bench)
             summary.update(figures)
             summary["problems"] += problems
+            summary["readme_table"] = markdown_table(bench, device)
         except json.JSONDecodeError as exc:
             summary["problems"].append(f"{os.path.basename(bench_path)} is not valid JSON: {exc}")
     else:
@@ -122,6 +157,9 @@ def main(argv: list[str]) -> int:
     with open(tmp, "w") as f:
         json.dump(summary, f, indent=2)
     os.replace(tmp, os.path.join(out, "gpu_check.json"))
+    if summary.get("readme_table"):                  # ready to paste into README's table of measured figures
+        with open(os.path.join(out, "gpu_check.md"), "w") as f:
+            f.write(summary["readme_table"])
     print(json.dumps(summary, indent=2), file=sys.stderr)
     return 0 if summary["ok"] else 1
 

@@ -141,6 +141,8 @@ def test_rehearsal_on_the_cpu_runs_every_step_through_the_package_shim(tmp_path)
     assert env["device"] == "cpu" and env["available"] is True
     for name in ("conformance.log", "conformance.xml", "bench.log"):
         assert (tmp_path / name).stat().st_size > 0
+    table = (tmp_path / "gpu_check.md").read_text()                 # README's table, ready to paste
+    assert "| 2,048 tokens |" in table and ("fitted" in table or "measured" in table)
 
 
 @needs_torch_and_bash
