@@ -14,8 +14,9 @@
 # Writes OUTDIR/gpu_env.json, conformance.xml (JUnit), conformance.log, bench_cuda.json, bench.log,
 # gpu_check.json (the verdict, by scripts/gpu_check_summary.py) and gpu_check.md (README's table of the figures).
 # Exits non-zero if CUDA is missing, a test fails, a CUDA case was skipped, or the benchmark reports an error.
-# Nothing is skipped silently: every skip is counted with its reason in gpu_check.json (the CPU targets are deselected on purpose with IMPLICIT_ICL_CONFORMANCE_DEVICES=cuda
-# and say so; the bench JSON lists the NumPy reference as CPU-only under "skipped").
+# Nothing is skipped silently: every skip is counted with its reason in gpu_check.json (the CPU targets are
+# deselected on purpose with IMPLICIT_ICL_CONFORMANCE_DEVICES=cuda and say so; the bench JSON lists the NumPy
+# reference as CPU-only under "skipped").
 #
 # Rehearsal on a machine without a GPU (CI does this, tests/test_gpu_check_script.py): the same steps on the CPU at
 # small sizes, through the same package shim the GPU machine uses:
