@@ -21,6 +21,11 @@ into every row: removing tokens "at layer L" removes them from layer L's attenti
 Shown: ‖ΔW‖ relative to ‖W‖, the bias update, the identity error (the query alone with the update against the
 model's own layer output), and for each context token j its marginal update ‖ΔW({c_j})‖ (remove c_j alone, keep
 the others) and the prefix step ‖ΔW_i − ΔW_{i−1}‖ when c_j joins the context in text order (P1 Prop. 3.1).
+Baseline (on by default): the same on a random layer of the same shapes and weight scale (every array redrawn
+i.i.d. N(mean, std) of the trained one, --baseline-seed S, default 0) with the same input rows, so you can tell
+what is learned from what any such layer does: on "France is to Paris as Japan is to", layer 3, the update is
+about as large for the random layer (3.4 % of ‖W‖ vs 4.8 %), but only the trained layer puts half of the
+marginal movement on [CLS] (top share 49 % vs 18 %).
 --all-layers gives one update per layer that composes exactly through the whole encoder (P2 §3c).
 Cost: the marginals and the prefix dynamics come from one masked pass of layer L's attention row per subset of the
 context (float64 NumPy, checked against re-running the layer): well under a second for a sentence, a few seconds
@@ -48,6 +53,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--pair", metavar="TEXT2", help="a second segment ([SEP]-separated, token type 1)")
     parser.add_argument("--no-prefix", action="store_true",
                         help="skip the prefix dynamics (layer L's attention over every prefix of the context)")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="skip the random-layer baseline (same shapes and weight scale, same inputs)")
+    parser.add_argument("--baseline-seed", type=int, default=0, metavar="S",
+                        help="seed of the random-layer baseline (default 0)")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH ('-' for stdout)")
     parser.add_argument("--model-dir", metavar="DIR",
                         help="a folder with config.json, model.safetensors and tokenizer.json "
@@ -84,17 +93,30 @@ def format_layer(ex) -> str:
         "",
         "which context tokens move W (marginal: remove that token alone from layer "
         f"{ex.layer}'s attention; prefix step: add it, in text order):",
-        f"  {'idx':>4} {'token':<14} {'‖ΔW({c_j})‖':>12}  {'':<{BAR}} {'‖Δb({c_j})‖':>12} {'prefix step':>12}",
+        f"  {'idx':>4} {'token':<14} {'‖ΔW({c_j})‖':>12}  {'':<{BAR}} {'‖Δb({c_j})‖':>12} {'prefix step':>12}"
+        + (f" {'random layer':>13}" if ex.baseline is not None else ""),
     ]
     top = float(ex.marginal_norm.max()) if ex.marginal_norm.size else 0.0
     for k, (i, m, mb) in enumerate(zip(ex.context_index, ex.marginal_norm, ex.marginal_bias_norm)):
         step = f"{ex.dynamics.step_norm[k]:12.4g}" if ex.dynamics is not None else f"{'-':>12}"
-        lines.append(f"  {int(i):>4} {ex.tokens[i][:14]:<14} {m:12.4g}  {_bar(m, top)} {mb:12.4g} {step}")
+        base = f" {ex.baseline.marginal_norm[k]:13.4g}" if ex.baseline is not None else ""
+        lines.append(f"  {int(i):>4} {ex.tokens[i][:14]:<14} {m:12.4g}  {_bar(m, top)} {mb:12.4g} {step}{base}")
     if ex.marginal_norm.size:
         lines.append(f"  (marginals need not add up to ‖ΔW(C)‖ = {ex.delta_W_norm:.4g}: attention is not additive)")
     if ex.dynamics is not None:
         lines.append(f"  prefix dynamics: max |T_(W_i, b_i)(x) − T_W(c_1..c_i, x)| over all prefixes = "
                      f"{ex.dynamics.prediction_error.max():.3g}")
+    if ex.baseline is not None and ex.marginal_norm.size:
+        from implicit_icl.models.minilm import top_share
+
+        b = ex.baseline
+        lines += [
+            "",
+            f"baseline: a random layer of the same shapes and weight scale (seed {b.seed}), same input rows:",
+            f"  ‖ΔW‖ / ‖W‖         trained {ex.relative_norm:8.3%}    random {b.relative_norm:8.3%}",
+            f"  top token's share  trained {top_share(ex.marginal_norm):8.1%}    random "
+            f"{top_share(b.marginal_norm):8.1%}    (largest marginal / sum of marginals)",
+        ]
     return "\n".join(lines)
 
 
@@ -147,7 +169,8 @@ def run(args) -> int:
     try:
         if args.layer is not None:
             ex = minilm.explain_layer(model, args.text, args.layer, args.position, pair=args.pair,
-                                      dynamics=not args.no_prefix)
+                                      dynamics=not args.no_prefix,
+                                      baseline_seed=None if args.no_baseline else args.baseline_seed)
             report["layer"] = ex.to_dict()
             texts.append(format_layer(ex))
             ok &= _ok(ex.identity_error, ex.output_scale)

@@ -307,6 +307,52 @@ def split_query(H: np.ndarray, p: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return H[context_index], H[p], context_index
 
 
+def matched_random_block(params: dict, seed: int = 0) -> dict:
+    """A random layer of the same shapes and scale: every array redrawn i.i.d. ``N(mean, std)`` of the trained one.
+
+    The baseline that tells learned structure from what any layer of these shapes and weight scales does to the
+    same inputs (THEORY §8.1: the identity itself holds for every weight). LayerNorm gains (mean ≈ 1) keep their
+    level; each array gets its own stream ``default_rng([seed, k])`` (k = the key's rank), so the draw depends only
+    on the seed.
+    """
+    rng_keys = sorted(params)
+    out = {}
+    for k, key in enumerate(rng_keys):
+        value = np.asarray(params[key], dtype=np.float64)
+        rng = np.random.default_rng([seed, k])
+        out[key] = rng.normal(float(value.mean()), float(value.std()), size=value.shape)
+    return out
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The same update on :func:`matched_random_block` of the layer, with the same inputs (query and context rows).
+
+    ``delta_W_norm`` / ``W_norm``: its ``‖ΔW‖`` and ``‖W‖``; ``marginal_norm[j]``: its ``‖ΔW({c_j})‖``.
+    """
+
+    seed: int
+    delta_W_norm: float
+    W_norm: float
+    marginal_norm: np.ndarray
+
+    @property
+    def relative_norm(self) -> float:
+        return self.delta_W_norm / self.W_norm
+
+    def to_dict(self) -> dict:
+        return {"what": "a random layer of the same shapes: each array redrawn i.i.d. N(mean, std) of the trained "
+                        "one (matched_random_block), same input rows", "seed": self.seed,
+                "delta_W_norm": self.delta_W_norm, "W_norm": self.W_norm, "relative_norm": self.relative_norm,
+                "top_marginal_share": top_share(self.marginal_norm)}
+
+
+def top_share(marginal_norm: np.ndarray) -> float:
+    """The largest marginal's share of all marginals, ``max_j m_j / Σ_j m_j`` (1 = one token does everything)."""
+    total = float(np.sum(marginal_norm))
+    return float(np.max(marginal_norm)) / total if total > 0 else float("nan")
+
+
 @dataclass(frozen=True)
 class LayerExplanation:
     """Layer ℓ's implicit update for one query token of one text (see the module docstring for the choices).
@@ -322,6 +368,7 @@ class LayerExplanation:
     - ``dynamics``: the reference ``Trajectory`` over the context in text order (prefix ``c_1..c_i`` with the
       query; from ``reference.subsets.prefix_trajectory``, equal to ``trajectory`` without its n+1 re-runs), or
       ``None``; ``step_norm[i]`` is how far adding ``c_{i+1}`` moves ``W`` (P1 Prop. 3.1).
+    - ``baseline``: the same on a random layer of the same shapes and scale (:class:`Baseline`), or ``None``.
     """
 
     layer: int
@@ -335,6 +382,7 @@ class LayerExplanation:
     marginal_norm: np.ndarray
     marginal_bias_norm: np.ndarray
     dynamics: Trajectory | None
+    baseline: Baseline | None = None
 
     @property
     def query_token(self) -> str:
@@ -373,12 +421,18 @@ class LayerExplanation:
                 row["prefix_step_norm"] = float(self.dynamics.step_norm[k])
                 row["prefix_delta_W_norm"] = float(self.dynamics.delta_W_norm[k + 1])
             d["prefix_prediction_error"] = float(np.max(self.dynamics.prediction_error))
+        d["top_marginal_share"] = top_share(self.marginal_norm)
+        if self.baseline is not None:
+            d["baseline"] = self.baseline.to_dict()
+            for row, m in zip(d["context"], self.baseline.marginal_norm):
+                row["baseline_marginal_delta_W_norm"] = float(m)
         return d
 
 
 def explain_layer(model: MiniLM, text: str, layer: int, position: int | None = None, *, pair: str | None = None,
-                  dynamics: bool = True) -> LayerExplanation:
-    """The rank-1 update of layer ``layer``'s ``mlp.W`` (and the bias update) for the query token ``position``."""
+                  dynamics: bool = True, baseline_seed: int | None = 0) -> LayerExplanation:
+    """The rank-1 update of layer ``layer``'s ``mlp.W`` (and the bias update) for the query token ``position``;
+    with ``baseline_seed`` (not ``None``) also on :func:`matched_random_block` of the layer, same inputs."""
     layer = check_layer(model, layer)
     enc, H = encode(model, text, pair)
     p = resolve_position(enc.tokens, position)
@@ -396,7 +450,15 @@ def explain_layer(model: MiniLM, text: str, layer: int, position: int | None = N
         marginal_norm=np.asarray(marginal.norm, dtype=float),
         marginal_bias_norm=np.linalg.norm(marginal.delta_b, axis=-1),
         dynamics=prefix_trajectory(params, cfg, context, query) if dynamics and n else None,
+        baseline=None if baseline_seed is None else _baseline(params, cfg, context, query, baseline_seed),
     )
+
+
+def _baseline(params: dict, cfg: BlockConfig, context, query, seed: int) -> Baseline:
+    random = matched_random_block(params, seed)
+    return Baseline(seed=seed, delta_W_norm=float(implicit_update(random, cfg, context, query).norm),
+                    W_norm=float(np.linalg.norm(random["mlp.W"])),
+                    marginal_norm=np.asarray(marginal_updates(random, cfg, context, query).norm, dtype=float))
 
 
 @dataclass(frozen=True)
@@ -476,3 +538,14 @@ def text_trajectory(text: str, layer: int, position: int | None = None, *,
     context, query, context_index = split_query(H[layer], p)
     traj = prefix_trajectory(model.blocks[layer], model.cfg, context, query)   # = reference trajectory, one pass
     return [enc.tokens[i] for i in context_index] + [enc.tokens[p]], traj
+
+
+def text_baseline_trajectory(text: str, layer: int, position: int | None = None, *, seed: int = 0,
+                             model: MiniLM | None = None) -> Trajectory:
+    """:func:`text_trajectory`'s dynamics on :func:`matched_random_block` of the layer (same input rows): the
+    walkthrough's baseline for a real model."""
+    model = load_minilm() if model is None else model
+    layer = check_layer(model, layer)
+    enc, H = encode(model, text)
+    context, query, _ = split_query(H[layer], resolve_position(enc.tokens, position))
+    return prefix_trajectory(matched_random_block(model.blocks[layer], seed), model.cfg, context, query)

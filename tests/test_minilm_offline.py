@@ -251,6 +251,39 @@ def test_all_layers_without_updates_differ(tiny):
     assert np.max(np.abs(alone - H[-1][p])) > 1e-3
 
 
+def test_matched_random_block_keeps_shapes_and_scale_not_the_weights(tiny):
+    """The explain/walkthrough baseline: each array redrawn N(mean, std) of the trained one, seeded."""
+    params = tiny.blocks[1]
+    a, b = minilm.matched_random_block(params, 0), minilm.matched_random_block(params, 1)
+    assert set(a) == set(params)
+    for key, value in params.items():
+        assert a[key].shape == value.shape and a[key].dtype == np.float64
+        if value.size >= 64:                         # sample statistics of n draws: mean within 5 σ/√n, std 25 %
+            assert abs(a[key].mean() - value.mean()) <= 5 * value.std() / np.sqrt(value.size) + 1e-12, key
+            assert a[key].std() == pytest.approx(value.std(), rel=0.25), key
+        assert not np.allclose(a[key], value) or value.std() == 0, key
+    np.testing.assert_array_equal(minilm.matched_random_block(params, 0)["mlp.W"], a["mlp.W"])   # seeded
+    assert not np.array_equal(a["mlp.W"], b["mlp.W"])
+
+
+def test_explain_layer_baseline_is_the_same_computation_on_the_random_layer(tiny):
+    ex = minilm.explain_layer(tiny, "the cat sat on the mat", 1, 4, baseline_seed=3)
+    enc, H = minilm.encode(tiny, "the cat sat on the mat")
+    context, query, _ = minilm.split_query(H[1], 4)
+    random = minilm.matched_random_block(tiny.blocks[1], 3)
+    assert ex.baseline.seed == 3 and ex.baseline.marginal_norm.shape == ex.marginal_norm.shape
+    assert ex.baseline.delta_W_norm == pytest.approx(float(implicit_update(random, tiny.cfg, context, query).norm),
+                                                     rel=1e-12)
+    for j in (0, 3):
+        upd = implicit_update(random, tiny.cfg, context, query, remove=[j])
+        assert ex.baseline.marginal_norm[j] == pytest.approx(float(upd.norm), rel=1e-12)
+    d = ex.to_dict()
+    assert d["baseline"]["seed"] == 3 and "baseline_marginal_delta_W_norm" in d["context"][0]
+    assert 0 < d["top_marginal_share"] <= 1 and 0 < d["baseline"]["top_marginal_share"] <= 1
+    none = minilm.explain_layer(tiny, "the cat sat on the mat", 1, 4, baseline_seed=None)
+    assert none.baseline is None and "baseline" not in none.to_dict()
+
+
 def test_text_trajectory_layout(tiny):
     tokens, traj = minilm.text_trajectory("the cat sat", 2, model=tiny)
     assert tokens == ["[CLS]", "the", "cat", "[SEP]", "sat"]   # context in text order, then the query
@@ -258,6 +291,18 @@ def test_text_trajectory_layout(tiny):
     enc, H = minilm.encode(tiny, "the cat sat")
     np.testing.assert_allclose(traj.pred_context[-1], H[3][3], rtol=0, atol=1e-12 * 10)
     assert np.max(traj.prediction_error) <= TOL * 10
+
+
+def test_text_baseline_trajectory_is_the_random_layers_dynamics(tiny):
+    base = minilm.text_baseline_trajectory("the cat sat", 2, seed=5, model=tiny)
+    _, traj = minilm.text_trajectory("the cat sat", 2, model=tiny)
+    assert base.n == traj.n and not np.allclose(base.u, traj.u)
+    enc, H = minilm.encode(tiny, "the cat sat")
+    context, query, _ = minilm.split_query(H[2], 3)
+    random = minilm.matched_random_block(tiny.blocks[2], 5)
+    np.testing.assert_allclose(base.pred_context[-1], block_output(random, tiny.cfg, context, query), rtol=0,
+                               atol=TOL * 10)
+    assert np.max(base.prediction_error) <= TOL * 10                  # the identity holds for any weights
 
 
 @pytest.mark.parametrize("layer,position,match", [(LAYERS, None, "layer must"), (-1, None, "layer must"),

@@ -244,6 +244,32 @@ def test_cli_explain_layer_and_all_layers(tmp_path, capsys):
     assert report["all_layers"]["composed_error"] <= tol(report["all_layers"]["output_scale"])
 
 
+def test_the_attention_sink_is_learned_not_generic(model):
+    """The baseline's point: for the analogy sentence the trained layers 1-4 put their largest marginal on [CLS]
+    with a larger share of the movement than a random layer of the same shapes and scale (five seeds) does, while
+    the size of ‖ΔW‖/‖W‖ is of the same order for both (within a factor 3)."""
+    for layer in (1, 2, 3, 4):
+        trained = minilm.explain_layer(model, TEXTS[0], layer, dynamics=False, baseline_seed=None)
+        assert trained.tokens[trained.context_index[np.argmax(trained.marginal_norm)]] == "[CLS]", layer
+        share = minilm.top_share(trained.marginal_norm)
+        for seed in range(5):
+            base = minilm.explain_layer(model, TEXTS[0], layer, dynamics=False, baseline_seed=seed).baseline
+            assert share > minilm.top_share(base.marginal_norm) + 0.05, (layer, seed)
+            assert 1 / 3 < trained.relative_norm / base.relative_norm < 3, (layer, seed)
+
+
+def test_cli_shows_the_random_layer_baseline_unless_asked_not_to(capsys):
+    assert main(["explain", "France is to Paris as Japan is to", "--layer", "3", "--json", "-"]) == 0
+    report = json.loads(capsys.readouterr().out)["layer"]
+    assert report["baseline"]["seed"] == 0 and report["baseline"]["top_marginal_share"] < report["top_marginal_share"]
+    assert all(c["baseline_marginal_delta_W_norm"] > 0 for c in report["context"])
+    assert main(["explain", "France is to Paris as Japan is to", "--layer", "3", "--baseline-seed", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "random layer" in out and "baseline: a random layer of the same shapes and weight scale (seed 4)" in out
+    assert main(["explain", "France is to Paris as Japan is to", "--layer", "3", "--no-baseline"]) == 0
+    assert "random layer" not in capsys.readouterr().out
+
+
 def test_cli_json_to_stdout_and_position(capsys):
     assert main(["explain", "the cat sat", "--layer", "0", "--position", "1", "--no-prefix", "--json", "-"]) == 0
     report = json.loads(capsys.readouterr().out)

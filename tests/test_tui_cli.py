@@ -152,7 +152,8 @@ def test_model_minilm_export(capsys, tmp_path):
                         "--step", str(data.n), "--export", str(out))
     assert code == 0, err
     text = out.read_text()
-    assert "[CLS]" in text and "baseline n/a" in text and f"step i = {data.n} / {data.n}" in text
+    assert "[CLS]" in text and "baseline on" in text and f"step i = {data.n} / {data.n}" in text
+    assert "random layer" in text and data.baseline is not None and data.baseline.n == data.n
     shown = float(re.search(r"max \|Δ output\|\s+(\S+)", text).group(1))
     assert shown == float(f"{data.output_error(data.n):.2e}")
     assert shown < 1e-12 * (1 + data.output_norms(data.n)[0])        # the theorem at float64 round-off

@@ -260,6 +260,9 @@ def text_data(model: str, text: str, *, layer: int = 0, position: int | None = N
         tokens, traj = text_trajectory(text, layer, position)
     except ImportError as exc:                                        # a missing optional extra: say what to install
         raise WalkthroughError(str(exc)) from None
+    baseline = None
+    if hasattr(module, "text_baseline_trajectory"):                   # a random layer of the same shapes and scale
+        baseline = module.text_baseline_trajectory(text, layer, position, seed=0)
     tokens = [str(t) for t in tokens]
     n = traj.n
     if len(tokens) < n:
@@ -273,7 +276,9 @@ def text_data(model: str, text: str, *, layer: int = 0, position: int | None = N
         token_values=tuple(f"token {t!r} ({k} of {n} context tokens, text order)" for k, t in enumerate(tokens[:n], 1)),
         query_value=f"token {query!r}",
         trajectory=traj,
-        baseline=None,
+        baseline=baseline,
+        baseline_label="random layer of the same shapes and weight scale (each array redrawn N(mean, std), seed 0)",
+        baseline_short="random layer",
         model_label=f"{model} layer {layer}",
         readout=None,
     )
