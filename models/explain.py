@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import sys
 
+import numpy as np
+
 HELP = "show the implicit rank-1 update of a real pretrained model's MLP (all-MiniLM-L6-v2) for one token"
 DESCRIPTION = """\
 Run TEXT through all-MiniLM-L6-v2 (a 6-layer post-LN BERT, float64 NumPy reference, no network) and, for one
@@ -21,6 +23,8 @@ into every row: removing tokens "at layer L" removes them from layer L's attenti
 Shown: ‖ΔW‖ relative to ‖W‖, the bias update, the identity error (the query alone with the update against the
 model's own layer output), and for each context token j its marginal update ‖ΔW({c_j})‖ (remove c_j alone, keep
 the others) and the prefix step ‖ΔW_i − ΔW_{i−1}‖ when c_j joins the context in text order (P1 Prop. 3.1).
+Query dependence (column "ΔW on c_j"): this query's update applied to each other token's row run alone, its miss of
+that token's own layer output relative to the miss with W unchanged (mostly ≥ 1×: ΔW is this query's, THEORY §8.2).
 Baseline (on by default): the same on a random layer of the same shapes and weight scale (every array redrawn
 i.i.d. N(mean, std) of the trained one, --baseline-seed S, default 0) with the same input rows, so you can tell
 what is learned from what any such layer does: on "France is to Paris as Japan is to", layer 3, the update is
@@ -94,18 +98,30 @@ def format_layer(ex) -> str:
         "which context tokens move W (marginal: remove that token alone from layer "
         f"{ex.layer}'s attention; prefix step: add it, in text order):",
         f"  {'idx':>4} {'token':<14} {'‖ΔW({c_j})‖':>12}  {'':<{BAR}} {'‖Δb({c_j})‖':>12} {'prefix step':>12}"
-        + (f" {'random layer':>13}" if ex.baseline is not None else ""),
+        + (f" {'random layer':>13}" if ex.baseline is not None else "")
+        + (f" {'ΔW on c_j':>10}" if ex.transfer_ratio is not None else ""),
     ]
     top = float(ex.marginal_norm.max()) if ex.marginal_norm.size else 0.0
     for k, (i, m, mb) in enumerate(zip(ex.context_index, ex.marginal_norm, ex.marginal_bias_norm)):
         step = f"{ex.dynamics.step_norm[k]:12.4g}" if ex.dynamics is not None else f"{'-':>12}"
         base = f" {ex.baseline.marginal_norm[k]:13.4g}" if ex.baseline is not None else ""
+        base += f" {ex.transfer_ratio[k]:9.2f}×" if ex.transfer_ratio is not None else ""
         lines.append(f"  {int(i):>4} {ex.tokens[i][:14]:<14} {m:12.4g}  {_bar(m, top)} {mb:12.4g} {step}{base}")
     if ex.marginal_norm.size:
         lines.append(f"  (marginals need not add up to ‖ΔW(C)‖ = {ex.delta_W_norm:.4g}: attention is not additive)")
     if ex.dynamics is not None:
         lines.append(f"  prefix dynamics: max |T_(W_i, b_i)(x) − T_W(c_1..c_i, x)| over all prefixes = "
                      f"{ex.dynamics.prediction_error.max():.3g}")
+    if ex.transfer_ratio is not None and ex.transfer_ratio.size:
+        helped = [ex.tokens[i] for i, t in zip(ex.context_index, ex.transfer_ratio) if t < 1]
+        lines += [
+            "",
+            "query dependence (THEORY §8.2), column 'ΔW on c_j': this query's ΔW applied to token j's row run alone, "
+            "its miss of token j's own layer output relative to the miss with W unchanged:",
+            f"  closer for {len(helped)} of {ex.transfer_ratio.size} tokens"
+            + (f" ({', '.join(repr(t) for t in helped[:6])}{', …' if len(helped) > 6 else ''})" if helped else "")
+            + f"; median {np.median(ex.transfer_ratio):.2f}×. ΔW rewrites this query's context, not the others'.",
+        ]
     if ex.baseline is not None and ex.marginal_norm.size:
         from implicit_icl.models.minilm import top_share
 

@@ -369,6 +369,9 @@ class LayerExplanation:
       query; from ``reference.subsets.prefix_trajectory``, equal to ``trajectory`` without its n+1 re-runs), or
       ``None``; ``step_norm[i]`` is how far adding ``c_{i+1}`` moves ``W`` (P1 Prop. 3.1).
     - ``baseline``: the same on a random layer of the same shapes and scale (:class:`Baseline`), or ``None``.
+    - ``transfer_ratio[j]``: query dependence (THEORY §8.2). This query's update applied to context token j's row
+      run alone, against token j's own layer output: ``‖T_{W+ΔW}(c_j) − H^{ℓ+1}[j]‖ / ‖T_W(c_j) − H^{ℓ+1}[j]‖``.
+      Below 1: the update happens to help token j too; 1 or more: it is of no use to j (the usual case).
     """
 
     layer: int
@@ -383,6 +386,7 @@ class LayerExplanation:
     marginal_bias_norm: np.ndarray
     dynamics: Trajectory | None
     baseline: Baseline | None = None
+    transfer_ratio: np.ndarray | None = None
 
     @property
     def query_token(self) -> str:
@@ -422,6 +426,9 @@ class LayerExplanation:
                 row["prefix_delta_W_norm"] = float(self.dynamics.delta_W_norm[k + 1])
             d["prefix_prediction_error"] = float(np.max(self.dynamics.prediction_error))
         d["top_marginal_share"] = top_share(self.marginal_norm)
+        if self.transfer_ratio is not None:
+            for row, t in zip(d["context"], self.transfer_ratio):
+                row["transfer_ratio"] = float(t)
         if self.baseline is not None:
             d["baseline"] = self.baseline.to_dict()
             for row, m in zip(d["context"], self.baseline.marginal_norm):
@@ -451,7 +458,17 @@ def explain_layer(model: MiniLM, text: str, layer: int, position: int | None = N
         marginal_bias_norm=np.linalg.norm(marginal.delta_b, axis=-1),
         dynamics=prefix_trajectory(params, cfg, context, query) if dynamics and n else None,
         baseline=None if baseline_seed is None else _baseline(params, cfg, context, query, baseline_seed),
+        transfer_ratio=_transfer_ratio(params, upd, cfg, context, H[layer + 1][context_index]),
     )
+
+
+def _transfer_ratio(params: dict, upd: Update, cfg: BlockConfig, rows: np.ndarray, targets: np.ndarray):
+    """Per row: how far the query's update takes that row (run alone) towards its own target, as a miss ratio."""
+    updated = apply_update(params, upd)
+    with_dw = np.stack([block_output(updated, cfg, rows[:0], r) for r in rows]) if len(rows) else rows  # (n, D)
+    without = np.stack([block_output(params, cfg, rows[:0], r) for r in rows]) if len(rows) else rows   # (n, D)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.linalg.norm(with_dw - targets, axis=-1) / np.linalg.norm(without - targets, axis=-1)
 
 
 def _baseline(params: dict, cfg: BlockConfig, context, query, seed: int) -> Baseline:

@@ -293,6 +293,19 @@ def test_text_trajectory_layout(tiny):
     assert np.max(traj.prediction_error) <= TOL * 10
 
 
+def test_transfer_ratio_is_the_query_update_applied_to_each_other_token(tiny):
+    ex = minilm.explain_layer(tiny, "the cat sat on the mat", 1, 4)
+    enc, H = minilm.encode(tiny, "the cat sat on the mat")
+    context, _, index = minilm.split_query(H[1], 4)
+    updated = apply_update(tiny.blocks[1], ex.update)
+    for k in (0, 2, len(context) - 1):
+        target = H[2][index[k]]
+        miss = np.linalg.norm(block_output(updated, tiny.cfg, context[:0], context[k]) - target)
+        base = np.linalg.norm(block_output(tiny.blocks[1], tiny.cfg, context[:0], context[k]) - target)
+        assert ex.transfer_ratio[k] == pytest.approx(miss / base, rel=1e-10)
+    assert [c["transfer_ratio"] for c in ex.to_dict()["context"]] == [float(t) for t in ex.transfer_ratio]
+
+
 def test_text_baseline_trajectory_is_the_random_layers_dynamics(tiny):
     base = minilm.text_baseline_trajectory("the cat sat", 2, seed=5, model=tiny)
     _, traj = minilm.text_trajectory("the cat sat", 2, model=tiny)

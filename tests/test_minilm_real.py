@@ -262,10 +262,11 @@ def test_cli_shows_the_random_layer_baseline_unless_asked_not_to(capsys):
     assert main(["explain", "France is to Paris as Japan is to", "--layer", "3", "--json", "-"]) == 0
     report = json.loads(capsys.readouterr().out)["layer"]
     assert report["baseline"]["seed"] == 0 and report["baseline"]["top_marginal_share"] < report["top_marginal_share"]
-    assert all(c["baseline_marginal_delta_W_norm"] > 0 for c in report["context"])
+    assert all(c["baseline_marginal_delta_W_norm"] > 0 and c["transfer_ratio"] > 0 for c in report["context"])
     assert main(["explain", "France is to Paris as Japan is to", "--layer", "3", "--baseline-seed", "4"]) == 0
     out = capsys.readouterr().out
     assert "random layer" in out and "baseline: a random layer of the same shapes and weight scale (seed 4)" in out
+    assert "ΔW on c_j" in out and "query dependence (THEORY §8.2)" in out
     assert main(["explain", "France is to Paris as Japan is to", "--layer", "3", "--no-baseline"]) == 0
     assert "random layer" not in capsys.readouterr().out
 
