@@ -156,8 +156,12 @@ def _train(torch, preset: Preset, out_dir, seed: int, resume: bool, progress: bo
         step, acc_sum, acc_count = meta["step"], meta["train_loss_sum"], meta["train_loss_count"]
         metrics = _read_metrics(metrics_path, step)
         log(f"resuming {ckpt_path} at step {step}/{preset.steps} on {threads} torch thread(s)")
-        if meta.get("threads", 1) != threads:
-            log(f"note: {ckpt_path} was written on {meta.get('threads', 1)} torch thread(s), this run uses {threads}: "
+        if "threads" not in meta:
+            log(f"note: {ckpt_path} does not record its torch thread count (written by an older version): resuming "
+                f"on {threads}; on another count than the run began with, the result may differ from an "
+                "uninterrupted run in the last bits")
+        elif meta["threads"] != threads:
+            log(f"note: {ckpt_path} was written on {meta['threads']} torch thread(s), this run uses {threads}: "
                 "the result may differ from an uninterrupted run in the last bits (resume without --threads to "
                 "keep the recorded count)")
     else:

@@ -29,8 +29,8 @@ def add_arguments(parser) -> None:
                         help="the exercises folder (default: ./exercises, else the repository's)")
     sub = parser.add_subparsers(dest="exercises_action", metavar="ACTION")
     init = sub.add_parser("init", help="copy the course into a folder of yours (existing files are kept)")
-    init.add_argument("dest", nargs="?", default="exercises", metavar="DIR",
-                      help="where to put the course (default ./exercises)")
+    init.add_argument("dest", nargs="?", default=None, metavar="DIR",
+                      help="where to put the course (default: --dir if given, else ./exercises)")
     sub.add_parser("list", help="list the exercises")
     check = sub.add_parser("check", help="grade one exercise")
     check.add_argument("number", type=int, metavar="N", help="the exercise number, 1..8")
@@ -70,7 +70,7 @@ def run(args) -> int:
     from implicit_icl import grading
 
     if getattr(args, "exercises_action", None) == "init":
-        return _init(args.dest)
+        return _init(args.dest or args.dir or "exercises")
     try:
         exercises = grading.find_exercises(args.dir)
     except FileNotFoundError as exc:
@@ -82,8 +82,7 @@ def run(args) -> int:
             print(f"{n:2d}  {_title(folder)}    ({folder})")
         if action is None:
             print("\ngrade one with: implicit-icl exercises check N", file=sys.stderr)
-        root = next(iter(exercises.values())).parent if exercises else None
-        if root is not None and root.resolve() == grading.installed_course().resolve() and root.name == "course":
+        if exercises and grading.is_installed_copy(next(iter(exercises.values())).parent):
             print("these are the installed originals: run `implicit-icl exercises init` for a copy of your own to edit",
                   file=sys.stderr)
         return 0
@@ -91,6 +90,11 @@ def run(args) -> int:
         print(f"error: N must be one of {sorted(exercises)}, got {args.number}", file=sys.stderr)
         return 2
     folder = exercises[args.number]
+    if args.target is None and grading.is_installed_copy(folder.parent):
+        print("error: these are the course's installed originals, not your copy: run `implicit-icl exercises init` "
+              "once, edit exercises/NN_*/exercise.py there, and grade it from the folder that holds exercises/ "
+              "(--solution and --mistake work on the originals)", file=sys.stderr)
+        return 2
     try:
         path = grading.resolve_target(folder, args.target)
     except FileNotFoundError as exc:

@@ -238,8 +238,16 @@ def check_true(condition: bool, what: str, *, expected=None, got=None, hint: str
 def installed_course() -> Path:
     """The course as shipped with the package: the repository's ``exercises/`` in a checkout (an editable install),
     else the copy installed as package data (``implicit_icl/course``, a regular ``pip install``)."""
-    repo = Path(__file__).resolve().parents[1] / "exercises"
-    return repo if repo.is_dir() else Path(__file__).resolve().parent / "course"
+    root = Path(__file__).resolve().parents[1]
+    if (root / "pyproject.toml").is_file() and (root / "exercises").is_dir():   # this project's checkout
+        return root / "exercises"
+    return Path(__file__).resolve().parent / "course"
+
+
+def is_installed_copy(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` is the course installed as package data (read it, but work in a copy of your own)."""
+    installed = Path(__file__).resolve().parent / "course"
+    return Path(folder).resolve() == installed.resolve()
 
 
 def exercises_root() -> Path:

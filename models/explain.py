@@ -23,8 +23,9 @@ into every row: removing tokens "at layer L" removes them from layer L's attenti
 Shown: ‖ΔW‖ relative to ‖W‖, the bias update, the identity error (the query alone with the update against the
 model's own layer output), and for each context token j its marginal update ‖ΔW({c_j})‖ (remove c_j alone, keep
 the others) and the prefix step ‖ΔW_i − ΔW_{i−1}‖ when c_j joins the context in text order (P1 Prop. 3.1).
-Query dependence (column "ΔW on c_j"): this query's update applied to each other token's row run alone, its miss of
-that token's own layer output relative to the miss with W unchanged (mostly ≥ 1×: ΔW is this query's, THEORY §8.2).
+Query dependence (column "ΔW on c_j"): this query's ΔW (without Δb, the same vector for any input) applied to each
+other token's row run alone: its miss of that token's own layer output relative to the miss with W unchanged
+(about 1× or more: ΔW does little for the other tokens; it is this query's, THEORY §8.2).
 Baseline (on by default): the same on a random layer of the same shapes and weight scale (every array redrawn
 i.i.d. N(mean, std) of the trained one, --baseline-seed S, default 0) with the same input rows, so you can tell
 what is learned from what any such layer does: on "France is to Paris as Japan is to", layer 3, the update is
@@ -58,9 +59,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-prefix", action="store_true",
                         help="skip the prefix dynamics (layer L's attention over every prefix of the context)")
     parser.add_argument("--no-baseline", action="store_true",
-                        help="skip the random-layer baseline (same shapes and weight scale, same inputs)")
+                        help="with --layer: skip the random-layer baseline (same shapes and weight scale, same inputs)")
     parser.add_argument("--baseline-seed", type=int, default=0, metavar="S",
-                        help="seed of the random-layer baseline (default 0)")
+                        help="with --layer: seed of the random-layer baseline (default 0)")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH ('-' for stdout)")
     parser.add_argument("--model-dir", metavar="DIR",
                         help="a folder with config.json, model.safetensors and tokenizer.json "
@@ -116,11 +117,14 @@ def format_layer(ex) -> str:
         helped = [ex.tokens[i] for i, t in zip(ex.context_index, ex.transfer_ratio) if t < 1]
         lines += [
             "",
-            "query dependence (THEORY §8.2), column 'ΔW on c_j': this query's ΔW applied to token j's row run alone, "
-            "its miss of token j's own layer output relative to the miss with W unchanged:",
+            "query dependence (THEORY §8.2), column 'ΔW on c_j': this query's ΔW (without Δb) applied to token j's row "
+            "run alone, its miss of token j's own layer output relative to the miss with W unchanged:",
             f"  closer for {len(helped)} of {ex.transfer_ratio.size} tokens"
             + (f" ({', '.join(repr(t) for t in helped[:6])}{', …' if len(helped) > 6 else ''})" if helped else "")
-            + f"; median {np.median(ex.transfer_ratio):.2f}×. ΔW rewrites this query's context, not the others'.",
+            + f"; median {np.median(ex.transfer_ratio):.2f}×: "
+            + ("ΔW does little for the other tokens; it rewrites this query's context."
+               if np.median(ex.transfer_ratio) >= 0.9 else
+               "ΔW also moves most other tokens towards their outputs here (THEORY §8.2 says it need not)."),
         ]
     if ex.baseline is not None and ex.marginal_norm.size:
         from implicit_icl.models.minilm import top_share
@@ -167,6 +171,10 @@ def run(args) -> int:
 
     if args.layer is None and not args.all_layers:
         print("implicit-icl explain: give --layer L (0..5) and/or --all-layers", file=sys.stderr)
+        return 2
+    if not 0 <= args.baseline_seed < 2**63:
+        print(f"implicit-icl explain: --baseline-seed must be from 0 to 2**63 - 1, got {args.baseline_seed}",
+              file=sys.stderr)
         return 2
     try:
         from implicit_icl.models import minilm

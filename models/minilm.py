@@ -369,9 +369,10 @@ class LayerExplanation:
       query; from ``reference.subsets.prefix_trajectory``, equal to ``trajectory`` without its n+1 re-runs), or
       ``None``; ``step_norm[i]`` is how far adding ``c_{i+1}`` moves ``W`` (P1 Prop. 3.1).
     - ``baseline``: the same on a random layer of the same shapes and scale (:class:`Baseline`), or ``None``.
-    - ``transfer_ratio[j]``: query dependence (THEORY §8.2). This query's update applied to context token j's row
-      run alone, against token j's own layer output: ``‖T_{W+ΔW}(c_j) − H^{ℓ+1}[j]‖ / ‖T_W(c_j) − H^{ℓ+1}[j]‖``.
-      Below 1: the update happens to help token j too; 1 or more: it is of no use to j (the usual case).
+    - ``transfer_ratio[j]``: query dependence (THEORY §8.2). This query's ``ΔW`` (alone: ``Δb`` is one vector
+      added whatever the input, so it says nothing about the query) applied to context token j's row run alone,
+      against token j's own layer output: ``‖T_{W+ΔW}(c_j) − H^{ℓ+1}[j]‖ / ‖T_W(c_j) − H^{ℓ+1}[j]‖``. Below 1:
+      ΔW happens to move token j towards its output too; about 1 or more: it is of no use to j.
     """
 
     layer: int
@@ -463,8 +464,9 @@ def explain_layer(model: MiniLM, text: str, layer: int, position: int | None = N
 
 
 def _transfer_ratio(params: dict, upd: Update, cfg: BlockConfig, rows: np.ndarray, targets: np.ndarray):
-    """Per row: how far the query's update takes that row (run alone) towards its own target, as a miss ratio."""
-    updated = apply_update(params, upd)
+    """Per row: how far the query's ``ΔW`` (without ``Δb``) takes that row, run alone, towards its own target, as a
+    ratio of misses."""
+    updated = apply_update(params, Update(upd.u, upd.a, np.zeros_like(upd.delta_b)))
     with_dw = np.stack([block_output(updated, cfg, rows[:0], r) for r in rows]) if len(rows) else rows  # (n, D)
     without = np.stack([block_output(params, cfg, rows[:0], r) for r in rows]) if len(rows) else rows   # (n, D)
     with np.errstate(divide="ignore", invalid="ignore"):

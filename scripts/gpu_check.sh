@@ -29,6 +29,9 @@ set -euo pipefail
 OUTDIR="${1:-${OUT:-gpu_check_out}}"
 mkdir -p "$OUTDIR"
 OUTDIR="$(cd "$OUTDIR" && pwd)"                  # absolute: the steps below run from the checkout's root
+# a reused folder: what an earlier run wrote must not be read as this run's
+rm -f "$OUTDIR"/gpu_env.json "$OUTDIR"/conformance.xml "$OUTDIR"/conformance.log "$OUTDIR"/bench_*.json \
+  "$OUTDIR"/bench.log "$OUTDIR"/gpu_check.json "$OUTDIR"/gpu_check.md
 cd "$(dirname "$0")/.."
 START=$(date +%s)
 DEVICE="${GPU_CHECK_DEVICE:-cuda}"
@@ -55,7 +58,8 @@ log "python: $(command -v "$PY") ($("$PY" -c 'import sys, torch; print(sys.versi
 if [ "${GPU_CHECK_FORCE_SHIM:-0}" = 1 ] || ! "$PY" -c "import implicit_icl.backends.torch_backend" >/dev/null 2>&1; then
   SHIM="$(mktemp -d)"
   trap 'rm -rf "$SHIM"' EXIT                   # links only: the checkout itself is untouched
-  log "implicit_icl is not installed for $PY: linking the checkout's package layout into $SHIM"
+  if [ "${GPU_CHECK_FORCE_SHIM:-0}" = 1 ]; then why="GPU_CHECK_FORCE_SHIM=1"; else why="implicit_icl is not installed for $PY"; fi
+  log "$why: linking the checkout's package layout into $SHIM"
   "$PY" - "$SHIM" <<'PYEOF' || { log "FAIL: could not link the package layout (needs Python >= 3.11)"; exit 2; }
 import os, sys, tomllib
 shim, root = sys.argv[1], os.getcwd()

@@ -5,8 +5,10 @@ device check passed and why not.
 
 It reads ``OUTDIR/conformance.xml`` (pytest's JUnit report) and ``OUTDIR/bench_<device>.json`` (``implicit-icl
 bench``) and fails the check (exit 1) when: a test failed or errored; a test case on DEVICE was skipped for any
-reason other than being deselected on purpose; no test case on DEVICE passed; pytest or the bench exited non-zero
-(124 is ``timeout``'s code); the bench reported an error or did not finish; a file is missing. Every skip reason is
+reason other than being deselected on purpose; a CPU case deselected on purpose has no passed twin on DEVICE (same
+test id with the device swapped), or no case on DEVICE passed at all; pytest or the bench exited non-zero (124 is
+``timeout``'s code); the bench reported an error, did not finish, produced non-finite norms, or its float32 scan
+missed the float64 one by more than the target (1e-4 relative on ‖ΔW_i‖); a file is missing or unreadable. Every skip reason is
 counted in the JSON, so nothing is skipped silently. Plain Python (no project imports): it also runs where the
 package does not import.
 """
@@ -30,7 +32,7 @@ def conformance_summary(xml_path: str, device: str) -> tuple[dict, dict, list[st
     """Counts per outcome, skip reasons with their counts, and the problems found in a JUnit report."""
     counts = {"passed": 0, "failed": 0, "error": 0, "skipped": 0, f"{device}_passed": 0, f"{device}_skipped": 0}
     skips: dict[str, int] = {}
-    device_skipped, failed, problems = [], [], []
+    device_skipped, failed, problems, deselected, passed = [], [], [], [], set()
     for case in ET.parse(xml_path).getroot().iter("testcase"):
         name = case.get("name", "")
         tags = [child.tag for child in case]
@@ -44,8 +46,11 @@ def conformance_summary(xml_path: str, device: str) -> tuple[dict, dict, list[st
             if _on_device(name, device) and DESELECTED not in reason:
                 counts[f"{device}_skipped"] += 1
                 device_skipped.append(f"{name}: {reason}")
+            elif DESELECTED in reason and "-cpu-" in name and device != "cpu":
+                deselected.append(name)
         else:
             counts["passed"] += 1
+            passed.add(name)
             if _on_device(name, device):
                 counts[f"{device}_passed"] += 1
     if device_skipped:
@@ -54,6 +59,11 @@ def conformance_summary(xml_path: str, device: str) -> tuple[dict, dict, list[st
         problems.append(f"{len(failed)} tests failed, e.g. {failed[:5]} (see conformance.log)")
     if not counts[f"{device}_passed"]:
         problems.append(f"no {device} test case passed")
+    missing = [n for n in deselected if n.replace("-cpu-", f"-{device}-") not in passed]
+    if missing:                                     # every CPU case left out on purpose must have run on the device
+        problems.append(f"{len(missing)} cpu cases deselected on purpose have no passed {device} twin, e.g. "
+                        f"{missing[:3]}")
+    counts["cpu_deselected_with_twin"] = len(deselected) - len(missing)
     return counts, skips, problems
 
 
@@ -76,6 +86,9 @@ def bench_summary(bench: dict) -> tuple[dict, list[str]]:
         problems.append(f"the scan produced non-finite norms at n = {not_finite}")
     if not bench.get("complete"):
         problems.append("the bench did not finish (see bench.log)")
+    err = (bench.get("float32_error") or {}).get("max_rel_err_delta_W_norm")
+    if "error" not in (bench.get("float32_error") or {}) and not (isinstance(err, (int, float)) and err < 1e-4):
+        problems.append(f"float32 scan against float64: max relative error of ‖ΔW_i‖ is {err!r}, target < 1e-4")
     return out, problems
 
 
@@ -136,9 +149,15 @@ def summarize(out: str, test_rc: int, bench_rc: int, seconds: int, device: str =
             figures, problems = bench_summary(bench)
             summary.update(figures)
             summary["problems"] += problems
-            summary["readme_table"] = markdown_table(bench, device)
         except json.JSONDecodeError as exc:
             summary["problems"].append(f"{os.path.basename(bench_path)} is not valid JSON: {exc}")
+        except (AttributeError, KeyError, TypeError) as exc:
+            summary["problems"].append(f"{os.path.basename(bench_path)} has an unexpected layout: {exc!r}")
+        else:
+            try:                                      # presentation only: a figure that cannot be shown is a note
+                summary["readme_table"] = markdown_table(bench, device)
+            except (ArithmeticError, AttributeError, KeyError, TypeError, ValueError) as exc:
+                summary["readme_table_error"] = repr(exc)
     else:
         summary["problems"].append(f"no bench_{device}.json (see bench.log)")
     if bench_rc != 0:

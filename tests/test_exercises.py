@@ -449,3 +449,39 @@ def test_exercises_init_into_a_file_is_refused_by_name(tmp_path, capsys):
     assert main(["exercises", "init", str(target)]) == 2
     assert f"{target} exists and is not a folder" in capsys.readouterr().err
     assert target.read_text() == "not a folder"
+
+
+def _fake_install(tmp_path, monkeypatch) -> Path:
+    """The layout of a regular `pip install`: site/implicit_icl/grading.py beside site/implicit_icl/course/, and no
+    pyproject.toml above it (an unrelated top-level exercises/ folder in site/ must not be taken for the course)."""
+    site = tmp_path / "site"
+    grading.copy_course(site / "implicit_icl" / "course")
+    (site / "exercises" / "01_other_package").mkdir(parents=True)
+    monkeypatch.setattr(grading, "__file__", str(site / "implicit_icl" / "grading.py"))
+    return site / "implicit_icl" / "course"
+
+
+def test_an_installed_course_is_found_and_sends_the_student_to_init(tmp_path, monkeypatch, capsys):
+    from implicit_icl.cli import main
+
+    course = _fake_install(tmp_path, monkeypatch)
+    assert grading.installed_course() == course
+    monkeypatch.chdir(tmp_path)                                     # no ./exercises here
+    monkeypatch.delenv("IMPLICIT_ICL_EXERCISES", raising=False)
+    assert grading.exercises_root() == course
+    assert main(["exercises", "list"]) == 0
+    assert "run `implicit-icl exercises init`" in capsys.readouterr().err
+    assert main(["exercises", "check", "1"]) == 2                    # not the student's file: say what to do
+    assert "installed originals" in capsys.readouterr().err
+    assert main(["exercises", "check", "1", "--solution"]) == 0      # reading the originals is fine
+    capsys.readouterr()
+    assert main(["exercises", "init"]) == 0 and (tmp_path / "exercises" / "01_softmax_attention").is_dir()
+    assert grading.exercises_root() == tmp_path / "exercises"       # the student's copy wins from now on
+    assert main(["exercises", "check", "1"]) == 1                    # the stub, graded: it fails, as it should
+
+
+def test_exercises_init_into_the_dir_option(tmp_path, capsys):
+    from implicit_icl.cli import main
+
+    assert main(["exercises", "--dir", str(tmp_path / "mine"), "init"]) == 0
+    assert (tmp_path / "mine" / "08_pre_ln_block" / "exercise.py").is_file()

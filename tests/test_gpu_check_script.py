@@ -90,11 +90,25 @@ def test_a_clean_run_is_ok_and_counts_every_skip_reason(tmp_path):
     (GOOD_CASES, dict(GOOD_BENCH, trajectory=[{"op": "scan", "n": 16, "wall_s": 1.0, "finite": False}]), (0, 0),
      "non-finite"),
     (GOOD_CASES, GOOD_BENCH, (0, 1), "bench exited with 1"),
+    ([c for c in GOOD_CASES if "cuda-float32" not in c[0]], GOOD_BENCH, (0, 0), "have no passed cuda twin"),
+    (GOOD_CASES, dict(GOOD_BENCH, float32_error={"max_rel_err_delta_W_norm": float("nan")}), (0, 0),
+     "float32 scan against float64"),
+    (GOOD_CASES, dict(GOOD_BENCH, float32_error={"max_rel_err_delta_W_norm": 3e-3}), (0, 0),
+     "float32 scan against float64"),
+    (GOOD_CASES, dict(GOOD_BENCH, float32_error={}), (0, 0), "float32 scan against float64"),
+    (GOOD_CASES, [GOOD_BENCH], (0, 0), "unexpected layout"),
 ])
 def test_every_way_a_device_run_goes_wrong_fails_the_check(tmp_path, cases, bench, rcs, says):
     s = summary_mod.summarize(str(_write(tmp_path, cases, bench)), *rcs, 100)
     assert s["ok"] is False
     assert any(says in p for p in s["problems"]), s["problems"]
+
+
+def test_a_figure_that_cannot_be_formatted_is_a_note_not_a_crash(tmp_path):
+    bench = dict(GOOD_BENCH, config={"sizes": [16]}, trajectory=[{"op": "scan", "n": 16, "wall_s": 0.0},
+                                                              {"op": "per_prefix_update", "n": 16, "wall_s": 1.0}])
+    s = summary_mod.summarize(str(_write(tmp_path, bench=bench)), 0, 0, 1)
+    assert s["ok"] is True and "ZeroDivisionError" in s["readme_table_error"]
 
 
 def test_unreadable_reports_are_problems_not_crashes(tmp_path):

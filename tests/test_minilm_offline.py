@@ -297,7 +297,8 @@ def test_transfer_ratio_is_the_query_update_applied_to_each_other_token(tiny):
     ex = minilm.explain_layer(tiny, "the cat sat on the mat", 1, 4)
     enc, H = minilm.encode(tiny, "the cat sat on the mat")
     context, _, index = minilm.split_query(H[1], 4)
-    updated = apply_update(tiny.blocks[1], ex.update)
+    upd = ex.update
+    updated = apply_update(tiny.blocks[1], type(upd)(upd.u, upd.a, np.zeros_like(upd.delta_b)))   # ΔW only
     for k in (0, 2, len(context) - 1):
         target = H[2][index[k]]
         miss = np.linalg.norm(block_output(updated, tiny.cfg, context[:0], context[k]) - target)
@@ -363,6 +364,11 @@ def test_model_dir_names_missing_files(tmp_path):
 def test_cli_needs_a_layer_or_all_layers(capsys):
     assert main(["explain", "hello"]) == 2
     assert "--layer" in capsys.readouterr().err
+
+
+def test_cli_bad_baseline_seed_is_named_before_any_work(capsys):
+    assert main(["explain", "hi", "--layer", "0", "--baseline-seed", "-1"]) == 2
+    assert "--baseline-seed must be from 0" in capsys.readouterr().err
 
 
 def test_cli_help_lists_explain(capsys):

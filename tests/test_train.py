@@ -119,6 +119,22 @@ def test_resume_keeps_the_recorded_thread_count_and_says_when_it_changes(tmp_pat
     assert load_checkpoint(tmp_path / "run" / "checkpoint.npz")[2]["threads"] == n + 1
 
 
+def test_resume_of_a_checkpoint_without_a_recorded_thread_count_says_so(tmp_path):
+    from implicit_icl.checkpoint import save_checkpoint
+    from implicit_icl.experiments.train import train
+
+    p = get_preset("p1").with_overrides(**TINY, steps=30)
+    train(p, tmp_path / "run", seed=0, progress=False, stop_after=20, log=lambda m: None)
+    path = tmp_path / "run" / "checkpoint.npz"
+    arrays, cfg, meta = load_checkpoint(path)
+    old = {k: v for k, v in meta.items() if k not in ("threads", "format", "format_version", "config", "n_blocks")}
+    save_checkpoint(path, arrays, cfg, **old)                            # as an older version wrote it
+    assert "threads" not in load_checkpoint(path)[2]
+    said = []
+    train(p, tmp_path / "run", seed=0, resume=True, progress=False, log=said.append)
+    assert any("does not record its torch thread count" in m for m in said), said
+
+
 def _ckpt_step(path: Path) -> int:
     try:
         return load_checkpoint(path)[2]["step"]
