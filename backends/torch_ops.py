@@ -40,7 +40,10 @@ def layer_norm(x: torch.Tensor, g: torch.Tensor, b: torch.Tensor, eps: float) ->
 
 
 def activation(cfg: BlockConfig, x: torch.Tensor) -> torch.Tensor:
-    return F.relu(x) if cfg.activation == "relu" else F.gelu(x)  # exact erf GELU, as the reference
+    """The reference's activations: relu, exact erf GELU, GELU's tanh approximation (GPT-2's ``gelu_new``)."""
+    if cfg.activation == "relu":
+        return F.relu(x)
+    return F.gelu(x, approximate="tanh" if cfg.activation == "gelu_tanh" else "none")
 
 
 def mlp(params: dict, cfg: BlockConfig, a: torch.Tensor, W=None, b_out=None) -> torch.Tensor:

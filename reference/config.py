@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 KINDS = ("plain", "p1-skip", "residual", "pre-ln", "post-ln")
-ACTIVATIONS = ("relu", "gelu")
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh")
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class BlockConfig:
     d_mlp:      width of the MLP hidden layer (rows of the paper's W, m).
     n_heads:    number of attention heads.
     kind:       one of ``KINDS``.
-    activation: ``"relu"`` or ``"gelu"`` (exact erf form).
+    activation: ``"relu"``, ``"gelu"`` (exact erf form, BERT) or ``"gelu_tanh"`` (GPT-2's tanh approximation).
     causal:     causal mask in self-attention (both papers' default).
     ln_eps:     LayerNorm epsilon (only used by ``pre-ln`` and ``post-ln``).
     d_head:     width of one head; default ``d_model // n_heads`` (which must then divide).

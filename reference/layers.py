@@ -22,7 +22,12 @@ def gelu(x: np.ndarray) -> np.ndarray:
     return 0.5 * x * (1.0 + erf(x / np.sqrt(2.0)))
 
 
-ACTIVATION_FNS = {"relu": relu, "gelu": gelu}
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    """GELU's tanh approximation, ``½x(1 + tanh(√(2/π)(x + 0.044715x³)))``: GPT-2's ``gelu_new``."""
+    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
+
+
+ACTIVATION_FNS = {"relu": relu, "gelu": gelu, "gelu_tanh": gelu_tanh}
 
 
 def layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from implicit_icl.identities import CHECKS, MUST_EXCEED, make_scenario, run_check
-from implicit_icl.reference import KINDS, BlockConfig
+from implicit_icl.reference import ACTIVATIONS, KINDS, BlockConfig
 
 SHAPES = [
     dict(d_model=5, d_mlp=20, n_heads=1, activation="relu", causal=True, attn_bias=False),
@@ -42,7 +42,7 @@ def block_configs(draw):
     d_head = draw(st.integers(1, 4))
     d_model = draw(st.integers(2 if kind in ("pre-ln", "post-ln") else 1, 9))
     return BlockConfig(d_model=d_model, d_mlp=draw(st.integers(1, 24)), n_heads=n_heads, d_head=d_head, kind=kind,
-                       activation=draw(st.sampled_from(["relu", "gelu"])), causal=draw(st.booleans()),
+                       activation=draw(st.sampled_from(ACTIVATIONS)), causal=draw(st.booleans()),
                        attn_bias=draw(st.booleans()))
 
 

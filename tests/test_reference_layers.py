@@ -22,6 +22,16 @@ def test_gelu_is_the_exact_erf_form():
     np.testing.assert_allclose(gelu(xs), want, rtol=1e-14, atol=1e-300)
 
 
+def test_gelu_tanh_is_gpt2s_approximation_and_not_the_erf_form():
+    from implicit_icl.reference.layers import gelu_tanh
+
+    xs = np.linspace(-5, 5, 41)
+    want = [0.5 * x * (1 + math.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3))) for x in xs]
+    np.testing.assert_allclose(gelu_tanh(xs), want, rtol=1e-14, atol=1e-15)   # 1 + tanh cancels for x ≪ 0
+    gap = np.max(np.abs(gelu_tanh(xs) - gelu(xs)))
+    assert 1e-4 < gap < 1e-2                     # close, but a swapped activation is seen at any tolerance we use
+
+
 def test_layer_norm_normalises():
     x = np.random.default_rng(0).standard_normal((3, 7)) * 5 + 2
     y = layer_norm(x, np.ones(7), np.zeros(7), 0.0)
@@ -70,6 +80,17 @@ def test_taps_of_each_kind():
                 "post-ln": (ln(Z + A, 1) if kind == "post-ln" else None, ln(Z + A, 1) if kind == "post-ln" else None)}
         np.testing.assert_allclose(a, want[kind][0], atol=1e-15)
         np.testing.assert_allclose(r, want[kind][1], atol=1e-15)
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu", "gelu_tanh"])
+def test_torch_activations_match_reference_float64(activation):
+    torch = pytest.importorskip("torch", reason="torch extra not installed")
+    from implicit_icl.backends import torch_ops
+    from implicit_icl.reference.layers import ACTIVATION_FNS
+
+    xs = np.linspace(-6, 6, 97)
+    got = torch_ops.activation(BlockConfig(d_model=2, d_mlp=2, activation=activation), torch.tensor(xs)).numpy()
+    np.testing.assert_allclose(got, ACTIVATION_FNS[activation](xs), rtol=0, atol=1e-15)
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import implicit_icl.reference.subsets as subsets
 from implicit_icl.identities import make_scenario, max_err, run_check, tol
-from implicit_icl.reference import KINDS, BlockConfig, ZeroNormError, implicit_update, taps, trajectory
+from implicit_icl.reference import ACTIVATIONS, KINDS, BlockConfig, ZeroNormError, implicit_update, taps, trajectory
 from implicit_icl.reference.blocks import sequence
 from implicit_icl.reference.subsets import marginal_updates, prefix_trajectory, query_taps, subset_updates
 
@@ -23,7 +23,7 @@ def scenarios(draw):
     kind = draw(st.sampled_from(KINDS))
     cfg = BlockConfig(d_model=draw(st.integers(2, 7)), d_mlp=draw(st.integers(1, 12)),
                       n_heads=draw(st.sampled_from([1, 2, 4])), d_head=draw(st.integers(1, 3)), kind=kind,
-                      activation=draw(st.sampled_from(["relu", "gelu"])), causal=draw(st.booleans()),
+                      activation=draw(st.sampled_from(ACTIVATIONS)), causal=draw(st.booleans()),
                       attn_bias=draw(st.booleans()))
     return make_scenario(cfg, n=draw(st.integers(0, 25)), seed=draw(st.integers(0, 2**16)))
 

@@ -101,6 +101,18 @@ def scenarios() -> list[Scenario]:
             out.append(Scenario(f"position_updates-{q}/{tag}", "position_updates", cfg, p, {"Z": Z}, {"query": q}))
         out.append(Scenario(f"trajectory/{tag}", "trajectory", cfg, p,
                             {"context": r.standard_normal((9, 6)), "query": r.standard_normal(6)}))
+    # GPT-2's block: pre-LN, causal, attention biases and GELU's tanh approximation (appended last, as above)
+    cfg = BlockConfig(d_model=6, d_mlp=24, n_heads=2, kind="pre-ln", activation="gelu_tanh", attn_bias=True)
+    p = ref.init_block(cfg, seed=400, bias_std=0.3, ln_std=0.3)
+    r = _rng(400)
+    Z = r.standard_normal((7, 6))
+    tag = "pre-ln-gelu_tanh-h2-bias"
+    out.append(Scenario(f"block/{tag}", "block", cfg, p, {"Z": Z}))
+    out.append(Scenario(f"implicit_update/{tag}", "implicit_update", cfg, p, {"context": Z[:-1], "query": Z[-1]}))
+    out.append(Scenario(f"identity/{tag}", "identity", cfg, p, {"context": Z[:-1], "query": Z[-1]}))
+    out.append(Scenario(f"position_updates-own/{tag}", "position_updates", cfg, p, {"Z": Z}, {"query": "own"}))
+    out.append(Scenario(f"trajectory/{tag}", "trajectory", cfg, p,
+                        {"context": r.standard_normal((9, 6)), "query": r.standard_normal(6)}))
     return out
 
 
