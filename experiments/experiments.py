@@ -1,12 +1,14 @@
-"""E1–E4: the papers' experiments as functions returning plain dicts of numbers (the content of report.json).
+"""E1–E5: the papers' experiments as functions returning plain dicts of numbers (the content of report.json).
 
 - E1 (P1 Fig. 1): losses over training and the ΔW identity at every evaluation, float32 and float64.
 - E2 (P1 Fig. 2): ``‖ΔW_{i+1} − ΔW_i‖`` and the relative change over i, trained against untrained (THEORY §8.5).
 - E3 (P1 Fig. 3): test loss after i examples: implicit update vs online SGD on ``mlp.W`` vs least squares,
   and the alignment of the two updates.
 - E4 (P2): per-block identity errors at every position, ``rank(Σ_i ΔW_i)``, token alignment.
+- E5 (a later P1 version, UNCONFIRMED; THEORY §5.4, §8.2): a query-independent "thought patch" ΔW(C) fitted by
+  least squares on K calibration queries, tested on new queries with the same context.
 
-E2–E4 use the float64 NumPy reference; E3's SGD runs in torch float64, batched over runs.
+E2–E4 use the float64 NumPy reference; E3's SGD and E5 run in torch float64, batched.
 """
 from __future__ import annotations
 
@@ -255,6 +257,85 @@ def e4(params: dict, cfg, n_blocks: int, prompts) -> dict:
         "alignment_prompt0": align.tolist(),                       # (L, T, T)
         "alignment_offdiag_median_per_block": [float(np.nanmedian(a[~np.eye(T, dtype=bool)])) for a in align],
         "tol_f64": TOL_F64, "agrees_f64": bool(err.max() <= TOL_F64 and compose.max() <= TOL_F64),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------- E5
+PATCH_K = (1, 2, 3, 5, 10, 25, 50)
+# E5: the patch "levels off" at the smallest K whose median error is within this factor of the largest K's.
+LEVEL_FACTOR = 2.0
+
+
+def e5(params: dict, cfg, prompts, n_test: int, seed: int, K_grid=PATCH_K) -> dict:
+    """Thought patch: one ``ΔW(C)`` for all queries of a context (THEORY §5.4; §8.2 says the exact one depends on x).
+
+    For each prompt's context C, K calibration queries ``x_k = (ξ_k, 0)``, ``ξ_k ~ N(0, I_d)``, give the exact
+    per-query factors ``u_k = W(a(C, x_k) − a(x_k))`` and ``a_k = a(x_k)``; the patch is the minimum-norm least-squares
+    solution of ``ΔW a_k = u_k`` for all k (``ΔW = U A⁺``) and ``Δb`` the mean of the ``Δb_k`` (zero for plain
+    blocks). On ``n_test`` new queries it is compared with the in-context prediction ``T_W(C, x)`` (which the exact
+    per-query ``ΔW(C, x)`` reproduces to round-off), with no update at all, and with the true ``⟨w, x⟩``.
+    float64 torch, batched over queries.
+    """
+    import torch
+
+    from implicit_icl.backends import torch_ops as T
+
+    from .torch_model import head_with
+
+    p = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in params.items()}
+    R, n, D = prompts.context.shape
+    d, Kmax = D - 1, max(K_grid)
+    rng = np.random.default_rng([seed, 5])
+    to_patch = {K: [] for K in K_grid}
+    to_target = {K: [] for K in K_grid}
+    none_ctx, none_target, ctx_target, alignment, ranks = [], [], [], [], []
+    for r in range(R):
+        xi = rng.standard_normal((Kmax + n_test, d))
+        x = torch.as_tensor(np.concatenate([xi, np.zeros((len(xi), 1))], axis=1))          # (Q, D): (ξ, 0)
+        C = torch.as_tensor(prompts.context[r]).expand(len(xi), n, D)                      # (Q, n, D)
+        with torch.no_grad():
+            a_C, r_C = (t[:, -1] for t in T.taps(p, cfg, torch.cat([C, x[:, None]], 1)))  # (Q, D) each
+            a_x, r_x = (t[:, 0] for t in T.taps(p, cfg, x[:, None]))                       # the query alone
+        u = (a_C - a_x) @ p["mlp.W"].T                                                      # (Q, M)
+        W = p["mlp.W"].expand(len(xi), *p["mlp.W"].shape)
+        b = p["mlp.b_out"].expand(len(xi), D)
+        test = slice(Kmax, None)
+        y_ctx = head_with(p, cfg, a_C, r_C, W, b)[test, -1].numpy()                         # T_W(C, x)
+        y_none = head_with(p, cfg, a_x, r_x, W, b)[test, -1].numpy()                        # T_W(x)
+        y_true = xi[test] @ prompts.w[r]
+        none_ctx.append(np.mean((y_none - y_ctx) ** 2))
+        none_target.append(np.mean((y_none - y_true) ** 2))
+        ctx_target.append(np.mean((y_ctx - y_true) ** 2))
+        for K in K_grid:
+            A, U = a_x[:K].numpy(), u[:K].numpy()                                           # (K, D), (K, M)
+            dW = np.linalg.lstsq(A, U, rcond=None)[0].T                                     # (M, D): ΔW A^T = U^T
+            db = (r_C[:K] - r_x[:K]).mean(0)                                                # (D,)
+            Wp = (p["mlp.W"] + torch.as_tensor(dW)).expand(n_test, *p["mlp.W"].shape)
+            y_patch = head_with(p, cfg, a_x[test], r_x[test], Wp, (p["mlp.b_out"] + db).expand(n_test, D))
+            y_patch = y_patch[:, -1].numpy()
+            to_patch[K].append(np.mean((y_patch - y_ctx) ** 2))
+            to_target[K].append(np.mean((y_patch - y_true) ** 2))
+        ranks.append(numerical_rank(a_x[:Kmax].numpy()))
+        # how different the exact per-query updates are: ⟨ΔW(x), ΔW(x′)⟩_F / norms = cos(u, u′) cos(a, a′)
+        ut, at = u[test].numpy(), a_x[test].numpy()
+        cos_u = normalised_inner(ut[:-1, :, None], ut[1:, :, None])
+        cos_a = normalised_inner(at[:-1, :, None], at[1:, :, None])
+        alignment.append(np.median(cos_u * cos_a))
+    med = {K: float(np.median(v)) for K, v in to_patch.items()}
+    best = med[Kmax]
+    level = next(K for K in K_grid if med[K] <= LEVEL_FACTOR * best)
+    return {
+        "K": list(K_grid), "n_prompts": R, "n_test": n_test, "level_factor": LEVEL_FACTOR,
+        "mse_patch_to_context": _bands(np.array([to_patch[K] for K in K_grid]).T),
+        "mse_patch_to_context_at": {str(K): med[K] for K in K_grid},
+        "mse_patch_to_target_at": {str(K): float(np.median(v)) for K, v in to_target.items()},
+        "mse_no_update_to_context": float(np.median(none_ctx)),
+        "mse_no_update_to_target": float(np.median(none_target)),
+        "mse_context_to_target": float(np.median(ctx_target)),
+        "patch_over_no_update": best / float(np.median(none_ctx)),
+        "levels_at_K": level,
+        "calibration_rank": int(np.median(ranks)),
+        "per_query_alignment_median": float(np.median(alignment)),
     }
 
 

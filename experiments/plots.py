@@ -1,4 +1,4 @@
-"""The figures of E1–E4 from report.json's numbers (matplotlib, Agg backend: no display needed)."""
+"""The figures of E1–E5 from report.json's numbers (matplotlib, Agg backend: no display needed)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -155,3 +155,29 @@ def plot_e4(e4: dict, out: Path) -> list[str]:
     fig.savefig(out / "e4_alignment.png")
     plt.close(fig)
     return [first, "e4_alignment.png"]
+
+
+def plot_e5(e5: dict, out: Path) -> str:
+    """Thought patch: error of a query-independent ΔW(C) on new queries against the number K of calibration queries."""
+    plt = _plt()
+    K = np.array(e5["K"])
+    fig, ax = plt.subplots(figsize=(7.5, 4.3))
+    band = e5["mse_patch_to_context"]
+    ax.plot(K, band["median"], "o-", color="tab:blue", label="patch ΔW(C) vs the in-context prediction (median)")
+    ax.fill_between(K, band["q25"], band["q75"], color="tab:blue", alpha=0.2, lw=0, label="quartile band")
+    ax.plot(K, [e5["mse_patch_to_target_at"][str(k)] for k in K], "s--", color="tab:green", ms=4,
+            label="patch ΔW(C) vs the true ⟨w, x⟩ (median)")
+    ax.axhline(e5["mse_context_to_target"], color="tab:green", ls=":", lw=1.2,
+               label="in context (= exact per-query ΔW(C, x)) vs the true ⟨w, x⟩")
+    ax.axhline(e5["mse_no_update_to_context"], color="black", ls=":", lw=1,
+               label="no update (query alone, W) vs the in-context prediction")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks(K, [str(k) for k in K])
+    ax.minorticks_off()
+    ax.set_xlabel("K (calibration queries the patch is fitted on)")
+    ax.set_ylabel(f"mean squared error on {e5['n_test']} new queries")
+    ax.set_title("E5: one query-independent ΔW(C) for all queries of a context")
+    ax.legend(fontsize=7.5, loc="upper right", bbox_to_anchor=(1.0, 0.93))    # between the two dotted lines
+    return _save(fig, out / "e5_thought_patch.png")
+

@@ -1,4 +1,4 @@
-"""``implicit-icl reproduce``: train, run E1–E4, draw the figures, write report.json and report.md.
+"""``implicit-icl reproduce``: train, run E1–E5, draw the figures, write report.json and report.md.
 
 Which model each experiment studies:
 
@@ -7,6 +7,7 @@ Which model each experiment studies:
   bundled ``p1`` model (the full recipe; the quick E1 run is too short to stand for it), and without ``--quick``
   the model E1 just trained (the same recipe and seed as the bundled model). The untrained baseline is the same
   architecture at its seeded initial weights.
+- E5 (``p1`` only) studies the E2/E3 model on the E2 prompts' contexts with fresh queries.
 - E4 studies the ``p2`` stack: E1's model when ``--preset p2``, else a ``p2`` run in ``OUT/train_p2``
   (or ``--checkpoint`` when it is a ``p2`` stack).
 """
@@ -33,8 +34,9 @@ SETTINGS = {
     # --quick: < 3 minutes on a 2-core CPU (E2/E3 keep the papers' 100 prompts; training is shortened).
     "quick": {"train": {"p1": dict(steps=300, eval_every=25, checkpoint_every=100, val_prompts=64),
                         "p2": dict(steps=300, eval_every=50, checkpoint_every=100, val_prompts=32)},
-              "e2_prompts": 100, "e3_held_out": 100, "e4_prompts": 5},
-    "full": {"train": {"p1": {}, "p2": {}}, "e2_prompts": 100, "e3_held_out": 100, "e4_prompts": 20},
+              "e2_prompts": 100, "e3_held_out": 100, "e4_prompts": 5, "e5_test_queries": 100},
+    "full": {"train": {"p1": {}, "p2": {}}, "e2_prompts": 100, "e3_held_out": 100, "e4_prompts": 20,
+             "e5_test_queries": 100},
 }
 
 
@@ -63,7 +65,7 @@ def _model_record(path: Path, description: str) -> tuple[dict, object, dict, dic
 
 def reproduce(preset_name: str, out, quick: bool = False, checkpoint=None, seed: int = 0, progress: bool = True,
               log=None, settings: dict | None = None, command: str | None = None) -> dict:
-    """Run E1–E4 into ``out``; returns the report dict (also written as ``out/report.json``)."""
+    """Run E1–E5 into ``out``; returns the report dict (also written as ``out/report.json``)."""
     import torch
 
     from . import plots
@@ -98,7 +100,7 @@ def reproduce(preset_name: str, out, quick: bool = False, checkpoint=None, seed:
     e1 = E.e1(metrics)
     *_, models["E1"] = _model_record(model_path, f"trained in this run (`train_{preset_name}/model.npz`)")
 
-    e2 = e3 = None
+    e2 = e3 = e5 = None
     if preset_name == "p1":
         if ext is not None and not ext[2].get("n_blocks"):
             params, cfg, meta, rec = ext
@@ -125,6 +127,8 @@ def reproduce(preset_name: str, out, quick: bool = False, checkpoint=None, seed:
             e3 = timed("E3 SGD + least squares", lambda: E.e3(params, cfg, prompts, tr, held_out, SGD_LR_GRID))
         finally:
             torch.set_num_threads(threads)
+        log(f"E5: a query-independent ΔW(C) fitted on K calibration queries, {S['e5_test_queries']} new queries")
+        e5 = timed("E5 thought patch", lambda: E.e5(params, cfg, prompts, S["e5_test_queries"], seed))
 
     # ---- E4: the p2 stack.
     if preset_name == "p2":
@@ -149,8 +153,8 @@ def reproduce(preset_name: str, out, quick: bool = False, checkpoint=None, seed:
                      "python": platform.python_version()},
         "settings": {"train": {k: v.to_dict() for k, v in presets.items()}, "e2_prompts": S["e2_prompts"],
                      "e3_held_out": S["e3_held_out"], "e4_prompts": S["e4_prompts"],
-                     "sgd_lr_grid": list(SGD_LR_GRID)},
-        "models": models, "paper": PAPER, "e1": e1, "e2": e2, "e3": e3, "e4": e4,
+                     "e5_test_queries": S["e5_test_queries"], "sgd_lr_grid": list(SGD_LR_GRID)},
+        "models": models, "paper": PAPER, "e1": e1, "e2": e2, "e3": e3, "e4": e4, "e5": e5,
     }
     t0 = time.perf_counter()
     figures = [plots.plot_e1(e1, out, preset_name)]
@@ -159,6 +163,8 @@ def reproduce(preset_name: str, out, quick: bool = False, checkpoint=None, seed:
     if e3:
         figures.append(plots.plot_e3(e3, out))
     figures += plots.plot_e4(e4, out)
+    if e5:
+        figures.append(plots.plot_e5(e5, out))
     timings["figures"] = time.perf_counter() - t0
     report["figures"] = figures
     report["timings_s"] = timings

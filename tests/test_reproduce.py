@@ -1,4 +1,4 @@
-"""implicit-icl reproduce: E1–E4 on a tiny setting of the same code path, the report's provenance, the pieces."""
+"""implicit-icl reproduce: E1–E5 on a tiny setting of the same code path, the report's provenance, the pieces."""
 from __future__ import annotations
 
 import json
@@ -25,8 +25,9 @@ from implicit_icl.experiments.reproduce import reproduce  # noqa: E402
 # The quick path with smaller numbers: short training, few prompts (seconds instead of a minute).
 TINY = {"train": {"p1": dict(steps=40, eval_every=20, checkpoint_every=20, val_prompts=16, n_points=20),
                   "p2": dict(steps=30, eval_every=15, checkpoint_every=15, val_prompts=8, n_points=12)},
-        "e2_prompts": 12, "e3_held_out": 12, "e4_prompts": 2}
-FIGURES = ["e1_training.png", "e2_convergence.png", "e3_finetuning.png", "e4_identity.png", "e4_alignment.png"]
+        "e2_prompts": 12, "e3_held_out": 12, "e4_prompts": 2, "e5_test_queries": 20}
+FIGURES = ["e1_training.png", "e2_convergence.png", "e3_finetuning.png", "e4_identity.png", "e4_alignment.png",
+           "e5_thought_patch.png"]
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def test_reproduce_writes_every_figure_and_both_reports(quick_run):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, name
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk["figures"] == FIGURES
-    assert set(on_disk["timings_s"]) >= {"E1 train p1", "E4 train p2", "E4 identities", "figures"}
+    assert set(on_disk["timings_s"]) >= {"E1 train p1", "E4 train p2", "E4 identities", "E5 thought patch", "figures"}
     # report.md is generated from report.json as written.
     assert (out / "report.md").read_text() == render(on_disk)
 
@@ -64,12 +65,18 @@ def test_reproduce_results_state_the_papers_facts(quick_run):
     assert len(e2["trained"]["step_norm"]["median"]) == len(e2["untrained"]["step_norm"]["median"]) == 50
     assert e4["agrees_f64"] and e4["rank_sum_delta_W_set"] == [1] and e4["n_blocks"] == 3
     assert np.array(e4["alignment_prompt0"]).shape == (3, 13, 13)
+    e5 = r["e5"]                                   # seeded: the patch fails at K = 1 and works from K = 2-3 on
+    at = e5["mse_patch_to_context_at"]
+    assert e5["K"] == list(E.PATCH_K) and e5["n_prompts"] == 12 and e5["n_test"] == 20
+    assert at["1"] > 10 * at["50"] and e5["mse_no_update_to_context"] > 100 * at["50"]
+    assert e5["calibration_rank"] == 2             # plain block, no attention bias: a(x) = W_o W_v (ξ, 0)
+    assert e5["levels_at_K"] <= 10 and e5["per_query_alignment_median"] < 0.9
 
 
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e[-+]\d+)?")
 # Labels that contain digits but are not measurements: experiment and paper names, section and figure numbers,
 # dtypes, the token (x_j, 0), "1/i", the time-less parts of the command line.
-LABELS = re.compile(r"\bE[1-4]\b|\bP[12]\b|§\d+(?:\.\d+)?(?:–\d+)?|Fig\. \d|float(?:32|64)|\(x_j, 0\)|1/i|p[12]\b"
+LABELS = re.compile(r"\bE[1-5]\b|\bP[12]\b|§\d+(?:\.\d+)?(?:–\d+)?|Fig\. \d|float(?:32|64)|\(x_j, 0\)|1/i|p[12]\b"
                     r"|`[^`]*`")
 
 
@@ -127,12 +134,16 @@ def test_report_claims_follow_the_numbers(quick_run):
     r["e2"]["trained"]["decay_ratio"] = 1.5
     r["e3"].update(full_length_ratio_to_zero=0.8, implicit_falls_with_i=False, sgd_falls_with_i=False,
                    alignment_verdict="about zero")
+    assert "yet one patch fitted on K =" in md and "The exact updates depend on the query" in md
+    r["e5"].update(patch_over_no_update=0.3, per_query_alignment_median=0.97, levels_at_K=50)
     md = render(r)
     for claim in ("The curves overlap as P1 reports", "It does here too", "The model learns in context",
-                  "both losses fall with i", "share a direction without", "keeps improving"):
+                  "both losses fall with i", "share a direction without", "keeps improving",
+                  "yet one patch fitted on K =", "The exact updates depend on the query", "nearly matches it"):
         assert claim not in md, claim
     for honest in ("differ by more than the tolerance", "Here it does not decrease", "does NOT clearly learn",
-                   "neither loss falls with i", "do not share a direction"):
+                   "neither loss falls with i", "do not share a direction", "recovers only part",
+                   "barely depend on the query", "levels off later", "no single patch stands for the context"):
         assert honest in md, honest
 
 
