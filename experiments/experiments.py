@@ -266,6 +266,14 @@ PATCH_K = (1, 2, 3, 5, 10, 25, 50)
 LEVEL_FACTOR = 2.0
 
 
+def thought_patch(a: np.ndarray, u: np.ndarray, delta_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One ``(ΔW, Δb)`` for K queries: the minimum-norm least-squares ``ΔW`` with ``ΔW a_k = u_k`` for all k
+    (``ΔW = U A⁺``; ``a`` (K, D), ``u`` (K, M)) and the mean of their ``Δb_k`` (``delta_b`` (K, D)).
+    With K = 1 it is the query's own implicit update, ``u aᵀ/‖a‖²`` (P1 Thm 2.2)."""
+    dW = np.linalg.lstsq(a, u, rcond=None)[0].T                                            # (M, D): ΔW Aᵀ = Uᵀ
+    return dW, delta_b.mean(axis=0)                                                         # (M, D), (D,)
+
+
 def e5(params: dict, cfg, prompts, n_test: int, seed: int, K_grid=PATCH_K) -> dict:
     """Thought patch: one ``ΔW(C)`` for all queries of a context (THEORY §5.4; §8.2 says the exact one depends on x).
 
@@ -282,6 +290,8 @@ def e5(params: dict, cfg, prompts, n_test: int, seed: int, K_grid=PATCH_K) -> di
 
     from .torch_model import head_with
 
+    if n_test < 2:
+        raise ValueError(f"n_test must be at least 2 (pairs of test queries are compared), got {n_test}")
     p = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in params.items()}
     R, n, D = prompts.context.shape
     d, Kmax = D - 1, max(K_grid)
@@ -307,11 +317,10 @@ def e5(params: dict, cfg, prompts, n_test: int, seed: int, K_grid=PATCH_K) -> di
         none_target.append(np.mean((y_none - y_true) ** 2))
         ctx_target.append(np.mean((y_ctx - y_true) ** 2))
         for K in K_grid:
-            A, U = a_x[:K].numpy(), u[:K].numpy()                                           # (K, D), (K, M)
-            dW = np.linalg.lstsq(A, U, rcond=None)[0].T                                     # (M, D): ΔW A^T = U^T
-            db = (r_C[:K] - r_x[:K]).mean(0)                                                # (D,)
+            dW, db = thought_patch(a_x[:K].numpy(), u[:K].numpy(), (r_C[:K] - r_x[:K]).numpy())
             Wp = (p["mlp.W"] + torch.as_tensor(dW)).expand(n_test, *p["mlp.W"].shape)
-            y_patch = head_with(p, cfg, a_x[test], r_x[test], Wp, (p["mlp.b_out"] + db).expand(n_test, D))
+            b_out = (p["mlp.b_out"] + torch.as_tensor(db)).expand(n_test, D)
+            y_patch = head_with(p, cfg, a_x[test], r_x[test], Wp, b_out)
             y_patch = y_patch[:, -1].numpy()
             to_patch[K].append(np.mean((y_patch - y_ctx) ** 2))
             to_target[K].append(np.mean((y_patch - y_true) ** 2))
@@ -322,21 +331,37 @@ def e5(params: dict, cfg, prompts, n_test: int, seed: int, K_grid=PATCH_K) -> di
         cos_a = normalised_inner(at[:-1, :, None], at[1:, :, None])
         alignment.append(np.median(cos_u * cos_a))
     med = {K: float(np.median(v)) for K, v in to_patch.items()}
-    best = med[Kmax]
-    level = next(K for K in K_grid if med[K] <= LEVEL_FACTOR * best)
+    none = float(np.median(none_ctx))
+    level = levels_off_at(med, LEVEL_FACTOR)
     return {
         "K": list(K_grid), "n_prompts": R, "n_test": n_test, "level_factor": LEVEL_FACTOR,
         "mse_patch_to_context": _bands(np.array([to_patch[K] for K in K_grid]).T),
         "mse_patch_to_context_at": {str(K): med[K] for K in K_grid},
         "mse_patch_to_target_at": {str(K): float(np.median(v)) for K, v in to_target.items()},
-        "mse_no_update_to_context": float(np.median(none_ctx)),
+        "mse_no_update_to_context": none,
         "mse_no_update_to_target": float(np.median(none_target)),
         "mse_context_to_target": float(np.median(ctx_target)),
-        "patch_over_no_update": best / float(np.median(none_ctx)),
+        "patch_over_no_update": med[Kmax] / none,
         "levels_at_K": level,
-        "calibration_rank": int(np.median(ranks)),
+        "patch_over_no_update_at_level": None if level is None else med[level] / none,
+        "calibration_rank": int(np.median(ranks)), "d_model": D,
         "per_query_alignment_median": float(np.median(alignment)),
     }
+
+
+def levels_off_at(med: dict, factor: float):
+    """The smallest K from which every larger K's median stays within ``factor`` of the largest K's (or ``None``
+    when that median is not finite)."""
+    Ks = sorted(med)
+    best = med[Ks[-1]]
+    if not np.isfinite(best):
+        return None
+    level = Ks[-1]
+    for K in reversed(Ks):
+        if not (np.isfinite(med[K]) and med[K] <= factor * best):
+            break
+        level = K
+    return level
 
 
 def fresh_prompts(n_prompts: int, n_points: int, d: int, seed: int):

@@ -26,7 +26,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--preset", default="p1", choices=("p1", "p2"), help="E1's model (default p1)")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--quick", action="store_true", help="short training runs (< 3 min on a 2-core CPU)")
-    parser.add_argument("--checkpoint", help="study this model in E2/E3 (a p1-like block) or E4 (a stack)")
+    parser.add_argument("--checkpoint", help="study this model in E2/E3/E5 (a p1-like block) or E4 (a stack)")
     parser.add_argument("--seed", type=int, default=0, help="seed of training and of the test tasks (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 

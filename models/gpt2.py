@@ -40,9 +40,10 @@ def conv1d_to_linear(weight, name: str, shape: tuple[int, int]) -> np.ndarray:
     return np.ascontiguousarray(w.T)                                   # (out, in)
 
 
-def config_from_gpt2(config: dict) -> BlockConfig:
-    """The ``BlockConfig`` of every layer of a GPT-2 ``config.json`` (a dict); refuses what the reference does not
-    compute, naming the field."""
+def config_from_gpt2(config) -> BlockConfig:
+    """The ``BlockConfig`` of every layer of a GPT-2 ``config.json`` (a dict, or an HF ``GPT2Config``); refuses
+    what the reference does not compute, naming the field."""
+    config = _as_dict(config)
     act = config.get("activation_function", "gelu_new")
     if act not in ACTIVATIONS:
         raise ValueError(f"config activation_function must be one of {sorted(ACTIVATIONS)}, got {act!r}")
@@ -53,9 +54,17 @@ def config_from_gpt2(config: dict) -> BlockConfig:
                          "logits by 1/√d_head only")
     d = int(config["n_embd"])
     inner = config.get("n_inner")
-    return BlockConfig(d_model=d, d_mlp=int(inner) if inner else 4 * d, n_heads=int(config["n_head"]),
+    return BlockConfig(d_model=d, d_mlp=int(inner) if inner is not None else 4 * d, n_heads=int(config["n_head"]),
                        kind="pre-ln", activation=ACTIVATIONS[act], causal=True,
                        ln_eps=float(config.get("layer_norm_epsilon", 1e-5)), attn_bias=True)
+
+
+def _as_dict(config) -> dict:
+    if hasattr(config, "to_dict"):                                       # an HF PretrainedConfig
+        config = config.to_dict()
+    if not isinstance(config, dict):
+        raise ValueError(f"config must be a dict (config.json) or a GPT2Config, got {type(config).__name__}")
+    return config
 
 
 def _take(state: dict, key: str) -> np.ndarray:
@@ -123,10 +132,11 @@ class GPT2:
         return H + [layer_norm(H[-1], *self.ln_f, self.cfg.ln_eps)]
 
 
-def random_state(config: dict, seed: int = 0) -> dict:
+def random_state(config, seed: int = 0) -> dict:
     """A random GPT-2 state dict in the checkpoint's own naming and Conv1D layout (for demos and tests: no weights
     are downloaded). Weights ``N(0, 0.2²)`` (ten times GPT-2's initialisation, so that attention is far from
     uniform); biases and LayerNorm parameters perturbed by 0.1 so that every parameter matters."""
+    config = _as_dict(config)
     cfg = config_from_gpt2(config)
     D, M = cfg.d_model, cfg.d_mlp
     rng = np.random.default_rng(seed)
@@ -152,8 +162,10 @@ def random_state(config: dict, seed: int = 0) -> dict:
     return state
 
 
-def from_gpt2_state(state: dict, config: dict) -> GPT2:
-    """A whole GPT-2 (``n_layer`` blocks, embeddings, ``ln_f``) from its state dict and ``config.json`` dict."""
+def from_gpt2_state(state: dict, config) -> GPT2:
+    """A whole GPT-2 (``n_layer`` blocks, embeddings, ``ln_f``) from its state dict and ``config.json`` dict (or an
+    HF ``GPT2Config``)."""
+    config = _as_dict(config)
     cfg = config_from_gpt2(config)
     n_layer = int(config["n_layer"])
     blocks = tuple(block_from_gpt2(state, cfg, layer) for layer in range(n_layer))

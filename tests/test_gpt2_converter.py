@@ -26,19 +26,39 @@ CONFIG = dict(n_embd=16, n_head=4, n_layer=3, n_positions=32, vocab_size=50, n_i
               attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
 
 
+def _hf_model(torch, transformers, config: dict):
+    torch.manual_seed(0)
+    model = transformers.GPT2Model(transformers.GPT2Config(**config)).double().eval()
+    with torch.no_grad():                     # HF initialises biases and LayerNorms to 0 and 1: make them count
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or ".ln_" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    return model, {k: v.numpy() for k, v in model.state_dict().items()}
+
+
 @pytest.fixture(scope="module")
 def hf():
     torch = pytest.importorskip("torch", reason="the comparison with HF GPT-2 needs torch")
     transformers = pytest.importorskip("transformers", reason="the comparison with HF GPT-2 needs transformers "
                                                                "(the dev extra)")
-    torch.manual_seed(0)
-    model = transformers.GPT2Model(transformers.GPT2Config(**CONFIG)).double().eval()
-    with torch.no_grad():                     # HF initialises biases and LayerNorms to 0 and 1: make them count
-        for name, p in model.named_parameters():
-            if name.endswith("bias") or ".ln_" in name:
-                p.add_(0.1 * torch.randn_like(p))
-    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    model, state = _hf_model(torch, transformers, CONFIG)
     return torch, model, state
+
+
+@pytest.mark.parametrize("change", [dict(n_inner=40), dict(activation_function="gelu"),
+                                    dict(activation_function="relu"), dict(layer_norm_epsilon=0.5),
+                                    dict(n_head=8, n_embd=32), dict(n_head=1)])
+def test_other_configs_match_hf_too(change):
+    torch = pytest.importorskip("torch", reason="the comparison with HF GPT-2 needs torch")
+    transformers = pytest.importorskip("transformers", reason="needs transformers (the dev extra)")
+    config = dict(CONFIG, **change)
+    model, state = _hf_model(torch, transformers, config)
+    ours = gpt2.from_gpt2_state(state, model.config)                    # an HF GPT2Config is accepted too
+    want = _hf_hidden(torch, model, IDS)
+    H = ours.forward(IDS)
+    for l in range(config["n_layer"]):
+        np.testing.assert_allclose(H[l], want[l], rtol=0, atol=_tol(want[l]), err_msg=f"{change}: block {l}")
+    np.testing.assert_allclose(H[-1], want[-1], rtol=0, atol=_tol(want[-1]), err_msg=f"{change}: ln_f")
 
 
 def _hf_hidden(torch, model, ids):
