@@ -31,6 +31,7 @@ SHAPES = (
     (5, 20, 1, "relu", True, False, (1, 30)),
     (8, 16, 4, "gelu", False, True, (7,)),
     (1, 4, 1, "gelu", True, True, (12,)),
+    (6, 24, 2, "gelu_tanh", True, True, (9,)),          # GPT-2's activation
 )
 
 
