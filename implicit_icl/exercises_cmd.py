@@ -33,7 +33,7 @@ def add_arguments(parser) -> None:
                       help="where to put the course (default: --dir if given, else ./exercises)")
     sub.add_parser("list", help="list the exercises")
     check = sub.add_parser("check", help="grade one exercise")
-    check.add_argument("number", type=int, metavar="N", help="the exercise number, 1..8")
+    check.add_argument("number", type=int, metavar="N", help="the exercise number, 1..9")
     which = check.add_mutually_exclusive_group()
     which.add_argument("--solution", action="store_const", const="solution", dest="target",
                        help="grade the reference solution (solution.py)")

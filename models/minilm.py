@@ -371,8 +371,8 @@ class LayerExplanation:
     - ``baseline``: the same on a random layer of the same shapes and scale (:class:`Baseline`), or ``None``.
     - ``transfer_ratio[j]``: query dependence (THEORY §8.2). This query's ``ΔW`` (alone: ``Δb`` is one vector
       added whatever the input, so it says nothing about the query) applied to context token j's row run alone,
-      against token j's own layer output: ``‖T_{W+ΔW}(c_j) − H^{ℓ+1}[j]‖ / ‖T_W(c_j) − H^{ℓ+1}[j]‖``. Below 1:
-      ΔW happens to move token j towards its output too; about 1 or more: it is of no use to j.
+      against token j's own layer output: ``‖T_{W+ΔW}(c_j) − H^{ℓ+1}[j]‖ / ‖T_W(c_j) − H^{ℓ+1}[j]‖``.
+      Below 1: ΔW happens to move token j towards its output too; about 1 or more: it is of no use to j.
     """
 
     layer: int
