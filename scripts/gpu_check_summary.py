@@ -9,9 +9,8 @@ reason other than being deselected on purpose; a CPU case deselected on purpose 
 test id with the device swapped), or no case on DEVICE passed at all; pytest or the bench exited non-zero (124 is
 ``timeout``'s code); the bench reported an error, did not finish, produced non-finite norms, or its float32 scan
 missed the float64 one by more than the target (1e-4 relative on ‖ΔW_i‖); a file is missing or unreadable.
-Every skip reason is
-counted in the JSON, so nothing is skipped silently. Plain Python (no project imports): it also runs where the
-package does not import.
+Every skip reason is counted in the JSON, so nothing is skipped silently. Plain Python (no project imports): it
+also runs where the package does not import.
 """
 from __future__ import annotations
 
