@@ -59,9 +59,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-prefix", action="store_true",
                         help="skip the prefix dynamics (layer L's attention over every prefix of the context)")
     parser.add_argument("--no-baseline", action="store_true",
-                        help="with --layer: skip the random-layer baseline (same shapes and weight scale, same inputs)")
+                        help="skip the random-layer baseline (same shapes and weight scale, same inputs)")
     parser.add_argument("--baseline-seed", type=int, default=0, metavar="S",
-                        help="with --layer: seed of the random-layer baseline (default 0)")
+                        help="seed of the random-layer baseline (default 0)")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH ('-' for stdout)")
     parser.add_argument("--model-dir", metavar="DIR",
                         help="a folder with config.json, model.safetensors and tokenizer.json "
@@ -146,11 +146,13 @@ def format_model(ex) -> str:
         f"all-MiniLM-L6-v2 · every layer · query token {ex.position} {ex.tokens[ex.position]!r}",
         f"tokens  {_tokens_line(ex.tokens, ex.position)}",
         "",
-        f"  {'layer':>5} {'‖ΔW‖':>10} {'‖W‖':>10} {'‖ΔW‖/‖W‖':>10} {'‖Δb‖':>10} {'identity err':>13}",
+        f"  {'layer':>5} {'‖ΔW‖':>10} {'‖W‖':>10} {'‖ΔW‖/‖W‖':>10} {'‖Δb‖':>10} {'identity err':>13}"
+        + (f" {'random layer ‖ΔW‖/‖W‖':>23}" if ex.baselines is not None else ""),
     ]
     for l, d in enumerate(ex.to_dict()["layers"]):
+        base = f" {d['baseline_relative_norm']:23.3%}" if ex.baselines is not None else ""
         lines.append(f"  {l:>5} {d['delta_W_norm']:10.4g} {d['W_norm']:10.4g} {d['relative_norm']:10.3%} "
-                     f"{d['delta_b_norm']:10.4g} {d['identity_error']:13.3g}")
+                     f"{d['delta_b_norm']:10.4g} {d['identity_error']:13.3g}{base}")
     L = len(ex.updates)
     lines += [
         "",
@@ -199,7 +201,8 @@ def run(args) -> int:
             texts.append(format_layer(ex))
             ok &= _ok(ex.identity_error, ex.output_scale)
         if args.all_layers:
-            ex_all = minilm.explain_all_layers(model, args.text, args.position, pair=args.pair)
+            ex_all = minilm.explain_all_layers(model, args.text, args.position, pair=args.pair,
+                                               baseline_seed=None if args.no_baseline else args.baseline_seed)
             report["all_layers"] = ex_all.to_dict()
             texts.append(format_model(ex_all))
             ok &= _ok(ex_all.composed_error, ex_all.output_scale) and all(

@@ -473,11 +473,12 @@ def _transfer_ratio(params: dict, upd: Update, cfg: BlockConfig, rows: np.ndarra
         return np.linalg.norm(with_dw - targets, axis=-1) / np.linalg.norm(without - targets, axis=-1)
 
 
-def _baseline(params: dict, cfg: BlockConfig, context, query, seed: int) -> Baseline:
+def _baseline(params: dict, cfg: BlockConfig, context, query, seed: int, marginals: bool = True) -> Baseline:
     random = matched_random_block(params, seed)
     return Baseline(seed=seed, delta_W_norm=float(implicit_update(random, cfg, context, query).norm),
                     W_norm=float(np.linalg.norm(random["mlp.W"])),
-                    marginal_norm=np.asarray(marginal_updates(random, cfg, context, query).norm, dtype=float))
+                    marginal_norm=np.asarray(marginal_updates(random, cfg, context, query).norm, dtype=float)
+                    if marginals else np.zeros(0))
 
 
 @dataclass(frozen=True)
@@ -487,7 +488,8 @@ class ModelExplanation:
     Layer ℓ's update removes every other token from layer ℓ's attention, with the query ``x^ℓ = H^ℓ[p]`` computed
     *with* context. Applying all of them and running the query's embedding alone (one token) through the six
     updated layers reproduces ``H^6[p]``: ``composed_error`` is that max abs difference; ``layer_errors[ℓ]`` checks
-    each layer on its own against ``layer_scales[ℓ] = max |H^{ℓ+1}[p]|``.
+    each layer on its own against ``layer_scales[ℓ] = max |H^{ℓ+1}[p]|``. ``baselines[ℓ]``: the same update on
+    :func:`matched_random_block` of layer ℓ with the same input rows (marginals left out), or ``None``.
     """
 
     position: int
@@ -498,6 +500,7 @@ class ModelExplanation:
     layer_scales: np.ndarray
     composed_error: float
     output_scale: float
+    baselines: list | None = None
 
     @property
     def delta_W_norms(self) -> np.ndarray:
@@ -514,6 +517,8 @@ class ModelExplanation:
             "layers": [
                 {"layer": l, "delta_W_norm": float(dw), "W_norm": float(w), "relative_norm": float(dw / w),
                  "delta_b_norm": float(db), "identity_error": float(e), "output_scale": float(s)}
+                | ({} if self.baselines is None else {"baseline_relative_norm": self.baselines[l].relative_norm,
+                                                        "baseline_seed": self.baselines[l].seed})
                 for l, (dw, w, db, e, s) in enumerate(zip(self.delta_W_norms, self.W_norms, self.delta_b_norms,
                                                           self.layer_errors, self.layer_scales))
             ],
@@ -521,8 +526,9 @@ class ModelExplanation:
 
 
 def explain_all_layers(model: MiniLM, text: str, position: int | None = None, *,
-                       pair: str | None = None) -> ModelExplanation:
-    """Per-layer last-token updates (``model_updates``) with the query's row moved last, and their composition."""
+                       pair: str | None = None, baseline_seed: int | None = 0) -> ModelExplanation:
+    """Per-layer last-token updates (``model_updates``) with the query's row moved last, and their composition;
+    with ``baseline_seed`` also each layer's update on its matched random layer (same input rows)."""
     enc, H = encode(model, text, pair)
     p = resolve_position(enc.tokens, position)
     order = np.append(np.delete(np.arange(len(enc)), p), p)                 # query row last: (T,)
@@ -538,6 +544,9 @@ def explain_all_layers(model: MiniLM, text: str, position: int | None = None, *,
         position=p, tokens=enc.tokens, updates=updates,
         W_norms=np.array([np.linalg.norm(b["mlp.W"]) for b in blocks]), layer_errors=layer_errors,
         composed_error=float(np.max(np.abs(alone[-1][0] - H[-1][p]))), output_scale=float(np.max(np.abs(H[-1][p]))),
+        baselines=None if baseline_seed is None else [
+            _baseline(blocks[l], cfg, *split_query(H[l], p)[:2], baseline_seed, marginals=False)
+            for l in range(len(blocks))],
     )
 
 

@@ -307,6 +307,18 @@ def test_transfer_ratio_is_the_query_update_applied_to_each_other_token(tiny):
     assert [c["transfer_ratio"] for c in ex.to_dict()["context"]] == [float(t) for t in ex.transfer_ratio]
 
 
+def test_all_layers_baseline_is_each_layers_random_twin(tiny):
+    ex = minilm.explain_all_layers(tiny, "the cat sat on the mat", 3, baseline_seed=2)
+    enc, H = minilm.encode(tiny, "the cat sat on the mat")
+    for l, row in enumerate(ex.to_dict()["layers"]):
+        context, query, _ = minilm.split_query(H[l], 3)
+        random = minilm.matched_random_block(tiny.blocks[l], 2)
+        want = float(implicit_update(random, tiny.cfg, context, query).norm) / np.linalg.norm(random["mlp.W"])
+        assert row["baseline_relative_norm"] == pytest.approx(want, rel=1e-12) and row["baseline_seed"] == 2
+    none = minilm.explain_all_layers(tiny, "the cat sat on the mat", 3, baseline_seed=None)
+    assert none.baselines is None and "baseline_relative_norm" not in none.to_dict()["layers"][0]
+
+
 def test_text_baseline_trajectory_is_the_random_layers_dynamics(tiny):
     base = minilm.text_baseline_trajectory("the cat sat", 2, seed=5, model=tiny)
     _, traj = minilm.text_trajectory("the cat sat", 2, model=tiny)

@@ -269,6 +269,8 @@ def test_cli_shows_the_random_layer_baseline_unless_asked_not_to(capsys):
     assert "ΔW on c_j" in out and "query dependence (THEORY §8.2)" in out
     assert main(["explain", "France is to Paris as Japan is to", "--layer", "3", "--no-baseline"]) == 0
     assert "random layer" not in capsys.readouterr().out
+    assert main(["explain", "France is to Paris as Japan is to", "--all-layers"]) == 0
+    assert "random layer ‖ΔW‖/‖W‖" in capsys.readouterr().out
 
 
 def test_cli_json_to_stdout_and_position(capsys):
