@@ -1,11 +1,11 @@
-"""Reproduce the papers' experiments: training the in-context regression transformer (P1 §4), E1–E5, reports.
+"""Reproduce the papers' experiments: training the in-context regression transformer (P1 §4), E1–E6, reports.
 
 - ``presets``: the ``p1`` and ``p2`` models and their training hyper-parameters (chosen and justified there;
   THEORY §5 marks the papers' own values UNCONFIRMED).
 - ``evaluate``: NumPy-only (float64 reference) validation of a checkpoint on its seeded validation prompts.
 - ``torch_model``: the model (one block or a stack) and its ΔW prediction as batched torch functions.
 - ``train`` / ``train_command``: the training loop with atomic, resumable checkpoints (``implicit-icl train``).
-- ``experiments``: E1–E5 as functions returning plain dicts; ``plots``: the figures; ``report``: ``report.md``
+- ``experiments``: E1–E6 as functions returning plain dicts; ``plots``: the figures; ``report``: ``report.md``
   rendered from ``report.json``; ``reproduce`` / ``reproduce_command``: ``implicit-icl reproduce``.
 
 Torch and matplotlib are imported only by the modules that need them; ``presets``, ``evaluate`` and ``report``

@@ -1,4 +1,4 @@
-"""E1–E5: the papers' experiments as functions returning plain dicts of numbers (the content of report.json).
+"""E1–E6: the papers' experiments as functions returning plain dicts of numbers (the content of report.json).
 
 - E1 (P1 Fig. 1): losses over training and the ΔW identity at every evaluation, float32 and float64.
 - E2 (P1 Fig. 2): ``‖ΔW_{i+1} − ΔW_i‖`` and the relative change over i, trained against untrained (THEORY §8.5).
@@ -7,6 +7,8 @@
 - E4 (P2): per-block identity errors at every position, ``rank(Σ_i ΔW_i)``, token alignment.
 - E5 (a later P1 version, UNCONFIRMED; THEORY §5.4, §8.2): a query-independent "thought patch" ΔW(C) fitted by
   least squares on K calibration queries, tested on new queries with the same context.
+- E6 (a later P1 version, UNCONFIRMED; THEORY §5.4, §8.5): the same step norms with an RNN as the contextual
+  layer, against softmax attention, both untrained: which layer makes the steps decay.
 
 E2–E4 use the float64 NumPy reference; E3's SGD and E5 run in torch float64, batched.
 """
@@ -362,6 +364,33 @@ def levels_off_at(med: dict, factor: float):
             break
         level = K
     return level
+
+
+# ----------------------------------------------------------------------------------------------------------- E6
+# E6: a log-log slope at or below this counts as "decays" (1/i is −1; a constant is 0).
+DECAY_SLOPE = -0.5
+
+
+def e6(attention_untrained: list, prompts, d_mlp: int, seed: int, d_hidden: int = 16, fit_from: int = 5) -> dict:
+    """Step norms ``‖ΔW_{i+1} − ΔW_i‖`` against i with softmax attention (E2's untrained block, its trajectories
+    ``attention_untrained``) and with an untrained RNN as the contextual layer (``rnn.py``), on the same prompts."""
+    from . import rnn
+
+    params = rnn.init_rnn(prompts.Z.shape[-1], d_hidden, d_mlp, seed)
+    runs = [rnn.step_norms(params, z[:-1], z[-1]) for z in prompts.Z]
+    out = {"i": list(range(len(runs[0][0]))), "fit_from": fit_from, "n_prompts": len(runs), "d_hidden": d_hidden,
+           "spectral_radius": 0.9, "decay_slope": DECAY_SLOPE,
+           "rnn_identity_max_abs_diff": max(err for _, err in runs), "tol_f64": TOL_F64}
+    for name, steps in (("attention", np.stack([t.step_norm for t in attention_untrained])),
+                        ("rnn", np.stack([s for s, _ in runs]))):
+        i = np.arange(steps.shape[1])
+        med = np.median(steps, axis=0)
+        slope = _loglog_slope(i[i >= fit_from], med[i >= fit_from])
+        out[name] = {"step_norm": _bands(steps), "step_norm_slope": slope, "decays": bool(slope <= DECAY_SLOPE),
+                     "step_norm_at": {str(k): float(med[k]) for k in _marks(steps.shape[1] - 1, start=1)},
+                     "last_over_first": float(med[-1] / med[1])}
+    out["agrees_f64"] = bool(out["rnn_identity_max_abs_diff"] <= TOL_F64)
+    return out
 
 
 def fresh_prompts(n_prompts: int, n_points: int, d: int, seed: int):

@@ -1,4 +1,4 @@
-"""The figures of E1–E5 from report.json's numbers (matplotlib, Agg backend: no display needed)."""
+"""The figures of E1–E6 from report.json's numbers (matplotlib, Agg backend: no display needed)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -180,4 +180,28 @@ def plot_e5(e5: dict, out: Path) -> str:
     ax.set_title("E5: one query-independent ΔW(C) for all queries of a context")
     ax.legend(fontsize=7.5, loc="upper right", bbox_to_anchor=(1.0, 0.93))    # between the two dotted lines
     return _save(fig, out / "e5_thought_patch.png")
+
+
+def plot_e6(e6: dict, out: Path) -> str:
+    """Step norms against i: softmax attention vs an RNN as the contextual layer, both untrained."""
+    plt = _plt()
+    i = np.array(e6["i"])
+    fig, ax = plt.subplots(figsize=(7.5, 4.3))
+    for name, color, label in (("attention", "tab:gray", "softmax attention (E2's untrained block)"),
+                               ("rnn", "tab:red", f"RNN, {e6['d_hidden']} units (untrained)")):
+        band = e6[name]["step_norm"]
+        keep = i >= 1
+        ax.plot(i[keep], np.array(band["median"])[keep], "-", color=color,
+                label=f"{label}: slope {e6[name]['step_norm_slope']:.2f}")
+        ax.fill_between(i[keep], np.array(band["q25"])[keep], np.array(band["q75"])[keep], color=color, alpha=0.2,
+                        lw=0)
+    ref = np.array(e6["attention"]["step_norm"]["median"])[1] / i[i >= 1]
+    ax.plot(i[i >= 1], ref, ":", color="black", lw=1, label="∝ 1/i")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("i (context tokens consumed)")
+    ax.set_ylabel("‖ΔW_(i+1) − ΔW_i‖ (median, quartile band)")
+    ax.set_title(f"E6: the contextual layer decides the decay ({e6['n_prompts']} prompts)")
+    ax.legend(fontsize=8)
+    return _save(fig, out / "e6_rnn_steps.png")
 

@@ -27,6 +27,9 @@ PAPER = {
            "claim": "a query-independent ΔW(C) fitted by least squares over K calibration queries: test error levels "
                     "off around K ≈ 10–25",
            "levels_at_K": [10, 25]},
+    "e6": {"source": "a later P1 version as summarised by one third party; THEORY §5.4 (UNCONFIRMED), §8.5",
+           "claim": "with an RNN as the contextual layer the marginal updates stay large and oscillate (do not "
+                    "converge)"},
     "recipe": {"source": "THEORY §5, the PyTorch replication",
                "lr": 1e-3, "steps": 2000, "batch_size": 64, "n_heads": 8, "d_head": 4, "d_mlp": 128, "d": 2,
                "n_points": 50},
@@ -269,6 +272,39 @@ def render(r: dict) -> str:
         else:
             text += ("The per-query updates nearly agree and yet the patch misses: its fit, not query dependence, "
                      "limits it.")
+        add(text)
+        add("")
+    if r.get("e6"):
+        e6, pe6 = r["e6"], P["e6"]
+        at, rn = e6["attention"], e6["rnn"]
+        keys = list(at["step_norm_at"])
+        add("## E6 — which contextual layer makes the steps decay: softmax attention vs an RNN (a later P1 version)")
+        add("")
+        add("![E6](e6_rnn_steps.png)")
+        add("")
+        add(f"Both untrained, on the same {fmt(e6['n_prompts'])} prompts: E2's attention block at its initial weights "
+            f"and an Elman RNN ({fmt(e6['d_hidden'])} units, recurrent spectral radius {fmt(e6['spectral_radius'])}) "
+            "read out at the query, each followed by an MLP. Median step norm:")
+        add("")
+        add("| i | " + " | ".join(keys) + " | log-log slope |")
+        add("|---|" + "---|" * (len(keys) + 1))
+        add("| softmax attention | " + " | ".join(fmt(at["step_norm_at"][k]) for k in keys)
+            + f" | {fmt(at['step_norm_slope'])} |")
+        add("| RNN | " + " | ".join(fmt(rn["step_norm_at"][k]) for k in keys) + f" | {fmt(rn['step_norm_slope'])} |")
+        add("")
+        verdicts = {(True, False): "Attention's steps decay and the RNN's do not",
+                    (True, True): "Both layers' steps decay here",
+                    (False, False): "Neither layer's steps decay here",
+                    (False, True): "The RNN's steps decay and attention's do not"}
+        text = (f"{verdicts[(at['decays'], rn['decays'])]} (\"decays\": slope ≤ {fmt(e6['decay_slope'])} for "
+                f"i ≥ {fmt(e6['fit_from'])}; last over first step: {fmt(at['last_over_first'])} attention, "
+                f"{fmt(rn['last_over_first'])} RNN). Paper: {pe6['claim']} ({pe6['source']}). ")
+        if at["decays"] and not rn["decays"]:
+            text += ("The decay E2 shows is a property of averaging (attention's output is a running weighted mean, "
+                     "THEORY §8.5), not of the implicit update or of learning: ")
+        text += (f"the identity holds for the RNN just as well (largest error {fmt(e6['rnn_identity_max_abs_diff'])}, "
+                 f"tolerance {fmt(e6['tol_f64'])}: {fmt(e6['agrees_f64'])}), since P1's theorem needs any contextual "
+                 "layer, not attention.")
         add(text)
         add("")
     add("## Timing")

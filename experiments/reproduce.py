@@ -1,4 +1,4 @@
-"""``implicit-icl reproduce``: train, run E1–E5, draw the figures, write report.json and report.md.
+"""``implicit-icl reproduce``: train, run E1–E6, draw the figures, write report.json and report.md.
 
 Which model each experiment studies:
 
@@ -8,6 +8,7 @@ Which model each experiment studies:
   the model E1 just trained (the same recipe and seed as the bundled model). The untrained baseline is the same
   architecture at its seeded initial weights.
 - E5 (``p1`` only) studies the E2/E3 model on the E2 prompts' contexts with fresh queries.
+- E6 (``p1`` only) compares E2's untrained attention block with an untrained RNN contextual layer, same prompts.
 - E4 studies the ``p2`` stack: E1's model when ``--preset p2``, else a ``p2`` run in ``OUT/train_p2``
   (or ``--checkpoint`` when it is a ``p2`` stack).
 """
@@ -65,7 +66,7 @@ def _model_record(path: Path, description: str) -> tuple[dict, object, dict, dic
 
 def reproduce(preset_name: str, out, quick: bool = False, checkpoint=None, seed: int = 0, progress: bool = True,
               log=None, settings: dict | None = None, command: str | None = None) -> dict:
-    """Run E1–E5 into ``out``; returns the report dict (also written as ``out/report.json``)."""
+    """Run E1–E6 into ``out``; returns the report dict (also written as ``out/report.json``)."""
     import torch
 
     from . import plots
@@ -100,7 +101,7 @@ def reproduce(preset_name: str, out, quick: bool = False, checkpoint=None, seed:
     e1 = E.e1(metrics)
     *_, models["E1"] = _model_record(model_path, f"trained in this run (`train_{preset_name}/model.npz`)")
 
-    e2 = e3 = e5 = None
+    e2 = e3 = e5 = e6 = None
     if preset_name == "p1":
         if ext is not None and not ext[2].get("n_blocks"):
             params, cfg, meta, rec = ext
@@ -129,6 +130,8 @@ def reproduce(preset_name: str, out, quick: bool = False, checkpoint=None, seed:
             torch.set_num_threads(threads)
         log(f"E5: a query-independent ΔW(C) fitted on K calibration queries, {S['e5_test_queries']} new queries")
         e5 = timed("E5 thought patch", lambda: E.e5(params, cfg, prompts, S["e5_test_queries"], seed))
+        log("E6: the same step norms with an RNN as the contextual layer (untrained)")
+        e6 = timed("E6 RNN contextual layer", lambda: E.e6(un, prompts, cfg.d_mlp, seed))
 
     # ---- E4: the p2 stack.
     if preset_name == "p2":
@@ -154,7 +157,7 @@ def reproduce(preset_name: str, out, quick: bool = False, checkpoint=None, seed:
         "settings": {"train": {k: v.to_dict() for k, v in presets.items()}, "e2_prompts": S["e2_prompts"],
                      "e3_held_out": S["e3_held_out"], "e4_prompts": S["e4_prompts"],
                      "e5_test_queries": S["e5_test_queries"], "sgd_lr_grid": list(SGD_LR_GRID)},
-        "models": models, "paper": PAPER, "e1": e1, "e2": e2, "e3": e3, "e4": e4, "e5": e5,
+        "models": models, "paper": PAPER, "e1": e1, "e2": e2, "e3": e3, "e4": e4, "e5": e5, "e6": e6,
     }
     t0 = time.perf_counter()
     figures = [plots.plot_e1(e1, out, preset_name)]
@@ -165,6 +168,8 @@ def reproduce(preset_name: str, out, quick: bool = False, checkpoint=None, seed:
     figures += plots.plot_e4(e4, out)
     if e5:
         figures.append(plots.plot_e5(e5, out))
+    if e6:
+        figures.append(plots.plot_e6(e6, out))
     timings["figures"] = time.perf_counter() - t0
     report["figures"] = figures
     report["timings_s"] = timings

@@ -1,9 +1,9 @@
-"""``implicit-icl reproduce``: the papers' experiments E1–E5 in one command."""
+"""``implicit-icl reproduce``: the papers' experiments E1–E6 in one command."""
 from __future__ import annotations
 
 import sys
 
-HELP = "reproduce the papers' experiments E1-E5 (figures, report.json, report.md)"
+HELP = "reproduce the papers' experiments E1-E6 (figures, report.json, report.md)"
 DESCRIPTION = """\
 Train and run the experiments of P1 (Dherin et al.) and P2 (Innocenti & Achour) on in-context linear regression:
 
@@ -14,6 +14,8 @@ Train and run the experiments of P1 (Dherin et al.) and P2 (Innocenti & Achour) 
   E4  the p2 stack: per-block identity errors at every position, rank(sum_i dW_i), token alignment
   E5  a query-independent dW(C) ("thought patch") fitted on K calibration queries, error on new queries
       against K (p1; from a later P1 version, details UNCONFIRMED)
+  E6  step norms with an untrained RNN as the contextual layer vs untrained softmax attention (p1; a later
+      P1 version, UNCONFIRMED): which layer makes the steps decay
 
 Writes PNG figures, report.json (every number) and report.md (generated from report.json) into OUT.
 --quick trains briefly (under 3 minutes on a 2-core CPU) and studies the bundled p1 model in E2/E3; without it

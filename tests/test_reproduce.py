@@ -1,4 +1,4 @@
-"""implicit-icl reproduce: E1–E5 on a tiny setting of the same code path, the report's provenance, the pieces."""
+"""implicit-icl reproduce: E1–E6 on a tiny setting of the same code path, the report's provenance, the pieces."""
 from __future__ import annotations
 
 import json
@@ -27,7 +27,7 @@ TINY = {"train": {"p1": dict(steps=40, eval_every=20, checkpoint_every=20, val_p
                   "p2": dict(steps=30, eval_every=15, checkpoint_every=15, val_prompts=8, n_points=12)},
         "e2_prompts": 12, "e3_held_out": 12, "e4_prompts": 2, "e5_test_queries": 20}
 FIGURES = ["e1_training.png", "e2_convergence.png", "e3_finetuning.png", "e4_identity.png", "e4_alignment.png",
-           "e5_thought_patch.png"]
+           "e5_thought_patch.png", "e6_rnn_steps.png"]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,8 @@ def test_reproduce_writes_every_figure_and_both_reports(quick_run):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, name
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk["figures"] == FIGURES
-    assert set(on_disk["timings_s"]) >= {"E1 train p1", "E4 train p2", "E4 identities", "E5 thought patch", "figures"}
+    assert set(on_disk["timings_s"]) >= {"E1 train p1", "E4 train p2", "E4 identities", "E5 thought patch",
+                                         "E6 RNN contextual layer", "figures"}
     # report.md is generated from report.json as written.
     assert (out / "report.md").read_text() == render(on_disk)
 
@@ -71,6 +72,9 @@ def test_reproduce_results_state_the_papers_facts(quick_run):
     assert at["1"] > 10 * at["50"] and e5["mse_no_update_to_context"] > 100 * at["50"]
     assert e5["calibration_rank"] == 2             # plain block, no attention bias: a(x) = W_o W_v (ξ, 0)
     assert e5["levels_at_K"] <= 10 and e5["per_query_alignment_median"] < 0.9
+    e6 = r["e6"]                                   # seeded: attention decays like 1/i, the RNN does not
+    assert e6["attention"]["decays"] and not e6["rnn"]["decays"] and e6["agrees_f64"]
+    assert e6["attention"]["step_norm_slope"] < -0.7 and abs(e6["rnn"]["step_norm_slope"]) < 0.3
 
 
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e[-+]\d+)?")
@@ -136,16 +140,20 @@ def test_report_claims_follow_the_numbers(quick_run):
                    alignment_verdict="about zero")
     assert "One patch fitted on K =" in md and "The exact per-query updates differ" in md
     assert "nearly matches it" in md
+    assert "Attention's steps decay and the RNN's do not" in md and "a property of averaging" in md
     r["e5"].update(patch_over_no_update=0.3, per_query_alignment_median=0.97, levels_at_K=50)
+    r["e6"]["rnn"]["decays"] = True
     md = render(r)
     for claim in ("The curves overlap as P1 reports", "It does here too", "The model learns in context",
                   "both losses fall with i", "share a direction without", "keeps improving",
                   "One patch fitted on K =", "The exact per-query updates differ", "nearly matches it",
-                  "Query dependence (THEORY §8.2) is real", "no single patch stands for the context"):
+                  "Query dependence (THEORY §8.2) is real", "no single patch stands for the context",
+                  "Attention's steps decay and the RNN's do not", "a property of averaging"):
         assert claim not in md, claim
     for honest in ("differ by more than the tolerance", "Here it does not decrease", "does NOT clearly learn",
                    "neither loss falls with i", "do not share a direction", "recovers only part",
-                   "barely differ", "levels off later", "its fit, not query dependence"):
+                   "barely differ", "levels off later", "its fit, not query dependence",
+                   "Both layers' steps decay here"):
         assert honest in md, honest
 
 
@@ -194,6 +202,24 @@ def test_thought_patch_of_one_query_is_its_implicit_update_for_every_kind():
         one = apply_update(params, exact)
         np.testing.assert_allclose(block_output(one, cfg, C[:0], X[0]), block_output(params, cfg, C, X[0]),
                                    atol=1e-12)
+
+
+def test_rnn_contextual_layer_identity_and_prefix_taps():
+    """The RNN's prefix taps equal running it on each prefix, and P1's identity holds for it (any contextual layer)."""
+    from implicit_icl.experiments import rnn
+
+    p = rnn.init_rnn(3, 5, 8, seed=0)
+    rng = np.random.default_rng(0)
+    C, x = rng.standard_normal((6, 3)), rng.standard_normal(3)
+    taps = rnn.prefix_taps(p, C, x)
+    for i in range(7):
+        h = np.zeros(5)
+        for z in list(C[:i]) + [x]:
+            h = np.tanh(p["rnn.W_h"] @ h + p["rnn.W_z"] @ z + p["rnn.b_h"])
+        np.testing.assert_allclose(taps[i], p["rnn.W_o"] @ h + p["rnn.b_o"], atol=1e-14)
+    assert np.max(np.abs(np.linalg.eigvals(p["rnn.W_h"]))) == pytest.approx(0.9)
+    steps, err = rnn.step_norms(p, C, x)
+    assert steps.shape == (6,) and err < 1e-13 and np.all(steps > 0)
 
 
 def test_levels_off_at_needs_every_larger_K_to_stay_close():
