@@ -110,7 +110,7 @@ def reproduce(preset_name: str, out, quick: bool = False, checkpoint=None, seed:
                                                    "(`implicit_icl/data/p1.npz`)")
         else:
             params, cfg, meta, rec = _model_record(model_path, "trained in this run (E1)")
-        models["E2/E3"] = rec
+        models["E2/E3/E5"] = rec
         init_seed = meta.get("seed", seed)
         untrained = {k: v.numpy().astype(np.float64) for k, v in init_params(cfg, 0, init_seed).items()}
         d = cfg.d_model - 1
