@@ -371,15 +371,16 @@ def levels_off_at(med: dict, factor: float):
 DECAY_SLOPE = -0.5
 
 
-def e6(attention_untrained: list, prompts, d_mlp: int, seed: int, d_hidden: int = 16, fit_from: int = 5) -> dict:
+def e6(attention_untrained: list, prompts, d_mlp: int, seed: int, d_hidden: int = 16, fit_from: int = 5,
+       spectral_radius: float = 0.9) -> dict:
     """Step norms ``‖ΔW_{i+1} − ΔW_i‖`` against i with softmax attention (E2's untrained block, its trajectories
     ``attention_untrained``) and with an untrained RNN as the contextual layer (``rnn.py``), on the same prompts."""
     from . import rnn
 
-    params = rnn.init_rnn(prompts.Z.shape[-1], d_hidden, d_mlp, seed)
+    params = rnn.init_rnn(prompts.Z.shape[-1], d_hidden, d_mlp, seed, spectral_radius)
     runs = [rnn.step_norms(params, z[:-1], z[-1]) for z in prompts.Z]
     out = {"i": list(range(len(runs[0][0]))), "fit_from": fit_from, "n_prompts": len(runs), "d_hidden": d_hidden,
-           "spectral_radius": 0.9, "decay_slope": DECAY_SLOPE,
+           "spectral_radius": spectral_radius, "decay_slope": DECAY_SLOPE,
            "rnn_identity_max_abs_diff": max(err for _, err in runs), "tol_f64": TOL_F64}
     for name, steps in (("attention", np.stack([t.step_norm for t in attention_untrained])),
                         ("rnn", np.stack([s for s, _ in runs]))):
@@ -388,7 +389,7 @@ def e6(attention_untrained: list, prompts, d_mlp: int, seed: int, d_hidden: int 
         slope = _loglog_slope(i[i >= fit_from], med[i >= fit_from])
         out[name] = {"step_norm": _bands(steps), "step_norm_slope": slope, "decays": bool(slope <= DECAY_SLOPE),
                      "step_norm_at": {str(k): float(med[k]) for k in _marks(steps.shape[1] - 1, start=1)},
-                     "last_over_first": float(med[-1] / med[1])}
+                     "last_over_first": float(med[-1] / med[1])}                # step at i = n−1 over i = 1
     out["agrees_f64"] = bool(out["rnn_identity_max_abs_diff"] <= TOL_F64)
     return out
 

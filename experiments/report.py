@@ -297,14 +297,22 @@ def render(r: dict) -> str:
                     (False, False): "Neither layer's steps decay here",
                     (False, True): "The RNN's steps decay and attention's do not"}
         text = (f"{verdicts[(at['decays'], rn['decays'])]} (\"decays\": slope ≤ {fmt(e6['decay_slope'])} for "
-                f"i ≥ {fmt(e6['fit_from'])}; last over first step: {fmt(at['last_over_first'])} attention, "
-                f"{fmt(rn['last_over_first'])} RNN). Paper: {pe6['claim']} ({pe6['source']}). ")
-        if at["decays"] and not rn["decays"]:
-            text += ("The decay E2 shows is a property of averaging (attention's output is a running weighted mean, "
-                     "THEORY §8.5), not of the implicit update or of learning: ")
-        text += (f"the identity holds for the RNN just as well (largest error {fmt(e6['rnn_identity_max_abs_diff'])}, "
-                 f"tolerance {fmt(e6['tol_f64'])}: {fmt(e6['agrees_f64'])}), since P1's theorem needs any contextual "
-                 "layer, not attention.")
+                f"i ≥ {fmt(e6['fit_from'])}; step at i = {keys[-1]} over step at i = {keys[0]}: "
+                f"{fmt(at['last_over_first'])} attention, {fmt(rn['last_over_first'])} RNN). "
+                f"Paper: {pe6['claim']} ({pe6['source']}). ")
+        identity = (f"(largest error {fmt(e6['rnn_identity_max_abs_diff'])}, tolerance {fmt(e6['tol_f64'])}: "
+                    f"{fmt(e6['agrees_f64'])})")
+        if e6["agrees_f64"]:
+            if at["decays"] and not rn["decays"]:
+                text += ("The decay E2 shows is a property of averaging (attention's output is a running weighted "
+                         "mean, THEORY §8.5), not of the implicit update or of learning: the identity holds for the "
+                         f"RNN just as well {identity}, since P1's theorem needs any contextual layer, not attention.")
+            else:
+                text += (f"The identity holds for the RNN just as well {identity}: P1's theorem needs any contextual "
+                         "layer, not attention.")
+        else:
+            text += (f"The identity check on the RNN FAILED {identity}, which the algebra does not allow: a bug, "
+                     "not a finding.")
         add(text)
         add("")
     add("## Timing")

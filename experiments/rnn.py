@@ -40,6 +40,14 @@ def _step(p: dict, h: np.ndarray, z: np.ndarray) -> np.ndarray:
     return np.tanh(h @ p["rnn.W_h"].T + z @ p["rnn.W_z"].T + p["rnn.b_h"])
 
 
+def run(p: dict, Z: np.ndarray) -> np.ndarray:
+    """``A(z_1..z_T)``: the RNN over the whole sequence ``Z`` (T, D), read out after the last row, ``(D,)``."""
+    h = np.zeros(p["rnn.W_h"].shape[0])
+    for z in Z:
+        h = _step(p, h, z)
+    return h @ p["rnn.W_o"].T + p["rnn.b_o"]
+
+
 def prefix_taps(p: dict, context: np.ndarray, query: np.ndarray) -> np.ndarray:
     """``A(c_1..c_i, x)`` for i = 0..n, ``(n+1, D)``: one pass over the context, one query step per prefix."""
     H = p["rnn.W_h"].shape[0]
@@ -52,13 +60,17 @@ def prefix_taps(p: dict, context: np.ndarray, query: np.ndarray) -> np.ndarray:
 
 def step_norms(p: dict, context: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, float]:
     """``‖ΔW_{i+1} − ΔW_i‖`` for i = 0..n−1 (P1 Prop. 3.1 with the RNN's taps), and the largest identity error
-    ``max_i |MLP_{W+ΔW_i}(A(x)) − MLP_W(A(c_1..c_i, x))|`` (the theorem for an RNN: round-off)."""
+    ``max_i |MLP_{W+ΔW_i}(A(x)) − MLP_W(A(c_1..c_i, x))|`` with both sides from :func:`run`, the RNN re-run on the
+    query alone and on each checked prefix (every eighth, and the whole context): the theorem for an RNN."""
     a = prefix_taps(p, context, query)                                           # (n+1, D)
     u = (a - a[0]) @ p["mlp.W"].T                                                # (n+1, M)
     a_norm = np.linalg.norm(a[0])
     cfg = BlockConfig(d_model=a.shape[1], d_mlp=u.shape[1], activation="relu")
+    alone = run(p, query[None])                                                  # A(x), independently of a[0]
     err = 0.0
-    for i in range(0, len(a), max(1, len(a) // 8)):                              # the identity at a few prefixes
+    n = len(context)
+    for i in sorted(set(range(0, n + 1, max(1, (n + 1) // 8))) | {n}):
         updated = dict(p, **{"mlp.W": p["mlp.W"] + np.outer(u[i], a[0]) / a_norm ** 2})
-        err = max(err, float(np.max(np.abs(mlp(updated, cfg, a[0]) - mlp(p, cfg, a[i])))))
+        with_context = run(p, np.concatenate([context[:i], query[None]]))        # A(c_1..c_i, x), re-run
+        err = max(err, float(np.max(np.abs(mlp(updated, cfg, alone) - mlp(p, cfg, with_context)))))
     return np.linalg.norm(np.diff(u, axis=0), axis=1) / a_norm, err             # (n,), float

@@ -157,6 +157,17 @@ def test_report_claims_follow_the_numbers(quick_run):
         assert honest in md, honest
 
 
+def test_e6_identity_sentence_follows_the_check(quick_run):
+    out, _ = quick_run
+    r = json.loads((out / "report.json").read_text())
+    r["e6"]["rnn"]["decays"] = True
+    text = render(r).split("## E6")[1]
+    assert "The identity holds for the RNN just as well" in text and "a property of averaging" not in text
+    r["e6"].update(agrees_f64=False, rnn_identity_max_abs_diff=0.3)
+    text = render(r).split("## E6")[1]
+    assert "identity check on the RNN FAILED" in text and "holds for the RNN" not in text
+
+
 def test_e5_claims_cover_each_combination(quick_run):
     """Whether the per-query updates differ and whether one patch works are independent facts: each of the four
     combinations gets its own sentence, and none contradicts the other."""

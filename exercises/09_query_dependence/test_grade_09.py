@@ -4,8 +4,13 @@ import numpy as np
 from implicit_icl import reference as ref
 from implicit_icl.grading import call, check_close, check_shape, check_true
 
-CFG = ref.BlockConfig(d_model=4, d_mlp=12, n_heads=2, kind="plain", activation="gelu", attn_bias=True)
+# A residual block: its bias update Δb = r(C, x) − r(x) is non-zero and differs from query to query, so every
+# check below also tests Δb. The last check uses a plain block (no bias update), where K ≤ d_model queries are fitted
+# exactly in the output too.
+CFG = ref.BlockConfig(d_model=4, d_mlp=12, n_heads=2, kind="residual", activation="gelu", attn_bias=True)
 PARAMS = ref.init_block(CFG, seed=9, bias_std=0.3)
+CFG_PLAIN = ref.BlockConfig(d_model=4, d_mlp=12, n_heads=2, kind="plain", activation="gelu", attn_bias=True)
+PARAMS_PLAIN = ref.init_block(CFG_PLAIN, seed=9, bias_std=0.3)
 _rng = np.random.default_rng(90)
 C = _rng.standard_normal((8, 4))
 X, X_OTHER = _rng.standard_normal((2, 4))
@@ -34,7 +39,8 @@ def test_own_query_is_exact(student):
     """with x_other = x it is the theorem: T_{W+ΔW(C,x)}(x) = T_W(C, x)"""
     check_close("output_with_update_of(params, cfg, C, x, x)", call(student, "output_with_update_of",
                 PARAMS, CFG, C, X, X), ref.block_output(PARAMS, CFG, C, X), rtol=1e-9, atol=1e-12,
-                hint="apply x's implicit_update (ΔW and Δb) and run x with an EMPTY context (C[:0])")
+                hint="apply x's implicit_update, ΔW AND Δb (apply_update adds both), and run x with an EMPTY "
+                     "context (C[:0])")
 
 
 def test_output_with_update_of_values(student):
@@ -42,7 +48,7 @@ def test_output_with_update_of_values(student):
     want = _output_alone(ref.apply_update(PARAMS, ref.implicit_update(PARAMS, CFG, C, X)), X_OTHER)
     check_close("output_with_update_of(params, cfg, C, x, x_other)",
                 call(student, "output_with_update_of", PARAMS, CFG, C, X, X_OTHER), want,
-                hint="the update is x's (implicit_update with query x), the input is x_other run alone")
+                hint="the update is x's (implicit_update with query x, ΔW and Δb), the input is x_other run alone")
 
 
 def test_other_query_misses(student):
@@ -68,11 +74,12 @@ def test_patch_of_one_query_is_its_update(student):
     dW, db = call(student, "patch", PARAMS, CFG, C, X[None])
     exact = ref.implicit_update(PARAMS, CFG, C, X)
     check_close("patch(params, cfg, C, [x])[0]", dW, exact.delta_W, hint="min-norm solution of ΔW a = u")
-    check_close("patch(params, cfg, C, [x])[1]", db, exact.delta_b, hint="the mean of one Δb is that Δb")
+    check_close("patch(params, cfg, C, [x])[1]", db, exact.delta_b,
+                hint="the mean of one Δb is that Δb (implicit_update(...).delta_b; not zero for a residual block)")
 
 
 def test_patch_fits_every_calibration_query(student):
-    """K = 2 ≤ d_model: the patch maps every a_k to a_k + ΔA_k, so the block reproduces the context for each"""
+    """K = 2 ≤ d_model: ΔW fits both queries, (W + ΔW) a_k = W a(C, x_k): each query's in-context pre-activation"""
     dW, _ = call(student, "patch", PARAMS, CFG, C, CALIB2)
     dW = check_shape("delta_W", dW, (12, 4))
     for k, q in enumerate(CALIB2):
@@ -88,7 +95,8 @@ def test_patch_is_minimum_norm_least_squares(student):
     want_W, want_b = _reference_patch(CALIB10)
     check_close("patch(params, cfg, C, 10 queries)[0]", dW, want_W,
                 hint="np.linalg.lstsq(A, U)[0].T with rows a_k in A (K, D) and u_k in U (K, M)")
-    check_close("patch(params, cfg, C, 10 queries)[1]", db, want_b, hint="the mean of the ten Δb_k")
+    check_close("patch(params, cfg, C, 10 queries)[1]", db, want_b,
+                hint="the mean (not the sum) of the ten Δb_k = implicit_update(...).delta_b")
 
 
 def test_patch_misses_shape_and_values(student):
@@ -99,13 +107,15 @@ def test_patch_misses_shape_and_values(student):
     patched = dict(PARAMS, **{"mlp.W": PARAMS["mlp.W"] + dW, "mlp.b_out": PARAMS["mlp.b_out"] + db})
     want = [np.max(np.abs(_output_alone(patched, x) - ref.block_output(PARAMS, CFG, C, x))) for x in TEST]
     check_close("patch_misses(...)", got, want,
-                hint="patched block on x ALONE (empty context) against the original block WITH the context")
+                hint="patched block (mlp.W + ΔW AND mlp.b_out + Δb) on x ALONE (empty context) against the original "
+                     "block WITH the context; the max of the absolute differences")
 
 
 def test_patch_misses_vanish_on_the_calibration_queries(student):
-    """your patch of K = 2 queries, measured by your patch_misses on those queries: round-off only"""
-    dW, db = call(student, "patch", PARAMS, CFG, C, CALIB2)
+    """a plain block (no Δb): your patch of K = 2 queries, measured by your patch_misses on them, is round-off"""
+    dW, db = call(student, "patch", PARAMS_PLAIN, CFG_PLAIN, C, CALIB2)
     misses = check_shape("patch_misses on the calibration queries",
-                         call(student, "patch_misses", PARAMS, CFG, C, dW, db, CALIB2), (2,))
-    check_close("patch_misses on the calibration queries", misses, np.zeros(2), atol=1e-10,
-                hint="a plain block has no bias update, and ΔW must fit both queries: see the previous checks")
+                         call(student, "patch_misses", PARAMS_PLAIN, CFG_PLAIN, C, dW, db, CALIB2), (2,))
+    check_close("patch_misses on the calibration queries (plain block)", misses, np.zeros(2), atol=1e-10,
+                hint="ΔW must fit both queries at once (see the checks above); in a residual block the ONE Δb cannot "
+                     "equal both Δb_k, which is why this check uses a plain block")
