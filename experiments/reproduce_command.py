@@ -19,7 +19,7 @@ Train and run the experiments of P1 (Dherin et al.) and P2 (Innocenti & Achour) 
 
 Writes PNG figures, report.json (every number) and report.md (generated from report.json) into OUT.
 --quick trains briefly (under 3 minutes on a 2-core CPU) and studies the bundled p1 model in E2/E3/E5; without it
-the full recipes are trained (measured: 3.5 minutes on a 2-core CPU, of which 3.4 training). Rerunning into the
+the full recipes are trained (measured: 2.5 minutes on a 2-core CPU, most of it training). Rerunning into the
 same OUT resumes (or reuses) its training runs.
 """
 
