@@ -268,8 +268,11 @@ def copy_course(dest: str | os.PathLike, source: str | os.PathLike | None = None
     """Copy the course into ``dest`` for a student to edit; returns ``(copied, kept)``.
 
     A file that already exists in ``dest`` is kept as it is (never overwritten: it may hold the student's work).
-    Each file is written to a temporary name and renamed, so an interrupted copy leaves no half-written file.
+    Each file is written atomically (``checkpoint.atomic_write_bytes``): an interrupted copy leaves no half-written
+    file.
     """
+    from implicit_icl.checkpoint import atomic_write_bytes
+
     source = Path(source) if source is not None else installed_course()
     dest = Path(dest)
     if not source.is_dir():
@@ -283,10 +286,8 @@ def copy_course(dest: str | os.PathLike, source: str | os.PathLike | None = None
             if target.exists():
                 kept.append(target)
                 continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.tmp")
-            tmp.write_bytes(src.read_bytes())
-            os.replace(tmp, target)
+            data = src.read_bytes()
+            atomic_write_bytes(target, lambda f: f.write(data))
             copied.append(target)
     return copied, kept
 
