@@ -65,9 +65,11 @@ def subset_updates(params: dict, cfg: BlockConfig, context, query, keep) -> Upda
     ``T_W(C, x) = T_{W+ΔW_k}(C_S, x)``. Stacked: ``u`` ``(K, d_mlp)``, ``a`` and ``delta_b`` ``(K, d_model)``.
     """
     keep = np.asarray(keep)
-    full = np.ones((1, keep.shape[-1] if keep.ndim == 2 else 0), dtype=bool)
-    a_S, r_S = query_taps(params, cfg, context, query, keep)             # validates keep
-    a_C, r_C = query_taps(params, cfg, context, query, full)              # (1, D) each
+    n = np.shape(context)[0] if np.ndim(context) == 2 else -1
+    if keep.dtype == np.bool_ and keep.ndim == 2 and keep.shape[1] == n:   # one pass: the K subsets, then all of C
+        keep = np.concatenate([keep, np.ones((1, n), dtype=bool)])
+    a, r = query_taps(params, cfg, context, query, keep)                  # validates keep: (K+1, D) each
+    a_S, r_S, a_C, r_C = a[:-1], r[:-1], a[-1:], r[-1:]
     _check_norm(a_S, cfg, "subset")
     u = (a_C - a_S) @ np.asarray(params["mlp.W"]).T                       # (K, M)
     return Update(u=u, a=a_S, delta_b=r_C - r_S)
