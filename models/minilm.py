@@ -559,21 +559,21 @@ def text_trajectory(text: str, layer: int, position: int | None = None, *,
     ``token_strings[i-1]``) and ``token_strings[-1]`` is the query token. ``position`` defaults to the last real
     token before ``[SEP]``. Loads the bundled model unless ``model`` is given.
     """
+    tokens, traj, _ = text_trajectories(text, layer, position, baseline_seed=None, model=model)
+    return tokens, traj
+
+
+def text_trajectories(text: str, layer: int, position: int | None = None, *, baseline_seed: int | None = 0,
+                      model: MiniLM | None = None) -> tuple[list, Trajectory, Trajectory | None]:
+    """:func:`text_trajectory` and, from the same encoding, the same dynamics on :func:`matched_random_block` of the
+    layer with the same input rows (``None`` when ``baseline_seed`` is ``None``): the walkthrough's data for a real
+    model, ``(token_strings, trajectory, baseline)``."""
     model = load_minilm() if model is None else model
     layer = check_layer(model, layer)
     enc, H = encode(model, text)
     p = resolve_position(enc.tokens, position)
     context, query, context_index = split_query(H[layer], p)
     traj = prefix_trajectory(model.blocks[layer], model.cfg, context, query)   # = reference trajectory, one pass
-    return [enc.tokens[i] for i in context_index] + [enc.tokens[p]], traj
-
-
-def text_baseline_trajectory(text: str, layer: int, position: int | None = None, *, seed: int = 0,
-                             model: MiniLM | None = None) -> Trajectory:
-    """:func:`text_trajectory`'s dynamics on :func:`matched_random_block` of the layer (same input rows): the
-    walkthrough's baseline for a real model."""
-    model = load_minilm() if model is None else model
-    layer = check_layer(model, layer)
-    enc, H = encode(model, text)
-    context, query, _ = split_query(H[layer], resolve_position(enc.tokens, position))
-    return prefix_trajectory(matched_random_block(model.blocks[layer], seed), model.cfg, context, query)
+    baseline = None if baseline_seed is None else prefix_trajectory(
+        matched_random_block(model.blocks[layer], baseline_seed), model.cfg, context, query)
+    return [enc.tokens[i] for i in context_index] + [enc.tokens[p]], traj, baseline

@@ -319,9 +319,10 @@ def test_all_layers_baseline_is_each_layers_random_twin(tiny):
     assert none.baselines is None and "baseline_relative_norm" not in none.to_dict()["layers"][0]
 
 
-def test_text_baseline_trajectory_is_the_random_layers_dynamics(tiny):
-    base = minilm.text_baseline_trajectory("the cat sat", 2, seed=5, model=tiny)
-    _, traj = minilm.text_trajectory("the cat sat", 2, model=tiny)
+def test_text_trajectories_baseline_is_the_random_layers_dynamics(tiny):
+    tokens, traj, base = minilm.text_trajectories("the cat sat", 2, baseline_seed=5, model=tiny)
+    assert (tokens, traj.n) == (minilm.text_trajectory("the cat sat", 2, model=tiny)[0], 4)
+    assert minilm.text_trajectories("the cat sat", 2, baseline_seed=None, model=tiny)[2] is None
     assert base.n == traj.n and not np.allclose(base.u, traj.u)
     enc, H = minilm.encode(tiny, "the cat sat")
     context, query, _ = minilm.split_query(H[2], 3)

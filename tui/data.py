@@ -9,7 +9,7 @@ Builders:
 
 - ``regression_data``: a block (trained checkpoint or random) on one in-context regression prompt (P1 §4).
 - ``default_data``: the bundled trained checkpoint if it exists, else a seeded random ``plain`` block.
-- ``text_data``: a real pretrained model through ``implicit_icl.models.minilm.text_trajectory`` (a hook; the
+- ``text_data``: a real pretrained model through ``implicit_icl.models.minilm.text_trajectories`` (a hook; the
   loader lives elsewhere).
 """
 from __future__ import annotations
@@ -243,30 +243,28 @@ def default_data(*, n_tokens: int | None = None, seed: int = 0, random: bool = F
 
 
 def text_data(model: str, text: str, *, layer: int = 0, position: int | None = None) -> WalkthroughData:
-    """A real pretrained model on ``text``: ``implicit_icl.models.<model>.text_trajectory(text, layer, position)``
-    returns ``(token_strings, Trajectory)``; the context is the tokens before the query position."""
+    """A real pretrained model on ``text``: ``implicit_icl.models.<model>.text_trajectories(text, layer, position)``
+    returns ``(token_strings, Trajectory, baseline Trajectory)``, the baseline on a random layer of the same shapes
+    and weight scale; the context is the other tokens in text order."""
     import importlib
 
     if model != "minilm":
         raise WalkthroughError(f"--model must be 'minilm', got {model!r}")
     try:
         module = importlib.import_module("implicit_icl.models.minilm")
-        text_trajectory = module.text_trajectory
+        text_trajectories = module.text_trajectories
     except (ImportError, AttributeError) as exc:
         raise WalkthroughError(
-            f"--model minilm needs implicit_icl.models.minilm.text_trajectory, which is not available here ({exc})"
+            f"--model minilm needs implicit_icl.models.minilm.text_trajectories, which is not available here ({exc})"
         ) from None
     try:
-        tokens, traj = text_trajectory(text, layer, position)
+        tokens, traj, baseline = text_trajectories(text, layer, position, baseline_seed=0)
     except ImportError as exc:                                        # a missing optional extra: say what to install
         raise WalkthroughError(str(exc)) from None
-    baseline = None
-    if hasattr(module, "text_baseline_trajectory"):                   # a random layer of the same shapes and scale
-        baseline = module.text_baseline_trajectory(text, layer, position, seed=0)
     tokens = [str(t) for t in tokens]
     n = traj.n
     if len(tokens) < n:
-        raise WalkthroughError(f"text_trajectory returned {len(tokens)} token strings for {n} context tokens")
+        raise WalkthroughError(f"text_trajectories returned {len(tokens)} token strings for {n} context tokens")
     query = tokens[n] if len(tokens) > n else "(query)"
     return WalkthroughData(
         title=f"{model} layer {layer} · {text[:40]!r}",
