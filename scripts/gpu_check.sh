@@ -102,10 +102,11 @@ set -e
 if [ $status -ne 0 ]; then log "FAIL: $DEVICE is not available to torch on this machine"; exit 3; fi
 
 # 3. conformance on CUDA: scenarios, golden fixtures, and the torch backend's own tests (its CUDA test included)
+CONFORMANCE_TESTS="tests/conformance/test_conformance.py tests/conformance/test_golden.py tests/test_backend_torch.py"
 log "conformance suite on $DEVICE"
 set +e
-IMPLICIT_ICL_CONFORMANCE_DEVICES="$DEVICE" timeout 130 "$PY" -m pytest -q -rs -p no:cacheprovider \
-  tests/conformance/test_conformance.py tests/conformance/test_golden.py tests/test_backend_torch.py \
+# shellcheck disable=SC2086  # CONFORMANCE_TESTS is a list of paths
+IMPLICIT_ICL_CONFORMANCE_DEVICES="$DEVICE" timeout 130 "$PY" -m pytest -q -rs -p no:cacheprovider $CONFORMANCE_TESTS \
   --junitxml="$OUTDIR/conformance.xml" > "$OUTDIR/conformance.log" 2>&1
 TEST_RC=$?
 set -e

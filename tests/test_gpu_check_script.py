@@ -169,3 +169,41 @@ def test_the_gpu_check_refuses_a_machine_without_the_device(tmp_path):
     assert "FAIL: cuda is not available" in proc.stderr
     bad = _run_script(tmp_path, GPU_CHECK_DEVICE="tpu")
     assert bad.returncode == 2 and "GPU_CHECK_DEVICE must be cuda, cpu or mps" in bad.stderr
+
+
+def _conformance_tests() -> list[str]:
+    """The test files the script runs on the device, read from the script itself (one source of truth)."""
+    for line in SCRIPT.read_text().splitlines():
+        if line.startswith("CONFORMANCE_TESTS="):
+            return line.split("=", 1)[1].strip('"').split()
+    raise AssertionError("scripts/gpu_check.sh has no CONFORMANCE_TESTS= line")
+
+
+@needs_torch_and_bash
+def test_the_real_suite_selected_for_cuda_passes_the_verdict_once_its_cuda_cases_pass(tmp_path):
+    """A dress rehearsal of the verdict on the real suite, not on made-up reports: collect exactly what the script
+    runs with ``IMPLICIT_ICL_CONFORMANCE_DEVICES=cuda`` on this CPU machine, count each case skipped only for want
+    of CUDA as passed (what a working GPU does), and the verdict must be ok. This caught the NumPy reference's
+    bad-input cases being deselected as "cpu" cases that can never have a cuda twin."""
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: scripts/gpu_check.sh runs the real thing")
+    xml = tmp_path / "conformance.xml"
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *_conformance_tests(),
+                           f"--junitxml={xml}"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, IMPLICIT_ICL_CONFORMANCE_DEVICES="cuda"))
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    import xml.etree.ElementTree as ET
+    tree = ET.parse(xml)
+    made_to_pass = 0
+    for case in tree.getroot().iter("testcase"):
+        skipped = case.find("skipped")
+        if skipped is not None and "CUDA is not available" in skipped.get("message", ""):
+            case.remove(skipped)
+            made_to_pass += 1
+    tree.write(xml)
+    (tmp_path / "bench_cuda.json").write_text(json.dumps(GOOD_BENCH))
+    s = summary_mod.summarize(str(tmp_path), 0, 0, 100)
+    assert s["problems"] == [] and s["ok"] is True
+    assert made_to_pass > 500 and s["conformance"]["cuda_passed"] == made_to_pass
+    assert s["conformance"]["cpu_deselected_with_twin"] > 500       # every cpu case left out has its cuda twin

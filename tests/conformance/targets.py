@@ -7,7 +7,8 @@ found through the entry-point group ``implicit_icl.backends`` contribute their `
 against the golden fixtures (``test_golden.py``) and in the bad-input tests, not against itself.
 
 ``IMPLICIT_ICL_CONFORMANCE_DEVICES=cuda`` (comma-separated) keeps only targets on those device types (the GPU
-check script uses it); the others are then reported as skipped, with that reason.
+check script uses it); the others are then reported as skipped, with that reason. The ``numpy`` reference is
+never dropped: it has no device, and the GPU check requires a passed device twin for every case it deselects.
 """
 from __future__ import annotations
 
@@ -62,7 +63,8 @@ def targets(include_numpy: bool = False) -> list:
             pairs = list(getattr(loaded, "conformance_targets", [(None, None)]))
         for device, dtype in pairs:
             reason = _device_missing(device) if name == "torch" else None
-            reason = reason or _selected(device)
+            if name != "numpy":               # the reference is the CPU oracle: a device selection never drops it
+                reason = reason or _selected(device)
             marks = [pytest.mark.skip(reason=reason)] if reason else []
             out.append(pytest.param((name, device, dtype), id=f"{name}-{device}-{dtype}", marks=marks))
     return out
