@@ -83,16 +83,25 @@ fi
 "$PY" -c "import numpy, scipy, pytest, hypothesis" \
   || { log "FAIL: numpy, scipy, pytest and hypothesis are needed (pip install 'implicit-icl[torch,dev]')"; exit 2; }
 
-# 2. the machine
+# 2. the machine (an image-wide TF32 override would quietly lower float32 matmuls to TF32: not for this check)
+if [ -n "${TORCH_ALLOW_TF32_CUBLAS_OVERRIDE:-}" ]; then
+  log "TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=$TORCH_ALLOW_TF32_CUBLAS_OVERRIDE was set: unset for this check"
+  export GPU_CHECK_TF32_OVERRIDE_WAS="$TORCH_ALLOW_TF32_CUBLAS_OVERRIDE"
+fi
+unset TORCH_ALLOW_TF32_CUBLAS_OVERRIDE
 set +e
 "$PY" - "$OUTDIR/gpu_env.json" "$DEVICE" <<'PYEOF'
-import json, platform, sys, torch
+import json, os, platform, sys, torch
 device = sys.argv[2]
 available = {"cpu": True, "cuda": torch.cuda.is_available(),
              "mps": hasattr(torch.backends, "mps") and torch.backends.mps.is_available()}[device]
 info = {"device": device, "available": available, "python": platform.python_version(), "torch": torch.__version__,
         "cuda_available": torch.cuda.is_available(), "cuda_version": torch.version.cuda,
-        "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]}
+        "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        # TF32 matmuls would turn every float32 case into a 10-bit-mantissa one (and fail it): say what is set
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+        "tf32_override_env_unset": os.environ.get("GPU_CHECK_TF32_OVERRIDE_WAS")}
 json.dump(info, open(sys.argv[1], "w"), indent=2)
 print(json.dumps(info), file=sys.stderr)
 sys.exit(0 if available else 3)

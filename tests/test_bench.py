@@ -88,3 +88,28 @@ def test_a_failed_measurement_is_reported(capsys, monkeypatch):
     monkeypatch.setattr(bench, "worker", worker)
     assert main(["bench", "--quick", "--sizes", "8"]) == 1
     assert "FAILED scan n=8: RuntimeError: CUDA out of memory (simulated)" in capsys.readouterr().err
+
+
+def test_the_accuracy_figure_comes_right_after_the_scans(monkeypatch):
+    """A run cut short by a time limit (the GPU check gives the bench 160 s) must still hold the float32 error:
+    it is measured after the scans and before any budgeted baseline."""
+    order = []
+
+    def fake_worker(spec):
+        order.append(spec["op"])
+        return {"op": spec["op"], "n": spec.get("n"), "wall_s": 1.0, "extrapolated": False, "peak_rss_bytes": 1,
+                "max_rel_err_delta_W_norm": 0.0, "torch": {"ratio": 1.0}}
+
+    monkeypatch.setattr(bench, "worker", fake_worker)
+    bench.bench((64, 128), quick=True, budget=0.1, positions=16)
+    assert order[:3] == ["scan", "scan", "float32_error"]
+    assert order[-1] == "position_updates" and set(order[3:-1]) == OPS - {"scan"}
+
+
+@pytest.mark.parametrize("device, expected", [("cpu", True), ("cuda", None)])
+def test_the_host_memory_target_is_a_cpu_target(device, expected):
+    """On a GPU the process's host memory is mostly the CUDA libraries: the 2 GB target is left unmeasured."""
+    res = {"config": {"device": device}, "trajectory": [{"op": "scan", "n": 1 << 20, "wall_s": 1.0,
+                                                          "peak_rss_bytes": 1 << 30}],
+           "ratios": [], "float32_error": {}, "position_updates": {}}
+    assert bench._targets(res)["scan_1M_float32_peak_rss_under_2GB"] is expected
