@@ -113,6 +113,30 @@ def scenarios() -> list[Scenario]:
     out.append(Scenario(f"position_updates-own/{tag}", "position_updates", cfg, p, {"Z": Z}, {"query": "own"}))
     out.append(Scenario(f"trajectory/{tag}", "trajectory", cfg, p,
                         {"context": r.standard_normal((9, 6)), "query": r.standard_normal(6)}))
+    # a head dimension of 16 (the ones above are 2 to 6): on CUDA, float32 attention over (B, H, T, 16) takes the
+    # fused memory-efficient kernel of scaled_dot_product_attention and bfloat16 the flash kernel, the paths real
+    # models (GPT-2, MiniLM, the bench) take; one head of 16 keeps the fixtures small (appended last, as above)
+    for causal in (True, False):
+        cfg = BlockConfig(d_model=16, d_mlp=32, n_heads=1, kind="pre-ln", activation="gelu", causal=causal,
+                          attn_bias=True)
+        p = ref.init_block(cfg, seed=500 + causal, bias_std=0.3, ln_std=0.3)
+        r = _rng(500 + causal)
+        Z = r.standard_normal((10, 16))
+        tag = f"pre-ln-gelu-h1-dhead16{'' if causal else '-noncausal'}"
+        out.append(Scenario(f"attention/{tag}", "attention", cfg, p, {"Z": Z}))
+        if not causal:                                   # the kernel without its causal mask; the rest as above
+            continue
+        out.append(Scenario(f"block/{tag}", "block", cfg, p, {"Z": Z}))
+        out.append(Scenario(f"implicit_update/{tag}", "implicit_update", cfg, p, {"context": Z[:-1], "query": Z[-1]}))
+        out.append(Scenario(f"position_updates-own/{tag}", "position_updates", cfg, p, {"Z": Z}, {"query": "own"}))
+        out.append(Scenario(f"trajectory/{tag}", "trajectory", cfg, p,
+                            {"context": r.standard_normal((12, 16)), "query": r.standard_normal(16)}))
+    cfg = BlockConfig(d_model=16, d_mlp=32, n_heads=1, kind="pre-ln", activation="gelu", attn_bias=True)
+    blocks = ref.init_model(cfg, 2, seed=502, bias_std=0.2, ln_std=0.2)
+    T = _rng(502).standard_normal((10, 16))
+    out.append(Scenario("model_updates/pre-ln-dhead16", "model_updates", cfg, blocks, {"tokens": T}))
+    out.append(Scenario("model_trajectory/pre-ln-dhead16", "model_trajectory", cfg, blocks,
+                        {"context": T[:-1], "query": T[-1]}))
     return out
 
 
