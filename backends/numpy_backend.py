@@ -6,9 +6,17 @@ prefix: the O(n²) oracle that the torch backend's chunked pass is checked again
 """
 from __future__ import annotations
 
+from dataclasses import fields
+
 import numpy as np
 
 from implicit_icl import reference as ref
+from implicit_icl.reference.blocks import check_context_query
+from implicit_icl.reference.config import BlockConfig
+from implicit_icl.reference.validation import check_params
+
+UPDATE_FIELDS = ("u", "a", "delta_b")
+TRAJECTORY_FIELDS = tuple(f.name for f in fields(ref.Trajectory))
 
 
 def _check_numpy_dtype(dtype) -> None:
@@ -20,6 +28,22 @@ def _check_numpy_dtype(dtype) -> None:
         ok = False
     if not ok:
         raise ValueError(f"dtype must be 'float64' for the numpy backend (it is the float64 reference), got {dtype!r}")
+
+
+def _qualname(cls) -> str:
+    """``module.Class``, so that two classes of the same name (the reference's and a backend's ``Update``) differ."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _update_like(x) -> bool:
+    """Another backend's ``Update`` (e.g. the torch backend's): an object with ``u``, ``a`` and ``delta_b``."""
+    return not isinstance(x, (ref.Update, np.ndarray)) and all(hasattr(x, f) for f in UPDATE_FIELDS)
+
+
+def _trajectory_like(x) -> bool:
+    """Another backend's ``Trajectory``: every field of the reference's (checked before ``_update_like``: a
+    trajectory has ``u``, ``a`` and ``delta_b`` too)."""
+    return not isinstance(x, (ref.Trajectory, np.ndarray)) and all(hasattr(x, f) for f in TRAJECTORY_FIELDS)
 
 
 class NumpyBackend:
@@ -39,16 +63,25 @@ class NumpyBackend:
 
     # conversions ---------------------------------------------------------------------------------------------
     def asarray(self, x):
-        """An array-like, or a dict / list / Update of them, as float64 ndarrays."""
+        """An array-like, or a dict / list / Update / Trajectory of them, as float64 ndarrays.
+
+        Another backend's results convert too (torch is never imported here): a tensor through
+        ``.detach().cpu()``, an ``Update`` (any object with ``u``, ``a``, ``delta_b``) into the reference's
+        ``Update``, a ``Trajectory`` (any object with the reference ``Trajectory``'s fields) into the reference's."""
         if isinstance(x, dict):
             return {k: self.asarray(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)) and x and isinstance(x[0], (dict, ref.Update)):
-            return type(x)(self.asarray(v) for v in x)
         if isinstance(x, (ref.Update, ref.Trajectory)):
             return x
-        if isinstance(x, (list, tuple)) and x and isinstance(x[0], np.ndarray):
+        if _trajectory_like(x):
+            h = self.asarray(x.h)
+            return ref.Trajectory(**{f: self.asarray(getattr(x, f)) for f in TRAJECTORY_FIELDS if f != "h"},
+                                  h=float(h) if h.ndim == 0 else h)
+        if _update_like(x):
+            return ref.Update(**{f: self.asarray(getattr(x, f)) for f in UPDATE_FIELDS})
+        if isinstance(x, (list, tuple)) and x and (isinstance(x[0], (dict, ref.Update, np.ndarray))
+                                                   or _update_like(x[0]) or hasattr(x[0], "detach")):
             return type(x)(self.asarray(v) for v in x)
-        if hasattr(x, "detach"):                                   # a torch tensor
+        if hasattr(x, "detach"):                                   # a torch tensor (bfloat16 too: via float64)
             x = x.detach().cpu().double().numpy()
         return np.asarray(x, dtype=np.float64)
 
@@ -68,7 +101,6 @@ class NumpyBackend:
     block = staticmethod(ref.block)
     block_output = staticmethod(ref.block_output)
     implicit_update = staticmethod(ref.implicit_update)
-    apply_update = staticmethod(ref.apply_update)
     position_updates = staticmethod(ref.position_updates)
     trajectory = staticmethod(ref.trajectory)
     model_forward = staticmethod(ref.model_forward)
@@ -76,14 +108,37 @@ class NumpyBackend:
     apply_model_updates = staticmethod(ref.apply_model_updates)
 
     @staticmethod
+    def apply_update(params, update) -> dict:
+        """``ref.apply_update``; an ``update`` of another type names its class with its module (another backend's
+        ``Update`` and the reference's are both called ``Update``) and, for another backend's, how to convert it."""
+        if not isinstance(update, ref.Update):
+            hint = (": convert it with get_backend('numpy').asarray(update) first" if _update_like(update) else "")
+            raise ValueError(f"update must be an Update ({_qualname(ref.Update)}), got {_qualname(type(update))}"
+                             f"{hint}")
+        return ref.apply_update(params, update)
+
+    @staticmethod
     def model_trajectory(model_params, model_cfg, context, query) -> list[ref.Update]:
         """Per block ℓ, the last-token update of the stack run on every prefix ``[c_1..c_i, x]``, i = 0..n,
-        stacked: ``u`` (n+1, d_mlp), ``a`` and ``delta_b`` (n+1, d_model). O(n²): re-runs every prefix."""
-        context = np.asarray(context, dtype=np.float64)
-        query = np.asarray(query, dtype=np.float64)
-        if context.ndim != 2 or query.ndim != 1:
-            raise ValueError(f"context must have shape (n, d_model) and query (d_model,), got {context.shape}, "
-                             f"{query.shape}")
+        stacked: ``u`` (n+1, d_mlp), ``a`` and ``delta_b`` (n+1, d_model). O(n²): re-runs every prefix.
+
+        Checked like the torch backend's: the stack (every block's params against its config), then causality
+        (every block but the last must be causal: a non-causal block lets later tokens change the context's hidden
+        states, so a prefix's dynamics would not be the stack's), then ``context`` (n, d_model) and ``query``
+        (d_model,) as the single-block functions check them."""
+        blocks = ref.split_stack(model_params) if isinstance(model_params, dict) else list(model_params)
+        if not blocks:
+            raise ValueError("model_params must hold at least one block")
+        cfgs = [model_cfg] * len(blocks) if isinstance(model_cfg, BlockConfig) else list(model_cfg)
+        if len(cfgs) != len(blocks):
+            raise ValueError(f"model_cfg must be one BlockConfig or one per block ({len(blocks)}), got {len(cfgs)}")
+        for p, c in zip(blocks, cfgs):
+            check_params(p, c)
+        if not all(c.causal for c in cfgs[:-1]):            # the last block's context states feed no block
+            raise ValueError("model_cfg must be causal in every block but the last for a stack's prefix dynamics "
+                             "(a non-causal block lets later tokens change the context's hidden states)")
+        context, query = check_context_query(cfgs[0], context, query)
+        model_params, model_cfg = blocks, cfgs
         per_prefix = [ref.model_updates(model_params, model_cfg, np.concatenate([context[:i], query[None]]))
                       for i in range(context.shape[0] + 1)]
         return [ref.Update(u=np.stack([p[l].u for p in per_prefix]), a=np.stack([p[l].a for p in per_prefix]),

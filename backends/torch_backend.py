@@ -19,6 +19,7 @@ with one chunked causal attention pass per block (O(n²·d) time, O(n·d) memory
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -69,9 +70,24 @@ def _all_finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(lo) & torch.isfinite(hi))
 
 
+_DEVICE_FORM = re.compile(r"(cpu|cuda|cuda:[0-9]+|mps|mps:0)")
+_DEVICES = "'cpu', 'cuda', 'cuda:<i>', 'mps' or 'mps:0' (or None, or the equivalent torch.device)"
+
+
 def resolve_device(device) -> torch.device:
-    """``None`` → cpu; raises ``ValueError`` for a device this machine lacks."""
-    dev = torch.device("cpu" if device is None else device)
+    """``None`` → cpu; ``"cpu"``, ``"cuda"``, ``"cuda:<i>"``, ``"mps"``, ``"mps:0"`` or the equivalent
+    ``torch.device``. Anything else (a typo such as ``"gpu"``, an integer, a device type torch knows but the backend
+    cannot compute on such as ``"meta"`` or ``"xla"``) and a device this machine lacks raise ``ValueError``."""
+    if device is None:
+        return torch.device("cpu")
+    if isinstance(device, torch.device):
+        ok = (device.type == "cpu" and device.index is None) or device.type == "cuda" or (
+            device.type == "mps" and device.index in (None, 0))
+    else:
+        ok = isinstance(device, str) and _DEVICE_FORM.fullmatch(device) is not None
+    if not ok:
+        raise ValueError(f"device must be one of {_DEVICES}, got {device!r}")
+    dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device must be available on this machine: {device!r} asked for, but CUDA is not")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():

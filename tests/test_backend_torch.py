@@ -307,6 +307,37 @@ def test_asarray_to_numpy_and_dtypes():
         tb.asarray(np.array(["a"]))
 
 
+def test_numpy_backend_takes_torch_results():
+    """The numpy backend's ``asarray`` turns the torch backend's ``Update`` (single, batched, a list per block) and
+    ``Trajectory`` into the reference's; ``apply_update`` on an unconverted one names its class and the fix."""
+    nb = get_backend("numpy")
+    cfg, p = _block("pre-ln")
+    rng = np.random.default_rng(3)
+    C, x = rng.standard_normal((5, 6)), rng.standard_normal(6)
+    tb16 = get_backend("torch", dtype="bfloat16")
+    for tb in (T64, tb16):
+        tu = tb.implicit_update(p, cfg, C, x)
+        nu = nb.asarray(tu)
+        assert isinstance(nu, ref.Update) and nu.u.dtype == np.float64 and nu.u.shape == (12,)
+        want = tb.to_numpy(tu)
+        for f in ("u", "a", "delta_b"):
+            np.testing.assert_array_equal(getattr(nu, f), getattr(want, f))
+        np.testing.assert_allclose(nb.apply_update(p, nu)["mlp.W"], ref.apply_update(p, want)["mlp.W"], rtol=0,
+                                   atol=0)
+        with pytest.raises(ValueError, match=r"update must be .*implicit_icl\.backends\.torch_backend\.Update.*asarray"):
+            nb.apply_update(p, tu)
+    batched = nb.asarray(T64.position_updates(p, cfg, np.vstack([C, x])))
+    assert isinstance(batched, ref.Update) and batched.u.shape == (6, 12)
+    per_block = nb.asarray(T64.model_updates([p, p], cfg, np.vstack([C, x])))
+    assert isinstance(per_block, list) and all(isinstance(u, ref.Update) for u in per_block)
+    np.testing.assert_allclose(per_block[1].u, ref.model_updates([p, p], cfg, np.vstack([C, x]))[1].u, atol=1e-12)
+    tr = nb.asarray(T64.trajectory(p, cfg, C, x))
+    assert isinstance(tr, ref.Trajectory)
+    np.testing.assert_allclose(tr.u, ref.trajectory(p, cfg, C, x).u, atol=1e-12)
+    hidden = nb.asarray(T64.model_forward([p, p], cfg, np.vstack([C, x])))
+    assert [h.shape for h in hidden] == [(6, 6)] * 3 and all(h.dtype == np.float64 for h in hidden)
+
+
 def test_missing_device_raises_a_value_error(monkeypatch):
     """On a machine without CUDA (made so here, so that the check also runs on a GPU machine)."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -320,6 +351,36 @@ def test_missing_gpu_index_raises_a_value_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(ValueError, match=r"only 1 CUDA device\(s\)"):
         get_backend("torch", device="cuda:3")
+
+
+@pytest.mark.parametrize("device", ["gpu", 3, "xla", "meta", "cuda:x", "", "cuda:-1", "mps:1", "cpu:0",
+                                    torch.device("meta"), torch.device("mps", 1), 1.5])
+def test_unknown_device_raises_a_value_error_naming_device(device):
+    """Only cpu, cuda, cuda:<i> and mps(:0) are devices of the backend: anything else (a typo, an integer, a device
+    type torch knows but the backend cannot compute on) is refused with a ValueError, not torch's RuntimeError."""
+    with pytest.raises(ValueError, match="device must be one of 'cpu', 'cuda', 'cuda:<i>', 'mps'") as err:
+        get_backend("torch", device=device)
+    assert "device" in str(err.value) and repr(device) in str(err.value)
+
+
+@pytest.mark.parametrize("device", [None, "cpu", torch.device("cpu")])
+def test_cpu_devices_are_accepted(device):
+    tb = get_backend("torch", device=device)
+    assert tb.device == "cpu" and tb.torch_device == torch.device("cpu")
+
+
+def test_cuda_and_mps_device_forms_pass_the_name_check(monkeypatch):
+    """``cuda``, ``cuda:<i>``, ``mps``, ``mps:0`` and their torch.device twins get past the name check (made
+    available here, so the check runs on any machine)."""
+    from implicit_icl.backends.torch_backend import resolve_device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    for dev in ("cuda", "cuda:0", "cuda:3", torch.device("cuda"), torch.device("cuda", 2)):
+        assert resolve_device(dev) == torch.device(dev)
+    if hasattr(torch.backends, "mps"):
+        monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+        for dev in ("mps", "mps:0", torch.device("mps"), torch.device("mps", 0)):
+            assert resolve_device(dev) == torch.device(dev)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available on this machine")

@@ -184,6 +184,15 @@ def bad_inputs() -> list[tuple[str, str, BlockConfig, object, dict, dict, type, 
         ("apply-not-update", "apply_update", cfg, p, {"update": np.zeros(3)}, {}, V, "update"),
         ("model-empty-tokens", "model_updates", cfg, [p, p], {"tokens": C[:0]}, {}, V, "tokens"),
         ("model-cfg-count", "model_updates", [cfg] * 3, [p, p], {"tokens": C}, {}, V, "model_cfg"),
+        # model_trajectory validates like the single-block functions (context, query) and refuses a stack whose
+        # blocks before the last are not causal (appended last, reusing the inputs above: no new seeds)
+        ("model-trajectory-query-width", "model_trajectory", cfg, [p, p], cq(C, np.zeros(5)), {}, V, "query"),
+        ("model-trajectory-context-width", "model_trajectory", cfg, [p, p], cq(np.zeros((5, 3)), x), {}, V,
+         "context"),
+        ("model-trajectory-context-nan", "model_trajectory", cfg, [p, p], cq(nan_C, x), {}, V, "context"),
+        ("model-trajectory-query-inf", "model_trajectory", cfg, [p, p], cq(C, inf_x), {}, V, "query"),
+        ("model-trajectory-non-causal", "model_trajectory", BlockConfig(**dict(cfg.to_dict(), causal=False)),
+         [p, p], cq(C, x), {}, V, "model_cfg must be causal"),
     ]
 
 
