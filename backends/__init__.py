@@ -17,6 +17,7 @@ attribute ``conformance_targets``: a list of ``(device, dtype)`` pairs that the 
 from __future__ import annotations
 
 import importlib
+import warnings
 from importlib import metadata
 from typing import Any, Callable, Protocol, runtime_checkable
 
@@ -53,6 +54,11 @@ class Backend(Protocol):
     def model_updates(self, model_params, model_cfg, tokens) -> list: """Per-block last-token updates (P2 §3c)."""
 
 
+# what get_backend requires of every backend: the attributes and methods of ``Backend`` above
+CORE = ("name", "device", "dtype", "asarray", "to_numpy", "init_block", "attention", "block", "block_output",
+        "implicit_update", "apply_update", "position_updates", "trajectory", "model_forward", "model_updates")
+
+
 def register_backend(name: str, factory: Callable[..., Any]) -> None:
     """Register a backend factory in this process (the entry-point group does the same across installs)."""
     if not isinstance(name, str) or not name:
@@ -76,6 +82,11 @@ def factories() -> dict[str, Callable[..., Any] | str]:
     """Every known backend name → its factory (or a ``"module:attr"`` string, loaded on use)."""
     found: dict[str, Any] = dict(BUILTIN)
     for ep in _entry_points():
+        if ep.name in BUILTIN:                      # said, not dropped silently
+            warnings.warn(f"the entry point {ep.name!r} = {getattr(ep, 'value', ep)!r} of group "
+                          f"{ENTRY_POINT_GROUP!r} is ignored: {ep.name!r} is a built-in backend (give yours "
+                          "another name, or call register_backend to replace it in this process)", stacklevel=2)
+            continue
         found.setdefault(ep.name, ep)
     found.update(_registered)
     return found
@@ -105,12 +116,11 @@ def get_backend(name: str = "numpy", device=None, dtype=None) -> Backend:
     elif hasattr(factory, "load") and hasattr(factory, "name"):      # an entry point: load it on use
         factory = factory.load()
     backend = factory(device=device, dtype=dtype)
-    missing = [m for m in ("name", "device", "dtype", "asarray", "to_numpy", "implicit_update", "trajectory")
-               if not hasattr(backend, m)]
+    missing = [m for m in CORE if not hasattr(backend, m)]
     if missing:
         raise ValueError(f"backend {name!r} from {factory!r} lacks {missing}: it does not satisfy the Backend protocol")
     return backend
 
 
-__all__ = ["BUILTIN", "ENTRY_POINT_GROUP", "Backend", "available_backends", "factories", "get_backend",
+__all__ = ["BUILTIN", "CORE", "ENTRY_POINT_GROUP", "Backend", "available_backends", "factories", "get_backend",
            "register_backend"]

@@ -783,7 +783,7 @@ def _targets():
     if torch.cuda.is_available():
         out += [("cuda", "float64"), ("cuda", "float32"), ("cuda", "bfloat16")]
     if hasattr(torch.backends, "mps") and torch.backends.mps.is_available():
-        out += [("mps", "float32")]
+        out += [("mps", "float32"), ("mps", "bfloat16")]
     return out
 
 

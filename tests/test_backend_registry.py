@@ -123,3 +123,30 @@ def test_numpy_backend_is_the_reference():
     Z = np.random.default_rng(0).standard_normal((5, 4))
     assert np.array_equal(nb.block(p, cfg, Z), ref.block(p, cfg, Z))
     assert nb.implicit_update is ref.implicit_update and nb.trajectory is ref.trajectory
+
+
+def test_get_backend_requires_every_core_method(monkeypatch):
+    """A backend without, say, ``block`` is refused by name at get_backend, and a hand-made object lacking a core
+    method fails the suite instead of skipping it (only extensions such as ``model_trajectory`` may skip)."""
+    assert set(backends.CORE) >= {"block", "position_updates", "model_updates", "apply_update", "asarray"}
+
+    class NoBlock:
+        name, device, dtype = "noblock", "cpu", "float64"
+
+        def __getattr__(self, attr):                  # the reference for everything but ``block``
+            if attr == "block":
+                raise AttributeError(attr)
+            return getattr(NumpyBackend(), attr)
+
+    monkeypatch.setattr(backends, "_registered", {"noblock": lambda device=None, dtype=None: NoBlock()})
+    with pytest.raises(ValueError, match=r"lacks \['block'\]"):
+        get_backend("noblock")
+    with pytest.raises(AssertionError, match="has no 'block', a method of the core API"):
+        check_backend(NoBlock())
+
+
+def test_an_entry_point_named_like_a_builtin_is_said_not_dropped(monkeypatch):
+    monkeypatch.setattr(backends, "_entry_points", lambda: [FakeEntryPoint("numpy", _factory(TinyBackend))])
+    with pytest.warns(UserWarning, match="'numpy' is a built-in backend"):
+        found = backends.factories()
+    assert found["numpy"] == backends.BUILTIN["numpy"]          # the built-in reference stays the reference

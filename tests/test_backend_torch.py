@@ -240,6 +240,22 @@ def test_model_trajectory_is_chunk_size_independent_and_matches_the_last_prefix(
     np.testing.assert_allclose(big[0].u.numpy(), tr.u.numpy(), rtol=0, atol=1e-12)
 
 
+def test_model_trajectory_holds_about_elements_logits_at_a_time(monkeypatch):
+    """Issue 3: a stack's prefix dynamics in chunks, so memory stays O(n·d). Every softmax the pass takes sees at
+    most ``elements`` logits plus each row's own one (the unchunked pass would hold (n+1)·n·H ≈ 18,000 here)."""
+    import torch
+    cfg = ref.BlockConfig(d_model=6, d_mlp=12, n_heads=2, kind="pre-ln", attn_bias=True)
+    blocks = ref.init_model(cfg, 2, seed=7, bias_std=0.2, ln_std=0.2)
+    rng = np.random.default_rng(8)
+    C, x = rng.standard_normal((95, 6)), rng.standard_normal(6)
+    seen, softmax = [], torch.softmax
+    monkeypatch.setattr(torch, "softmax", lambda t, dim, *a, **k: seen.append(t.numel()) or softmax(t, dim, *a, **k))
+    elements = 600
+    T64.model_trajectory(blocks, cfg, C, x, elements=elements)
+    rows_max = max(1, elements // (len(C) * cfg.n_heads))                 # query rows per chunk at most
+    assert len(seen) > 10 and max(seen) <= elements + rows_max * cfg.n_heads, (len(seen), max(seen))
+
+
 def test_model_trajectory_rejects_non_causal_stacks():
     cfg = ref.BlockConfig(d_model=4, d_mlp=8, causal=False)
     blocks = ref.init_model(cfg, 2)

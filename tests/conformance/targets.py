@@ -1,10 +1,11 @@
 """Which backend × device × dtype combinations the conformance suite runs, as pytest params.
 
-Built-in: ``torch`` on cpu (float64, float32, bfloat16), cuda (float64, float32, bfloat16) and mps (float32); the
-cuda/mps ones are always listed and *skip with a reason* where the machine lacks the device. Third-party backends
-found through the entry-point group ``implicit_icl.backends`` contribute their ``conformance_targets``
-(``[(device, dtype), …]``, default ``[(None, None)]``). The ``numpy`` backend *is* the reference: it is checked
-against the golden fixtures (``test_golden.py``) and in the bad-input tests, not against itself.
+Built-in: ``torch`` on cpu (float64, float32, bfloat16), cuda (float64, float32, bfloat16) and mps (float32,
+bfloat16; MPS has no float64); the cuda/mps ones are always listed and *skip with a reason* where the machine lacks
+the device. Third-party backends found through the entry-point group ``implicit_icl.backends`` contribute their
+``conformance_targets`` (``[(device, dtype), …]``, default ``[(None, None)]``). The ``numpy`` backend *is* the
+reference: it is checked against the golden fixtures (``test_golden.py``) and in the bad-input tests, not against
+itself.
 
 ``IMPLICIT_ICL_CONFORMANCE_DEVICES=cuda`` (comma-separated) keeps only targets on those device types (the GPU
 check script uses it); the others are then reported as skipped, with that reason. The ``numpy`` reference is
@@ -20,7 +21,8 @@ import pytest
 from implicit_icl.backends import _load, factories
 
 TORCH_TARGETS = [("cpu", "float64"), ("cpu", "float32"), ("cpu", "bfloat16"),
-                 ("cuda", "float64"), ("cuda", "float32"), ("cuda", "bfloat16"), ("mps", "float32")]
+                 ("cuda", "float64"), ("cuda", "float32"), ("cuda", "bfloat16"),
+                 ("mps", "float32"), ("mps", "bfloat16")]
 
 
 def _device_missing(device: str | None) -> str | None:

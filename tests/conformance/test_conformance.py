@@ -8,13 +8,14 @@ import pytest
 
 from implicit_icl.backends import get_backend
 
-from .scenarios import bad_inputs, scenarios
-from .suite import check_bad_input, check_scenario
+from .scenarios import bad_inputs, compare, expected_for, flatten, long_scenarios, scenarios
+from .suite import REFERENCE, check_bad_input, check_scenario, dtype_name
 from .targets import targets
-from .tolerances import FLOAT64_TARGET
+from .tolerances import FLOAT64_TARGET, tolerance
 
 SCENARIOS = scenarios()
 BAD = bad_inputs()
+LONG = long_scenarios()
 
 
 @functools.lru_cache(maxsize=None)
@@ -26,11 +27,43 @@ def backend_for(target):
 @pytest.mark.parametrize("target", targets())
 @pytest.mark.parametrize("sc", SCENARIOS, ids=[s.name for s in SCENARIOS])
 def test_scenario_matches_reference(target, sc):
-    backend = backend_for(target)
-    errors = check_scenario(backend, sc)
-    if target[0] == "torch" and target[2] == "float64":
-        worst = max(errors.values())
-        assert worst <= FLOAT64_TARGET, f"{sc.name}: relative error {worst:.2e} > {FLOAT64_TARGET} ({errors})"
+    check_scenario(backend_for(target), sc)
+
+
+@functools.lru_cache(maxsize=None)
+def long_expected(i: int, target) -> dict:
+    """The reference's outputs for ``LONG[i]`` on the inputs rounded for ``target`` (it re-runs every prefix:
+    seconds, so once per dtype)."""
+    return expected_for(backend_for(target), LONG[i], REFERENCE)
+
+
+def _check_long(backend, target, i: int, **kwargs) -> None:
+    sc = LONG[i]
+    if not hasattr(backend, sc.op):
+        pytest.skip(f"backend {backend.name!r} has no {sc.op!r} (an optional extension of the core API)")
+    actual = flatten(backend, getattr(backend, sc.op)(sc.params, sc.cfg, *sc.inputs.values(), **kwargs))
+    compare(actual, long_expected(i, target), dtype_name(backend), sc.params)
+
+
+@pytest.mark.parametrize("target", targets())
+@pytest.mark.parametrize("i", range(len(LONG)), ids=[s.name for s in LONG])
+def test_long_context_scenario_matches_reference(target, i):
+    _check_long(backend_for(target), target, i)
+
+
+@pytest.mark.parametrize("target", [t for t in targets() if t.values[0][0] == "torch"])
+@pytest.mark.parametrize("slab", [1, 37, 256])
+def test_torch_scan_is_the_same_across_slab_boundaries(target, slab):
+    """The torch scan cut into slabs of ``slab`` context tokens (carrying the running max, the sums and the
+    previous taps across slab boundaries) still equals the reference, through the long scenario's logit jumps."""
+    _check_long(backend_for(target), target, 0, slab=slab)
+
+
+def test_the_issues_float64_target_follows_from_the_suite_tolerance():
+    """Issue 3 asks torch float64 on the CPU to agree with the reference to 1e-12 relative on every scenario.
+    ``check_close`` already bounds every float64 error by K·eps·scale = 1.4e-14·scale, which is stricter; this pins
+    the implication, so that loosening K past the target fails here instead of dropping it silently."""
+    assert tolerance("float64", 1.0) <= FLOAT64_TARGET
 
 
 @pytest.mark.parametrize("target", targets(include_numpy=True))
