@@ -86,9 +86,14 @@ def bench_summary(bench: dict) -> tuple[dict, list[str]]:
         problems.append(f"the scan produced non-finite norms at n = {not_finite}")
     if not bench.get("complete"):
         problems.append("the bench did not finish (see bench.log)")
-    err = (bench.get("float32_error") or {}).get("max_rel_err_delta_W_norm")
-    if "error" not in (bench.get("float32_error") or {}) and not (isinstance(err, (int, float)) and err < 1e-4):
+    acc = bench.get("float32_error") or {}
+    err = acc.get("max_rel_err_delta_W_norm")
+    if "error" not in acc and not (isinstance(err, (int, float)) and err < 1e-4):
         problems.append(f"float32 scan against float64: max relative error of ‖ΔW_i‖ is {err!r}, target < 1e-4")
+    ref = acc.get("float64_scan_vs_reference_max")
+    if "error" not in acc and not (isinstance(ref, (int, float)) and ref < 1e-10):
+        problems.append(f"float64 scan against the reference's own update at a few prefixes: max relative error "
+                        f"of ‖ΔW_i‖ is {ref!r}, expected < 1e-10 (round-off)")
     return out, problems
 
 
@@ -122,6 +127,10 @@ def markdown_table(bench: dict, device: str) -> str:
                      f"{err['max_rel_err_delta_W_norm']:.2g} relative; all-position updates at T = "
                      f"{(bench.get('position_updates') or {}).get('T')}: {pos.get('ratio', float('nan')):.2f}× one "
                      "plain forward.")
+    if "float64_scan_vs_reference_max" in err:
+        lines.append(f"The float64 scan against the NumPy reference's update at prefixes up to "
+                     f"{max(int(i) for i in err.get('float64_scan_vs_reference_update', {'0': 0})):,} tokens: "
+                     f"{err['float64_scan_vs_reference_max']:.2g} relative.")
     return "\n".join(lines) + "\n"
 
 

@@ -35,11 +35,14 @@ def test_quick_bench_writes_the_documented_json(tmp_path, capsys):
         assert ratio["per_prefix_update_over_scan"] > 0 and "prefix_forward_extrapolated" in ratio
     err32 = res["float32_error"]
     assert err32["n"] == 300 and 0 <= err32["max_rel_err_delta_W_norm"] < 1e-4
+    assert set(err32["float64_scan_vs_reference_update"]) == {"1", "300"}          # prefixes min(n, …)
+    assert err32["float64_scan_vs_reference_max"] < 1e-12 and res["elapsed_s"] > 0
     pos = res["position_updates"]
     assert pos["T"] == 128 and pos["torch"]["ratio"] > 0 and pos["numpy"]["ratio"] > 0
     assert set(res["targets"]) == {
         "scan_vs_per_prefix_update_at_8k_ge_100x", "scan_1M_float32_under_10s", "scan_1M_float32_peak_rss_under_2GB",
-        "float32_rel_err_delta_W_norm_under_1e-4", "position_updates_at_most_2x_block"}
+        "float32_rel_err_delta_W_norm_under_1e-4", "float64_scan_matches_reference_update_1e-10",
+        "position_updates_at_most_2x_block"}
     assert res["targets"]["scan_1M_float32_under_10s"] is None                # not measured in this run: None
 
 

@@ -51,7 +51,8 @@ GOOD_CASES = [
 GOOD_BENCH = {"complete": True, "targets": {}, "ratios": [],
               "trajectory": [{"op": "scan", "n": 1 << 20, "wall_s": 0.1, "finite": True},
                              {"op": "per_prefix_update", "n": 1 << 20, "wall_s": 99.0}],
-              "float32_error": {"max_rel_err_delta_W_norm": 1e-7}, "position_updates": {"torch": {"ratio": 1.0}}}
+              "float32_error": {"max_rel_err_delta_W_norm": 1e-7, "float64_scan_vs_reference_max": 1e-15},
+              "position_updates": {"torch": {"ratio": 1.0}}}
 
 
 def _write(out: Path, cases=GOOD_CASES, bench=GOOD_BENCH, device="cuda"):
@@ -96,6 +97,11 @@ def test_a_clean_run_is_ok_and_counts_every_skip_reason(tmp_path):
     (GOOD_CASES, dict(GOOD_BENCH, float32_error={"max_rel_err_delta_W_norm": 3e-3}), (0, 0),
      "float32 scan against float64"),
     (GOOD_CASES, dict(GOOD_BENCH, float32_error={}), (0, 0), "float32 scan against float64"),
+    (GOOD_CASES, dict(GOOD_BENCH, float32_error={"max_rel_err_delta_W_norm": 1e-7}), (0, 0),
+     "float64 scan against the reference"),
+    (GOOD_CASES, dict(GOOD_BENCH, float32_error={"max_rel_err_delta_W_norm": 1e-7,
+                                                 "float64_scan_vs_reference_max": 3e-6}), (0, 0),
+     "float64 scan against the reference"),
     (GOOD_CASES, [GOOD_BENCH], (0, 0), "unexpected layout"),
 ])
 def test_every_way_a_device_run_goes_wrong_fails_the_check(tmp_path, cases, bench, rcs, says):
