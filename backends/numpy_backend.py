@@ -109,12 +109,13 @@ class NumpyBackend:
 
     @staticmethod
     def apply_update(params, update) -> dict:
-        """``ref.apply_update``; an ``update`` of another type names its class with its module (another backend's
-        ``Update`` and the reference's are both called ``Update``) and, for another backend's, how to convert it."""
+        """``ref.apply_update``. Another backend's ``Update`` is converted first (as the torch backend converts the
+        reference's); anything else is refused, naming its class with its module."""
+        if _update_like(update):
+            update = ref.Update(**{f: NumpyBackend().asarray(getattr(update, f)) for f in UPDATE_FIELDS})
         if not isinstance(update, ref.Update):
-            hint = (": convert it with get_backend('numpy').asarray(update) first" if _update_like(update) else "")
-            raise ValueError(f"update must be an Update ({_qualname(ref.Update)}), got {_qualname(type(update))}"
-                             f"{hint}")
+            raise ValueError(f"update must be an Update ({_qualname(ref.Update)}) or another backend's, got "
+                             f"{_qualname(type(update))}")
         return ref.apply_update(params, update)
 
     @staticmethod

@@ -70,7 +70,7 @@ def _all_finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(lo) & torch.isfinite(hi))
 
 
-_DEVICE_FORM = re.compile(r"(cpu|cuda|cuda:[0-9]+|mps|mps:0)")
+_DEVICE_FORM = re.compile(r"(cpu|cuda|cuda:(0|[1-9][0-9]{0,3})|mps|mps:0)")      # no "cuda:01", no 20-digit index
 _DEVICES = "'cpu', 'cuda', 'cuda:<i>', 'mps' or 'mps:0' (or None, or the equivalent torch.device)"
 
 
@@ -87,7 +87,10 @@ def resolve_device(device) -> torch.device:
         ok = isinstance(device, str) and _DEVICE_FORM.fullmatch(device) is not None
     if not ok:
         raise ValueError(f"device must be one of {_DEVICES}, got {device!r}")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:                       # a form the pattern let through but torch cannot parse
+        raise ValueError(f"device must be one of {_DEVICES}, got {device!r} ({exc})") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device must be available on this machine: {device!r} asked for, but CUDA is not")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():

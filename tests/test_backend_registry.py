@@ -150,3 +150,17 @@ def test_an_entry_point_named_like_a_builtin_is_said_not_dropped(monkeypatch):
     with pytest.warns(UserWarning, match="'numpy' is a built-in backend"):
         found = backends.factories()
     assert found["numpy"] == backends.BUILTIN["numpy"]          # the built-in reference stays the reference
+
+
+def test_a_backend_with_only_the_core_methods_passes_the_suite():
+    """Extensions (``model_trajectory``, …) are optional: a third party offering exactly ``CORE`` gets every
+    scenario, long context and bad input of the core API checked, and nothing of the extensions held against it."""
+
+    class CoreOnly:
+        def __getattr__(self, attr):
+            if attr not in backends.CORE:
+                raise AttributeError(attr)
+            return getattr(NumpyBackend(), attr)
+
+    errors = check_backend(CoreOnly())
+    assert len(errors) > 100 and not any(name.startswith("model_trajectory") for name in errors)

@@ -65,6 +65,7 @@ def test_fit_total_sums_the_fitted_quadratic():
     (["--kind", "transformer"], "--kind must be one of"),
     (["--device", "no-such-device"], "--device"),
     (["--device", "cuda:99"], "--device"),                                  # no CUDA here, or no 100th GPU
+    (["--device", "cuda:01"], "--device"),                                  # torch cannot parse it
 ])
 def test_bad_arguments_are_refused_before_measuring(argv, message, capsys, monkeypatch):
     """Each bad argument gives exit code 2 and a message naming it, at once: before the fix they ran every

@@ -291,19 +291,21 @@ def compare(actual: dict, expected: dict, dtype: str, params) -> dict[str, float
 
 
 def long_scenarios() -> list[Scenario]:
-    """Contexts long enough to cross the blocks a fast backend cuts a scan into (the torch scan's cumulative-sum chunks
-    are 256 tokens), with logits that jump by 23 and by 166 inside a chunk (exp(−166) underflows in float32: the
-    torch scan's exact fallback must take over) or fall to −333, and a stack's prefix dynamics over 300 tokens
-    (the chunked causal pass). Run through every backend like the scenarios above; not stored as golden fixtures
-    (their per-prefix outputs are large), and kept to 300 tokens because the reference re-runs every prefix."""
+    """Contexts long enough to cross the blocks a fast backend cuts a scan into (the torch scan's cumulative-sum
+    chunks are 256 tokens): the running max of the query's logits rises by 18 inside tokens 0..255 (the
+    cumulative-sum path) and by 166 inside 256..299 (exp(−166) underflows in float32: the torch scan's exact
+    fallback must take over), and two tokens' logits fall to −103 and −232 (weights that underflow); and a stack's
+    prefix dynamics over 300 tokens (``test_conformance`` also cuts the torch pass into chunks). Run through every
+    backend like the scenarios above; not stored as golden fixtures (their per-prefix outputs are large), and kept
+    to 300 tokens because the reference re-runs every prefix."""
     out = []
     cfg = BlockConfig(d_model=4, d_mlp=8, n_heads=1, kind="residual", activation="gelu")
     p = ref.init_block(cfg, seed=600)
     p["attn.W_q"] = 6.0 * p["attn.W_q"]
     r = _rng(600)
     C, x = r.standard_normal((300, 4)), r.standard_normal(4)
-    for j, f in ((100, 12.0), (200, 15.0), (270, 60.0), (271, 25.0)):      # the running max rises by 23 in
-        C[j] *= f                                                         # tokens 0..255 and by 166 in 256..299
+    for j, f in ((100, 12.0), (200, 15.0), (270, 60.0), (271, 25.0)):      # logits −103, −232, +189, −333: the
+        C[j] *= f                                                         # running max rises by 166 in 256..299
     out.append(Scenario("long/trajectory-residual-logit-jumps", "trajectory", cfg, p, {"context": C, "query": x}))
     cfg = BlockConfig(d_model=6, d_mlp=12, n_heads=2, kind="pre-ln", activation="gelu", attn_bias=True)
     blocks = ref.init_model(cfg, 2, seed=602, bias_std=0.2, ln_std=0.2)

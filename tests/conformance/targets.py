@@ -25,7 +25,7 @@ TORCH_TARGETS = [("cpu", "float64"), ("cpu", "float32"), ("cpu", "bfloat16"),
                  ("mps", "float32"), ("mps", "bfloat16")]
 
 
-def _device_missing(device: str | None) -> str | None:
+def _device_missing(device: str | None, dtype: str | None = None) -> str | None:
     if device is None or device == "cpu":
         return None
     import torch
@@ -34,6 +34,11 @@ def _device_missing(device: str | None) -> str | None:
         return "CUDA is not available on this machine (run scripts/gpu_check.sh on a GPU machine)"
     if kind == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
         return "MPS is not available on this machine"
+    if kind == "mps" and dtype == "bfloat16":
+        try:                                           # bfloat16 on MPS needs macOS 14 or later
+            torch.ones(1, dtype=torch.bfloat16, device="mps") + 1
+        except (RuntimeError, TypeError) as exc:
+            return f"this machine's MPS has no bfloat16 ({exc})"
     return None
 
 
@@ -64,7 +69,7 @@ def targets(include_numpy: bool = False) -> list:
                 factory.load() if hasattr(factory, "load") and hasattr(factory, "name") else factory)
             pairs = list(getattr(loaded, "conformance_targets", [(None, None)]))
         for device, dtype in pairs:
-            reason = _device_missing(device) if name == "torch" else None
+            reason = _device_missing(device, dtype) if name == "torch" else None
             if name != "numpy":               # the reference is the CPU oracle: a device selection never drops it
                 reason = reason or _selected(device)
             marks = [pytest.mark.skip(reason=reason)] if reason else []

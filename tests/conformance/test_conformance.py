@@ -59,6 +59,14 @@ def test_torch_scan_is_the_same_across_slab_boundaries(target, slab):
     _check_long(backend_for(target), target, 0, slab=slab)
 
 
+@pytest.mark.parametrize("target", [t for t in targets() if t.values[0][0] == "torch"])
+@pytest.mark.parametrize("elements", [600, 5000])
+def test_torch_stack_pass_is_the_same_across_chunk_boundaries(target, elements):
+    """The torch stack's prefix pass cut into chunks of about ``elements`` logits (2 or 8 query rows of 301 at a
+    time, where the default takes all at once) still equals the reference on every device and dtype."""
+    _check_long(backend_for(target), target, 1, elements=elements)
+
+
 def test_the_issues_float64_target_follows_from_the_suite_tolerance():
     """Issue 3 asks torch float64 on the CPU to agree with the reference to 1e-12 relative on every scenario.
     ``check_close`` already bounds every float64 error by K·eps·scale = 1.4e-14·scale, which is stricter; this pins
