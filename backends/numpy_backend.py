@@ -140,8 +140,13 @@ class NumpyBackend:
                              "(a non-causal block lets later tokens change the context's hidden states)")
         context, query = check_context_query(cfgs[0], context, query)
         model_params, model_cfg = blocks, cfgs
-        per_prefix = [ref.model_updates(model_params, model_cfg, np.concatenate([context[:i], query[None]]))
-                      for i in range(context.shape[0] + 1)]
+        per_prefix = []
+        for i in range(context.shape[0] + 1):
+            try:
+                tokens = np.concatenate([context[:i], query[None]])                    # (i+1, d_model)
+                per_prefix.append(ref.model_updates(model_params, model_cfg, tokens))
+            except ref.ZeroNormError as exc:                 # say which prefix, as the torch backend does
+                raise ref.ZeroNormError(f"prefix {i} (the query after {i} context tokens): {exc}") from None
         return [ref.Update(u=np.stack([p[l].u for p in per_prefix]), a=np.stack([p[l].a for p in per_prefix]),
                            delta_b=np.stack([p[l].delta_b for p in per_prefix]))
                 for l in range(len(per_prefix[0]))]

@@ -193,6 +193,7 @@ def bad_inputs() -> list[tuple[str, str, BlockConfig, object, dict, dict, type, 
         ("model-trajectory-query-inf", "model_trajectory", cfg, [p, p], cq(C, inf_x), {}, V, "query"),
         ("model-trajectory-non-causal", "model_trajectory", BlockConfig(**dict(cfg.to_dict(), causal=False)),
          [p, p], cq(C, x), {}, V, "model_cfg must be causal"),
+        ("model-trajectory-zero-query", "model_trajectory", cfg, [p, p], cq(C, np.zeros(4)), {}, E, "prefix 0"),
     ]
 
 
