@@ -23,7 +23,8 @@ tokens: time and peak memory of the torch O(n·d) scan (float32), of re-running 
 without the library (the torch block forward on each prefix; the library's own single-query update on each
 prefix), and of the NumPy reference (which re-runs every prefix). Baselines stop past --budget seconds and are
 extrapolated from the prefixes they measured (said so in the JSON). Also: position_updates for all T = 4096
-positions relative to one plain block forward, and the float32 scan's error against float64 at the largest n.
+positions relative to one plain block forward, the float32 scan's error against float64 at the largest n,
+and the float64 scan against the NumPy reference's own update at prefixes up to 2^20 tokens.
 Progress goes to stderr; --json PATH writes the results ('-' for stdout). Timings on shared machines are noisy:
 compare the ratios, which are measured in one run, and the CPU seconds next to the wall seconds.
 """
