@@ -12,7 +12,7 @@ import numpy as np
 
 from implicit_icl import reference as ref
 from implicit_icl.reference.blocks import check_context_query
-from implicit_icl.reference.config import BlockConfig
+from implicit_icl.reference.model import normalise_stack
 from implicit_icl.reference.validation import check_params
 
 UPDATE_FIELDS = ("u", "a", "delta_b")
@@ -127,12 +127,7 @@ class NumpyBackend:
         (every block but the last must be causal: a non-causal block lets later tokens change the context's hidden
         states, so a prefix's dynamics would not be the stack's), then ``context`` (n, d_model) and ``query``
         (d_model,) as the single-block functions check them."""
-        blocks = ref.split_stack(model_params) if isinstance(model_params, dict) else list(model_params)
-        if not blocks:
-            raise ValueError("model_params must hold at least one block")
-        cfgs = [model_cfg] * len(blocks) if isinstance(model_cfg, BlockConfig) else list(model_cfg)
-        if len(cfgs) != len(blocks):
-            raise ValueError(f"model_cfg must be one BlockConfig or one per block ({len(blocks)}), got {len(cfgs)}")
+        blocks, cfgs = normalise_stack(model_params, model_cfg)
         for p, c in zip(blocks, cfgs):
             check_params(p, c)
         if not all(c.causal for c in cfgs[:-1]):            # the last block's context states feed no block

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from implicit_icl import reference as ref
 from implicit_icl.reference.config import BlockConfig, param_shapes
+from implicit_icl.reference.model import normalise_stack
 from implicit_icl.reference.update import TAP_NAMES
 from implicit_icl.reference.validation import OPTIONAL_KEYS, ZeroNormError, check_remove
 
@@ -632,12 +633,7 @@ class TorchBackend:
 
     # stacks ----------------------------------------------------------------------------------------------------
     def _stack(self, model_params, model_cfg):
-        blocks = ref.split_stack(model_params) if isinstance(model_params, dict) else list(model_params)
-        if not blocks:
-            raise ValueError("model_params must hold at least one block")
-        cfgs = [model_cfg] * len(blocks) if isinstance(model_cfg, BlockConfig) else list(model_cfg)
-        if len(cfgs) != len(blocks):
-            raise ValueError(f"model_cfg must be one BlockConfig or one per block ({len(blocks)}), got {len(cfgs)}")
+        blocks, cfgs = normalise_stack(model_params, model_cfg)
         return [self._params(p, c) for p, c in zip(blocks, cfgs)], cfgs
 
     def model_forward(self, model_params, model_cfg, Z) -> list[torch.Tensor]:

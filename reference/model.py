@@ -11,7 +11,9 @@ from .update import Update, apply_update, implicit_update
 from .validation import as_array
 
 
-def _normalise(model_params, model_cfg) -> tuple[list[dict], list[BlockConfig]]:
+def normalise_stack(model_params, model_cfg) -> tuple[list[dict], list[BlockConfig]]:
+    """A stack's params (a list of block dicts, or one flat dict with ``blocks.{l}.`` keys) and its config (one
+    ``BlockConfig`` for every block, or one per block) as two lists of equal, non-zero length."""
     if isinstance(model_params, dict):
         model_params = split_stack(model_params)
     blocks = list(model_params)
@@ -48,7 +50,7 @@ def init_model(cfg: BlockConfig, n_blocks: int, seed: int = 0, **kw) -> list[dic
 
 def model_forward(model_params, model_cfg, Z) -> list[np.ndarray]:
     """Hidden states ``[H^0 = Z, H^1, …, H^L]``, each ``(T, d_model)``."""
-    blocks, cfgs = _normalise(model_params, model_cfg)
+    blocks, cfgs = normalise_stack(model_params, model_cfg)
     H = [as_array(Z, "tokens", (None, cfgs[0].d_model))]
     for p, c in zip(blocks, cfgs):
         H.append(block(p, c, H[-1]))
@@ -62,7 +64,7 @@ def model_updates(model_params, model_cfg, tokens) -> list[Update]:
     query ``x^ℓ = H^{ℓ−1}_{N+1}``. Putting all of them in at once and running the last token alone
     reproduces the model's last-token output exactly (``apply_model_updates``).
     """
-    blocks, cfgs = _normalise(model_params, model_cfg)
+    blocks, cfgs = normalise_stack(model_params, model_cfg)
     tokens = as_array(tokens, "tokens", (None, cfgs[0].d_model))
     if tokens.shape[0] == 0:
         raise ValueError("tokens must hold at least the query, got shape (0, d_model)")
