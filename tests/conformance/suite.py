@@ -20,12 +20,24 @@ def dtype_name(backend) -> str:
     return name
 
 
+def offers(backend, op: str) -> bool:
+    """Whether ``backend`` is to be checked on ``op``: every core method (a missing one fails), the theorem
+    (``"identity"``, built from core methods), and an extension such as ``model_trajectory`` only if present."""
+    return op == "identity" or op in CORE or hasattr(backend, op)
+
+
+def require_op(backend, op: str) -> None:
+    """Skip an extension the backend lacks; fail a missing core method (get_backend refuses such a backend, a
+    hand-made object gets here)."""
+    if not offers(backend, op):
+        pytest.skip(f"backend {backend.name!r} has no {op!r} (an optional extension of the core API)")
+    if op != "identity" and not hasattr(backend, op):
+        raise AssertionError(f"backend {backend.name!r} has no {op!r}, a method of the core API")
+
+
 def check_scenario(backend, sc: Scenario) -> dict[str, float]:
     """Run ``sc`` through ``backend`` and compare with the reference on the same (rounded) inputs."""
-    if not hasattr(backend, sc.op) and sc.op != "identity":
-        if sc.op in CORE:                   # get_backend refuses such a backend; a hand-made object gets here
-            raise AssertionError(f"backend {backend.name!r} has no {sc.op!r}, a method of the core API")
-        pytest.skip(f"backend {backend.name!r} has no {sc.op!r} (an optional extension of the core API)")
+    require_op(backend, sc.op)
     actual = run(backend, sc)
     expected = expected_for(backend, sc, REFERENCE)
     return compare(actual, expected, dtype_name(backend), sc.params)
@@ -34,8 +46,7 @@ def check_scenario(backend, sc: Scenario) -> dict[str, float]:
 def check_bad_input(backend, case) -> None:
     """The backend raises the reference's error type, with a message naming the argument."""
     name, op, cfg, params, inputs, kwargs, err_type, word = case
-    if op not in CORE and not hasattr(backend, op):
-        pytest.skip(f"backend {backend.name!r} has no {op!r} (an optional extension of the core API)")
+    require_op(backend, op)
     with pytest.raises(Exception) as ref_err:
         call(REFERENCE, op, cfg, params, inputs, kwargs)
     assert type(ref_err.value) is err_type, f"the reference raised {type(ref_err.value).__name__} for {name}"
@@ -49,12 +60,9 @@ def check_bad_input(backend, case) -> None:
 
 def check_backend(backend) -> dict[str, dict[str, float]]:
     """Every scenario and every bad input through ``backend``; returns the relative errors per scenario."""
-    errors = {sc.name: check_scenario(backend, sc) for sc in scenarios()          # a missing core method fails
-              if hasattr(backend, sc.op) or sc.op == "identity" or sc.op in CORE}
-    for sc in long_scenarios():                                                  # the long contexts too
-        if hasattr(backend, sc.op) or sc.op in CORE:
-            errors[sc.name] = check_scenario(backend, sc)
+    errors = {sc.name: check_scenario(backend, sc) for sc in scenarios() + long_scenarios()
+              if offers(backend, sc.op)}
     for case in bad_inputs():
-        if case[1] in CORE or hasattr(backend, case[1]):                         # extensions only if present
+        if offers(backend, case[1]):
             check_bad_input(backend, case)
     return errors

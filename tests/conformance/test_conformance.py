@@ -2,14 +2,15 @@
 "Backends and conformance"). Tolerances: ``tolerances.py``."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import pytest
 
 from implicit_icl.backends import get_backend
 
-from .scenarios import bad_inputs, compare, expected_for, flatten, long_scenarios, scenarios
-from .suite import REFERENCE, check_bad_input, check_scenario, dtype_name
+from .scenarios import bad_inputs, compare, expected_for, long_scenarios, run, scenarios
+from .suite import REFERENCE, check_bad_input, check_scenario, dtype_name, require_op
 from .targets import targets
 from .tolerances import FLOAT64_TARGET, tolerance
 
@@ -38,10 +39,10 @@ def long_expected(i: int, target) -> dict:
 
 
 def _check_long(backend, target, i: int, **kwargs) -> None:
+    """``check_scenario`` for ``LONG[i]`` with the cached expected outputs; ``kwargs`` go to the backend only."""
     sc = LONG[i]
-    if not hasattr(backend, sc.op):
-        pytest.skip(f"backend {backend.name!r} has no {sc.op!r} (an optional extension of the core API)")
-    actual = flatten(backend, getattr(backend, sc.op)(sc.params, sc.cfg, *sc.inputs.values(), **kwargs))
+    require_op(backend, sc.op)
+    actual = run(backend, dataclasses.replace(sc, kwargs=dict(sc.kwargs, **kwargs)))
     compare(actual, long_expected(i, target), dtype_name(backend), sc.params)
 
 

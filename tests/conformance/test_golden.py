@@ -13,7 +13,7 @@ from implicit_icl.backends import get_backend
 
 from .golden import ROOT, VERSION, files, load
 from .scenarios import compare, run, scenarios
-from .suite import REFERENCE
+from .suite import REFERENCE, require_op
 from .targets import targets
 
 FILES = files()
@@ -52,8 +52,7 @@ def test_reference_reproduces_golden(path):
 def test_backend_reproduces_golden(target, path):
     sc, outputs = load(path)
     backend = _backend(target)
-    if not hasattr(backend, sc.op) and sc.op != "identity":      # get_backend has checked the core methods
-        pytest.skip(f"backend {backend.name!r} has no {sc.op!r} (an optional extension of the core API)")
+    require_op(backend, sc.op)
     compare(run(backend, sc), outputs, str(backend.dtype).removeprefix("torch."), sc.params)
 
 
