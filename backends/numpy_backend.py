@@ -112,7 +112,7 @@ class NumpyBackend:
         """``ref.apply_update``. Another backend's ``Update`` is converted first (as the torch backend converts the
         reference's); anything else is refused, naming its class with its module."""
         if _update_like(update):
-            update = ref.Update(**{f: NumpyBackend().asarray(getattr(update, f)) for f in UPDATE_FIELDS})
+            update = NumpyBackend().asarray(update)
         if not isinstance(update, ref.Update):
             raise ValueError(f"update must be an Update ({_qualname(ref.Update)}) or another backend's, got "
                              f"{_qualname(type(update))}")
