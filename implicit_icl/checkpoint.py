@@ -35,12 +35,42 @@ def default_checkpoint_path() -> Path:
     return DATA_DIR / "p1.npz"
 
 
+def output_path_problem(path: str | os.PathLike, what: str) -> str | None:
+    """Why ``path`` cannot be written as a file (``what`` names the option), or None; checked before long work.
+
+    Missing parent folders are fine (``atomic_write_bytes`` creates them); a folder at ``path`` or a file where a
+    parent folder should be is not.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return f"{what}: {path} is a folder; give a file name"
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                return f"{what}: cannot write {path}: {parent} is a file, not a folder"
+            if not os.access(parent, os.W_OK | os.X_OK):
+                return f"{what}: cannot write {path}: no permission to write in {parent}"
+            break
+    return None
+
+
 def atomic_write_bytes(path: str | os.PathLike, write) -> None:
-    """Call ``write(fileobj)`` on a temporary file beside ``path`` and rename it into place."""
+    """Call ``write(fileobj)`` on a temporary file beside ``path`` and rename it into place.
+
+    The file gets the permissions a plain ``open(path, "w")`` would give it (those of the file it replaces, else
+    0666 less the umask), not ``mkstemp``'s private 0600.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = path.stat().st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, mode)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

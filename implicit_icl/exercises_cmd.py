@@ -1,6 +1,8 @@
 """``implicit-icl exercises``: list the course exercises and grade one (no pytest or torch needed)."""
 from __future__ import annotations
 
+import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -24,15 +26,19 @@ check passes. The same graders run under pytest: `pytest exercises/01_*` (option
 """
 
 
+DIR_HELP = "the exercises folder (default: ./exercises, else the installed course); before or after the action"
+
+
 def add_arguments(parser) -> None:
-    parser.add_argument("--dir", metavar="DIR", default=None,
-                        help="the exercises folder (default: ./exercises, else the repository's)")
+    parser.add_argument("--dir", metavar="DIR", default=None, help=DIR_HELP)
     sub = parser.add_subparsers(dest="exercises_action", metavar="ACTION")
     init = sub.add_parser("init", help="copy the course into a folder of yours (existing files are kept)")
     init.add_argument("dest", nargs="?", default=None, metavar="DIR",
                       help="where to put the course (default: --dir if given, else ./exercises)")
-    sub.add_parser("list", help="list the exercises")
+    listing = sub.add_parser("list", help="list the exercises")
     check = sub.add_parser("check", help="grade one exercise")
+    for action in (init, listing, check):   # `check 1 --dir course` as well as `--dir course check 1`
+        action.add_argument("--dir", metavar="DIR", default=argparse.SUPPRESS, help=DIR_HELP)
     check.add_argument("number", type=int, metavar="N", help="the exercise number, 1..9")
     which = check.add_mutually_exclusive_group()
     which.add_argument("--solution", action="store_const", const="solution", dest="target",
@@ -51,6 +57,14 @@ def _title(folder: Path) -> str:
     return folder.name
 
 
+def _under(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
+
+
 def _init(dest: str) -> int:
     from implicit_icl import grading
 
@@ -61,8 +75,11 @@ def _init(dest: str) -> int:
         return 2
     print(f"copied {len(copied)} files into {dest}/" + (f"; kept {len(kept)} files you already had there "
                                                         f"(not overwritten)" if kept else ""))
-    print(f"next: edit {dest}/01_softmax_attention/exercise.py, then run `implicit-icl exercises check 1` "
-          f"from the folder that holds {dest}/" + ("" if Path(dest).name == "exercises" else f" (or pass --dir {dest})"))
+    if Path(dest).name == "exercises":
+        how = f"from the folder that holds {dest}/ (or from inside it)"
+    else:
+        how = f"with --dir {dest} (or from inside {dest}/)"
+    print(f"next: edit {dest}/01_softmax_attention/exercise.py, then run `implicit-icl exercises check 1` {how}")
     return 0
 
 
@@ -90,6 +107,10 @@ def run(args) -> int:
         print(f"error: N must be one of {sorted(exercises)}, got {args.number}", file=sys.stderr)
         return 2
     folder = exercises[args.number]
+    if args.dir is None and args.target is None and not os.environ.get("IMPLICIT_ICL_EXERCISES") \
+            and not grading.is_installed_copy(folder.parent) and not _under(folder, Path.cwd()):
+        print(f"note: no course here ({Path.cwd()}): grading the copy at {folder.parent}; pass --dir DIR to grade "
+              "yours", file=sys.stderr)
     if args.target is None and grading.is_installed_copy(folder.parent):
         print("error: these are the course's installed originals, not your copy: run `implicit-icl exercises init` "
               "once, edit exercises/NN_*/exercise.py there, and grade it from the folder that holds exercises/ "

@@ -138,6 +138,26 @@ def call(student, name: str, *args, **kwargs):
     return result
 
 
+def call_returning(student, name: str, names: tuple[str, ...], *args, **kwargs) -> tuple:
+    """``call`` a function that returns several values, named ``names``; checks their number before anyone unpacks.
+
+    A tuple or a list of ``len(names)`` values is accepted; anything else is a ``GradingFailure`` that says what came
+    back (``tuple of 3 values``, ``ndarray of shape (12, 4)``, ``NoneType``) instead of an unpacking traceback.
+    """
+    got = call(student, name, *args, **kwargs)
+    if isinstance(got, (tuple, list)) and len(got) == len(names):
+        return tuple(got)
+    if isinstance(got, (tuple, list)):
+        what = f"{type(got).__name__} of {len(got)} value{'s' if len(got) != 1 else ''}"
+    elif hasattr(got, "shape"):
+        what = f"{type(got).__name__} of shape {tuple(got.shape)}"
+    else:
+        what = type(got).__name__
+    wanted = "(" + ", ".join(names) + ")"
+    raise GradingFailure(f"`{name}` returns {len(names)} values {wanted}", expected=f"return {', '.join(names)}",
+                         got=what, hint=f"return the {len(names)} values as a tuple: `return {', '.join(names)}`")
+
+
 IN_PLACE_HINT = ("your code changes one of its inputs in place (+=, -=, x[...] = ..., params[key] = ...); the "
                  "grader passes its arrays read-only. Build new ones instead: W = W + dW, x = x - mean, "
                  "new = dict(params)")
@@ -250,14 +270,21 @@ def is_installed_copy(folder: str | os.PathLike) -> bool:
     return Path(folder).resolve() == installed.resolve()
 
 
+def _holds_course(folder: Path) -> bool:
+    return folder.is_dir() and any(folder.glob(f"[0-9][0-9]_*/{GRADER_GLOB}"))
+
+
 def exercises_root() -> Path:
-    """The ``exercises/`` folder: ``$IMPLICIT_ICL_EXERCISES``, else ``./exercises``, else the installed course."""
+    """The ``exercises/`` folder: ``$IMPLICIT_ICL_EXERCISES``, else ``./exercises``, else the current folder if it
+    is a course (a student working inside the copy ``exercises init DIR`` made) or one of its exercises, else the
+    installed course."""
     env = os.environ.get("IMPLICIT_ICL_EXERCISES")
     if env:
         return Path(env)
-    here = Path.cwd() / "exercises"
-    if here.is_dir() and any(here.glob("[0-9][0-9]_*")):
-        return here
+    cwd = Path.cwd()
+    for candidate in (cwd / "exercises", cwd, cwd.parent):
+        if _holds_course(candidate) and (candidate != cwd.parent or re.fullmatch(r"\d\d_\w+", cwd.name)):
+            return candidate
     return installed_course()
 
 

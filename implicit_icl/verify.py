@@ -61,11 +61,18 @@ def run(args) -> int:
     if args.seeds < 1:
         print("implicit-icl verify: --seeds must be >= 1", file=sys.stderr)
         return 2
+    if args.json and args.json != "-":
+        from implicit_icl.checkpoint import output_path_problem
+        problem = output_path_problem(args.json, "--json")
+        if problem:
+            print(f"implicit-icl verify: {problem}", file=sys.stderr)
+            return 2
+    out = sys.stderr if args.json == "-" else sys.stdout   # `--json -`: stdout holds the JSON alone
     t0 = time.perf_counter()
     rows, n_scenarios = [], 0
     for s in scenarios(kinds, args.seeds):
         n_scenarios += 1
-        rows.extend(run_check(name, s) for name in CHECKS)
+        rows.extend(_run_check(run_check, name, s) for name in CHECKS)
     if not args.all_rows:
         merged: dict[tuple, dict] = {}
         for r in rows:
@@ -79,20 +86,39 @@ def run(args) -> int:
     else:
         shown = rows
     ok = all(r["ok"] for r in rows)
-    print(f"{'check':38} {'kind':9} {'max abs err':>12} {'tol':>9}  ok")
+    print(f"{'check':38} {'kind':9} {'max abs err':>12} {'tol':>9}  ok", file=out)
     for r in shown:
         flag = "ok" if r["ok"] else "FAIL"
-        print(f"{r['name']:38} {r['kind']:9} {r['max_abs_err']:12.2e} {r['tol']:9.1e}  {flag}")
+        print(f"{r['name']:38} {r['kind']:9} {r['max_abs_err']:12.2e} {r['tol']:9.1e}  {flag}", file=out)
+    for r in rows:
+        if "error" in r:
+            print(f"FAIL {r['name']} ({r['kind']}, {r['scenario']}) raised {r['error']}", file=out)
     n_fail = sum(not r["ok"] for r in rows)
     print(f"\n{len(rows)} checks over {n_scenarios} scenarios in "
-          f"{time.perf_counter() - t0:.1f} s: {'all passed' if ok else f'{n_fail} FAILED'}.")
-    print("'query dependence' passes when x's update MISSES x′'s output by more than tol (updates depend on the query).")
+          f"{time.perf_counter() - t0:.1f} s: {'all passed' if ok else f'{n_fail} FAILED'}.", file=out)
+    print("'query dependence' passes when x's update MISSES x′'s output by more than tol (updates depend on the query).",
+          file=out)
     if args.json:
-        text = json.dumps({"checks": rows, "ok": ok}, indent=1)   # rows: name, kind, scenario, max_abs_err, tol, ok
+        # rows: name, kind, scenario, max_abs_err, tol, ok (and error, for a check that raised)
+        finite = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()} for r in rows]  # no NaN
+        text = json.dumps({"checks": finite, "ok": ok}, indent=1)
         if args.json == "-":
             print(text)
         else:
             from implicit_icl.checkpoint import atomic_write_bytes
-            atomic_write_bytes(args.json, lambda f: f.write(text.encode("utf-8")))
+            try:
+                atomic_write_bytes(args.json, lambda f: f.write(text.encode("utf-8")))
+            except OSError as exc:
+                print(f"implicit-icl verify: --json: cannot write {args.json}: {exc}", file=sys.stderr)
+                return 2
     return 0 if ok else 1
+
+
+def _run_check(run_check, name, s) -> dict:
+    """One check's row; a check that raises is a failed row that says what it raised (the other checks still run)."""
+    try:
+        return run_check(name, s)
+    except Exception as exc:   # noqa: BLE001 - reported as a FAIL row, never hidden
+        return {"name": name, "kind": s.cfg.kind, "scenario": s.label, "max_abs_err": float("nan"),
+                "tol": float("nan"), "ok": False, "error": f"{type(exc).__name__}: {exc}"}
 

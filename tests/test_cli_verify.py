@@ -71,3 +71,37 @@ def test_unrelated_missing_module_is_not_hidden(monkeypatch):
     parser._subparsers._group_actions[0].choices["verify"].set_defaults(_run=broken)
     with pytest.raises(ModuleNotFoundError):
         main(["verify"])
+
+
+def test_verify_json_to_stdout_is_json_alone(capsys):
+    """`--json -`: stdout holds only the JSON document (the table goes to stderr), so it can be piped."""
+    assert main(["verify", "--seeds", "1", "--kind", "plain", "--json", "-"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["ok"] is True
+    assert "all passed" in captured.err
+
+
+@pytest.mark.parametrize("target, message", [("DIR", "is a folder"), ("FILE/v.json", "is a file, not a folder")])
+def test_verify_refuses_an_unwritable_json_path_before_running(tmp_path, capsys, monkeypatch, target, message):
+    (tmp_path / "FILE").write_text("mine")
+    (tmp_path / "DIR").mkdir()
+    monkeypatch.setattr(identities, "run_check", lambda *a: pytest.fail("ran the checks before checking --json"))
+    assert main(["verify", "--json", str(tmp_path / target)]) == 2
+    err = capsys.readouterr().err
+    assert "--json" in err and message in err
+    assert (tmp_path / "FILE").read_text() == "mine"
+
+
+def test_a_check_that_raises_is_a_failed_row_and_the_others_still_run(tmp_path, monkeypatch, capsys):
+    def boom(s):
+        raise RuntimeError("broken on purpose")
+
+    monkeypatch.setitem(identities.CHECKS, "rank(ΔW)=1", boom)
+    out = tmp_path / "v.json"
+    assert main(["verify", "--seeds", "1", "--kind", "plain", "--json", str(out)]) == 1
+    text = capsys.readouterr().out
+    assert "raised RuntimeError: broken on purpose" in text and "FAILED" in text
+    data = json.loads(out.read_text())                       # strict JSON: no NaN
+    failed = [c for c in data["checks"] if not c["ok"]]
+    assert failed and all(c["name"] == "rank(ΔW)=1" and c["max_abs_err"] is None for c in failed)
+    assert any(c["ok"] for c in data["checks"])

@@ -348,6 +348,25 @@ def test_a_forgotten_return_is_named_as_such():
             grading.check_shape("ΔW", None, expected_shape)
 
 
+@pytest.mark.parametrize("n, old, new, what", [
+    (9, "    return delta_W, delta_b\n", "    return delta_W\n", "ndarray of shape (12, 4)"),
+    (7, "    return a, r\n", "    return a, r, a\n", "tuple of 3 values"),
+    (8, "    return u, a_x, r - r_x\n", "    return (u, a_x)\n", "tuple of 2 values"),
+])
+def test_a_wrong_number_of_returned_values_is_named_not_a_traceback(tmp_path, n, old, new, what):
+    """Every check that unpacks a result says how many values came back (was: the grader's own `too many values to
+    unpack` traceback in some checks, "got: tuple" in others); a list of the right length is accepted."""
+    solution = (FOLDERS[n] / "solution.py").read_text(encoding="utf-8")
+    assert solution.count(old) >= 1, old
+    failures = _failures(grading.run_checks(FOLDERS[n], _student_file(tmp_path, n, {old: new})))
+    assert any(f"got:      {what}" in message for message in failures.values()), failures
+    for message in failures.values():   # the student's own later call may trip on it: then their line is shown
+        assert f"got:      {what}" in message or "(line " in message, message
+        assert "Traceback" not in message and "test_grade" not in message, message
+    as_list = "    return [" + old.strip()[len("return "):] + "]\n"
+    assert not _failures(grading.run_checks(FOLDERS[n], _student_file(tmp_path, n, {old: as_list})))
+
+
 def test_changing_an_input_in_place_is_named_and_cannot_corrupt_the_grader(tmp_path):
     """`params["mlp.W"] += ΔW` (exercise 3) and `x -= mean` (exercise 7) modify the grader's own arrays: the
     feedback must say so, instead of "new['mlp.W']: expected W + 2ΔW" from a corrupted fixture."""
@@ -487,3 +506,54 @@ def test_exercises_init_into_the_dir_option(tmp_path, capsys):
 
     assert main(["exercises", "--dir", str(tmp_path / "mine"), "init"]) == 0
     assert (tmp_path / "mine" / "08_pre_ln_block" / "exercise.py").is_file()
+
+
+def test_a_course_made_by_init_is_graded_from_wherever_the_student_stands(tmp_path, monkeypatch, capsys):
+    """`init course` then `check 1`: from inside course/ or one of its exercises the copy is found; from the folder
+    above, --dir is taken before or after the action, and without it a note names the course actually graded."""
+    from implicit_icl.cli import main
+
+    monkeypatch.delenv("IMPLICIT_ICL_EXERCISES", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert main(["exercises", "init", "course"]) == 0
+    assert "--dir course" in capsys.readouterr().out
+    solved = tmp_path / "course" / "01_softmax_attention"
+    (solved / "exercise.py").write_text((solved / "solution.py").read_text())
+    assert main(["exercises", "check", "1", "--dir", "course"]) == 0
+    assert main(["exercises", "--dir", "course", "check", "1"]) == 0
+    assert main(["exercises", "list", "--dir", "course"]) == 0
+    capsys.readouterr()
+    for inside in (tmp_path / "course", solved):
+        monkeypatch.chdir(inside)
+        assert grading.exercises_root() == tmp_path / "course"
+        assert main(["exercises", "check", "1"]) == 0
+        assert f"grading {solved / 'exercise.py'}" in capsys.readouterr().out
+    monkeypatch.chdir(tmp_path)
+    main(["exercises", "check", "1"])                                  # whichever course it falls back on
+    err = capsys.readouterr().err
+    assert ("note: no course here" in err and "pass --dir DIR" in err) or "installed originals" in err
+
+
+def test_course_files_are_readable_like_any_file_the_student_writes(tmp_path):
+    """`atomic_write_bytes` goes through mkstemp (0600): the copy gets 0666 less the umask, as `open` would."""
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        grading.copy_course(tmp_path / "course")
+    finally:
+        os.umask(umask)
+    mode = (tmp_path / "course" / "01_softmax_attention" / "exercise.py").stat().st_mode & 0o777
+    assert mode == 0o644, oct(mode)
+
+
+@pytest.mark.parametrize("body", ["np.trace(Delta.T @ W)", "np.sum(Delta * W)"])
+def test_exercise_5_grades_a_numpy_only_loss_the_same_with_or_without_torch(tmp_path, body):
+    """`np.trace(Δᵀ W)` is a right answer: it used to pass without torch and fail with it (autograd cannot see
+    through NumPy). Now the gradient falls back to finite differences, and a note says why."""
+    old = next(line for line in (FOLDERS[5] / "solution.py").read_text().splitlines()
+               if line.strip().startswith("return") and "Delta" in line and "W" in line and "sum" in line)
+    results = grading.run_checks(FOLDERS[5], _student_file(tmp_path, 5, {old: f"    return {body}"}))
+    assert not _failures(results)
+    notes = [note for r in results for note in r.notes]
+    assert any("finite differences" in note for note in notes), notes

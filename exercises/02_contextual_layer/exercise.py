@@ -9,7 +9,8 @@ A(C, x) := A([C, x]), the output at the position of x (the last token). The cont
 ΔA(Y) = A(C, x) − A(C\\Y, x), where C\\Y keeps the order of the remaining tokens.
 
 You may use ``attention(params, cfg, Z)`` from the reference (imported below) — the multi-head causal attention
-at every position of Z, (T, D) → (T, D) — or your ``self_attention`` from exercise 1.
+at every position of Z, (T, D) → (T, D). (Exercise 1's ``self_attention`` is single-head; the grader's
+block has two heads, so use ``attention``.)
 """
 import numpy as np
 

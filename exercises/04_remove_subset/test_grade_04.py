@@ -26,7 +26,8 @@ def test_rank1_update_remove_values(student):
     check_close("rank1_update_remove(params, cfg, C, x, remove=[1, 4, 5])",
                 call(student, "rank1_update_remove", PARAMS, CFG, C, X, Y),
                 ref.implicit_update(PARAMS, CFG, C, X, remove=Y).delta_W,
-                hint="the right factor is a = A(C\\Y, x), computed with the KEPT tokens and the query, not A(x)")
+                hint="the right factor is a = A(C\\Y, x), computed with the KEPT tokens (np.delete them: a zeroed "
+                     "token still takes attention) and the query, not A(x); the left one is W ΔA(Y)")
 
 
 def test_identity_with_kept_tokens(student):

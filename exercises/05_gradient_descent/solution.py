@@ -51,7 +51,7 @@ def gradients(params, cfg, context, query):
 def linear_loss(W, Delta):
     """L(W) = trace(Δᵀ W) = Σ_jk Δ_jk W_jk, a scalar.
 
-    Write it with ``*`` and ``.sum()`` so that it works on NumPy arrays AND on torch tensors: the grader
-    differentiates it with torch autograd when torch is installed (finite differences otherwise).
+    Written with ``*`` and ``.sum()`` it works on NumPy arrays AND on torch tensors, and the grader differentiates
+    it with torch autograd; NumPy-only code (np.trace) is differentiated by finite differences instead.
     """
     return (Delta * W).sum()

@@ -2,7 +2,7 @@
 import numpy as np
 
 from implicit_icl import reference as ref
-from implicit_icl.grading import call, check_close, check_shape, check_true
+from implicit_icl.grading import call, call_returning, check_close, check_shape
 
 PRE = ref.BlockConfig(d_model=6, d_mlp=24, n_heads=2, kind="pre-ln", activation="gelu")
 RES = ref.BlockConfig(d_model=6, d_mlp=24, n_heads=2, kind="residual", activation="gelu")
@@ -30,8 +30,7 @@ def test_layer_norm(student):
 
 def test_taps_residual(student):
     """residual block taps: r = Z + A(Z), a = r, each (T, D)"""
-    got = call(student, "taps_residual", P_RES, RES, Z)
-    check_true(isinstance(got, tuple) and len(got) == 2, "taps_residual returns a pair (a, r)", got=type(got).__name__)
+    got = call_returning(student, "taps_residual", ("a", "r"), P_RES, RES, Z)
     a_ref, r_ref = ref.taps(P_RES, RES, Z)
     check_shape("a of taps_residual", got[0], (7, 6))
     check_shape("r of taps_residual", got[1], (7, 6))
@@ -41,15 +40,14 @@ def test_taps_residual(student):
 
 def test_taps_pre_ln_shapes(student):
     """pre-ln taps: a pair (a, r) of (T, D) arrays"""
-    got = call(student, "taps_pre_ln", P_PRE, PRE, Z)
-    check_true(isinstance(got, tuple) and len(got) == 2, "taps_pre_ln returns a pair (a, r)", got=type(got).__name__)
+    got = call_returning(student, "taps_pre_ln", ("a", "r"), P_PRE, PRE, Z)
     check_shape("a of taps_pre_ln", got[0], (7, 6))
     check_shape("r of taps_pre_ln", got[1], (7, 6))
 
 
 def test_taps_pre_ln_values(student):
     """pre-ln taps: r = Z + A(LN1 Z), a = LN2(r) match the reference"""
-    a, r = call(student, "taps_pre_ln", P_PRE, PRE, Z)
+    a, r = call_returning(student, "taps_pre_ln", ("a", "r"), P_PRE, PRE, Z)
     a_ref, r_ref = ref.taps(P_PRE, PRE, Z)
     check_close("r of taps_pre_ln", r, r_ref,
                 hint="LN1 is applied to the attention's INPUT; the residual adds the raw Z: r = Z + A(LN1 Z)")
@@ -58,15 +56,14 @@ def test_taps_pre_ln_values(student):
 
 def test_update_pre_ln_shapes(student):
     """update_pre_ln returns (ΔW (M, D), Δb_out (D,))"""
-    got = call(student, "update_pre_ln", P_PRE, PRE, C, X)
-    check_true(isinstance(got, tuple) and len(got) == 2, "update_pre_ln returns a pair (ΔW, Δb)", got=type(got).__name__)
+    got = call_returning(student, "update_pre_ln", ("delta_W", "delta_b"), P_PRE, PRE, C, X)
     check_shape("ΔW of update_pre_ln", got[0], (24, 6))
     check_shape("Δb_out of update_pre_ln", got[1], (6,))
 
 
 def test_update_pre_ln_values(student):
     """ΔW = W (a_C − a_x) a_xᵀ/‖a_x‖² and Δb_out = r_C − r_x match the reference"""
-    dW, db = call(student, "update_pre_ln", P_PRE, PRE, C, X)
+    dW, db = call_returning(student, "update_pre_ln", ("delta_W", "delta_b"), P_PRE, PRE, C, X)
     upd = ref.implicit_update(P_PRE, PRE, C, X)
     check_close("ΔW of update_pre_ln", dW, upd.delta_W, hint="the rank-1 pair uses the post-LN2 taps a_C, a_x")
     check_close("Δb_out of update_pre_ln", db, upd.delta_b,
@@ -75,7 +72,7 @@ def test_update_pre_ln_values(student):
 
 def test_identity_pre_ln(student):
     """the identity: the pre-ln block with (W + ΔW, b_out + Δb) on the query alone gives T(C, x)"""
-    dW, db = call(student, "update_pre_ln", P_PRE, PRE, C, X)
+    dW, db = call_returning(student, "update_pre_ln", ("delta_W", "delta_b"), P_PRE, PRE, C, X)
     new = dict(P_PRE, **{"mlp.W": P_PRE["mlp.W"] + check_shape("ΔW", dW, (24, 6)),
                          "mlp.b_out": P_PRE["mlp.b_out"] + check_shape("Δb", db, (6,))})
     check_close("T_{W+ΔW, b+Δb}(x)", ref.block_output(new, PRE, np.zeros((0, 6)), X), ref.block_output(P_PRE, PRE, C, X),

@@ -8,7 +8,7 @@ same either way: a bare ``pip install -e .`` can do the whole exercise.
 import numpy as np
 
 from implicit_icl import reference as ref
-from implicit_icl.grading import call, check_close, check_shape, check_true, note
+from implicit_icl.grading import call, call_returning, check_close, check_shape, check_true, note
 
 CFG = ref.BlockConfig(d_model=8, d_mlp=32, n_heads=4, kind="pre-ln", activation="gelu", attn_bias=True)
 PARAMS = ref.init_block(CFG, seed=8, bias_std=0.2, ln_std=0.2)
@@ -18,10 +18,7 @@ UPD = ref.position_updates(PARAMS, CFG, Z, query="last")
 
 
 def _get(student):
-    got = call(student, "position_updates_last", PARAMS, CFG, Z)
-    check_true(isinstance(got, tuple) and len(got) == 3, "position_updates_last returns (u, a_x, delta_b)",
-               got=type(got).__name__)
-    return got
+    return call_returning(student, "position_updates_last", ("u", "a_x", "delta_b"), PARAMS, CFG, Z)
 
 
 def test_position_updates_shapes(student):
@@ -134,17 +131,13 @@ def _ref_layer_update(p):
 
 
 def _layer_update(student, p):
-    got = call(student, "layer_update", R_PARAMS, R_CFG, R_H, p)
-    check_true(isinstance(got, tuple) and len(got) == 3, "layer_update returns (u, a_x, delta_b)",
-               got=type(got).__name__)
-    return got
+    return call_returning(student, "layer_update", ("u", "a_x", "delta_b"), R_PARAMS, R_CFG, R_H, p)
 
 
 def test_post_ln_taps(student):
     """post-ln taps of the real layer: h = LN1(Z + A(Z)), a = r = h, (T, D) each"""
     note(R_LABEL)
-    got = call(student, "post_ln_taps", R_PARAMS, R_CFG, R_H)
-    check_true(isinstance(got, tuple) and len(got) == 2, "post_ln_taps returns (a, r)", got=type(got).__name__)
+    got = call_returning(student, "post_ln_taps", ("a", "r"), R_PARAMS, R_CFG, R_H)
     a = check_shape("a = post_ln_taps(params, cfg, H)[0]", got[0], (R_T, R_D), hint="one tap per row of H")
     r = check_shape("r = post_ln_taps(params, cfg, H)[1]", got[1], (R_T, R_D), hint="one tap per row of H")
     h, _ = ref.taps(R_PARAMS, R_CFG, R_H)

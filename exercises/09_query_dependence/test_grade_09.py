@@ -2,7 +2,7 @@
 import numpy as np
 
 from implicit_icl import reference as ref
-from implicit_icl.grading import call, check_close, check_shape, check_true
+from implicit_icl.grading import call, call_returning, check_close, check_shape, check_true
 
 # A residual block: its bias update Δb = r(C, x) − r(x) is non-zero and differs from query to query, so every
 # check below also tests Δb. The last check uses a plain block (no bias update), where K ≤ d_model queries are fitted
@@ -62,16 +62,14 @@ def test_other_query_misses(student):
 
 def test_patch_shapes(student):
     """a patch is one (ΔW, Δb): shapes (d_mlp, d_model) and (d_model,)"""
-    out = call(student, "patch", PARAMS, CFG, C, CALIB2)
-    check_true(isinstance(out, tuple) and len(out) == 2, "patch returns a pair (delta_W, delta_b)",
-               expected="(delta_W, delta_b)", got=type(out).__name__)
+    out = call_returning(student, "patch", ("delta_W", "delta_b"), PARAMS, CFG, C, CALIB2)
     check_shape("patch(...)[0], delta_W", out[0], (12, 4))
     check_shape("patch(...)[1], delta_b", out[1], (4,))
 
 
 def test_patch_of_one_query_is_its_update(student):
     """K = 1: the patch is that query's own implicit update (ΔW = u aᵀ/‖a‖², Δb)"""
-    dW, db = call(student, "patch", PARAMS, CFG, C, X[None])
+    dW, db = call_returning(student, "patch", ("delta_W", "delta_b"), PARAMS, CFG, C, X[None])
     exact = ref.implicit_update(PARAMS, CFG, C, X)
     check_close("patch(params, cfg, C, [x])[0]", dW, exact.delta_W, hint="min-norm solution of ΔW a = u")
     check_close("patch(params, cfg, C, [x])[1]", db, exact.delta_b,
@@ -80,7 +78,7 @@ def test_patch_of_one_query_is_its_update(student):
 
 def test_patch_fits_every_calibration_query(student):
     """K = 2 ≤ d_model: ΔW fits both queries, (W + ΔW) a_k = W a(C, x_k): each query's in-context pre-activation"""
-    dW, _ = call(student, "patch", PARAMS, CFG, C, CALIB2)
+    dW, _ = call_returning(student, "patch", ("delta_W", "delta_b"), PARAMS, CFG, C, CALIB2)
     dW = check_shape("delta_W", dW, (12, 4))
     for k, q in enumerate(CALIB2):
         up = ref.implicit_update(PARAMS, CFG, C, q)
@@ -91,7 +89,7 @@ def test_patch_fits_every_calibration_query(student):
 
 def test_patch_is_minimum_norm_least_squares(student):
     """K = 10 > d_model: the minimum-norm least-squares solution U A⁺ (np.linalg.lstsq)"""
-    dW, db = call(student, "patch", PARAMS, CFG, C, CALIB10)
+    dW, db = call_returning(student, "patch", ("delta_W", "delta_b"), PARAMS, CFG, C, CALIB10)
     want_W, want_b = _reference_patch(CALIB10)
     check_close("patch(params, cfg, C, 10 queries)[0]", dW, want_W,
                 hint="np.linalg.lstsq(A, U)[0].T with rows a_k in A (K, D) and u_k in U (K, M)")
@@ -113,7 +111,7 @@ def test_patch_misses_shape_and_values(student):
 
 def test_patch_misses_vanish_on_the_calibration_queries(student):
     """a plain block (no Δb): your patch of K = 2 queries, measured by your patch_misses on them, is round-off"""
-    dW, db = call(student, "patch", PARAMS_PLAIN, CFG_PLAIN, C, CALIB2)
+    dW, db = call_returning(student, "patch", ("delta_W", "delta_b"), PARAMS_PLAIN, CFG_PLAIN, C, CALIB2)
     misses = check_shape("patch_misses on the calibration queries",
                          call(student, "patch_misses", PARAMS_PLAIN, CFG_PLAIN, C, dW, db, CALIB2), (2,))
     check_close("patch_misses on the calibration queries (plain block)", misses, np.zeros(2), atol=1e-10,
