@@ -40,8 +40,8 @@ class Backend(Protocol):
     device: str
     dtype: str
 
-    def asarray(self, x): """An array, a params dict or an Update/Trajectory → the backend's arrays."""
-    def to_numpy(self, x): """The inverse: the backend's arrays (or dicts, Updates, Trajectories) → NumPy."""
+    def asarray(self, x): """An array, a params dict or an Update (another backend's too) → the backend's arrays."""
+    def to_numpy(self, x): """The inverse: the backend's arrays (or dicts, Updates, one unbatched Trajectory) → NumPy."""
     def init_block(self, cfg, seed: int = 0, **kw) -> dict: """Random params; the same numbers as the reference."""
     def attention(self, params, cfg, Z): """``(…, T, d_model)`` contextual layer at every position."""
     def block(self, params, cfg, Z): """``(…, T, d_model)`` block output at every position."""

@@ -73,6 +73,10 @@ class NumpyBackend:
         if isinstance(x, (ref.Update, ref.Trajectory)):
             return x
         if _trajectory_like(x):
+            if np.ndim(self.asarray(x.a)) > 1:
+                raise ValueError(f"x is a batched Trajectory (batch shape {tuple(np.shape(x.a))[:-1]}); the reference's "
+                                 "Trajectory holds one context (its axis 0 is the prefix): convert its fields or run "
+                                 "one context at a time")
             h = self.asarray(x.h)
             return ref.Trajectory(**{f: self.asarray(getattr(x, f)) for f in TRAJECTORY_FIELDS if f != "h"},
                                   h=float(h) if h.ndim == 0 else h)

@@ -71,18 +71,18 @@ def _all_finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(lo) & torch.isfinite(hi))
 
 
-_DEVICE_FORM = re.compile(r"(cpu|cuda|cuda:(0|[1-9][0-9]{0,3})|mps|mps:0)")      # no "cuda:01", no 20-digit index
-_DEVICES = "'cpu', 'cuda', 'cuda:<i>', 'mps' or 'mps:0' (or None, or the equivalent torch.device)"
+_DEVICE_FORM = re.compile(r"(cpu|cpu:0|cuda|cuda:(0|[1-9][0-9]{0,3})|mps|mps:0)")      # no "cuda:01", no 20-digit index
+_DEVICES = "'cpu', 'cpu:0', 'cuda', 'cuda:<i>', 'mps' or 'mps:0' (or None, or the equivalent torch.device)"
 
 
 def resolve_device(device) -> torch.device:
-    """``None`` → cpu; ``"cpu"``, ``"cuda"``, ``"cuda:<i>"``, ``"mps"``, ``"mps:0"`` or the equivalent
+    """``None`` → cpu; ``"cpu"`` (``"cpu:0"``), ``"cuda"``, ``"cuda:<i>"``, ``"mps"``, ``"mps:0"`` or the equivalent
     ``torch.device``. Anything else (a typo such as ``"gpu"``, an integer, a device type torch knows but the backend
     cannot compute on such as ``"meta"`` or ``"xla"``) and a device this machine lacks raise ``ValueError``."""
     if device is None:
         return torch.device("cpu")
     if isinstance(device, torch.device):
-        ok = (device.type == "cpu" and device.index is None) or device.type == "cuda" or (
+        ok = (device.type == "cpu" and device.index in (None, 0)) or device.type == "cuda" or (
             device.type == "mps" and device.index in (None, 0))
     else:
         ok = isinstance(device, str) and _DEVICE_FORM.fullmatch(device) is not None
@@ -92,6 +92,8 @@ def resolve_device(device) -> torch.device:
         dev = torch.device(device)
     except RuntimeError as exc:                       # a form the pattern let through but torch cannot parse
         raise ValueError(f"device must be one of {_DEVICES}, got {device!r} ({exc})") from None
+    if dev.type == "cpu":
+        return torch.device("cpu")                    # "cpu:0" is the one CPU device: one name for it
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device must be available on this machine: {device!r} asked for, but CUDA is not")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
@@ -278,6 +280,9 @@ class TorchBackend:
             return type(x)(self.asarray(v) for v in x)
         if isinstance(x, (ref.Update, Update)):
             return Update(self.asarray(x.u), self.asarray(x.a), self.asarray(x.delta_b))
+        if isinstance(x, (ref.Trajectory, Trajectory)):
+            raise ValueError("x is a Trajectory: asarray converts arrays, params dicts and Updates; compute the "
+                             "trajectory with this backend (trajectory(params, cfg, context, query)) instead")
         if isinstance(x, torch.Tensor):
             return x.to(device=self.torch_device, dtype=self.torch_dtype)
         arr = np.asarray(x)
@@ -293,9 +298,15 @@ class TorchBackend:
             return {k: self.to_numpy(v) for k, v in x.items()}
         if isinstance(x, (list, tuple)):
             return type(x)(self.to_numpy(v) for v in x)
+        if isinstance(x, (ref.Update, ref.Trajectory)):
+            return x
         if isinstance(x, Update):
             return ref.Update(u=self.to_numpy(x.u), a=self.to_numpy(x.a), delta_b=self.to_numpy(x.delta_b))
         if isinstance(x, Trajectory):
+            if x.a.dim() > 1:
+                raise ValueError(f"x is a batched Trajectory (batch shape {tuple(x.a.shape[:-1])}); the reference's "
+                                 "Trajectory holds one context (its axis 0 is the prefix): convert its fields "
+                                 "(to_numpy(tr.delta_W_norm), …) or run one context at a time")
             t = self.to_numpy
             h = t(x.h)
             return ref.Trajectory(
@@ -367,15 +378,33 @@ class TorchBackend:
                              f"{tuple(context.shape)} and query {tuple(query.shape)}") from None
         return context.expand(*batch, *context.shape[-2:]), query.expand(*batch, query.shape[-1])
 
+    def _finite(self, result: torch.Tensor, what: str) -> torch.Tensor:
+        """``result``, or a ValueError if finite inputs gave a non-finite value (an overflow of this dtype: e.g. a
+        LayerNorm variance past float32's 3.4e38); never a silent nan. One reduction, one host sync."""
+        if not bool(torch.isfinite(result).all()):
+            big = torch.finfo(self.torch_dtype).max
+            raise ValueError(f"{what} overflowed in {self.dtype}: finite inputs gave nan or inf (a value beyond "
+                             f"{big:.2g} on the way); scale the inputs down or use dtype='float64'")
+        return result
+
     @staticmethod
     def _check_norm(a: torch.Tensor, cfg: BlockConfig, where: str, indexed: bool = False) -> None:
+        dtype = a.dtype
         a = a.float() if a.dtype in (torch.bfloat16, torch.float16) else a      # float64 is not on every device
         nsq = (a * a).sum(-1)
         bad = ~(torch.isfinite(nsq) & (nsq > 0))
         if bool(bad.any()):
             flat = bad.reshape(-1).nonzero()[0, 0].item()
             value = nsq.reshape(-1)[flat].item()
-            at = f"{where} {flat % a.shape[-2]}" if indexed else where
+            index = np.unravel_index(flat, tuple(bad.shape)) if bad.dim() else ()
+            position, batch = (index[-1], index[:-1]) if indexed else (None, index)
+            at = where if position is None else f"{where} {position}"
+            if batch:
+                at += f" of batch element {tuple(int(i) for i in batch)}"
+            if not math.isfinite(value):              # the inputs were checked finite: an overflow on the way
+                raise ValueError(f"‖a‖² for {at} overflowed in {_dtype_name(dtype)}: finite inputs gave {value!r} "
+                                 "(a value beyond the dtype's range on the way); scale the inputs down or use "
+                                 "dtype='float64'")
             raise ZeroNormError(
                 f"‖a‖² = {value!r} for {at}: the tap {TAP_NAMES[cfg.kind]} is zero or non-finite, "
                 "so ΔW = u aᵀ/‖a‖² is undefined (P1 Thm 2.2 assumes a ≠ 0). The query may lie in the null space "
@@ -402,7 +431,7 @@ class TorchBackend:
     def block(self, params, cfg, Z) -> torch.Tensor:
         """The block output at every position, ``(..., T, d_model)``."""
         P = self._params(params, cfg)
-        return torch_ops.block(P, cfg, self._tensor(Z, "Z", (None, cfg.d_model)))
+        return self._finite(torch_ops.block(P, cfg, self._tensor(Z, "Z", (None, cfg.d_model))), "block(Z)")
 
     def _query_taps(self, P, cfg, context, query):
         """Taps ``(a, r)`` of the query (the last position of ``[C, x]``), ``(..., d_model)`` each: one query row
@@ -434,7 +463,7 @@ class TorchBackend:
         """``T_W(C, x)``: the block output at the query's position, ``(..., d_model)``; ``context`` may be empty."""
         P = self._params(params, cfg)
         context, query = self._context_query(cfg, context, query)
-        return torch_ops.head(P, cfg, *self._query_taps(P, cfg, context, query))
+        return self._finite(torch_ops.head(P, cfg, *self._query_taps(P, cfg, context, query)), "block_output")
 
     def implicit_update(self, params, cfg, context, query, remove=None) -> Update:
         """P1 Thm 2.2 / App. A / P2: ``u = W(a_C − a_x)``, ``a = a_x``, ``Δb_out = r_C − r_x``, where ``x`` sees
@@ -453,7 +482,8 @@ class TorchBackend:
         a_x, r_x = self._query_taps(P, cfg, kept, query)                             # (..., D) each
         self._check_norm(a_x, cfg, "the query")
         u = F.linear(a_C - a_x, P["mlp.W"])                                          # (..., d_mlp)
-        return Update(u=u, a=a_x, delta_b=r_C - r_x)
+        delta_b = self._finite(r_C - r_x, "implicit_update's delta_b")
+        return Update(u=self._finite(u, "implicit_update's u"), a=a_x, delta_b=delta_b)
 
     def apply_update(self, params, update) -> dict:
         """New params with ``mlp.W += ΔW`` and ``mlp.b_out += Δb`` (the input dict is not modified)."""
@@ -466,9 +496,9 @@ class TorchBackend:
             raise ValueError(
                 f"update must be a single Update with u ({M},), a and delta_b ({D},); got u {tuple(update.u.shape)}, "
                 f"a {tuple(update.a.shape)}, delta_b {tuple(update.delta_b.shape)} (index a batch first)")
-        new = dict(params)
+        new = self.asarray(dict(params))                 # every entry on this backend (not only the two updated)
         new["mlp.W"] = W + update.delta_W
-        new["mlp.b_out"] = self.asarray(params["mlp.b_out"]) + update.delta_b
+        new["mlp.b_out"] = new["mlp.b_out"] + update.delta_b
         return new
 
     def position_updates(self, params, cfg, Z, query: str = "own") -> Update:
@@ -491,8 +521,8 @@ class TorchBackend:
             a_x, r_x = torch_ops.taps_from_attention(P, cfg, last, self._alone_attention(P, cfg, last))
             self._check_norm(a_x, cfg, "the last token")
             a_x, r_x = a_x.expand_as(a), r_x.expand_as(r)
-        u = F.linear(a - a_x, P["mlp.W"])                                             # (..., T, d_mlp)
-        return Update(u=u, a=a_x, delta_b=r - r_x)
+        u = self._finite(F.linear(a - a_x, P["mlp.W"]), "position_updates' u")       # (..., T, d_mlp)
+        return Update(u=u, a=a_x, delta_b=self._finite(r - r_x, "position_updates' delta_b"))
 
     # the O(n·d) trajectory ---------------------------------------------------------------------------------
     def trajectory(self, params, cfg, context, query, *, slab: int | None = None) -> Trajectory:
@@ -553,6 +583,8 @@ class TorchBackend:
         relative_change = torch.where(prev > 0, step_norm / torch.where(prev > 0, prev, 1), torch.nan)
         grad_norm = step_norm * a_norm_sq[..., None]                                 # ‖Δ_i‖_F = ‖grad_u_i‖ ‖a‖
         cast = lambda t: t.to(out_dtype)                                             # noqa: E731
+        self._finite(delta_W_norm, "trajectory's ‖ΔW_i‖")
+        self._finite(delta_b, "trajectory's delta_b")
         return Trajectory(
             W0=P0["mlp.W"], a=cast(a0), delta=delta, delta_b=delta_b, delta_W_norm=cast(delta_W_norm),
             step_norm=cast(step_norm), relative_change=cast(relative_change), h=cast(1.0 / a_norm_sq),

@@ -7,6 +7,8 @@ from .config import BlockConfig
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """Numerically stable softmax: subtract the row maximum before exponentiating."""
+    if x.size == 0:                       # no tokens (T = 0): nothing to normalise, and np.max has no identity
+        return np.zeros(x.shape)
     e = np.exp(x - np.max(x, axis=axis, keepdims=True))
     return e / np.sum(e, axis=axis, keepdims=True)
 

@@ -93,9 +93,17 @@ def implicit_update(params: dict, cfg: BlockConfig, context, query, remove=None)
 
 
 def apply_update(params: dict, update: Update) -> dict:
-    """New params with ``mlp.W += ΔW`` and ``mlp.b_out += Δb`` (the input dict is not modified)."""
+    """New params with ``mlp.W += ΔW`` and ``mlp.b_out += Δb`` (the input dict is not modified).
+
+    Another backend's update (any object with ``u``, ``a`` and ``delta_b``, e.g. the torch backend's) is converted
+    to float64 NumPy first."""
     if not isinstance(update, Update):
-        raise ValueError(f"update must be an Update, got {type(update).__name__}")
+        if not all(hasattr(update, f) for f in ("u", "a", "delta_b")):
+            raise ValueError(f"update must be an Update (u, a, delta_b), got {type(update).__module__}."
+                             f"{type(update).__qualname__}")
+        update = Update(u=as_array(update.u, "update.u", (None,), allow_batch=True),
+                        a=as_array(update.a, "update.a", (None,), allow_batch=True),
+                        delta_b=as_array(update.delta_b, "update.delta_b", (None,), allow_batch=True))
     W = np.asarray(params["mlp.W"])
     if update.u.shape != (W.shape[0],) or update.a.shape != (W.shape[1],) or update.delta_b.shape != (W.shape[1],):
         raise ValueError(

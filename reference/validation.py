@@ -21,7 +21,7 @@ def as_array(x, name: str, shape: tuple, *, allow_batch: bool = False) -> np.nda
     With ``allow_batch`` any number of leading dimensions is accepted in front of ``shape``.
     """
     expected = "(" + ", ".join("n" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
-    arr = np.asarray(x)
+    arr = np.asarray(_from_tensor(x))
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)) \
             or arr.dtype == np.bool_:
         raise ValueError(f"{name} must be a real floating-point (or integer) array, got dtype {arr.dtype}")
@@ -36,6 +36,20 @@ def as_array(x, name: str, shape: tuple, *, allow_batch: bool = False) -> np.nda
     return arr
 
 
+def _is_tensor(x) -> bool:
+    """A torch tensor (or anything shaped like one), recognised without importing torch."""
+    return hasattr(x, "detach") and hasattr(x, "cpu") and hasattr(x, "is_floating_point")
+
+
+def _from_tensor(x):
+    """A tensor as a CPU float64 tensor NumPy can read (detached: a tensor that requires grad, on a GPU, or in
+    bfloat16, which NumPy lacks, converts too); anything else unchanged."""
+    if not _is_tensor(x):
+        return x
+    x = x.detach().cpu()
+    return x.double() if x.is_floating_point() else x
+
+
 def check_params(params: dict, cfg: BlockConfig) -> None:
     """Raise ``ValueError`` if ``params`` lacks a key of ``cfg`` or holds an array of the wrong shape."""
     if not isinstance(cfg, BlockConfig):
@@ -48,6 +62,9 @@ def check_params(params: dict, cfg: BlockConfig) -> None:
             if key in OPTIONAL_KEYS:
                 continue
             raise ValueError(f"params is missing {key!r} (expected shape {shape}) for a {cfg.kind!r} block")
+        if _is_tensor(params[key]):
+            raise ValueError(f"params[{key!r}] is a torch tensor: the reference computes in NumPy float64; convert the "
+                             "dict first (get_backend('numpy').asarray(params), or the torch backend's to_numpy)")
         arr = np.asarray(params[key])
         if arr.shape != shape:
             raise ValueError(f"params[{key!r}] must have shape {shape}, got {arr.shape}")

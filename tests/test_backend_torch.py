@@ -371,18 +371,18 @@ def test_missing_gpu_index_raises_a_value_error(monkeypatch):
         get_backend("torch", device="cuda:3")
 
 
-@pytest.mark.parametrize("device", ["gpu", 3, "xla", "meta", "cuda:x", "", "cuda:-1", "mps:1", "cpu:0",
-                                    "cuda:01", "cuda:99999999999999999999",
+@pytest.mark.parametrize("device", ["gpu", 3, "xla", "meta", "cuda:x", "", "cuda:-1", "mps:1", "cpu:1",
+                                    "cuda:01", torch.device("cpu", 1), "cuda:99999999999999999999",
                                     torch.device("meta"), torch.device("mps", 1), 1.5])
 def test_unknown_device_raises_a_value_error_naming_device(device):
     """Only cpu, cuda, cuda:<i> and mps(:0) are devices of the backend: anything else (a typo, an integer, a device
     type torch knows but the backend cannot compute on) is refused with a ValueError, not torch's RuntimeError."""
-    with pytest.raises(ValueError, match="device must be one of 'cpu', 'cuda', 'cuda:<i>', 'mps'") as err:
+    with pytest.raises(ValueError, match="device must be one of 'cpu', 'cpu:0', 'cuda', 'cuda:<i>', 'mps'") as err:
         get_backend("torch", device=device)
     assert "device" in str(err.value) and repr(device) in str(err.value)
 
 
-@pytest.mark.parametrize("device", [None, "cpu", torch.device("cpu")])
+@pytest.mark.parametrize("device", [None, "cpu", torch.device("cpu"), "cpu:0", torch.device("cpu", 0)])
 def test_cpu_devices_are_accepted(device):
     tb = get_backend("torch", device=device)
     assert tb.device == "cpu" and tb.torch_device == torch.device("cpu")
