@@ -18,17 +18,22 @@ Train and run the experiments of P1 (Dherin et al.) and P2 (Innocenti & Achour) 
       P1 version, UNCONFIRMED): which layer makes the steps decay
 
 Writes PNG figures, report.json (every number) and report.md (generated from report.json) into OUT.
---quick trains briefly (under 3 minutes on a 2-core CPU) and studies the bundled p1 model in E2/E3/E5; without it
-the full recipes are trained (measured: 2.5 minutes on a 2-core CPU, most of it training). Rerunning into the
-same OUT resumes (or reuses) its training runs.
+--quick trains briefly (measured: 35-40 s on a 2-core CPU) and studies the bundled p1 model in E2/E3/E5; without
+it the full recipes are trained (measured: about 2.7 minutes on a 2-core CPU, most of it training). Every model in
+the report is scored on the same validation prompts. Rerunning into the same OUT resumes (or reuses) its training
+runs.
+
+--checkpoint: a single block is studied in E2/E3/E5 (--preset p1 only); a stack (n_blocks >= 1) in E4, instead of
+a p2 run. It is checked before anything runs.
 """
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--preset", default="p1", choices=("p1", "p2"), help="E1's model (default p1)")
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--quick", action="store_true", help="short training runs (< 3 min on a 2-core CPU)")
-    parser.add_argument("--checkpoint", help="study this model in E2/E3/E5 (a p1-like block) or E4 (a stack)")
+    parser.add_argument("--quick", action="store_true", help="short training runs (35-40 s on a 2-core CPU)")
+    parser.add_argument("--checkpoint", help="study this model in E2/E3/E5 (a p1-like block, --preset p1) or E4 "
+                                             "(a stack)")
     parser.add_argument("--seed", type=int, default=0, help="seed of training and of the test tasks (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 

@@ -16,6 +16,11 @@ after the seeded init. Torch runs on ``threads`` CPU threads (default 1; recorde
 ``--resume`` taken from it unless given) with deterministic algorithms, so a run resumed from any checkpoint ends
 bit-identical to an uninterrupted one. Resuming with a different thread count works but says that the result may
 differ in the last bits (a float32 sum split over other threads is added in another order).
+
+A resume must use the recorded settings, except ``checkpoint_every`` (it changes when files are written, nothing
+else) and a larger ``steps`` (Adam's learning rate is constant, so the run continues as an uninterrupted longer run
+would; refused when the shorter run's final evaluation fell off the ``eval_every`` grid, since the longer run would
+not make it). The checkpoint is checked before it is loaded: meta fields and types, shapes and finite Adam moments.
 """
 from __future__ import annotations
 
@@ -119,12 +124,13 @@ def train(preset: Preset, out_dir, seed: int = 0, resume: bool = False, progress
 
 
 def _recorded_threads(path: Path) -> int:
-    """The thread count a training checkpoint was written with (1 before it was recorded; 1 if unreadable: the
-    resume itself then reports the file's problem)."""
+    """The thread count a training checkpoint was written with (1 before it was recorded; 1 if unreadable or not
+    a count: the resume itself then reports the file's problem)."""
     try:
-        return int(load_checkpoint(path)[2].get("threads", 1))
-    except (CheckpointError, OSError, TypeError, ValueError):
+        threads = load_checkpoint(path)[2].get("threads", 1)
+    except (CheckpointError, OSError):
         return 1
+    return threads if _is_count(threads, 1) else 1
 
 
 def _train(torch, preset: Preset, out_dir, seed: int, resume: bool, progress: bool, stop_after, threads: int,
@@ -143,7 +149,7 @@ def _train(torch, preset: Preset, out_dir, seed: int, resume: bool, progress: bo
     step, acc_sum, acc_count = 0, 0.0, 0
     if resume:
         arrays, ck_cfg, meta = load_checkpoint(ckpt_path)
-        _check_resumable(ckpt_path, meta, preset, seed)
+        _check_resumable(ckpt_path, arrays, meta, preset, seed, {k: tuple(params[k].shape) for k in names})
         with torch.no_grad():
             for k in names:
                 params[k].copy_(torch.from_numpy(arrays[k].astype(np.float32)))
@@ -156,6 +162,8 @@ def _train(torch, preset: Preset, out_dir, seed: int, resume: bool, progress: bo
         step, acc_sum, acc_count = meta["step"], meta["train_loss_sum"], meta["train_loss_count"]
         metrics = _read_metrics(metrics_path, step)
         log(f"resuming {ckpt_path} at step {step}/{preset.steps} on {threads} torch thread(s)")
+        for note in _setting_changes(meta["preset"], preset):
+            log(note)
         if "threads" not in meta:
             log(f"note: {ckpt_path} does not record its torch thread count (written by an older version): resuming "
                 f"on {threads}; on another count than the run began with, the result may differ from an "
@@ -270,14 +278,133 @@ def save_model(path, params: dict, preset: Preset, seed: int, step: int, validat
     )
 
 
-def _check_resumable(path: Path, meta: dict, preset: Preset, seed: int) -> None:
+# Options a resume may change: neither alters the weights, the metrics or what the run's end writes (see
+# _check_settings for --steps, which may only be raised).
+FREE_ON_RESUME = ("checkpoint_every",)
+OPTION_NAMES = {"name": "--preset", "steps": "--steps", "batch_size": "--batch-size", "lr": "--lr",
+                "eval_every": "--eval-every", "checkpoint_every": "--checkpoint-every",
+                "val_prompts": "--val-prompts", "n_points": "--n-points"}
+ABSENT = "(absent)"         # how a setting one side does not record is shown
+
+
+def _check_resumable(path: Path, arrays: dict, meta: dict, preset: Preset, seed: int, shapes: dict) -> None:
+    """Raise ``CheckpointError`` (naming ``path``) unless the training state in ``path`` continues ``preset``.
+
+    Checked before anything is loaded into the model: the meta fields and their types, the settings (only
+    ``--checkpoint-every`` may differ, and ``--steps`` may be raised), the seed, and, once Adam has stepped, its two
+    moments for every parameter (present, of the parameter's shape, finite, the second one non-negative).
+    """
+    _check_meta_fields(path, meta)
+    _check_settings(path, meta["preset"], preset, meta["step"])
+    if meta["seed"] != seed:
+        raise CheckpointError(f"checkpoint {path}: was written with seed {meta['seed']}, not {seed}")
+    _check_arrays(path, arrays, shapes, adam_started=meta["adam_step"] > 0)
+
+
+def _is_count(x, least: int = 0) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= least
+
+
+def _check_meta_fields(path: Path, meta: dict) -> None:
+    """The training fields of the meta record: present, of the right types, and consistent."""
     needed = ("preset", "seed", "step", "adam_step", "train_loss_sum", "train_loss_count")
     missing = [k for k in needed if k not in meta]
     if missing:
         raise CheckpointError(f"checkpoint {path}: not a training checkpoint (its meta lacks {missing})")
-    if meta["preset"] != preset.to_dict():
-        diff = sorted(k for k in preset.to_dict() if meta["preset"].get(k) != preset.to_dict()[k])
-        raise CheckpointError(f"checkpoint {path}: was written for a different preset/settings (differs in {diff}); "
-                              "resume with the same options")
-    if meta["seed"] != seed:
-        raise CheckpointError(f"checkpoint {path}: was written with seed {meta['seed']}, not {seed}")
+
+    def bad(field, expected):
+        raise CheckpointError(f"checkpoint {path}: its meta '{field}' must be {expected}, got {meta[field]!r}; the "
+                              "file is damaged: start a new run into another --out")
+
+    if not isinstance(meta["preset"], dict):
+        bad("preset", "a record of the training settings (a JSON object)")
+    for field in ("seed", "step", "adam_step", "train_loss_count"):
+        if not _is_count(meta[field]):
+            bad(field, "a whole number >= 0")
+    loss_sum = meta["train_loss_sum"]
+    if isinstance(loss_sum, bool) or not isinstance(loss_sum, (int, float)) or not math.isfinite(loss_sum):
+        bad("train_loss_sum", "a finite number")
+    if "threads" in meta and not _is_count(meta["threads"], 1):
+        bad("threads", "a whole number >= 1")
+    if meta["adam_step"] != meta["step"]:
+        raise CheckpointError(f"checkpoint {path}: its meta 'adam_step' {meta['adam_step']} differs from 'step' "
+                              f"{meta['step']} (Adam steps once per training step); the file is damaged")
+    if meta["train_loss_count"] > meta["step"]:
+        bad("train_loss_count", f"at most the step, {meta['step']}")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    """``{"cfg": {"d_mlp": 32}}`` as ``{"cfg.d_mlp": 32}`` (one level is all a preset nests)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _check_settings(path: Path, recorded: dict, preset: Preset, step: int) -> None:
+    """The given settings continue the recorded ones exactly as an uninterrupted run with the given ones would."""
+    given = _flat(preset.to_dict())
+    rec = _flat(recorded)
+    differ = sorted(k for k in set(given) | set(rec) if rec.get(k, ABSENT) != given.get(k, ABSENT)
+                    and k not in FREE_ON_RESUME + ("steps",))
+    if differ:
+        shown = "; ".join(f"{OPTION_NAMES.get(k, k)}: recorded {rec.get(k, ABSENT)!r}, given {given.get(k, ABSENT)!r}"
+                          for k in differ)
+        raise CheckpointError(f"checkpoint {path}: was written for a different preset/settings ({shown}); resume "
+                              "with the recorded values (on resume only --checkpoint-every may change, and --steps "
+                              "may be raised)")
+    old_steps = rec.get("steps")
+    if not _is_count(old_steps, 1) or step > old_steps:
+        raise CheckpointError(f"checkpoint {path}: its recorded preset has steps {old_steps!r} but the state is at "
+                              f"step {step}; the file is damaged")
+    if preset.steps < old_steps:
+        raise CheckpointError(f"checkpoint {path}: --steps: recorded {old_steps}, given {preset.steps}: --steps can be "
+                              f"raised on resume, not lowered (a {preset.steps}-step run ends with an evaluation at "
+                              "its last step that this run did not make); train the shorter run into another --out")
+    if preset.steps > old_steps and step == old_steps and old_steps % preset.eval_every:
+        raise CheckpointError(
+            f"checkpoint {path}: --steps: recorded {old_steps}, given {preset.steps}: this run ended at step "
+            f"{old_steps} with a final evaluation off the --eval-every {preset.eval_every} grid, which an "
+            f"uninterrupted {preset.steps}-step run would not make (its metrics would differ); train the longer "
+            "run into another --out")
+
+
+def _setting_changes(recorded: dict, preset: Preset) -> list[str]:
+    """Notes for the settings a resume changes (those ``_check_settings`` lets through)."""
+    notes = []
+    if preset.steps != recorded["steps"]:
+        notes.append(f"extending the run from {recorded['steps']} to {preset.steps} steps (the same as an "
+                     f"uninterrupted {preset.steps}-step run: the learning rate does not depend on the total)")
+    for k in FREE_ON_RESUME:
+        if recorded.get(k) != getattr(preset, k):
+            notes.append(f"{OPTION_NAMES[k]} {getattr(preset, k)} from now on (recorded {recorded.get(k)!r}); "
+                         "the weights do not depend on it")
+    return notes
+
+
+def _check_arrays(path: Path, arrays: dict, shapes: dict, adam_started: bool) -> None:
+    """Every parameter present with its shape; once Adam has stepped, both of its moments per parameter too."""
+    for name, shape in shapes.items():
+        if name not in arrays or arrays[name].shape != shape:
+            got = "missing" if name not in arrays else f"of shape {arrays[name].shape}"
+            raise CheckpointError(f"checkpoint {path}: the parameter {name!r} is {got}, expected shape {shape}")
+        if not adam_started:
+            continue
+        for slot in ("exp_avg", "exp_avg_sq"):
+            key = optim_key(name, slot)
+            value = arrays.get(key)
+            if value is None:
+                problem = "is missing"
+            elif value.shape != shape:
+                problem = f"has shape {value.shape}"
+            elif not np.all(np.isfinite(value)):
+                problem = "holds non-finite values"
+            elif slot == "exp_avg_sq" and np.any(value < 0):
+                problem = "holds negative values (a running mean of squares cannot)"
+            else:
+                continue
+            raise CheckpointError(f"checkpoint {path}: Adam's state {key!r} {problem}, expected finite values of "
+                                  f"shape {shape}; the file is damaged: start a new run into another --out")

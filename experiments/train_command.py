@@ -14,7 +14,8 @@ w, x ~ N(0, I_d) fresh every batch; the prediction is the last coordinate at the
 
 Writes OUT/checkpoint.npz (atomic, no pickle; model + Adam state), OUT/metrics.jsonl (one line per evaluation) and,
 when done, OUT/model.npz (the model with its float64 validation loss recorded). Interrupt at any time and rerun the
-same command with --resume: the run ends bit-identical to an uninterrupted one.
+same command with --resume: the run ends bit-identical to an uninterrupted one. On --resume only --checkpoint-every
+may differ, and --steps may be raised to extend a run (the learning rate does not depend on the total).
 """
 
 
@@ -36,16 +37,17 @@ def add_arguments(parser) -> None:
 
 
 def preset_from_args(args):
+    """The preset with the command line's overrides; ``ValueError`` (its message names the option) if one is bad."""
     from .presets import get_preset
 
     for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "val_prompts", "n_points", "threads"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
-            raise SystemExit(f"implicit-icl train: --{name.replace('_', '-')} must be >= 1, got {value}")
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     if problem := seed_problem(args.seed):
-        raise SystemExit(f"implicit-icl train: {problem}")
+        raise ValueError(problem)
     if args.lr is not None and not 0 < args.lr < math.inf:
-        raise SystemExit(f"implicit-icl train: --lr must be a finite number > 0, got {args.lr}")
+        raise ValueError(f"--lr must be a finite number > 0, got {args.lr}")
     return get_preset(args.preset).with_overrides(
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every,
         checkpoint_every=args.checkpoint_every, val_prompts=args.val_prompts, n_points=args.n_points)
@@ -77,12 +79,32 @@ def run_reporting_errors(command: str, out, job) -> int:
 def run(args) -> int:
     from .train import train
 
-    preset = preset_from_args(args)
+    try:
+        preset = preset_from_args(args)
+    except ValueError as exc:            # a bad argument: exit status 2, as argparse gives
+        print(f"implicit-icl train: error: {exc}", file=sys.stderr)
+        return 2
     try:
         return run_reporting_errors("train", args.out, lambda: train(
             preset, args.out, seed=args.seed, resume=args.resume, progress=not args.no_progress,
             threads=args.threads))
     except KeyboardInterrupt:
-        print(f"interrupted: the last checkpoint in {args.out} is kept; rerun the same command with --resume "
-              "to continue", file=sys.stderr)
+        print(f"interrupted: {interrupted_state(args.out)}", file=sys.stderr)
         return 130
+
+
+def interrupted_state(out) -> str:
+    """What an interrupted ``train`` left in ``out`` and how to go on from it."""
+    from pathlib import Path
+
+    from implicit_icl.checkpoint import CheckpointError, load_checkpoint
+
+    from .train import CHECKPOINT
+
+    path = Path(out) / CHECKPOINT
+    try:
+        step = load_checkpoint(path)[2].get("step")
+    except CheckpointError:
+        return (f"no checkpoint was written in {out} yet; rerun the same command without --resume to start over"
+                if not path.exists() else f"{path} is unreadable; start over into another --out")
+    return f"the checkpoint in {out} (step {step}) is kept; rerun the same command with --resume to continue"

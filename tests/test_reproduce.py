@@ -335,3 +335,162 @@ def test_reproduce_p2_runs_e1_and_e4_on_the_same_stack(tmp_path):
     assert r["e1"]["agrees_f64"] and r["e4"]["agrees_f64"]
     md = (tmp_path / "report.md").read_text()
     assert "## E4" in md and "## E2" not in md
+
+
+# ---- Regression tests for review findings: the Models table's prompts, --checkpoint's use and checks, threads.
+# A smaller run than TINY for tests that only need the plumbing (seconds, most of it drawing the figures).
+MICRO = {"train": {"p1": dict(steps=4, eval_every=2, checkpoint_every=2, val_prompts=4, n_points=6),
+                   "p2": dict(steps=4, eval_every=2, checkpoint_every=2, val_prompts=4, n_points=6)},
+         "e2_prompts": 6, "e3_held_out": 4, "e4_prompts": 1, "e5_test_queries": 4}
+
+
+def _bare_stack(path, n_blocks=2):
+    """A valid stack checkpoint as `save_checkpoint(path, params, cfg)` writes it: no preset, seed or step."""
+    from implicit_icl.checkpoint import save_checkpoint
+
+    cfg = BlockConfig(d_model=3, d_mlp=8, n_heads=2, d_head=2, kind="residual", activation="gelu")
+    return save_checkpoint(path, join_stack(init_model(cfg, n_blocks, seed=1)), cfg)
+
+
+def test_models_table_scores_every_model_on_the_same_prompts(quick_run):
+    """Review: the quick run (64 prompts) and the bundled model (256) were scored on different prompts, so a
+    300-step model looked better than the 4000-step one. Every row now uses E1's validation prompts."""
+    out, r = quick_run
+    common = r["settings"]["val_prompts"]
+    p1 = r["settings"]["train"]["p1"]
+    assert common == {"n_prompts": p1["val_prompts"], "n_points": p1["n_points"], "d": p1["d"],
+                      "seed": p1["val_seed"]}
+    rows = r["models"]
+    assert {role: m["val_prompts"] for role, m in rows.items()} == {role: common for role in rows}
+    zero = {m["val_loss_zero"] for m in rows.values()}
+    assert len(zero) == 1 and zero == {r["e1"]["val_loss_zero"]}         # one baseline: the same prompts
+    assert rows["E1"]["val_loss"] == pytest.approx(r["e1"]["final_val_loss"], rel=1e-12)  # E1's curve, same set
+    bundled = rows["E2/E3/E5"]                                           # rescored, not its recorded 256-prompt loss
+    assert bundled["val_loss"] != bundled["recorded_val_loss"]
+    md = (out / "report.md").read_text()
+    assert f"on the same {common['n_prompts']} validation prompts (N = {common['n_points']} examples" in md
+
+
+def test_quick_settings_keep_the_presets_validation_prompts():
+    """--quick trains on shorter runs but validates on the full presets' prompts, those the bundled model used."""
+    from implicit_icl.experiments.presets import get_preset
+    from implicit_icl.experiments.reproduce import SETTINGS, validation_set
+
+    for name in ("p1", "p2"):
+        quick = get_preset(name).with_overrides(**SETTINGS["quick"]["train"][name])
+        assert validation_set(quick) == validation_set(get_preset(name)) == validation_set(get_preset("p1"))
+
+
+@pytest.fixture(scope="module")
+def bare_stack_run(tmp_path_factory):
+    """`reproduce --preset p1 --checkpoint <stack without a preset record>`, recording the torch thread count each
+    experiment ran on (the caller's count is 2, so that a forgotten one-thread guard shows on any machine)."""
+    out = tmp_path_factory.mktemp("bare_stack")
+    stack = _bare_stack(out / "stack.npz")
+    threads = {}
+
+    def recording(name, fn):
+        def wrapper(*args, **kwargs):
+            threads.setdefault(name, set()).add(torch.get_num_threads())
+            return fn(*args, **kwargs)
+        return wrapper
+
+    before = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("trajectories", "e3", "e4", "e5", "e6"):
+            mp.setattr(E, name, recording(name, getattr(E, name)))
+        torch.set_num_threads(2)
+        try:
+            report = reproduce("p1", out / "run", quick=True, checkpoint=stack, settings=MICRO, progress=False,
+                               log=lambda m: None)
+            after = torch.get_num_threads()
+        finally:
+            torch.set_num_threads(before)
+    return stack, report, threads, after
+
+
+def test_a_stack_checkpoint_without_a_preset_record_is_studied_in_e4(bare_stack_run):
+    """Review: such a checkpoint crashed reproduce with KeyError 'preset' after E1–E3, E5, E6 had run. Its prompt
+    length falls back to the p2 preset's N, as the p1 path does."""
+    stack, r, _, _ = bare_stack_run
+    assert r["models"]["E4"]["path"] == str(stack) and "--checkpoint" in r["models"]["E4"]["description"]
+    assert r["e4"]["n_blocks"] == 2 and r["e4"]["agrees_f64"]
+    assert r["e4"]["positions"] == MICRO["train"]["p2"]["n_points"] + 1
+    assert r["models"]["E4"]["step"] is None and r["models"]["E4"]["val_loss"] is not None
+
+
+def test_every_experiment_runs_on_one_torch_thread(bare_stack_run):
+    """Review: E5 ran on torch's default thread count, 10× slower than on one on a 2-core machine."""
+    _, _, threads, after = bare_stack_run
+    assert set(threads) == {"trajectories", "e3", "e4", "e5", "e6"}
+    assert all(seen == {1} for seen in threads.values()), threads
+    assert after == 2                                                     # the caller's count is restored
+
+
+def test_a_single_block_checkpoint_with_preset_p2_is_refused_before_anything_runs(tmp_path):
+    """Review: with --preset p2 a --checkpoint was silently ignored. A block has no experiment there: refused."""
+    from implicit_icl.checkpoint import CheckpointError, default_checkpoint_path
+
+    with pytest.raises(CheckpointError, match=r"single block, but with --preset p2 only E1 and E4 run"):
+        reproduce("p2", tmp_path / "o", quick=True, checkpoint=default_checkpoint_path(), settings=MICRO,
+                  progress=False, log=lambda m: None)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_stack_checkpoint_with_preset_p2_is_studied_in_e4(tmp_path):
+    stack = _bare_stack(tmp_path / "stack.npz", n_blocks=1)
+    r = reproduce("p2", tmp_path / "o", quick=True, checkpoint=stack, settings=MICRO, progress=False,
+                  log=lambda m: None)
+    assert r["models"]["E4"]["path"] == str(stack) and r["models"]["E1"]["path"] != str(stack)
+    assert r["e4"]["n_blocks"] == 1
+
+
+@pytest.mark.parametrize("meta, message", [
+    ({"preset": "p2"}, "its meta 'preset' must be a record"),
+    ({"preset": {"n_points": "50"}}, "its meta 'preset.n_points' must be a whole number >= 1, got '50'"),
+    ({"seed": -1}, "its meta 'seed' must be a whole number from 0 to 2\\*\\*64 - 1, got -1"),
+    ({"step": "4000"}, "its meta 'step' must be a whole number >= 0, got '4000'"),
+])
+def test_a_checkpoint_with_an_unusable_meta_record_is_refused_before_anything_runs(tmp_path, meta, message):
+    from implicit_icl.checkpoint import CheckpointError, save_checkpoint
+
+    cfg = BlockConfig(d_model=3, d_mlp=8, n_heads=2, d_head=2, kind="residual", activation="gelu")
+    path = save_checkpoint(tmp_path / "stack.npz", join_stack(init_model(cfg, 2, seed=1)), cfg, **meta)
+    with pytest.raises(CheckpointError, match=f"checkpoint {path}: {message}"):
+        reproduce("p1", tmp_path / "o", quick=True, checkpoint=path, settings=MICRO, progress=False,
+                  log=lambda m: None)
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_rejects_a_missing_checkpoint_without_creating_out(tmp_path, capsys):
+    from implicit_icl.cli import main
+
+    missing = tmp_path / "missing.npz"
+    assert main(["reproduce", "--quick", "--out", str(tmp_path / "o"), "--checkpoint", str(missing),
+                 "--no-progress"]) == 1
+    assert f"implicit-icl reproduce: error: checkpoint {missing}: no such file" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_report_text_fits_the_preset(quick_run):
+    """With --preset p2 the report compares with P2's shapes, not with the p1 replication's recipe and loss."""
+    out, _ = quick_run
+    r = json.loads((out / "report.json").read_text())
+    md = render(r)
+    assert "8 heads × 4" in md and "replication ≈ 0.13 at N = 100" in md
+    r["preset"] = "p2"
+    md = render(r)
+    assert "8 heads × 4" not in md and "replication ≈" not in md
+    assert "P2's own code defaults to a larger stack" in md and "P2's trained losses are UNCONFIRMED" in md
+    assert "3 `residual` blocks with 4 heads" in md
+
+
+def test_e4_text_calls_both_identity_errors_round_off(quick_run):
+    """Ours (~1e-15) and THEORY's ≤ 9e-16 are both float64 round-off; the text says so, or the failure if not."""
+    out, _ = quick_run
+    r = json.loads((out / "report.json").read_text())
+    e4 = render(r).split("## E4")[1].split("## E5")[0]
+    assert "are both float64 round-off, ours under the tolerance 1.00e-12" in e4
+    r["e4"].update(agrees_f64=False, identity_error_overall=0.01)
+    e4 = render(r).split("## E4")[1].split("## E5")[0]
+    assert "both float64 round-off" not in e4 and "exceeds the tolerance" in e4

@@ -224,16 +224,18 @@ def test_diverging_training_stops_clearly_and_keeps_the_last_good_checkpoint(tmp
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--seed", "-1"], r"--seed must be from 0 to 2\*\*64 - 1, got -1"),
-    (["--seed", str(2**64)], r"--seed must be from 0 to 2\*\*64 - 1, got 18446744073709551616"),
+    (["--seed", "-1"], "--seed must be from 0 to 2**64 - 1, got -1"),
+    (["--seed", str(2**64)], "--seed must be from 0 to 2**64 - 1, got 18446744073709551616"),
     (["--lr", "inf"], "--lr must be a finite number > 0, got inf"),
     (["--lr", "nan"], "--lr must be a finite number > 0, got nan"),
+    (["--eval-every", "0"], "--eval-every must be >= 1, got 0"),
 ])
-def test_train_cli_rejects_bad_numbers_by_name(tmp_path, argv, message):
+def test_train_cli_rejects_bad_numbers_by_name(tmp_path, capsys, argv, message):
+    """A bad argument exits with status 2 (as argparse's own errors and `reproduce` do), one line naming it."""
     from implicit_icl.cli import main
 
-    with pytest.raises(SystemExit, match=message):
-        main(["train", "--out", str(tmp_path / "x"), "--steps", "2", *argv])
+    assert main(["train", "--out", str(tmp_path / "x"), "--steps", "2", *argv]) == 2
+    assert capsys.readouterr().err == f"implicit-icl train: error: {message}\n"
     assert not (tmp_path / "x").exists()
 
 
@@ -267,3 +269,110 @@ def test_optimizer_keys_are_recognised_and_never_model_keys(name, slot):
     key = optim_key(name, slot)
     assert is_optim_key(key) and not is_optim_key(name)
     assert key.startswith("blocks.") == name.startswith("blocks.")   # stays inside its block in a stack
+
+
+# ---- Regression tests for review findings: interrupts, damaged training state, what a resume may change.
+def test_interrupt_before_the_first_checkpoint_says_there_is_nothing_to_resume(tmp_path, capsys, monkeypatch):
+    """Review: an interrupt before the first checkpoint said "the last checkpoint is kept; rerun with --resume"."""
+    from implicit_icl.cli import main
+    from implicit_icl.experiments import train as train_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "train", interrupted)
+    out = tmp_path / "r"
+    assert main(["train", "--out", str(out), "--no-progress"]) == 130
+    err = capsys.readouterr().err
+    assert f"no checkpoint was written in {out} yet; rerun the same command without --resume" in err
+    assert "is kept" not in err
+    monkeypatch.undo()
+    train_module.train(get_preset("p1").with_overrides(**TINY, steps=40), out, progress=False, stop_after=20,
+                       log=lambda m: None)
+    monkeypatch.setattr(train_module, "train", interrupted)
+    assert main(["train", "--out", str(out), "--no-progress", "--resume"]) == 130
+    assert f"the checkpoint in {out} (step 20) is kept; rerun the same command with --resume" in capsys.readouterr().err
+
+
+@pytest.fixture
+def stopped_run(tmp_path):
+    """A 40-step TINY run stopped at step 20 (Adam has stepped): ``(preset, run dir, arrays, cfg, meta)``."""
+    from implicit_icl.experiments.train import train
+
+    p = get_preset("p1").with_overrides(**TINY, steps=40)
+    train(p, tmp_path / "run", seed=0, progress=False, stop_after=20, log=lambda m: None)
+    arrays, cfg, meta = load_checkpoint(tmp_path / "run" / "checkpoint.npz")
+    meta = {k: v for k, v in meta.items() if k not in ("format", "format_version", "config", "n_blocks")}
+    return p, tmp_path / "run", arrays, cfg, meta
+
+
+def _nan_at_0(a):
+    a = a.copy()
+    a.flat[0] = np.nan
+    return a
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda a, m: a.pop("optim.exp_avg.mlp.W"), r"Adam's state 'optim.exp_avg.mlp.W' is missing"),
+    (lambda a, m: a.update({"optim.exp_avg_sq.mlp.W": a["optim.exp_avg_sq.mlp.W"][:, :2]}),
+     r"Adam's state 'optim.exp_avg_sq.mlp.W' has shape \(128, 2\), expected finite values of shape \(128, 3\)"),
+    (lambda a, m: a.update({"optim.exp_avg.mlp.b": _nan_at_0(a["optim.exp_avg.mlp.b"])}),
+     r"Adam's state 'optim.exp_avg.mlp.b' holds non-finite values"),
+    (lambda a, m: a.update({"optim.exp_avg_sq.attn.W_q": -a["optim.exp_avg_sq.attn.W_q"] - 1}),
+     r"'optim.exp_avg_sq.attn.W_q' holds negative values"),
+    (lambda a, m: m.update(step="20"), r"its meta 'step' must be a whole number >= 0, got '20'"),
+    (lambda a, m: m.update(train_loss_sum=None), r"its meta 'train_loss_sum' must be a finite number, got None"),
+    (lambda a, m: m.update(threads=0), r"its meta 'threads' must be a whole number >= 1, got 0"),
+    (lambda a, m: m.update(preset=[1]), r"its meta 'preset' must be a record"),
+    (lambda a, m: m.update(adam_step=19), r"its meta 'adam_step' 19 differs from 'step' 20"),
+])
+def test_resume_rejects_a_damaged_training_state_by_name(stopped_run, damage, message):
+    """Review: these reached torch (KeyError, RuntimeError in Adam, TypeError, or a false "diverged, lower --lr")."""
+    from implicit_icl.checkpoint import save_checkpoint
+    from implicit_icl.experiments.train import train
+
+    p, run_dir, arrays, cfg, meta = stopped_run
+    damage(arrays, meta)
+    path = save_checkpoint(run_dir / "checkpoint.npz", arrays, cfg, **meta)
+    with pytest.raises(CheckpointError, match=f"checkpoint {path}: .*{message}"):
+        train(p, run_dir, seed=0, resume=True, progress=False, log=lambda m: None)
+
+
+def test_resume_mismatch_shows_the_recorded_and_the_given_values(stopped_run):
+    from implicit_icl.experiments.train import train
+
+    p, run_dir, *_ = stopped_run
+    with pytest.raises(CheckpointError) as info:
+        train(p.with_overrides(lr=0.5, eval_every=10), run_dir, resume=True, progress=False, log=lambda m: None)
+    assert "--eval-every: recorded 20, given 10; --lr: recorded 0.001, given 0.5" in str(info.value)
+
+
+def test_resume_may_change_checkpoint_every_and_raise_steps_with_the_same_result(tmp_path):
+    """Neither changes the weights or the metrics: the run ends as an uninterrupted run with the final options."""
+    from implicit_icl.experiments.train import train
+
+    full = _train(tmp_path, "full", steps=80)
+    p = get_preset("p1").with_overrides(**TINY, steps=40)
+    train(p, tmp_path / "part", progress=False, stop_after=20, log=lambda m: None)
+    said = []
+    train(p.with_overrides(checkpoint_every=10), tmp_path / "part", resume=True, progress=False, log=said.append)
+    assert any("--checkpoint-every 10 from now on (recorded 20)" in m for m in said), said
+    assert (tmp_path / "part" / "model.npz").exists()                    # a finished 40-step run, extended:
+    done = train(p.with_overrides(steps=80, checkpoint_every=10), tmp_path / "part", resume=True, progress=False,
+                 log=said.append)
+    assert any("extending the run from 40 to 80 steps" in m for m in said), said
+    for k in full.params:
+        np.testing.assert_array_equal(full.params[k], done.params[k], err_msg=k)
+    assert (tmp_path / "full" / "metrics.jsonl").read_text() == (tmp_path / "part" / "metrics.jsonl").read_text()
+
+
+def test_resume_refuses_steps_it_cannot_continue_exactly(tmp_path):
+    from implicit_icl.experiments.train import train
+
+    _train(tmp_path, "r", steps=30)                       # ends with an extra evaluation at 30 (eval_every 20)
+    p = get_preset("p1").with_overrides(**TINY, steps=30)
+    with pytest.raises(CheckpointError, match=r"--steps: recorded 30, given 60: .*off the --eval-every 20 grid"):
+        train(p.with_overrides(steps=60), tmp_path / "r", resume=True, progress=False, log=lambda m: None)
+    with pytest.raises(CheckpointError, match=r"--steps: recorded 30, given 20: --steps can be raised on resume, "
+                                              "not lowered"):
+        train(p.with_overrides(steps=20), tmp_path / "r", resume=True, progress=False, log=lambda m: None)
