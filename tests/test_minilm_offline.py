@@ -399,3 +399,101 @@ def test_the_torch_forward_without_torch_names_the_extra(monkeypatch):
     monkeypatch.delitem(sys.modules, "implicit_icl.models.minilm_torch", raising=False)
     with pytest.raises(MissingExtraError, match=r"implicit-icl\[torch\]"):
         importlib.import_module("implicit_icl.models.minilm_torch")
+
+
+# ------------------------------------------------------------- the query-dependence control (reviewer's finding 4)
+
+
+def test_own_ratio_is_each_tokens_own_update_on_its_own_row(tiny):
+    """The control for 'ΔW on c_j': token j's own ΔW_j (query c_j, every other row its context, computed here
+    independently with implicit_update), without its Δb_j, applied to row j run alone, as a ratio of misses."""
+    ex = minilm.explain_layer(tiny, "the cat sat on the mat", 1, 4)
+    enc, H = minilm.encode(tiny, "the cat sat on the mat")
+    for k in range(len(ex.context_index)):
+        j = ex.context_index[k]
+        others = np.delete(H[1], j, axis=0)
+        own = implicit_update(tiny.blocks[1], tiny.cfg, others, H[1][j])
+        assert np.max(np.abs(block_output(apply_update(tiny.blocks[1], own), tiny.cfg, others[:0], H[1][j])
+                             - H[2][j])) < TOL * 10                  # it is token j's exact update (with Δb_j)
+        updated = apply_update(tiny.blocks[1], type(own)(own.u, own.a, np.zeros_like(own.delta_b)))
+        miss = np.linalg.norm(block_output(updated, tiny.cfg, others[:0], H[1][j]) - H[2][j])
+        base = np.linalg.norm(block_output(tiny.blocks[1], tiny.cfg, others[:0], H[1][j]) - H[2][j])
+        assert ex.own_ratio[k] == pytest.approx(miss / base, rel=1e-10)
+    d = ex.to_dict()
+    assert [c["own_transfer_ratio"] for c in d["context"]] == [float(t) for t in ex.own_ratio]
+    assert d["own_transfer_ratio_median"] == pytest.approx(float(np.median(ex.own_ratio)), rel=0)
+    assert d["transfer_ratio_median"] == pytest.approx(float(np.median(ex.transfer_ratio)), rel=0)
+    assert "own_transfer_ratio" in d["transfer_ratio_what"]
+
+
+def test_the_table_shows_the_control_beside_the_query_ratio(tiny):
+    from implicit_icl.models.explain import format_layer
+
+    ex = minilm.explain_layer(tiny, "the cat sat on the mat", 1, 4)
+    text = format_layer(ex)
+    assert "ΔW on c_j" in text and "own ΔW_j" in text
+    row = next(line for line in text.splitlines() if line.strip().startswith(f"{ex.context_index[0]} "))
+    assert row.rstrip().endswith(f"{ex.transfer_ratio[0]:9.2f}× {ex.own_ratio[0]:8.2f}×")
+    assert f"median {np.median(ex.own_ratio):.2f}×" in text and "verdict:" in text
+
+
+@pytest.mark.parametrize("query,own,says", [
+    (1.03, 0.80, ["1.03× (no better than W alone)", "own ΔW: 0.80×", "belongs to its query"]),
+    (0.99, 0.91, ["0.99× (11% of what the own ΔW gains)", "belongs to its query"]),
+    (0.85, 0.80, ["about as well as their own"]),
+    (0.90, 0.80, ["50% of what the own ΔW gains", "Part of a token's own improvement carries over"]),
+    (0.95, 1.02, ["says nothing about query dependence"]),
+])
+def test_the_verdict_reads_the_query_ratio_against_the_control(query, own, says):
+    from implicit_icl.models.explain import transfer_verdict
+
+    verdict = transfer_verdict(query, own)
+    for phrase in says:
+        assert phrase in verdict
+    assert "does little for the other tokens; it rewrites" not in verdict
+
+
+# ----------------------------------------------------------------- explain's arguments (findings 2, 8, minor)
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("the model was loaded before the arguments were checked")
+    monkeypatch.setattr(minilm, "load_minilm", fail)
+
+
+def test_cli_json_path_is_checked_before_the_model_loads(no_loading, tmp_path, capsys):
+    (tmp_path / "a_file").write_text("")
+    assert main(["explain", "a", "--layer", "0", "--json", str(tmp_path / "a_file" / "x.json")]) == 2
+    err = capsys.readouterr().err
+    assert "--json: cannot write" in err and "is a file, not a folder" in err
+    (tmp_path / "d.json").mkdir()
+    assert main(["explain", "a", "--layer", "0", "--json", str(tmp_path / "d.json")]) == 2
+    assert "--json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text", ["", "  "])
+def test_cli_empty_text_is_named(no_loading, capsys, text):
+    assert main(["explain", text, "--layer", "0"]) == 2
+    assert "TEXT is empty" in capsys.readouterr().err
+
+
+def test_cli_names_the_environment_folder(tmp_path, monkeypatch, capsys):
+    """A folder from IMPLICIT_ICL_MINILM_DIR that lacks the files: the message says where the folder came from."""
+    monkeypatch.setenv(minilm.ENV_DIR, str(tmp_path))
+    assert main(["explain", "hi", "--layer", "0"]) == 2
+    err = capsys.readouterr().err
+    assert f"IMPLICIT_ICL_MINILM_DIR={tmp_path}" in err and "config.json" in err and "Traceback" not in err
+    with pytest.raises(FileNotFoundError, match="IMPLICIT_ICL_MINILM_DIR"):
+        minilm.load_minilm()
+    with pytest.raises(FileNotFoundError) as info:                    # an explicit path is not the variable
+        minilm.load_minilm(tmp_path)
+    assert "IMPLICIT_ICL_MINILM_DIR" not in str(info.value)
+
+
+def test_cli_help_names_the_environment_variable(capsys):
+    with pytest.raises(SystemExit):
+        main(["explain", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "IMPLICIT_ICL_MINILM_DIR" in out and "own ΔW_j" in out

@@ -302,3 +302,17 @@ def test_cli_json_path_that_cannot_be_written_is_named(tmp_path, capsys):
     (tmp_path / "a_file").write_text("")
     assert main(["explain", "a", "--layer", "0", "--no-prefix", "--json", str(tmp_path / "a_file" / "x.json")]) == 2
     assert "--json" in capsys.readouterr().err
+
+
+def test_query_dependence_is_read_against_each_tokens_own_update(model, capsys):
+    """The README's figures for the analogy sentence: this query's ΔW leaves the other tokens' misses about where
+    W leaves them (median 0.99-1.03×), while each token's own ΔW (the control, also without Δb) gets 0.76-0.91×:
+    the control is far from 0 (the residual part of a miss is Δb's), and clearly below the query's ratio."""
+    for layer in range(6):
+        ex = minilm.explain_layer(model, TEXTS[0], layer, dynamics=False, baseline_seed=None)
+        q, o = float(np.median(ex.transfer_ratio)), float(np.median(ex.own_ratio))
+        assert 0.95 < q < 1.1 and 0.7 < o < 0.95 and o < q - 0.05, (layer, q, o)
+    assert main(["explain", TEXTS[0], "--layer", "3", "--no-prefix", "--no-baseline"]) == 0
+    out = capsys.readouterr().out
+    assert "own ΔW_j" in out and "verdict: the query's ΔW on other tokens: 1.03× (no better than W alone); " \
+                                 "each token's own ΔW: 0.81×" in out

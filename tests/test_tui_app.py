@@ -210,3 +210,47 @@ def test_long_prompt_scrolls_to_current_token():
             if offset is not None:
                 assert chips.token_at(*offset) == k
     run(app, body, size=(100, 40))
+
+
+# --- the check names what it compares (reviewer's findings 1 and 9) -------------------------------------------------
+
+def test_check_panel_names_the_bias_update_of_a_residual_block():
+    """A pre-LN block's query alone matches the output with context only with b_out + Δb_i too: the check says
+    T_(W_i, b_i)(x) with W_i = W + ΔW_i, b_i = b_out + Δb_i, and shows ‖Δb_i‖ (the library's value)."""
+    from implicit_icl.reference import BlockConfig, init_block
+    from implicit_icl.tui import view
+    from implicit_icl.tui.data import regression_data
+
+    cfg = BlockConfig(d_model=3, d_mlp=16, n_heads=1, kind="pre-ln")
+    res = regression_data(init_block(cfg, 2), cfg, n_tokens=8, title="pre-ln block", source="test",
+                          model_label="m")
+    app = WalkthroughApp(res, start=3)
+
+    async def body(pilot):
+        text = screen_text(app)
+        assert "check: context vs (W+ΔW_i, b+Δb_i) on x alone" in text
+        assert "T_(W_3, b_3)(x)" in text and "W_3 = W + ΔW_3,  b_3 = b_out + Δb_3" in text
+        assert re.search(r"‖Δb_3‖\s+" + re.escape(view.fmt_norm(res.delta_b_norm(3))) + r"\s+bias update", text)
+        assert "T_(W+ΔW_3)(x)" not in text
+        assert f"{res.trajectory.pred_update[3][res.readout]:+.11f}" in text
+    run(app, body)
+
+
+def test_check_panel_of_a_plain_block_keeps_w_plus_delta_w(data):
+    """A plain block has no residual around the MLP (Δb_i = 0): W + ΔW_i alone is the whole update."""
+    app = WalkthroughApp(data, start=3)
+
+    async def body(pilot):
+        text = screen_text(app)
+        assert "T_(W+ΔW_3)(x)" in text and "Δb" not in text
+        assert "check: context vs W + ΔW_i on the query alone" in text
+    run(app, body)
+
+
+def test_help_is_honest_about_round_off_and_the_bias():
+    from implicit_icl.tui.app import HELP_TEXT
+
+    flat = " ".join(HELP_TEXT.split())
+    assert "always ~1e-16" not in flat
+    assert "float64: ~1e-16 relative to the output; float32, e.g. --backend torch: ~1e-7" in flat
+    assert "b_out + Δb_i, Δb_i = r_i − r" in flat and "T_(W+ΔW_i, b+Δb_i)(x)" in flat

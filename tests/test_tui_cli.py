@@ -13,6 +13,16 @@ import pytest
 from implicit_icl.cli import main
 
 
+@pytest.fixture(autouse=True)
+def pretend_terminal(request, monkeypatch):
+    """Tests run without a terminal; the argument checks below are about what comes after the terminal check
+    (tests named ``test_no_terminal*`` keep the real check). No test here reaches ``app.run()`` without
+    ``--export``: each fails on an argument first."""
+    if not request.node.name.startswith("test_no_terminal"):
+        from implicit_icl.tui import command
+        monkeypatch.setattr(command, "interactive_terminal", lambda: True, raising=False)
+
+
 def call(capsys, *argv):
     code = main(["walkthrough", *argv])
     out, err = capsys.readouterr()
@@ -72,7 +82,10 @@ def test_export_to_an_unwritable_place(capsys, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     code, _, err = call(capsys, "--random", "--tokens", "3", "--export", str(blocker / "w.txt"))
-    assert code == 2 and f"--export {blocker / 'w.txt'}: cannot write it" in err
+    assert code == 2 and f"--export: cannot write {blocker / 'w.txt'}: {blocker} is a file, not a folder" in err
+    (tmp_path / "d.svg").mkdir()
+    code, _, err = call(capsys, "--random", "--tokens", "3", "--export", str(tmp_path / "d.svg"))   # a folder
+    assert code == 2 and "--export" in err and "is a folder" in err
 
 
 def test_model_needs_text_and_loader(capsys):
@@ -159,3 +172,129 @@ def test_model_minilm_export(capsys, tmp_path):
     assert shown < 1e-12 * (1 + data.output_norms(data.n)[0])        # the theorem at float64 round-off
     code, _, err = call(capsys, "--model", "minilm", "a b", "--layer", "99")
     assert code == 2 and "layer" in err
+
+
+# --- the reviewer's findings (each test failed on the code before the fix) ------------------------------------------
+
+def test_export_path_is_checked_before_any_work(capsys, tmp_path, monkeypatch):
+    """A bad --export path is reported before the trajectory is computed (which can take a while)."""
+    from implicit_icl.tui import command
+
+    def no_work(args):
+        raise AssertionError("prepare() ran before the --export path was checked")
+    monkeypatch.setattr(command, "prepare", no_work)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    code, _, err = call(capsys, "--random", "--export", str(blocker / "sub" / "w.svg"))
+    assert code == 2 and "--export: cannot write" in err and "is a file, not a folder" in err
+
+
+def test_export_replaces_the_file_atomically(capsys, tmp_path):
+    """--export writes a temporary file and renames it into place: the old file is never truncated and rewritten
+    in place (a hard link to it keeps the old content), and missing folders are created."""
+    out = tmp_path / "new" / "folder" / "w.txt"
+    out.parent.mkdir(parents=True)
+    out.write_text("old screenshot")
+    link = tmp_path / "link.txt"
+    link.hardlink_to(out)
+    code, _, err = call(capsys, "--random", "--tokens", "3", "--export", str(out))
+    assert code == 0, err
+    assert "step i = 0 / 3" in out.read_text() and link.read_text() == "old screenshot"
+    assert [p.name for p in out.parent.iterdir()] == ["w.txt"]                 # no temporary file left behind
+    deep = tmp_path / "a" / "b" / "c.txt"                                      # missing folders are created
+    assert call(capsys, "--random", "--tokens", "3", "--export", str(deep))[0] == 0 and deep.is_file()
+
+
+def test_no_terminal_is_refused_with_a_hint_not_escape_codes(tmp_path):
+    """Without a terminal on stdin/stdout the interactive app used to write escape codes until killed; now it
+    says to use --export and exits 2, having written nothing to stdout."""
+    res = subprocess.run([sys.executable, "-m", "implicit_icl.cli", "walkthrough", "--random", "--tokens", "3"],
+                         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and res.stdout == ""
+    assert "needs a terminal" in res.stderr and "--export FILE" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_no_terminal_check_is_skipped_for_export(capsys, tmp_path):
+    out = tmp_path / "w.txt"
+    code, _, err = call(capsys, "--random", "--tokens", "3", "--export", str(out))
+    assert code == 0 and out.is_file(), err
+
+
+@pytest.mark.parametrize("option,value", [("--tokens", "5"), ("--seed", "4"), ("--backend", "torch"),
+                                          ("--backend", "numpy")])
+def test_model_rejects_options_that_do_not_apply(capsys, tmp_path, option, value):
+    """--tokens, --seed and --backend mean nothing for --model (the text sets the tokens; the real model runs on
+    the float64 NumPy reference): refused before any model is loaded, never silently ignored."""
+    out = tmp_path / "x.txt"
+    code, _, err = call(capsys, "--model", "minilm", "France is to Paris", option, value, "--export", str(out))
+    assert code == 2 and f"{option} does not apply with --model" in err and not out.exists()
+
+
+def test_backend_is_validated_whatever_the_source(capsys, tmp_path):
+    for argv in (["--model", "minilm", "hi"], ["--random"], []):
+        code, _, err = call(capsys, *argv, "--backend", "jax", "--export", str(tmp_path / "x.txt"))
+        assert code == 2 and "--backend must be one of numpy, torch" in err and "got 'jax'" in err
+
+
+def test_empty_text_is_named(capsys, tmp_path):
+    code, _, err = call(capsys, "--model", "minilm", "", "--export", str(tmp_path / "x.txt"))
+    assert code == 2 and "TEXT is empty" in err
+    code, _, err = call(capsys, "--model", "minilm", "   ", "--export", str(tmp_path / "x.txt"))
+    assert code == 2 and "TEXT is empty" in err
+
+
+def test_minilm_dir_from_the_environment_is_named_not_a_traceback(capsys, tmp_path, monkeypatch):
+    """IMPLICIT_ICL_MINILM_DIR naming a folder without the model files: one clean line naming the variable."""
+    monkeypatch.setenv("IMPLICIT_ICL_MINILM_DIR", str(tmp_path))
+    code, out, err = call(capsys, "--model", "minilm", "hi", "--export", str(tmp_path / "z.txt"))
+    assert code == 2 and f"IMPLICIT_ICL_MINILM_DIR={tmp_path}" in err and "config.json" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "z.txt").exists()
+
+
+def test_help_says_what_the_options_mean(capsys):
+    with pytest.raises(SystemExit):
+        main(["walkthrough", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "[CLS] is 0" in out and "-1 is the final [SEP]" in out and "last real token before [SEP]" in out
+    assert "IMPLICIT_ICL_MINILM_DIR" in out and "missing folders are created" in out
+    assert "T_(W+ΔW_i, b+Δb_i)(x)" in out and "float32 ~1e-7" in out
+    assert "not with --model" in out
+
+
+def test_model_minilm_check_names_the_bias_update(capsys, tmp_path):
+    """The reviewer's repro: MiniLM layer 0, step 3. The number shown for the query alone includes Δb_out
+    (‖Δb_3‖ = 5.99 there), so the check must say so and show ‖Δb_3‖, not claim W + ΔW_3 alone."""
+    from implicit_icl.reference import Update, apply_update
+    from implicit_icl.reference.blocks import head
+    from implicit_icl.tui.data import WalkthroughError, text_data
+    try:
+        data = text_data("minilm", "France is to Paris as Japan is to", layer=0)
+    except WalkthroughError as exc:
+        pytest.skip(f"the minilm loader or its weights are not installed here: {exc}")
+    out = tmp_path / "m.txt"
+    code, _, err = call(capsys, "--model", "minilm", "France is to Paris as Japan is to", "--export", str(out),
+                        "--step", "3")
+    assert code == 0, err
+    text = out.read_text()
+    assert "‖T_(W_3, b_3)(x)‖" in text and "W_3 = W + ΔW_3,  b_3 = b_out + Δb_3" in text
+    assert "T_(W+ΔW_3)(x)" not in text and "check: context vs (W+ΔW_i, b+Δb_i) on x alone" in text
+    shown = float(re.search(r"‖Δb_3‖\s+(\S+)", text).group(1))
+    assert shown == pytest.approx(data.delta_b_norm(3), rel=1e-3) and shown > 1
+    # why it matters: W + ΔW_3 without Δb_3 does not reproduce the output with context (post-LN: r = a = h_x)
+    from implicit_icl.models import minilm
+    model = minilm.load_minilm()
+    t = data.trajectory
+    without_b = head(apply_update(model.blocks[0], Update(t.u[3], t.a, np.zeros_like(t.a))), model.cfg, t.a, t.a)
+    np.testing.assert_allclose(head(apply_update(model.blocks[0], t.update(3)), model.cfg, t.a, t.a),
+                               t.pred_update[3], rtol=0, atol=1e-12)
+    assert np.linalg.norm(without_b - t.pred_context[3]) > 0.1
+
+
+def test_no_terminal_still_names_a_bad_option_first(capsys, monkeypatch):
+    """Without a terminal, a wrong option is still reported as such (checked before the terminal and any work)."""
+    from implicit_icl.tui import command
+    monkeypatch.setattr(command, "interactive_terminal", lambda: False, raising=False)
+    code, _, err = call(capsys, "--random", "--backend", "jax")
+    assert code == 2 and "--backend must be one of" in err and "'jax'" in err
+    code, _, err = call(capsys, "--random", "--tokens", "5")
+    assert code == 2 and "needs a terminal" in err and "--export FILE" in err

@@ -24,13 +24,62 @@ def small():
 
 
 def test_trajectory_is_the_librarys(small):
+    """The walkthrough's trajectory (one masked pass, ``prefix_trajectory``) equals the reference ``trajectory``,
+    which re-runs the block on every prefix, to float64 round-off; the baseline likewise."""
     prompt = regression_prompts(1, 9, 2, 3)
     ref = trajectory(init_block(wdata.RANDOM_CONFIG, 3), wdata.RANDOM_CONFIG, prompt.context[0], prompt.query[0])
-    np.testing.assert_array_equal(small.trajectory.u, ref.u)
-    np.testing.assert_array_equal(small.trajectory.pred_context, ref.pred_context)
+    assert_same_trajectory(small.trajectory, ref)
     assert small.target == pytest.approx(float(prompt.target[0]), abs=0)
     base = trajectory(init_block(wdata.RANDOM_CONFIG, 4), wdata.RANDOM_CONFIG, prompt.context[0], prompt.query[0])
-    np.testing.assert_array_equal(small.baseline.step_norm, base.step_norm)
+    assert_same_trajectory(small.baseline, base)
+
+
+FIELDS = ("a", "delta", "u", "delta_b", "delta_W_norm", "step_norm", "grad_u", "loss", "grad_norm", "pred_context",
+          "pred_update")
+
+
+def assert_same_trajectory(got, want, rel=1e-12):
+    """Every array field within ``rel × (1 + max |want|)``: float64 round-off of sums of a few dozen terms."""
+    assert got.n == want.n and got.h == pytest.approx(want.h, rel=rel)
+    for name in FIELDS:
+        w = getattr(want, name)
+        np.testing.assert_allclose(getattr(got, name), w, rtol=0, atol=rel * (1 + np.abs(w).max()), err_msg=name)
+    np.testing.assert_allclose(got.relative_change[1:], want.relative_change[1:], rtol=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["plain", "p1-skip", "residual", "pre-ln", "post-ln"])
+@pytest.mark.parametrize("causal", [True, False])
+def test_fast_prefix_trajectory_equals_the_per_prefix_reruns(kind, causal):
+    """The data prep no longer re-runs the block on each prefix (O(n³), which made --tokens 2000 hang): the fast
+    path gives the old numbers, for every block kind, to ~1e-12."""
+    cfg = BlockConfig(d_model=4, d_mlp=12, n_heads=2, kind=kind, activation="gelu", causal=causal, attn_bias=True)
+    params = init_block(cfg, 5)
+    d = wdata.regression_data(params, cfg, n_tokens=11, seed=2, title="t", source="s", model_label="m")
+    prompt = regression_prompts(1, 11, 3, 2)
+    assert_same_trajectory(d.trajectory, trajectory(params, cfg, prompt.context[0], prompt.query[0]))
+    assert_same_trajectory(d.baseline, trajectory(init_block(cfg, 3), cfg, prompt.context[0], prompt.query[0]))
+
+
+def test_data_prep_does_not_rerun_the_block_per_prefix(monkeypatch):
+    """``reference.trajectory`` (n+1 block runs) is the ground truth above, not what the walkthrough calls."""
+    import implicit_icl.reference.dynamics as dynamics
+
+    def per_prefix(*args, **kwargs):
+        raise AssertionError("the walkthrough re-ran the block on every prefix (reference.trajectory)")
+    monkeypatch.setattr(dynamics, "trajectory", per_prefix)
+    monkeypatch.setattr(wdata, "trajectory", per_prefix, raising=False)
+    assert wdata.random_data(n_tokens=40, seed=1).n == 40
+
+
+def test_max_tokens_is_quick():
+    """The documented maximum, which took minutes before (500 tokens: 31 s; 1000: 98 s): now about a second."""
+    import time
+
+    start = time.perf_counter()
+    d = wdata.default_data(n_tokens=wdata.MAX_TOKENS)
+    assert d.n == wdata.MAX_TOKENS and d.baseline.n == wdata.MAX_TOKENS
+    assert time.perf_counter() - start < 20                     # generous: ~1 s measured on a 2-core CPU
+    assert np.max(d.trajectory.prediction_error) < 1e-12 * (1 + np.abs(d.trajectory.pred_context).max())
 
 
 def test_step_is_difference_of_updates(small):
@@ -145,3 +194,60 @@ def test_braille_plot_marks_and_skips_nan():
     plain = "".join(t.plain for t in lines)
     assert "│" in plain                                           # the marker column at x = 3 (no value: nan)
     assert lines[0].plain[0] != " " and lines[-1].plain[-1] == "│"
+
+
+# --- residual blocks: the check names the bias update (the reviewer's finding 1) -----------------------------------
+
+def test_residual_blocks_carry_the_bias_update():
+    """Every kind but plain has a residual around the MLP: the query alone reproduces the output only with
+    ``b_out + Δb_i`` too, so the data says so (``residual``) and gives ‖Δb_i‖; a plain block has Δb_i = 0."""
+    from implicit_icl.reference import Update, apply_update
+    from implicit_icl.reference.blocks import head
+
+    for kind in ("plain", "p1-skip", "residual", "pre-ln", "post-ln"):
+        cfg = BlockConfig(d_model=3, d_mlp=8, n_heads=1, kind=kind)
+        d = wdata.regression_data(init_block(cfg, 1), cfg, n_tokens=6, title="t", source="s", model_label="m")
+        t = d.trajectory
+        assert d.residual is (kind != "plain"), kind
+        assert d.delta_b_norm(4) == pytest.approx(float(np.linalg.norm(t.delta_b[4])), rel=0)
+        if kind == "plain":
+            assert d.delta_b_norm(4) == 0
+            continue
+        assert d.delta_b_norm(4) > 0
+        # W + ΔW_4 alone (no Δb) misses the output with context by far more than round-off
+        params = init_block(cfg, 1)
+        prompt = regression_prompts(1, 6, 2, 0)
+        from implicit_icl.reference.blocks import sequence, taps
+        a_x, r_x = (v[-1] for v in taps(params, cfg, sequence(prompt.context[0][:0], prompt.query[0])))
+        without_b = head(apply_update(params, Update(t.u[4], t.a, np.zeros_like(t.a))), cfg, a_x, r_x)
+        assert np.abs(without_b - t.pred_context[4]).max() > 1e-3, kind
+        assert np.abs(t.pred_update[4] - t.pred_context[4]).max() < 1e-12
+
+
+def test_a_hidden_bias_update_is_refused():
+    """residual=False with a non-zero Δb would make the check claim W + ΔW_i alone: refused."""
+    import dataclasses
+
+    cfg = BlockConfig(d_model=3, d_mlp=8, n_heads=1, kind="pre-ln")
+    d = wdata.regression_data(init_block(cfg, 1), cfg, n_tokens=4, title="t", source="s", model_label="m")
+    with pytest.raises(wdata.WalkthroughError, match="non-zero bias update"):
+        dataclasses.replace(d, residual=False)
+
+
+# --- checkpoint titles say only what the metadata says (finding 10) ------------------------------------------------
+
+@pytest.mark.parametrize("meta,title,source", [
+    ({}, "checkpoint c.npz (plain block)", ""),
+    ({"step": True}, "checkpoint c.npz (plain block)", ""),
+    ({"step": "12"}, "checkpoint c.npz (plain block)", ""),
+    ({"step": 0}, "plain block at training step 0 (c.npz): untrained", ", training step 0 (untrained)"),
+    ({"step": 1200, "val_loss": 0.25}, "trained plain block (c.npz)", ", trained 1200 steps, val loss 0.25"),
+])
+def test_checkpoint_title_follows_its_metadata(tmp_path, meta, title, source):
+    cfg = BlockConfig(d_model=3, d_mlp=8, n_heads=1)
+    path = checkpoint.save_checkpoint(tmp_path / "c.npz", init_block(cfg, 7), cfg, **meta)
+    d = wdata.checkpoint_data(path, n_tokens=3)
+    assert d.title == f"{title} · regression prompt, seed 0"
+    assert d.source.startswith(f"checkpoint {path}{source} · ")
+    assert "True" not in d.title + d.source
+    assert (d.model_label == "trained") == title.startswith("trained ")

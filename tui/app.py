@@ -37,15 +37,20 @@ with that context equals the output of the query [i]alone[/i] with W replaced by
 
     ΔW_i = u_i aᵀ / ‖a‖²,   u_i = W (a_i − a),   a = the MLP input for the query alone   (rank 1)
 
+In a block with a residual around the MLP (every kind but plain; a real model's layers) the residual r changes
+with the context too, so the MLP's output bias takes it: b_out + Δb_i, Δb_i = r_i − r (Innocenti & Achour 2025).
+There the check compares with T_(W+ΔW_i, b+Δb_i)(x) and shows ‖Δb_i‖; W + ΔW_i alone would not reproduce it.
+
 [b]Panels[/b]
   prompt    the context tokens (✓ consumed, ▶ highlighted: the current one c_i) and the fixed query
   heatmap   ΔW_i (or, with s, the step ΔW_i − ΔW_(i−1)), block-averaged to fit; its factors u_i and a
-  check     the prediction with i tokens of context vs the query alone with W + ΔW_i: equal up to round-off
+  check     the output with i tokens of context vs the query alone with the update: equal up to round-off
   GD view   W_(i+1) = W_i − h ∇L_i(W_i), h = 1/‖a‖², L_i(W) = tr(Δ_iᵀ W)  (P1 Prop. 3.1)
   curves    ‖ΔW_i‖, ‖ΔW_(i+1) − ΔW_i‖ and their ratio over all i, with an untrained block of the same shape
 
 [b]Read it honestly[/b] (THEORY §8)
-  • The identity is algebra: it holds for any block, trained or random, so the check is always ~1e-16.
+  • The identity is algebra: it holds for any block, trained or random, so the check shows only the round-off
+    of the dtype (float64: ~1e-16 relative to the output; float32, e.g. --backend torch: ~1e-7).
   • L_i is linear in W and built from the update itself: the "gradient descent" is an exact rewriting.
   • Steps shrink like 1/i for softmax attention even untrained: compare with the baseline (b).
   • ΔW depends on the query; another query needs another ΔW.
@@ -327,7 +332,9 @@ class WalkthroughApp(App):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#check").border_title = "check: context vs W + ΔW_i on the query alone"
+        self.query_one("#check").border_title = (
+            "check: context vs (W+ΔW_i, b+Δb_i) on x alone" if self.data.residual
+            else "check: context vs W + ΔW_i on the query alone")
         self.query_one("#gd").border_title = "GD view (P1 Prop. 3.1)"
         self._timer = self.set_interval(PLAY_INTERVAL, self._tick, pause=True)
         self._check_size(self.size.width, self.size.height)
@@ -436,21 +443,28 @@ class WalkthroughApp(App):
     def _check_text(self) -> Text:
         d, i = self.data, self.i
         ctx = f"T_W(c_1..c_{i}, x)" if i else "T_W(x)"
+        # A residual block needs the bias update too (P2): saying W + ΔW_i alone would misname the number shown.
+        upd = f"T_(W_{i}, b_{i})(x)" if d.residual else f"T_(W+ΔW_{i})(x)"
         if d.readout is not None:
             label = "prediction ŷ (last output coordinate)"
             rows = [(ctx, "context" if i else "no context", view.fmt_value(d.prediction_context(i))),
-                    (f"T_(W+ΔW_{i})(x)", "query alone", view.fmt_value(d.prediction_update(i)))]
+                    (upd, "query alone", view.fmt_value(d.prediction_update(i)))]
         else:
             label = "output vector (no scalar readout): its norm"
             norms = d.output_norms(i)
             rows = [(f"‖{ctx}‖", "context" if i else "no context", view.fmt_value(norms[0])),
-                    (f"‖T_(W+ΔW_{i})(x)‖", "query alone", view.fmt_value(norms[1]))]
+                    (f"‖{upd}‖", "query alone", view.fmt_value(norms[1]))]
         text = Text()
         text.append(f"{label}\n", style="dim")
         for sym, what, val in rows:
             text.append(f"{sym:<20}", style="bold")
             text.append(f"{val:>16}  ", style=MODEL_COLOUR)
             text.append(f"{what}\n", style="dim")
+        if d.residual:
+            text.append(f"  W_{i} = W + ΔW_{i},  b_{i} = b_out + Δb_{i}\n", style="dim")
+            text.append(f"{f'‖Δb_{i}‖':<20}", style="bold")
+            text.append(f"{view.fmt_norm(d.delta_b_norm(i)):>16}  ", style=MODEL_COLOUR)
+            text.append("bias update\n", style="dim")
         if d.readout is not None:
             text.append(f"{'difference':<20}", style="bold")
             text.append(f"{view.fmt_small(d.prediction_difference(i)):>16}", style="bold green")

@@ -12,38 +12,57 @@ HELP = "step through a prompt token by token and watch each weight delta ΔW_i (
 DESCRIPTION = """\
 Open a terminal walkthrough of the implicit dynamics (Dherin et al. 2025, §3): a block reads a prompt c_1..c_n
 and a fixed query x; at step i it has consumed c_1..c_i, and its output equals that of the query alone with
-W + ΔW_i, ΔW_i = u_i aᵀ/‖a‖² (rank 1). The app shows ΔW_i as a heatmap with its factors, the check
-(prediction with context vs with the update), the gradient-descent reading of each step (P1 Prop. 3.1), and the
-curves ‖ΔW_i‖, ‖ΔW_(i+1) − ΔW_i‖ and their ratio next to an untrained block of the same shape.
+W + ΔW_i, ΔW_i = u_i aᵀ/‖a‖² (rank 1). In a block with a residual around the MLP (every kind but "plain", e.g.
+the post-LN layers of --model minilm) the MLP's output bias changes too, b_out + Δb_i with Δb_i = r_i − r (P2):
+there the check shows T_(W+ΔW_i, b+Δb_i)(x) and ‖Δb_i‖. The identity is exact by algebra, for any weights; the
+check shows the round-off of the dtype (float64 ~1e-16, float32 ~1e-7, relative to the output).
+The app shows ΔW_i as a heatmap with its factors, the check (output with context vs the query alone with the
+update), the gradient-descent reading of each step (P1 Prop. 3.1), and the curves ‖ΔW_i‖, ‖ΔW_(i+1) − ΔW_i‖ and
+their ratio next to an untrained block of the same shape.
 
 By default it opens on the bundled trained checkpoint (implicit_icl/data/p1.npz) and a generated regression
-prompt; without that file (or with --random) it uses a seeded random plain block and says so.
-Keys: → ← (l h) step, Home End, space play/pause, b baseline, s step view, ? help, q quit; click a token.
+prompt; without that file (or with --random) it uses a seeded random plain block and says so. --model minilm
+reads TEXT with a layer of all-MiniLM-L6-v2 (extra 'real'; its files come from the folder in the environment
+variable IMPLICIT_ICL_MINILM_DIR if set, else from the installed package); --tokens, --seed and --backend do
+not apply there.
+The app needs a terminal; --export FILE renders one step to an .svg or .txt file instead (missing folders are
+created). Keys: → ← (l h) step, Home End, space play/pause, b baseline, s step view, ? help, q quit; click a token.
 
   implicit-icl walkthrough
   implicit-icl walkthrough --random --seed 3 --tokens 80
   implicit-icl walkthrough --export docs/walkthrough.svg --step 12
+  implicit-icl walkthrough --model minilm "France is to Paris as Japan is to" --layer 3
 """
 
 DEFAULT_EXPORT_SIZE = (140, 45)
 
 
 def add_arguments(parser) -> None:
+    from .data import MAX_TOKENS          # NumPy and the reference only: --help still never imports textual
+
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--checkpoint", metavar="PATH", help="a trained single-block checkpoint (.npz)")
+    source.add_argument("--checkpoint", metavar="PATH",
+                        help="a single-block checkpoint (.npz, e.g. from implicit-icl train)")
     source.add_argument("--random", action="store_true", help="a seeded random (untrained) plain block")
     source.add_argument("--model", metavar="NAME", help="a real pretrained model ('minilm') on TEXT")
-    parser.add_argument("text", nargs="?", help="the text to read with --model")
-    parser.add_argument("--layer", type=int, default=None, help="with --model: the block to show (default: 0)")
-    parser.add_argument("--position", type=int, default=None,
-                        help="with --model: the query token's position (default: the last)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the prompt (and of the random block)")
+    parser.add_argument("text", nargs="?", metavar="TEXT", help="the text to read with --model")
+    parser.add_argument("--layer", type=int, default=None, metavar="L",
+                        help="with --model: the layer to show, 0..5 for minilm (default: 0)")
+    parser.add_argument("--position", type=int, default=None, metavar="P",
+                        help="with --model: the query token's index in the token list ([CLS] is 0; negative "
+                             "counts from the end, so -1 is the final [SEP]); default: the last real token "
+                             "before [SEP]")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of the prompt (and of the random block); default 0; not with --model")
     parser.add_argument("--tokens", type=int, default=None, metavar="N",
-                        help="context tokens in the prompt (default: the checkpoint's, else 50)")
-    parser.add_argument("--backend", default="numpy", metavar="NAME",
-                        help="compute the trajectory with this backend: numpy (default) or torch")
+                        help=f"context tokens in the prompt, 1..{MAX_TOKENS} (default: the checkpoint's, else 50); "
+                             "not with --model (the text sets them)")
+    parser.add_argument("--backend", default=None, metavar="NAME",
+                        help="compute the trajectory with this backend: numpy (default, float64), torch, or "
+                             "one an installed plugin registers; not with --model (float64 NumPy)")
     parser.add_argument("--step", type=int, default=0, metavar="I", help="open at step I (default: 0)")
-    parser.add_argument("--export", metavar="FILE", help="render step --step to FILE (.svg or .txt) and exit")
+    parser.add_argument("--export", metavar="FILE",
+                        help="render step --step to FILE (.svg or .txt) and exit; missing folders are created")
     parser.add_argument("--size", default=None, metavar="WxH",
                         help=f"--export size in cells (default: {DEFAULT_EXPORT_SIZE[0]}x{DEFAULT_EXPORT_SIZE[1]})")
 
@@ -67,45 +86,80 @@ def parse_size(text: str | None) -> tuple[int, int]:
     return w, h
 
 
-def get_backend(name: str):
-    """``None`` for the NumPy reference; else ``implicit_icl.backends.get_backend(name)``."""
-    if name == "numpy":
+def known_backends() -> list[str]:
+    """The backend names ``--backend`` accepts: the built-in ones and any registered by an installed plugin."""
+    try:
+        from implicit_icl.backends import factories
+    except ImportError:
+        return ["numpy", "torch"]
+    return sorted(factories())
+
+
+def check_backend_name(name: str | None) -> None:
+    """``--backend`` must name a known backend (whatever else was asked); raises ``ValueError`` otherwise."""
+    if name is None:
+        return
+    known = known_backends()
+    if name not in known:
+        raise ValueError(f"--backend must be one of {', '.join(known)}, got {name!r}")
+
+
+def get_backend(name: str | None):
+    """``None`` for the NumPy reference (``name`` ``None`` or ``"numpy"``); else
+    ``implicit_icl.backends.get_backend(name)``. Raises ``ValueError`` naming ``--backend``."""
+    check_backend_name(name)
+    if name is None or name == "numpy":
         return None
     try:
         from implicit_icl.backends import get_backend as lookup
-    except ImportError:
-        lookup = None
-    if lookup is None:
-        if name == "torch":
-            raise ValueError("--backend torch needs implicit_icl.backends.get_backend, which this install lacks")
-        raise ValueError(f"--backend must be 'numpy' or 'torch', got {name!r}")
+    except ImportError as exc:
+        raise ValueError(f"--backend {name!r} is not available ({exc})") from None
     try:
         return lookup(name)
     except (ImportError, KeyError, ValueError) as exc:
         raise ValueError(f"--backend {name!r} is not available ({exc})") from None
 
 
-def prepare(args):
-    """The ``WalkthroughData`` the arguments ask for (raises ``ValueError`` with a clear message)."""
-    from .data import check_tokens, default_data, text_data
+def check_arguments(args) -> None:
+    """Every check of the arguments that needs no computation (raises ``ValueError`` naming the option)."""
+    from .data import check_tokens
 
+    check_backend_name(args.backend)                                   # checked whatever the source
     if args.tokens is not None:
         check_tokens(args.tokens)
-    if args.seed < 0:                    # numpy's seed streams take non-negative integers only
+    if args.seed is not None and args.seed < 0:       # numpy's seed streams take non-negative integers only
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
     if args.model is not None:
-        if not args.text:
+        if args.text is None:
             raise ValueError("--model needs the TEXT to read, e.g. implicit-icl walkthrough --model minilm \"…\"")
-        return text_data(args.model, args.text, layer=0 if args.layer is None else args.layer,
-                         position=args.position)
-    if args.text:
+        if not args.text.strip():
+            raise ValueError("TEXT is empty: --model needs a text to read, e.g. "
+                             "implicit-icl walkthrough --model minilm \"France is to Paris as Japan is to\"")
+        for option, given, why in (
+                ("--tokens", args.tokens is not None, "the text sets the tokens"),
+                ("--seed", args.seed is not None, "there is no generated prompt or random block to seed"),
+                ("--backend", args.backend is not None, "the real model runs on the float64 NumPy reference")):
+            if given:
+                raise ValueError(f"{option} does not apply with --model ({why})")
+        return
+    if args.text is not None:
         raise ValueError(f"unexpected TEXT {args.text!r}: TEXT is only read with --model")
     for name in ("layer", "position"):
         if getattr(args, name) is not None:
             raise ValueError(f"--{name} only applies with --model")
+
+
+def prepare(args):
+    """The ``WalkthroughData`` the arguments ask for (raises ``ValueError`` with a clear message)."""
+    from .data import default_data, text_data
+
+    check_arguments(args)
+    if args.model is not None:
+        return text_data(args.model, args.text, layer=0 if args.layer is None else args.layer,
+                         position=args.position)
     backend = get_backend(args.backend)
-    return default_data(n_tokens=args.tokens, seed=args.seed, random=args.random, checkpoint=args.checkpoint,
-                        backend=backend)
+    return default_data(n_tokens=args.tokens, seed=0 if args.seed is None else args.seed, random=args.random,
+                        checkpoint=args.checkpoint, backend=backend)
 
 
 def export(app, path: Path, size: tuple[int, int]) -> None:
@@ -123,12 +177,22 @@ def export(app, path: Path, size: tuple[int, int]) -> None:
         app.exit()
 
     app.run(headless=True, size=size, auto_pilot=shoot)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(shot[0], encoding="utf-8")
+    from implicit_icl.checkpoint import atomic_write_bytes
+
+    data = shot[0].encode("utf-8")
+    atomic_write_bytes(path, lambda f: f.write(data))        # creates missing folders; never a half-written file
+
+
+def interactive_terminal() -> bool:
+    """Whether stdin and stdout are both a terminal (the interactive app needs one for keys and for drawing)."""
+    try:
+        return sys.stdin is not None and sys.stdout is not None and sys.stdin.isatty() and sys.stdout.isatty()
+    except (AttributeError, ValueError):          # a closed or replaced stream
+        return False
 
 
 def run(args) -> int:
-    from implicit_icl.checkpoint import CheckpointError
+    from implicit_icl.checkpoint import CheckpointError, output_path_problem
 
     from .app import MIN_SIZE
 
@@ -137,12 +201,22 @@ def run(args) -> int:
         if export_path is not None:
             if export_path.suffix.lower() not in (".svg", ".txt"):
                 raise ValueError(f"--export must name a .svg or .txt file, got {export_path.name!r}")
+            problem = output_path_problem(export_path, "--export")     # before any work
+            if problem:
+                raise ValueError(problem)
             size = parse_size(args.size)
-        elif args.size is not None:
-            raise ValueError("--size only applies to --export")
+        else:
+            if args.size is not None:
+                raise ValueError("--size only applies to --export")
+            check_arguments(args)                  # a wrong option first; then the terminal, before any work
+            if not interactive_terminal():
+                raise ValueError("the interactive walkthrough needs a terminal (stdin and stdout are not both one); "
+                                 "to render a step to a file use --export FILE.svg (or FILE.txt) with --step I")
         data = prepare(args)
     except (CheckpointError, ValueError) as exc:          # ZeroNormError and WalkthroughError are ValueErrors
         return fail(str(exc))
+    except OSError as exc:
+        return fail(f"cannot read what was asked for: {exc}")
     if not 0 <= args.step <= data.n:
         return fail(f"--step must be from 0 to {data.n} (the context length), got {args.step}")
 

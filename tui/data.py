@@ -11,6 +11,10 @@ Builders:
 - ``default_data``: the bundled trained checkpoint if it exists, else a seeded random ``plain`` block.
 - ``text_data``: a real pretrained model through ``implicit_icl.models.minilm.text_trajectories`` (a hook; the
   loader lives elsewhere).
+
+The NumPy trajectories come from ``reference.subsets.prefix_trajectory`` (the query's attention row over every
+prefix in one masked pass, O(n²·d)), equal to ``reference.trajectory`` (which re-runs the block on each prefix,
+O(n³·d)) to float64 round-off: the documented maximum of ``MAX_TOKENS`` context tokens takes about a second.
 """
 from __future__ import annotations
 
@@ -19,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from implicit_icl.reference import BlockConfig, Trajectory, init_block, trajectory
+from implicit_icl.reference import BlockConfig, Trajectory, init_block
+from implicit_icl.reference.subsets import prefix_trajectory
 from implicit_icl.reference.tasks import regression_prompts
 
 #: The random block used when no trained checkpoint is bundled: P1's shape (THEORY §5: d = 2, so d_model = 3;
@@ -40,11 +45,15 @@ class WalkthroughData:
     token_labels:  n short strings, one chip per context token (``c_1..c_n``).
     token_values:  n longer strings describing each token (its value).
     query_value:   the fixed query ``x``, described.
-    trajectory:    ``reference.trajectory(params, cfg, context, query)`` of the model shown.
+    trajectory:    the library's ``Trajectory`` of the model shown (``reference.trajectory``'s fields; here from
+                   ``reference.subsets.prefix_trajectory`` or a backend's ``trajectory``).
     baseline:      the same for an untrained block of the same config (or ``None``).
     readout:       index of the output coordinate that is the prediction (P1 §4: the last), or ``None`` when the
                    model has no scalar readout (then only ``max |T_ctx − T_ΔW|`` is shown).
     target:        the true value of the prediction (``⟨w, x_q⟩`` for regression), or ``None``.
+    residual:      whether the block has a residual around the MLP (every kind but ``plain``), so that the query
+                   alone reproduces the output with context only with ``W + ΔW_i`` *and* ``b_out + Δb_i``
+                   (P2; ``Δb_i = r_i − r`` is ``trajectory.delta_b[i]``). ``False`` requires every ``Δb_i = 0``.
     """
 
     title: str
@@ -61,6 +70,7 @@ class WalkthroughData:
     target: float | None = None
     target_label: str = "true target"
     notes: tuple[str, ...] = field(default=())
+    residual: bool = False
 
     def __post_init__(self):
         n = self.trajectory.n
@@ -70,6 +80,9 @@ class WalkthroughData:
                 f"got {len(self.token_labels)} and {len(self.token_values)}")
         if self.baseline is not None and self.baseline.n != n:
             raise WalkthroughError(f"baseline must have the same context length ({n}), got {self.baseline.n}")
+        if not self.residual and np.any(self.trajectory.delta_b != 0):
+            raise WalkthroughError("residual=False, but the trajectory has a non-zero bias update Δb_i: the check "
+                                   "would hide it (pass residual=True for a block with a residual around the MLP)")
 
     @property
     def n(self) -> int:
@@ -100,7 +113,8 @@ class WalkthroughData:
         return None if self.readout is None else float(self.trajectory.pred_context[i][self.readout])
 
     def prediction_update(self, i: int) -> float | None:
-        """The prediction of the query alone with ``W + ΔW_i``, ``T_{W+ΔW_i}(x)`` at the readout."""
+        """The prediction of the query alone with the update, ``T_{W+ΔW_i}(x)`` (``T_{W+ΔW_i, b+Δb_i}(x)`` for a
+        ``residual`` block) at the readout."""
         return None if self.readout is None else float(self.trajectory.pred_update[i][self.readout])
 
     def prediction_difference(self, i: int) -> float | None:
@@ -113,6 +127,10 @@ class WalkthroughData:
         """``(‖T_W(c_1..c_i, x)‖, ‖T_{W+ΔW_i}(x)‖)``: the sizes of the two outputs being compared."""
         t = self.trajectory
         return float(np.linalg.norm(t.pred_context[i])), float(np.linalg.norm(t.pred_update[i]))
+
+    def delta_b_norm(self, i: int) -> float:
+        """``‖Δb_i‖``, the bias update on the MLP's output bias (0 unless ``residual``)."""
+        return float(np.linalg.norm(self.trajectory.delta_b[i]))
 
     def output_error(self, i: int) -> float:
         """``max |T_W(c_1..c_i, x) − T_{W+ΔW_i}(x)|`` over every output coordinate (``Trajectory.prediction_error``)."""
@@ -133,9 +151,10 @@ def _vector(v: np.ndarray, digits: int = 2) -> str:
 
 
 def _trajectory(params: dict, cfg: BlockConfig, context: np.ndarray, query: np.ndarray, backend=None) -> Trajectory:
-    """The library's trajectory: the NumPy reference, or a backend's ``trajectory`` converted to NumPy."""
+    """The library's trajectory: the NumPy reference's (one masked pass for all prefixes, equal to
+    ``reference.trajectory`` to round-off), or a backend's ``trajectory`` converted to NumPy."""
     if backend is None:
-        return trajectory(params, cfg, context, query)
+        return prefix_trajectory(params, cfg, context, query)
     out = backend.trajectory(backend.asarray(params), cfg, backend.asarray(context), backend.asarray(query))
     out = backend.to_numpy(out)
     if not isinstance(out, Trajectory):
@@ -183,6 +202,7 @@ def regression_data(params: dict, cfg: BlockConfig, *, n_tokens: int = DEFAULT_T
         readout=cfg.d_model - 1,
         target=float(prompt.target[0]),
         target_label="⟨w, x_q⟩",
+        residual=cfg.kind != "plain",
     )
 
 
@@ -215,14 +235,28 @@ def checkpoint_data(path, *, n_tokens: int | None = None, seed: int = 0, backend
             else DEFAULT_TOKENS
     name = Path(path).name
     where = f"bundled checkpoint implicit_icl/data/{name}" if bundled else f"checkpoint {path}"
-    trained = f", trained {meta['step']} steps" if isinstance(meta.get("step"), int) else ""
-    val = f", val loss {meta['val_loss']:.3g}" if isinstance(meta.get("val_loss"), float) else ""
+    title, label, trained = checkpoint_title(meta, cfg.kind, name)
+    val = meta.get("val_loss")
+    val = f", val loss {val:.3g}" if isinstance(val, float) and np.isfinite(val) else ""
     return regression_data(
         params, cfg, n_tokens=n_tokens, seed=seed, backend=backend,
-        title=f"trained {cfg.kind} block ({name}) · regression prompt, seed {seed}",
+        title=f"{title} · regression prompt, seed {seed}",
         source=f"{where}{trained}{val}",
-        model_label="trained",
+        model_label=label,
     )
+
+
+def checkpoint_title(meta: dict, kind: str, name: str) -> tuple[str, str, str]:
+    """``(title, model_label, source note)`` from what a checkpoint's metadata says, claiming nothing it does not.
+
+    Only an int ``step`` (not a bool) says the block was trained, and for how many steps; step 0 is untrained.
+    Anything else (a random block saved with ``save_checkpoint``, a foreign record) is just "checkpoint <name>"."""
+    step = meta.get("step")
+    if isinstance(step, (int, np.integer)) and not isinstance(step, bool) and step >= 0:
+        if step > 0:
+            return f"trained {kind} block ({name})", "trained", f", trained {step} steps"
+        return f"{kind} block at training step 0 ({name}): untrained", "step 0", ", training step 0 (untrained)"
+    return f"checkpoint {name} ({kind} block)", "checkpoint", ""
 
 
 def default_data(*, n_tokens: int | None = None, seed: int = 0, random: bool = False, checkpoint=None,
@@ -261,6 +295,8 @@ def text_data(model: str, text: str, *, layer: int = 0, position: int | None = N
         tokens, traj, baseline = text_trajectories(text, layer, position, baseline_seed=0)
     except ImportError as exc:                                        # a missing optional extra: say what to install
         raise WalkthroughError(str(exc)) from None
+    except OSError as exc:      # a model folder without its files (IMPLICIT_ICL_MINILM_DIR), or one that cannot be read
+        raise WalkthroughError(f"--model {model}: {exc}") from None
     tokens = [str(t) for t in tokens]
     n = traj.n
     if len(tokens) < n:
@@ -279,4 +315,5 @@ def text_data(model: str, text: str, *, layer: int = 0, position: int | None = N
         baseline_short="random layer",
         model_label=f"{model} layer {layer}",
         readout=None,
+        residual=True,                                                # BERT layers are post-LN blocks
     )
