@@ -378,14 +378,21 @@ class TorchBackend:
                              f"{tuple(context.shape)} and query {tuple(query.shape)}") from None
         return context.expand(*batch, *context.shape[-2:]), query.expand(*batch, query.shape[-1])
 
-    def _finite(self, result: torch.Tensor, what: str) -> torch.Tensor:
-        """``result``, or a ValueError if finite inputs gave a non-finite value (an overflow of this dtype: e.g. a
-        LayerNorm variance past float32's 3.4e38); never a silent nan. One reduction, one host sync."""
-        if not bool(torch.isfinite(result).all()):
-            big = torch.finfo(self.torch_dtype).max
-            raise ValueError(f"{what} overflowed in {self.dtype}: finite inputs gave nan or inf (a value beyond "
-                             f"{big:.2g} on the way); scale the inputs down or use dtype='float64'")
-        return result
+    def _finite(self, op: str, **results: torch.Tensor) -> None:
+        """A ValueError if finite inputs gave a non-finite value in one of ``results`` (an overflow of this dtype:
+        e.g. a LayerNorm variance past float32's 3.4e38, or float16's 65504); never a silent nan or inf. One
+        min/max pass per tensor (no temporary) and a single host sync for all of them."""
+        flags = []
+        for t in results.values():
+            if t.numel():
+                lo, hi = torch.aminmax(t)
+                flags.append(torch.isfinite(lo) & torch.isfinite(hi))
+        if not flags or bool(torch.stack(flags).all()):
+            return
+        bad = next(name for name, t in results.items() if not _all_finite(t))
+        big = torch.finfo(self.torch_dtype).max
+        raise ValueError(f"{op}'s {bad} overflowed in {self.dtype}: finite inputs gave nan or inf (a value beyond "
+                         f"{big:.3g} on the way); scale the inputs down or use dtype='float64'")
 
     @staticmethod
     def _check_norm(a: torch.Tensor, cfg: BlockConfig, where: str, indexed: bool = False) -> None:
@@ -431,7 +438,9 @@ class TorchBackend:
     def block(self, params, cfg, Z) -> torch.Tensor:
         """The block output at every position, ``(..., T, d_model)``."""
         P = self._params(params, cfg)
-        return self._finite(torch_ops.block(P, cfg, self._tensor(Z, "Z", (None, cfg.d_model))), "block(Z)")
+        out = torch_ops.block(P, cfg, self._tensor(Z, "Z", (None, cfg.d_model)))       # (..., T, D)
+        self._finite("block", output=out)
+        return out
 
     def _query_taps(self, P, cfg, context, query):
         """Taps ``(a, r)`` of the query (the last position of ``[C, x]``), ``(..., d_model)`` each: one query row
@@ -463,7 +472,9 @@ class TorchBackend:
         """``T_W(C, x)``: the block output at the query's position, ``(..., d_model)``; ``context`` may be empty."""
         P = self._params(params, cfg)
         context, query = self._context_query(cfg, context, query)
-        return self._finite(torch_ops.head(P, cfg, *self._query_taps(P, cfg, context, query)), "block_output")
+        out = torch_ops.head(P, cfg, *self._query_taps(P, cfg, context, query))         # (..., D)
+        self._finite("block_output", output=out)
+        return out
 
     def implicit_update(self, params, cfg, context, query, remove=None) -> Update:
         """P1 Thm 2.2 / App. A / P2: ``u = W(a_C − a_x)``, ``a = a_x``, ``Δb_out = r_C − r_x``, where ``x`` sees
@@ -482,8 +493,9 @@ class TorchBackend:
         a_x, r_x = self._query_taps(P, cfg, kept, query)                             # (..., D) each
         self._check_norm(a_x, cfg, "the query")
         u = F.linear(a_C - a_x, P["mlp.W"])                                          # (..., d_mlp)
-        delta_b = self._finite(r_C - r_x, "implicit_update's delta_b")
-        return Update(u=self._finite(u, "implicit_update's u"), a=a_x, delta_b=delta_b)
+        delta_b = r_C - r_x
+        self._finite("implicit_update", u=u, delta_b=delta_b)
+        return Update(u=u, a=a_x, delta_b=delta_b)
 
     def apply_update(self, params, update) -> dict:
         """New params with ``mlp.W += ΔW`` and ``mlp.b_out += Δb`` (the input dict is not modified)."""
@@ -521,8 +533,9 @@ class TorchBackend:
             a_x, r_x = torch_ops.taps_from_attention(P, cfg, last, self._alone_attention(P, cfg, last))
             self._check_norm(a_x, cfg, "the last token")
             a_x, r_x = a_x.expand_as(a), r_x.expand_as(r)
-        u = self._finite(F.linear(a - a_x, P["mlp.W"]), "position_updates' u")       # (..., T, d_mlp)
-        return Update(u=u, a=a_x, delta_b=self._finite(r - r_x, "position_updates' delta_b"))
+        u, delta_b = F.linear(a - a_x, P["mlp.W"]), r - r_x                          # (..., T, d_mlp), (..., T, D)
+        self._finite("position_updates", u=u, delta_b=delta_b)
+        return Update(u=u, a=a_x, delta_b=delta_b)
 
     # the O(n·d) trajectory ---------------------------------------------------------------------------------
     def trajectory(self, params, cfg, context, query, *, slab: int | None = None) -> Trajectory:
@@ -583,12 +596,14 @@ class TorchBackend:
         relative_change = torch.where(prev > 0, step_norm / torch.where(prev > 0, prev, 1), torch.nan)
         grad_norm = step_norm * a_norm_sq[..., None]                                 # ‖Δ_i‖_F = ‖grad_u_i‖ ‖a‖
         cast = lambda t: t.to(out_dtype)                                             # noqa: E731
-        self._finite(delta_W_norm, "trajectory's ‖ΔW_i‖")
-        self._finite(delta_b, "trajectory's delta_b")
+        out = {"delta_W_norm": cast(delta_W_norm), "step_norm": cast(step_norm), "loss": cast(loss),
+               "grad_norm": cast(grad_norm), "h": cast(1.0 / a_norm_sq)}
+        # in the output dtype (float16 overflows at 65504); relative_change is nan at i = 0 by definition, and a
+        # plain block's delta_b is zero by construction
+        self._finite("trajectory", **out, **({} if cfg.kind == "plain" else {"delta_b": delta_b}))
         return Trajectory(
-            W0=P0["mlp.W"], a=cast(a0), delta=delta, delta_b=delta_b, delta_W_norm=cast(delta_W_norm),
-            step_norm=cast(step_norm), relative_change=cast(relative_change), h=cast(1.0 / a_norm_sq),
-            loss=cast(loss), grad_norm=cast(grad_norm), steps=steps, r=cast(r0), params=P0, cfg=cfg)
+            W0=P0["mlp.W"], a=cast(a0), delta=delta, delta_b=delta_b, relative_change=cast(relative_change),
+            steps=steps, r=cast(r0), params=P0, cfg=cfg, **out)
 
     def _slab_size(self, slab) -> int:
         """``slab`` (context tokens per step of the scan) checked; ``None`` is the device's default."""

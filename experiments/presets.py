@@ -19,6 +19,17 @@ from dataclasses import asdict, dataclass, replace
 
 from implicit_icl.reference.config import BlockConfig
 
+SEED_LIMIT = 2**64          # torch.manual_seed takes 64 bits; numpy's seed streams need it non-negative
+
+
+def is_count(x, least: int = 0) -> bool:
+    """A whole number (not a bool, which is an int in Python) of at least ``least``: for JSON meta fields."""
+    return isinstance(x, int) and not isinstance(x, bool) and x >= least
+
+
+def seed_ok(seed) -> bool:
+    return is_count(seed) and seed < SEED_LIMIT
+
 
 @dataclass(frozen=True)
 class Preset:

@@ -46,7 +46,6 @@ SETTINGS = {
     "full": {"train": {"p1": {}, "p2": {}}, "e2_prompts": 100, "e3_held_out": 100, "e4_prompts": 20,
              "e5_test_queries": 100},
 }
-SEED_LIMIT = 2**64          # torch.manual_seed takes 64 bits
 
 
 @dataclass(frozen=True)
@@ -89,23 +88,22 @@ def validation_set(preset) -> dict:
 
 def _meta_problem(meta: dict) -> str | None:
     """What in a checkpoint's meta record the experiments cannot use, or None."""
-    def is_int(x):
-        return isinstance(x, int) and not isinstance(x, bool)
+    from .presets import is_count, seed_ok
 
     n_blocks = meta.get("n_blocks")
-    if n_blocks is not None and not (is_int(n_blocks) and n_blocks >= 0):
+    if n_blocks is not None and not is_count(n_blocks):
         return f"its meta 'n_blocks' must be a whole number >= 0, got {n_blocks!r}"
     seed = meta.get("seed")
-    if seed is not None and not (is_int(seed) and 0 <= seed < SEED_LIMIT):
+    if seed is not None and not seed_ok(seed):
         return f"its meta 'seed' must be a whole number from 0 to 2**64 - 1, got {seed!r}"
     step = meta.get("step")
-    if step is not None and not (is_int(step) and step >= 0):
+    if step is not None and not is_count(step):
         return f"its meta 'step' must be a whole number >= 0, got {step!r}"
     preset = meta.get("preset")
     if preset is not None and not isinstance(preset, dict):
         return f"its meta 'preset' must be a record (a JSON object), got {preset!r}"
     n_points = (preset or {}).get("n_points")
-    if n_points is not None and not (is_int(n_points) and n_points >= 1):
+    if n_points is not None and not is_count(n_points, 1):
         return f"its meta 'preset.n_points' must be a whole number >= 1, got {n_points!r}"
     return None
 
@@ -153,11 +151,15 @@ def load_model(path, description: str, common: dict) -> Model:
 
 def _train_or_resume(preset, out_dir: Path, seed: int, progress: bool, log):
     """Train ``preset`` into ``out_dir``, resuming (or reusing) a compatible earlier run of the same command."""
-    from .train import CHECKPOINT, METRICS, MODEL, train
+    from .train import CHECKPOINT, METRICS, MODEL, SettingsMismatch, train
 
     resume = (out_dir / CHECKPOINT).exists()
     try:
         result = train(preset, out_dir, seed=seed, resume=resume, progress=progress, log=log)
+    except SettingsMismatch as exc:      # reproduce has no option to match them with: say where they came from
+        raise CheckpointError(f"{out_dir} holds a training run with other settings ({exc.shown}): made with or "
+                              "without --quick, with another --seed, or by an older implicit-icl; use another --out "
+                              f"(or delete {out_dir})") from None
     except CheckpointError as exc:
         raise CheckpointError(f"{exc}. {out_dir} holds a run with other settings (--quick or not, another --seed): "
                               "use another --out") from None

@@ -38,7 +38,7 @@ from implicit_icl.checkpoint import CheckpointError, atomic_write_bytes, load_ch
 from implicit_icl.reference.tasks import regression_prompts
 
 from .evaluate import validate, validation_prompts
-from .presets import Preset
+from .presets import Preset, is_count
 
 CHECKPOINT = "checkpoint.npz"
 METRICS = "metrics.jsonl"
@@ -130,7 +130,7 @@ def _recorded_threads(path: Path) -> int:
         threads = load_checkpoint(path)[2].get("threads", 1)
     except (CheckpointError, OSError):
         return 1
-    return threads if _is_count(threads, 1) else 1
+    return threads if is_count(threads, 1) else 1
 
 
 def _train(torch, preset: Preset, out_dir, seed: int, resume: bool, progress: bool, stop_after, threads: int,
@@ -301,10 +301,6 @@ def _check_resumable(path: Path, arrays: dict, meta: dict, preset: Preset, seed:
     _check_arrays(path, arrays, shapes, adam_started=meta["adam_step"] > 0)
 
 
-def _is_count(x, least: int = 0) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool) and x >= least
-
-
 def _check_meta_fields(path: Path, meta: dict) -> None:
     """The training fields of the meta record: present, of the right types, and consistent."""
     needed = ("preset", "seed", "step", "adam_step", "train_loss_sum", "train_loss_count")
@@ -319,12 +315,12 @@ def _check_meta_fields(path: Path, meta: dict) -> None:
     if not isinstance(meta["preset"], dict):
         bad("preset", "a record of the training settings (a JSON object)")
     for field in ("seed", "step", "adam_step", "train_loss_count"):
-        if not _is_count(meta[field]):
+        if not is_count(meta[field]):
             bad(field, "a whole number >= 0")
     loss_sum = meta["train_loss_sum"]
     if isinstance(loss_sum, bool) or not isinstance(loss_sum, (int, float)) or not math.isfinite(loss_sum):
         bad("train_loss_sum", "a finite number")
-    if "threads" in meta and not _is_count(meta["threads"], 1):
+    if "threads" in meta and not is_count(meta["threads"], 1):
         bad("threads", "a whole number >= 1")
     if meta["adam_step"] != meta["step"]:
         raise CheckpointError(f"checkpoint {path}: its meta 'adam_step' {meta['adam_step']} differs from 'step' "
@@ -344,6 +340,14 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
+class SettingsMismatch(CheckpointError):
+    """A training checkpoint written with other settings; ``shown`` lists them, recorded against given."""
+
+    def __init__(self, message: str, shown: str):
+        super().__init__(message)
+        self.shown = shown
+
+
 def _check_settings(path: Path, recorded: dict, preset: Preset, step: int) -> None:
     """The given settings continue the recorded ones exactly as an uninterrupted run with the given ones would."""
     given = _flat(preset.to_dict())
@@ -353,11 +357,11 @@ def _check_settings(path: Path, recorded: dict, preset: Preset, step: int) -> No
     if differ:
         shown = "; ".join(f"{OPTION_NAMES.get(k, k)}: recorded {rec.get(k, ABSENT)!r}, given {given.get(k, ABSENT)!r}"
                           for k in differ)
-        raise CheckpointError(f"checkpoint {path}: was written for a different preset/settings ({shown}); resume "
-                              "with the recorded values (on resume only --checkpoint-every may change, and --steps "
-                              "may be raised)")
+        raise SettingsMismatch(f"checkpoint {path}: was written for a different preset/settings ({shown}); resume "
+                               "with the recorded values (on resume only --checkpoint-every may change, and --steps "
+                               "may be raised)", shown)
     old_steps = rec.get("steps")
-    if not _is_count(old_steps, 1) or step > old_steps:
+    if not is_count(old_steps, 1) or step > old_steps:
         raise CheckpointError(f"checkpoint {path}: its recorded preset has steps {old_steps!r} but the state is at "
                               f"step {step}; the file is damaged")
     if preset.steps < old_steps:

@@ -55,7 +55,9 @@ def preset_from_args(args):
 
 def seed_problem(seed: int) -> str | None:
     """Why ``--seed`` is unusable, or None: numpy's seed streams need it non-negative, torch.manual_seed 64 bits."""
-    return None if 0 <= seed < 2**64 else f"--seed must be from 0 to 2**64 - 1, got {seed}"
+    from .presets import seed_ok
+
+    return None if seed_ok(seed) else f"--seed must be from 0 to 2**64 - 1, got {seed}"
 
 
 def run_reporting_errors(command: str, out, job) -> int:

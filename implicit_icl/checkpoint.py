@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 import zipfile
 from pathlib import Path
 
@@ -57,20 +57,28 @@ def output_path_problem(path: str | os.PathLike, what: str) -> str | None:
 def atomic_write_bytes(path: str | os.PathLike, write) -> None:
     """Call ``write(fileobj)`` on a temporary file beside ``path`` and rename it into place.
 
-    The file gets the permissions a plain ``open(path, "w")`` would give it (those of the file it replaces, else
-    0666 less the umask), not ``mkstemp``'s private 0600.
+    The file gets the permissions a plain ``open(path, "w")`` would give it: those of the file it replaces, else
+    0666 less the umask (the temporary file is created with mode 0666 and the kernel applies the umask; never
+    ``mkstemp``'s private 0600, and the process umask is never changed, not even for a moment).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        mode = path.stat().st_mode & 0o7777
+        keep_mode = path.stat().st_mode & 0o7777
     except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        keep_mode = None
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(f"could not create a temporary file beside {path}")
     try:
-        os.chmod(tmp, mode)
+        if keep_mode is not None:
+            os.chmod(tmp, keep_mode)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -16,8 +16,9 @@ Course exercises, from softmax attention to the implicit weight update (exercise
   implicit-icl exercises check N --solution   grade the reference solution instead
   implicit-icl exercises check N --file PATH  grade another file
 
-The exercises are found in --dir, else $IMPLICIT_ICL_EXERCISES, else ./exercises, else the copy installed with
-the package (read it, but edit your own: `init` copies it and never overwrites a file you already have).
+The exercises are found in --dir (before or after the action), else $IMPLICIT_ICL_EXERCISES, else ./exercises,
+else the course folder you stand in (or the one above the exercise you stand in), else the copy installed with the
+package (read it, but edit your own: `init` copies it and never overwrites a file you already have).
 
 Each check compares your functions with the NumPy reference (implicit_icl.reference): shapes first, values
 after, with the expected and the obtained value and a hint when a check fails. The exit status is 0 when every
@@ -26,7 +27,8 @@ check passes. The same graders run under pytest: `pytest exercises/01_*` (option
 """
 
 
-DIR_HELP = "the exercises folder (default: ./exercises, else the installed course); before or after the action"
+DIR_HELP = ("the exercises folder (default: $IMPLICIT_ICL_EXERCISES, else ./exercises, else the course you stand in, "
+            "else the installed one); before or after the action")
 
 
 def add_arguments(parser) -> None:
@@ -107,8 +109,9 @@ def run(args) -> int:
         print(f"error: N must be one of {sorted(exercises)}, got {args.number}", file=sys.stderr)
         return 2
     folder = exercises[args.number]
-    if args.dir is None and args.target is None and not os.environ.get("IMPLICIT_ICL_EXERCISES") \
-            and not grading.is_installed_copy(folder.parent) and not _under(folder, Path.cwd()):
+    fallback = folder.parent.resolve() == grading.installed_course().resolve()      # no course of the student's here
+    if args.dir is None and args.target is None and not os.environ.get("IMPLICIT_ICL_EXERCISES") and fallback \
+            and not grading.is_installed_copy(folder.parent) and not _under(folder.parent, Path.cwd()):
         print(f"note: no course here ({Path.cwd()}): grading the copy at {folder.parent}; pass --dir DIR to grade "
               "yours", file=sys.stderr)
     if args.target is None and grading.is_installed_copy(folder.parent):

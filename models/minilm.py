@@ -486,9 +486,20 @@ def explain_layer(model: MiniLM, text: str, layer: int, position: int | None = N
         marginal_bias_norm=np.linalg.norm(marginal.delta_b, axis=-1),
         dynamics=prefix_trajectory(params, cfg, context, query) if dynamics and n else None,
         baseline=None if baseline_seed is None else _baseline(params, cfg, context, query, baseline_seed),
-        transfer_ratio=_transfer_ratio(params, upd, cfg, context, H[layer + 1][context_index]),
-        own_ratio=_own_ratio(params, cfg, H[layer], H[layer + 1], context_index),
+        **_ratios(params, cfg, upd, H[layer], H[layer + 1], context_index),
     )
+
+
+def _ratios(params: dict, cfg: BlockConfig, upd: Update, H_in: np.ndarray, H_out: np.ndarray,
+            index: np.ndarray) -> dict:
+    """``transfer_ratio`` (the query's ``ΔW`` on the rows ``index``) and ``own_ratio`` (each row's own ``ΔW_j``, the
+    control), from one run of those rows alone."""
+    if not len(index):
+        return {"transfer_ratio": np.zeros(0), "own_ratio": np.zeros(0)}
+    a, r = _alone_taps(params, cfg, H_in[index])                                 # (n, D) each
+    targets = H_out[index]
+    return {"transfer_ratio": _transfer_ratio(params, upd, cfg, a, r, targets),
+            "own_ratio": _own_ratio(params, cfg, H_in, index, a, r, targets)}
 
 
 def _median(values: np.ndarray) -> float:
@@ -510,29 +521,23 @@ def _misses(params: dict, cfg: BlockConfig, a: np.ndarray, r: np.ndarray, target
     return np.linalg.norm(head(params, cfg, a, r) - targets, axis=-1)
 
 
-def _transfer_ratio(params: dict, upd: Update, cfg: BlockConfig, rows: np.ndarray, targets: np.ndarray):
-    """Per row: how far the query's ``ΔW`` (without ``Δb``) takes that row, run alone, towards its own target, as a
-    ratio of misses (``‖T_{W+ΔW}(c_j) − target_j‖ / ‖T_W(c_j) − target_j‖``)."""
-    if not len(rows):
-        return np.zeros(0)
-    a, r = _alone_taps(params, cfg, rows)
+def _transfer_ratio(params: dict, upd: Update, cfg: BlockConfig, a: np.ndarray, r: np.ndarray, targets: np.ndarray):
+    """Per row (its taps ``a``, ``r`` run alone): how far the query's ``ΔW`` (without ``Δb``) takes that row towards
+    its own target, as a ratio of misses (``‖T_{W+ΔW}(c_j) − target_j‖ / ‖T_W(c_j) − target_j‖``)."""
     updated = apply_update(params, Update(upd.u, upd.a, np.zeros_like(upd.delta_b)))     # W + ΔW, b_out unchanged
     with np.errstate(divide="ignore", invalid="ignore"):
         return _misses(updated, cfg, a, r, targets) / _misses(params, cfg, a, r, targets)
 
 
-def _own_ratio(params: dict, cfg: BlockConfig, H_in: np.ndarray, H_out: np.ndarray, index: np.ndarray):
+def _own_ratio(params: dict, cfg: BlockConfig, H_in: np.ndarray, index: np.ndarray, a: np.ndarray, r: np.ndarray,
+               targets: np.ndarray):
     """The control for :func:`_transfer_ratio`: per row j of ``index``, the same ratio with row j's *own* ``ΔW_j``
     (``position_updates(query="own")``: the update for the query ``H_in[j]`` with every other row as its context,
     the layer being bidirectional), again without its ``Δb_j``. ``ΔW_j = u_j a_jᵀ/‖a_j‖²`` acts on row j's own
     MLP input ``a_j`` as ``ΔW_j a_j = u_j (a_j·a_j)/‖a_j‖²`` (the product, in factored form: no n matrices)."""
-    if not len(index):
-        return np.zeros(0)
     own = position_updates(params, cfg, H_in, query="own")                 # (T, ·): one update per row
-    u, a_own = own.u[index], own.a[index]                                  # (n, M), (n, D)
-    a, r = _alone_taps(params, cfg, H_in[index])                           # a == a_own: the same length-1 runs
+    u, a_own = own.u[index], own.a[index]                                  # (n, M), (n, D); a_own == a: row alone
     shift = u * (np.sum(a_own * a, axis=-1) / np.sum(a_own * a_own, axis=-1))[:, None]   # ΔW_j a_j: (n, M)
-    targets = H_out[index]
     with np.errstate(divide="ignore", invalid="ignore"):
         return _misses(params, cfg, a, r, targets, pre_shift=shift) / _misses(params, cfg, a, r, targets)
 

@@ -528,14 +528,20 @@ def test_a_course_made_by_init_is_graded_from_wherever_the_student_stands(tmp_pa
         assert grading.exercises_root() == tmp_path / "course"
         assert main(["exercises", "check", "1"]) == 0
         assert f"grading {solved / 'exercise.py'}" in capsys.readouterr().out
+        assert main(["exercises", "check", "3"]) == 1                   # another exercise of the same course: no note
+        captured = capsys.readouterr()
+        assert f"grading {tmp_path / 'course' / '03_rank1_update' / 'exercise.py'}" in captured.out
+        assert "note:" not in captured.err, captured.err
     monkeypatch.chdir(tmp_path)
-    main(["exercises", "check", "1"])                                  # whichever course it falls back on
+    monkeypatch.setattr(grading, "installed_course", lambda: ROOT / "exercises")   # an editable install's fallback
+    main(["exercises", "check", "1"])
     err = capsys.readouterr().err
-    assert ("note: no course here" in err and "pass --dir DIR" in err) or "installed originals" in err
+    assert "note: no course here" in err and "pass --dir DIR" in err and str(ROOT / "exercises") in err
 
 
 def test_course_files_are_readable_like_any_file_the_student_writes(tmp_path):
-    """`atomic_write_bytes` goes through mkstemp (0600): the copy gets 0666 less the umask, as `open` would."""
+    """`atomic_write_bytes` writes a temporary file first (mkstemp's would be 0600): the copy gets 0666 less the
+    umask, as `open` would, and a file it replaces keeps its own mode."""
     import os
 
     umask = os.umask(0o022)
@@ -545,6 +551,13 @@ def test_course_files_are_readable_like_any_file_the_student_writes(tmp_path):
         os.umask(umask)
     mode = (tmp_path / "course" / "01_softmax_attention" / "exercise.py").stat().st_mode & 0o777
     assert mode == 0o644, oct(mode)
+    from implicit_icl.checkpoint import atomic_write_bytes
+
+    mine = tmp_path / "script.sh"
+    mine.write_text("old")
+    mine.chmod(0o750)
+    atomic_write_bytes(mine, lambda f: f.write(b"new"))
+    assert mine.read_text() == "new" and mine.stat().st_mode & 0o777 == 0o750
 
 
 @pytest.mark.parametrize("body", ["np.trace(Delta.T @ W)", "np.sum(Delta * W)"])

@@ -494,3 +494,19 @@ def test_e4_text_calls_both_identity_errors_round_off(quick_run):
     r["e4"].update(agrees_f64=False, identity_error_overall=0.01)
     e4 = render(r).split("## E4")[1].split("## E5")[0]
     assert "both float64 round-off" not in e4 and "exceeds the tolerance" in e4
+
+
+def test_a_training_folder_with_other_settings_is_named_without_resume_advice(tmp_path):
+    """reproduce has no --val-prompts to match a folder made by another version's --quick: the message names the
+    differing settings and where they may come from, not train's "resume with the recorded values"."""
+    from implicit_icl.experiments.presets import get_preset
+    from implicit_icl.experiments.reproduce import _train_or_resume
+    from implicit_icl.checkpoint import CheckpointError
+
+    small = dict(steps=4, eval_every=2, checkpoint_every=2, n_points=5)
+    _train_or_resume(get_preset("p1").with_overrides(val_prompts=4, **small), tmp_path, 0, False, lambda m: None)
+    with pytest.raises(CheckpointError) as err:
+        _train_or_resume(get_preset("p1").with_overrides(val_prompts=8, **small), tmp_path, 0, False, lambda m: None)
+    message = str(err.value)
+    assert "recorded 4, given 8" in message and "older implicit-icl" in message and "use another --out" in message
+    assert "resume with" not in message
