@@ -392,7 +392,8 @@ class TorchBackend:
         bad = next(name for name, t in results.items() if not _all_finite(t))
         big = torch.finfo(self.torch_dtype).max
         raise ValueError(f"{op}'s {bad} overflowed in {self.dtype}: finite inputs gave nan or inf (a value beyond "
-                         f"{big:.3g} on the way); scale the inputs down or use dtype='float64'")
+                         f"±{big:.3g} on the way: from very large inputs, or h = 1/‖a‖² from very small ones); "
+                         "rescale the inputs or use dtype='float64'")
 
     @staticmethod
     def _check_norm(a: torch.Tensor, cfg: BlockConfig, where: str, indexed: bool = False) -> None:
@@ -596,14 +597,14 @@ class TorchBackend:
         relative_change = torch.where(prev > 0, step_norm / torch.where(prev > 0, prev, 1), torch.nan)
         grad_norm = step_norm * a_norm_sq[..., None]                                 # ‖Δ_i‖_F = ‖grad_u_i‖ ‖a‖
         cast = lambda t: t.to(out_dtype)                                             # noqa: E731
-        out = {"delta_W_norm": cast(delta_W_norm), "step_norm": cast(step_norm), "loss": cast(loss),
-               "grad_norm": cast(grad_norm), "h": cast(1.0 / a_norm_sq)}
+        out = {"a": cast(a0), "r": cast(r0), "delta_W_norm": cast(delta_W_norm), "step_norm": cast(step_norm),
+               "loss": cast(loss), "grad_norm": cast(grad_norm), "h": cast(1.0 / a_norm_sq)}
         # in the output dtype (float16 overflows at 65504); relative_change is nan at i = 0 by definition, and a
         # plain block's delta_b is zero by construction
         self._finite("trajectory", **out, **({} if cfg.kind == "plain" else {"delta_b": delta_b}))
         return Trajectory(
-            W0=P0["mlp.W"], a=cast(a0), delta=delta, delta_b=delta_b, relative_change=cast(relative_change),
-            steps=steps, r=cast(r0), params=P0, cfg=cfg, **out)
+            W0=P0["mlp.W"], delta=delta, delta_b=delta_b, relative_change=cast(relative_change), steps=steps,
+            params=P0, cfg=cfg, **out)
 
     def _slab_size(self, slab) -> int:
         """``slab`` (context tokens per step of the scan) checked; ``None`` is the device's default."""

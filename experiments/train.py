@@ -343,7 +343,7 @@ def _flat(d: dict, prefix: str = "") -> dict:
 class SettingsMismatch(CheckpointError):
     """A training checkpoint written with other settings; ``shown`` lists them, recorded against given."""
 
-    def __init__(self, message: str, shown: str):
+    def __init__(self, message: str, shown: str = ""):
         super().__init__(message)
         self.shown = shown
 

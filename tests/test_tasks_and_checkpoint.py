@@ -82,3 +82,33 @@ def test_checkpoint_refuses_pickled_objects(tmp_path):
     np.savez(path, __meta__=np.array([{"format": "implicit-icl-checkpoint"}], dtype=object))
     with pytest.raises(CheckpointError, match="obj.npz"):
         load_checkpoint(path)
+
+
+def test_atomic_write_behaves_like_open_for_links_modes_and_read_only_files(tmp_path):
+    """A symlink is followed (the target gets the new bytes, the link stays a link); setuid does not survive onto new
+    contents; a file plain `open(path, "w")` may not write is not replaced either."""
+    from implicit_icl.checkpoint import atomic_write_bytes
+
+    target, link = tmp_path / "real.json", tmp_path / "link.json"
+    target.write_text("old")
+    link.symlink_to(target)
+    atomic_write_bytes(link, lambda f: f.write(b"new"))
+    assert link.is_symlink() and target.read_text() == "new"
+
+    tool = tmp_path / "tool"
+    tool.write_text("old")
+    tool.chmod(0o4755)
+    atomic_write_bytes(tool, lambda f: f.write(b"new"))
+    assert tool.stat().st_mode & 0o7777 == 0o755
+
+    frozen = tmp_path / "frozen.json"
+    frozen.write_text("mine")
+    frozen.chmod(0o444)
+    if os.access(frozen, os.W_OK):                   # root: open() could write it too, and so may we
+        atomic_write_bytes(frozen, lambda f: f.write(b"new"))
+        assert frozen.read_text() == "new"
+    else:
+        with pytest.raises(PermissionError, match="read-only"):
+            atomic_write_bytes(frozen, lambda f: f.write(b"new"))
+        assert frozen.read_text() == "mine"
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
