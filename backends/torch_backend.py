@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import numpy as np
@@ -150,6 +150,11 @@ class Update:
         return Update(self.u[i], self.a[i], self.delta_b[i])
 
 
+# the fields of a Trajectory that carry the batch dimensions in front (W0, params and cfg are shared)
+BATCHED_FIELDS = ("a", "delta", "delta_b", "delta_W_norm", "step_norm", "relative_change", "h", "loss", "grad_norm",
+                  "steps", "r")
+
+
 @dataclass(frozen=True)
 class Trajectory:
     """The reference's ``Trajectory`` (same fields and methods) with ``u``, ``grad_u``, ``pred_context`` and
@@ -178,6 +183,21 @@ class Trajectory:
     def n(self) -> int:
         """Context length (the number of steps)."""
         return self.delta.shape[-2] - 1
+
+    @property
+    def batch_shape(self) -> tuple[int, ...]:
+        """The leading batch dimensions, ``()`` for one context."""
+        return tuple(self.a.shape[:-1])
+
+    def __getitem__(self, index) -> "Trajectory":
+        """One context (or a sub-batch) of a batched trajectory: ``tr[1]``, ``tr[0, 2]``, ``tr[1:3]``. Indexes the
+        batch dimensions only; a prefix is ``update(i)``."""
+        if not self.batch_shape:
+            raise IndexError("this Trajectory holds one context (no batch dimensions); a prefix is update(i)")
+        idx = index if isinstance(index, tuple) else (index,)
+        if len(idx) > len(self.batch_shape) or any(i is Ellipsis or i is None for i in idx):
+            raise IndexError(f"index must address the batch dimensions {self.batch_shape} only, got {index!r}")
+        return replace(self, **{f: getattr(self, f)[idx] for f in BATCHED_FIELDS})
 
     @cached_property
     def u(self) -> torch.Tensor:
@@ -304,9 +324,9 @@ class TorchBackend:
             return ref.Update(u=self.to_numpy(x.u), a=self.to_numpy(x.a), delta_b=self.to_numpy(x.delta_b))
         if isinstance(x, Trajectory):
             if x.a.dim() > 1:
-                raise ValueError(f"x is a batched Trajectory (batch shape {tuple(x.a.shape[:-1])}); the reference's "
-                                 "Trajectory holds one context (its axis 0 is the prefix): convert its fields "
-                                 "(to_numpy(tr.delta_W_norm), …) or run one context at a time")
+                raise ValueError(f"x is a batched Trajectory (batch shape {x.batch_shape}); the reference's "
+                                 "Trajectory holds one context (its axis 0 is the prefix): convert one context, "
+                                 "to_numpy(tr[b]), or its fields, to_numpy(tr.delta_W_norm)")
             t = self.to_numpy
             h = t(x.h)
             return ref.Trajectory(

@@ -129,3 +129,23 @@ def test_float16_trajectory_taps_are_checked_too():
     x = x * (6e4 / np.abs(x).max())
     with pytest.raises(ValueError, match=r"trajectory's a overflowed in float16"):
         get_backend("torch", dtype="float16").trajectory(p, cfg, np.tile(x, (5, 1)), x)
+
+
+def test_a_batched_trajectory_indexes_its_contexts():
+    """tr[b] is context b's trajectory (what the batch was run for), and converts to the reference's."""
+    p, cfg = _block("pre-ln")
+    C, x = RNG.standard_normal((2, 3, 6, 4)), RNG.standard_normal((2, 3, 4))
+    tr = T64.trajectory(p, cfg, C, x)
+    assert tr.batch_shape == (2, 3) and tr[1].batch_shape == (3,) and tr[1, 2].batch_shape == ()
+    assert tr[0:1].batch_shape == (1, 3)
+    one = T64.to_numpy(tr[1, 2])
+    want = ref.trajectory(p, cfg, C[1, 2], x[1, 2])
+    for f in ("delta_W_norm", "step_norm", "loss", "h"):
+        np.testing.assert_allclose(getattr(one, f), getattr(want, f), rtol=1e-12, atol=1e-15, err_msg=f)
+    np.testing.assert_allclose(T64.to_numpy(tr[1][2].pred_update), want.pred_update, rtol=1e-12, atol=1e-14)
+    with pytest.raises(IndexError, match="holds one context"):
+        tr[1, 2][0]
+    with pytest.raises(IndexError, match=r"batch dimensions \(2, 3\) only"):
+        tr[1, 2, 0]
+    with pytest.raises(ValueError, match=r"to_numpy\(tr\[b\]\)"):
+        T64.to_numpy(tr)
