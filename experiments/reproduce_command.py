@@ -42,7 +42,15 @@ def run(args) -> int:
     from .reproduce import reproduce
     from .train_command import run_reporting_errors, seed_problem
 
-    if problem := seed_problem(args.seed):
+    from implicit_icl.checkpoint import CheckpointError, load_checkpoint, output_dir_problem
+
+    problem = seed_problem(args.seed) or output_dir_problem(args.out, "--out")
+    if problem is None and args.checkpoint is not None:
+        try:
+            load_checkpoint(args.checkpoint)            # a bad argument (exit 2), as in walkthrough --checkpoint
+        except CheckpointError as exc:
+            problem = f"--checkpoint: {exc}"
+    if problem:
         print(f"implicit-icl reproduce: error: {problem}", file=sys.stderr)
         return 2
     command = " ".join(["implicit-icl", "reproduce"] + sys.argv[2:]) if sys.argv[1:2] == ["reproduce"] else None

@@ -218,7 +218,7 @@ def _train(torch, preset: Preset, out_dir, seed: int, resume: bool, progress: bo
         save()
     t0, done_here = time.perf_counter(), 0
     bar = tqdm(total=preset.steps, initial=step, disable=not progress, desc=f"train {preset.name}", unit="step",
-               dynamic_ncols=True)
+               dynamic_ncols=True, mininterval=0.1 if _stderr_is_terminal() else 10.0)   # a log: a line per 10 s
     try:
         while step < preset.steps and (stop_after is None or done_here < stop_after):
             prompts = batch(preset, seed, step)
@@ -338,6 +338,13 @@ def _flat(d: dict, prefix: str = "") -> dict:
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+def _stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):          # a closed or replaced stream
+        return False
 
 
 class SettingsMismatch(CheckpointError):

@@ -81,8 +81,12 @@ def run_reporting_errors(command: str, out, job) -> int:
 def run(args) -> int:
     from .train import train
 
+    from implicit_icl.checkpoint import output_dir_problem
+
     try:
         preset = preset_from_args(args)
+        if problem := output_dir_problem(args.out, "--out"):
+            raise ValueError(problem)
     except ValueError as exc:            # a bad argument: exit status 2, as argparse gives
         print(f"implicit-icl train: error: {exc}", file=sys.stderr)
         return 2

@@ -422,6 +422,10 @@ def _check_args(args) -> str | None:
         return f"--budget must be a positive number of seconds, got {args.budget}"
     if args.kind not in KINDS:
         return f"--kind must be one of {list(KINDS)}, got {args.kind!r}"
+    if args.json and args.json != "-":
+        from implicit_icl.checkpoint import output_path_problem
+        if problem := output_path_problem(args.json, "--json"):
+            return problem
     try:
         from implicit_icl.backends.torch_backend import resolve_device
     except ImportError:
@@ -438,7 +442,7 @@ def run(args) -> int:
     problem = _check_args(args)
     if problem:
         print(f"implicit-icl bench: {problem}", file=sys.stderr)
-        return 2
+        return 1 if problem.startswith("needs the package") else 2      # a missing extra, as for every command
     sizes = tuple(args.sizes) if args.sizes else (QUICK_SIZES if args.quick else FULL_SIZES)
     budget = args.budget if args.budget is not None else (0.5 if args.quick else 20.0)
     positions = args.positions if args.positions is not None else (256 if args.quick else 4096)
@@ -451,7 +455,8 @@ def run(args) -> int:
             try:
                 atomic_write_bytes(args.json, lambda f: f.write(text.encode()))
             except OSError as exc:
-                raise _CannotWrite(f"--json: cannot write {args.json}: {exc}") from None
+                raise _CannotWrite(f"implicit-icl bench: --json: cannot write {args.json}: {exc.strerror or exc}") \
+                    from None
 
     try:
         result = bench(sizes, device=args.device, budget=budget, kind=args.kind, positions=positions,
@@ -463,13 +468,12 @@ def run(args) -> int:
         print(json.dumps(result, indent=2))
     elif args.json:
         print(f"[bench] wrote {args.json}", file=sys.stderr)
-    _summary(result)
+    _summary(result, sys.stderr if args.json == "-" else sys.stdout)    # the result table: stdout, unless JSON is
     failed = [r for r in result["trajectory"] + [result["float32_error"], result["position_updates"]] if "error" in r]
     return 1 if failed else 0
 
 
-def _summary(res) -> None:
-    w = sys.stderr
+def _summary(res, w) -> None:
     print("[bench] n        scan(s)   per-prefix/scan   forward/scan   numpy/scan   (* fitted, ** extrapolated)", file=w)
     rows = {(r.get("op"), r.get("n")): r for r in res["trajectory"]}
     for r in res["ratios"]:

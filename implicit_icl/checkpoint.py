@@ -54,6 +54,19 @@ def output_path_problem(path: str | os.PathLike, what: str) -> str | None:
     return None
 
 
+def output_dir_problem(path: str | os.PathLike, what: str) -> str | None:
+    """Why ``path`` cannot be (or become) an output folder (``what`` names the option), or None."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        return f"{what}: {path} is a file, not a folder"
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                return f"{what}: cannot create {path}: {parent} is a file, not a folder"
+            break
+    return None
+
+
 def atomic_write_bytes(path: str | os.PathLike, write) -> None:
     """Call ``write(fileobj)`` on a temporary file beside ``path`` and rename it into place.
 
@@ -108,6 +121,9 @@ def save_checkpoint(path, params: dict, cfg: BlockConfig, **meta) -> Path:
 def load_checkpoint(path) -> tuple[dict, BlockConfig, dict]:
     """``(params, cfg, meta)`` from ``path``; raises ``CheckpointError`` naming the file on any problem."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path}: is a folder, not an .npz file (a training run's folder holds "
+                              "model.npz and checkpoint.npz)")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path}: no such file")
     if not zipfile.is_zipfile(path):

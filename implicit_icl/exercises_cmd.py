@@ -73,7 +73,7 @@ def _init(dest: str) -> int:
     try:
         copied, kept = grading.copy_course(dest)
     except (FileNotFoundError, FileExistsError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"implicit-icl exercises: {exc}", file=sys.stderr)
         return 2
     print(f"copied {len(copied)} files into {dest}/" + (f"; kept {len(kept)} files you already had there "
                                                         f"(not overwritten)" if kept else ""))
@@ -93,9 +93,13 @@ def run(args) -> int:
     try:
         exercises = grading.find_exercises(args.dir)
     except FileNotFoundError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"implicit-icl exercises: {exc}", file=sys.stderr)
         return 2
     action = getattr(args, "exercises_action", None)
+    if not exercises:
+        print(f"implicit-icl exercises: no exercises (NN_name/ folders with a grader) in {args.dir or 'the course'}; "
+              "`implicit-icl exercises init DIR` copies the course", file=sys.stderr)
+        return 2
     if action in (None, "list"):
         for n, folder in exercises.items():
             print(f"{n:2d}  {_title(folder)}    ({folder})")
@@ -106,7 +110,7 @@ def run(args) -> int:
                   file=sys.stderr)
         return 0
     if args.number not in exercises:
-        print(f"error: N must be one of {sorted(exercises)}, got {args.number}", file=sys.stderr)
+        print(f"implicit-icl exercises: N must be one of {sorted(exercises)}, got {args.number}", file=sys.stderr)
         return 2
     folder = exercises[args.number]
     fallback = folder.parent.resolve() == grading.installed_course().resolve()      # no course of the student's here
@@ -115,14 +119,14 @@ def run(args) -> int:
         print(f"note: no course here ({Path.cwd()}): grading the copy at {folder.parent}; pass --dir DIR to grade "
               "yours", file=sys.stderr)
     if args.target is None and grading.is_installed_copy(folder.parent):
-        print("error: these are the course's installed originals, not your copy: run `implicit-icl exercises init` "
+        print("implicit-icl exercises: these are the course's installed originals, not your copy: run `implicit-icl exercises init` "
               "once, edit exercises/NN_*/exercise.py there, and grade it from the folder that holds exercises/ "
               "(--solution and --mistake work on the originals)", file=sys.stderr)
         return 2
     try:
         path = grading.resolve_target(folder, args.target)
     except FileNotFoundError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"implicit-icl exercises: {exc}", file=sys.stderr)
         return 2
     results = grading.run_checks(folder, path)
     grading.report(results, _title(folder), path)

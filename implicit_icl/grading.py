@@ -321,9 +321,13 @@ def copy_course(dest: str | os.PathLike, source: str | os.PathLike | None = None
 
 def find_exercises(root: str | os.PathLike | None = None) -> dict[int, Path]:
     """``{N: folder}`` for every ``NN_name`` folder of ``root`` that has a grader."""
+    from_env = root is None and bool(os.environ.get("IMPLICIT_ICL_EXERCISES"))
     root = Path(root) if root is not None else exercises_root()
+    where = f"IMPLICIT_ICL_EXERCISES={root}" if from_env else f"exercises folder {root}"
+    if root.exists() and not root.is_dir():
+        raise FileNotFoundError(f"{where} is a file, not a folder")
     if not root.is_dir():
-        raise FileNotFoundError(f"exercises folder {root} does not exist (pass --dir, set IMPLICIT_ICL_EXERCISES, or "
+        raise FileNotFoundError(f"{where} does not exist (pass --dir, set IMPLICIT_ICL_EXERCISES, or "
                                 "copy the course there with `implicit-icl exercises init`)")
     out = {}
     for d in sorted(root.iterdir()):
@@ -351,9 +355,13 @@ def resolve_target(exercise_dir: Path, choice: str | os.PathLike | None = None) 
         source = f"--{choice}" if str(choice) in ("solution", "mistake") else "--file"
     choice = str(choice)
     path = Path(exercise_dir) / TARGET_FILES[choice] if choice in TARGET_FILES else Path(choice)
+    if path.is_dir():
+        raise FileNotFoundError(f"{source}: the file to grade, {path}, is a folder (give a .py file)")
     if not path.is_file():
         raise FileNotFoundError(f"{source}: the file to grade, {path}, does not exist "
                                 f"(choose 'exercise', 'solution', 'mistake' or an existing path)")
+    if path.suffix != ".py":
+        raise FileNotFoundError(f"{source}: the file to grade, {path}, is not a .py file")
     return path
 
 
@@ -366,9 +374,10 @@ def load_implementation(path: str | os.PathLike):
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:        # sys.exit() at import is a broken file, not the grader's exit
         raise GradingFailure(f"your file {path} can be imported", got=f"{type(exc).__name__}: {exc}",
-                             hint="run `python " + str(path) + "` to see the full error") from exc
+                             hint="run `python " + str(path) + "` to see the full error; code at the top level "
+                                  "(outside the functions) runs on import") from exc
     return module
 
 

@@ -265,7 +265,9 @@ def run(args) -> int:
             ok &= _ok(ex_all.composed_error, ex_all.output_scale) and all(
                 _ok(e, s) for e, s in zip(ex_all.layer_errors, ex_all.layer_scales))
     except ValueError as exc:
-        print(f"implicit-icl explain: {exc}", file=sys.stderr)
+        from .errors import as_option
+
+        print(f"implicit-icl explain: {as_option(exc)}", file=sys.stderr)
         return 2
     report["ok"] = bool(ok)
     if args.json == "-":

@@ -17,8 +17,9 @@ OPS = {"scan", "per_prefix_update", "prefix_forward", "numpy_reference"}
 def test_quick_bench_writes_the_documented_json(tmp_path, capsys):
     path = tmp_path / "bench.json"
     assert main(["bench", "--quick", "--sizes", "64", "300", "--positions", "128", "--json", str(path)]) == 0
-    err = capsys.readouterr().err
-    assert "[bench] scan n=64" in err and "targets" in err                 # progress goes to stderr
+    captured = capsys.readouterr()
+    assert "[bench] scan n=64" in captured.err and "[bench] scan n=64" not in captured.out   # progress: stderr
+    assert "targets" in captured.out and "scan(s)" in captured.out        # the result table: stdout
     res = json.loads(path.read_text())
     assert res["schema"] == bench.SCHEMA and res["quick"] is True and res["complete"] is True
     assert res["config"]["sizes"] == [64, 300] and res["config"]["d_model"] == 64
@@ -79,11 +80,15 @@ def test_unwritable_json_is_refused_at_once(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(bench, "worker", lambda spec: pytest.fail("measured although --json cannot be written"))
     (tmp_path / "file").write_text("")
     assert main(["bench", "--quick", "--json", str(tmp_path / "file" / "bench.json")]) == 2
-    assert "--json: cannot write" in capsys.readouterr().err
+    assert "implicit-icl bench: --json: cannot write" in capsys.readouterr().err
+    (tmp_path / "folder").mkdir()
+    assert main(["bench", "--quick", "--json", str(tmp_path / "folder")]) == 2
+    err = capsys.readouterr().err
+    assert "--json: " in err and "is a folder" in err and ".tmp" not in err    # no temporary file's name
 
 
 def test_a_failed_measurement_is_reported(capsys, monkeypatch):
-    """A measurement that raises is listed on stderr with its error (and the exit code is 1), not only in the
+    """A measurement that raises is listed in the summary with its error (and the exit code is 1), not only in the
     JSON: the summary table alone showed ``nan``."""
     def worker(spec):
         if spec["op"] == "scan":
@@ -91,7 +96,7 @@ def test_a_failed_measurement_is_reported(capsys, monkeypatch):
         return {"op": spec["op"], "n": spec.get("n"), "wall_s": 1.0, "extrapolated": False}
     monkeypatch.setattr(bench, "worker", worker)
     assert main(["bench", "--quick", "--sizes", "8"]) == 1
-    assert "FAILED scan n=8: RuntimeError: CUDA out of memory (simulated)" in capsys.readouterr().err
+    assert "FAILED scan n=8: RuntimeError: CUDA out of memory (simulated)" in capsys.readouterr().out
 
 
 def test_the_accuracy_figure_comes_right_after_the_scans(monkeypatch):

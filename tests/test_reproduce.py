@@ -314,8 +314,8 @@ def test_cli_rejects_a_foreign_checkpoint_before_training(tmp_path):
     np.savez(bad, w=np.zeros(2))
     out = subprocess.run([sys.executable, "-m", "implicit_icl", "reproduce", "--quick", "--out", str(tmp_path / "o"),
                           "--checkpoint", str(bad)], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 1
-    assert f"checkpoint {bad}: no __meta__ record" in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 2                                          # a bad argument, as in walkthrough
+    assert f"--checkpoint: checkpoint {bad}: no __meta__ record" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "o" / "train_p1").exists()
 
 
@@ -467,8 +467,8 @@ def test_cli_rejects_a_missing_checkpoint_without_creating_out(tmp_path, capsys)
 
     missing = tmp_path / "missing.npz"
     assert main(["reproduce", "--quick", "--out", str(tmp_path / "o"), "--checkpoint", str(missing),
-                 "--no-progress"]) == 1
-    assert f"implicit-icl reproduce: error: checkpoint {missing}: no such file" in capsys.readouterr().err
+                 "--no-progress"]) == 2
+    assert f"implicit-icl reproduce: error: --checkpoint: checkpoint {missing}: no such file" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 

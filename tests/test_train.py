@@ -246,9 +246,11 @@ def test_cli_reports_an_unusable_out_directory(tmp_path, capsys, command):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     extra = ["--steps", "2"] if command == "train" else ["--quick"]
-    assert main([command, "--out", str(blocker / "run"), "--no-progress", *extra]) == 1
+    assert main([command, "--out", str(blocker / "run"), "--no-progress", *extra]) == 2   # before any work
     err = capsys.readouterr().err
-    assert f"implicit-icl {command}: error: --out {blocker / 'run'}" in err and "Not a directory" in err
+    assert f"implicit-icl {command}: error: --out: cannot create {blocker / 'run'}: {blocker} is a file" in err
+    assert main([command, "--out", str(blocker), "--no-progress", *extra]) == 2
+    assert f"implicit-icl {command}: error: --out: {blocker} is a file, not a folder" in capsys.readouterr().err
 
 
 def test_p2_stack_training_checkpoint_is_a_valid_stack_with_adam_state(tmp_path):

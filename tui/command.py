@@ -214,7 +214,9 @@ def run(args) -> int:
                                  "to render a step to a file use --export FILE.svg (or FILE.txt) with --step I")
         data = prepare(args)
     except (CheckpointError, ValueError) as exc:          # ZeroNormError and WalkthroughError are ValueErrors
-        return fail(str(exc))
+        from implicit_icl.models.errors import as_option
+
+        return fail(as_option(exc))
     except OSError as exc:
         return fail(f"cannot read what was asked for: {exc}")
     if not 0 <= args.step <= data.n:
