@@ -149,3 +149,22 @@ def test_a_batched_trajectory_indexes_its_contexts():
         tr[1, 2, 0]
     with pytest.raises(ValueError, match=r"to_numpy\(tr\[b\]\)"):
         T64.to_numpy(tr)
+
+
+@pytest.mark.parametrize("op", ["implicit_update", "position_updates"])
+def test_an_overflow_in_u_alone_is_caught(op):
+    """u = W(a_C − a_x) overflows float32 with W of 1e38 while a, r and delta_b are finite: u was returned inf."""
+    p, cfg = _block("plain")
+    p = dict(p, **{"mlp.W": np.sign(p["mlp.W"]) * 1e38})
+    Z = RNG.standard_normal((6, 4)) * 100
+    args = (Z,) if op == "position_updates" else (Z[:-1], Z[-1])
+    with pytest.raises(ValueError, match=f"{op}'s u overflowed in float32"):
+        getattr(T32, op)(p, cfg, *args)
+
+
+def test_a_batched_trajectory_refuses_new_axes():
+    p, cfg = _block()
+    tr = T64.trajectory(p, cfg, RNG.standard_normal((2, 5, 4)), RNG.standard_normal((2, 4)))
+    for index in (None, (0, None), Ellipsis):
+        with pytest.raises(IndexError, match="batch dimensions"):
+            tr[index]

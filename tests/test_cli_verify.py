@@ -105,3 +105,14 @@ def test_a_check_that_raises_is_a_failed_row_and_the_others_still_run(tmp_path, 
     failed = [c for c in data["checks"] if not c["ok"]]
     assert failed and all(c["name"] == "rank(ΔW)=1" and c["max_abs_err"] is None for c in failed)
     assert any(c["ok"] for c in data["checks"])
+
+
+def test_verify_json_that_fails_to_write_is_exit_2(tmp_path, capsys, monkeypatch):
+    from implicit_icl import checkpoint
+
+    def refuse(path, write):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "atomic_write_bytes", refuse)
+    assert main(["verify", "--seeds", "1", "--kind", "plain", "--json", str(tmp_path / "v.json")]) == 2
+    assert "--json: cannot write" in capsys.readouterr().err

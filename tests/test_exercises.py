@@ -570,3 +570,19 @@ def test_exercise_5_grades_a_numpy_only_loss_the_same_with_or_without_torch(tmp_
     assert not _failures(results)
     notes = [note for r in results for note in r.notes]
     assert any("finite differences" in note for note in notes), notes
+
+
+def test_no_fallback_note_in_the_checkout_and_no_course_from_an_unrelated_subfolder(tmp_path, monkeypatch, capsys):
+    """From the checkout's root its exercises/ is the student's course (no note); from a folder inside a course
+    that is not an exercise (course/notes/), the course above is not taken for it."""
+    from implicit_icl.cli import main
+
+    monkeypatch.delenv("IMPLICIT_ICL_EXERCISES", raising=False)
+    monkeypatch.chdir(ROOT)
+    main(["exercises", "check", "1", "--solution"])
+    main(["exercises", "check", "1"])
+    assert "note:" not in capsys.readouterr().err
+    grading.copy_course(tmp_path / "course")
+    (tmp_path / "course" / "notes").mkdir()
+    monkeypatch.chdir(tmp_path / "course" / "notes")
+    assert grading.exercises_root() == grading.installed_course()

@@ -450,6 +450,7 @@ def test_a_stack_checkpoint_with_preset_p2_is_studied_in_e4(tmp_path):
     ({"preset": {"n_points": "50"}}, "its meta 'preset.n_points' must be a whole number >= 1, got '50'"),
     ({"seed": -1}, "its meta 'seed' must be a whole number from 0 to 2\\*\\*64 - 1, got -1"),
     ({"step": "4000"}, "its meta 'step' must be a whole number >= 0, got '4000'"),
+    ({"preset": {"n_points": 0}}, "its meta 'preset.n_points' must be a whole number >= 1, got 0"),
 ])
 def test_a_checkpoint_with_an_unusable_meta_record_is_refused_before_anything_runs(tmp_path, meta, message):
     from implicit_icl.checkpoint import CheckpointError, save_checkpoint

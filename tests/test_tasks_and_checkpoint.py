@@ -112,3 +112,26 @@ def test_atomic_write_behaves_like_open_for_links_modes_and_read_only_files(tmp_
             atomic_write_bytes(frozen, lambda f: f.write(b"new"))
         assert frozen.read_text() == "mine"
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+
+
+def test_atomic_write_permissions_when_not_root(tmp_path, monkeypatch):
+    """As root every file is writable, so the read-only refusal and the folder-permission check are exercised here
+    with os.access answering as it would for a normal user; and a new file is 0666 less the umask (not 0600)."""
+    from implicit_icl import checkpoint
+
+    frozen = tmp_path / "frozen.json"
+    frozen.write_text("mine")
+    real_access = os.access
+    monkeypatch.setattr(checkpoint.os, "access", lambda p, mode: False if str(p) in (str(frozen), str(tmp_path))
+                        else real_access(p, mode))
+    with pytest.raises(PermissionError, match="read-only: not overwritten"):
+        checkpoint.atomic_write_bytes(frozen, lambda f: f.write(b"new"))
+    assert frozen.read_text() == "mine"
+    assert "no permission to write in" in checkpoint.output_path_problem(tmp_path / "new.json", "--json")
+    monkeypatch.undo()
+    umask = os.umask(0o027)
+    try:
+        checkpoint.atomic_write_bytes(tmp_path / "fresh.json", lambda f: f.write(b"{}"))
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "fresh.json").stat().st_mode & 0o777 == 0o640

@@ -327,6 +327,9 @@ def _nan_at_0(a):
     (lambda a, m: m.update(threads=0), r"its meta 'threads' must be a whole number >= 1, got 0"),
     (lambda a, m: m.update(preset=[1]), r"its meta 'preset' must be a record"),
     (lambda a, m: m.update(adam_step=19), r"its meta 'adam_step' 19 differs from 'step' 20"),
+    (lambda a, m: a.update({"mlp.W": a["mlp.W"][:, :2]}), r"params\['mlp.W'\] must have shape \(128, 3\), got \(128, 2\)"),
+    (lambda a, m: m.update(train_loss_sum=True), r"its meta 'train_loss_sum' must be a finite number, got True"),
+    (lambda a, m: m.update(train_loss_count=21), r"its meta 'train_loss_count' must be at most the step, 20"),
 ])
 def test_resume_rejects_a_damaged_training_state_by_name(stopped_run, damage, message):
     """Review: these reached torch (KeyError, RuntimeError in Adam, TypeError, or a false "diverged, lower --lr")."""
@@ -378,3 +381,18 @@ def test_resume_refuses_steps_it_cannot_continue_exactly(tmp_path):
     with pytest.raises(CheckpointError, match=r"--steps: recorded 30, given 20: --steps can be raised on resume, "
                                               "not lowered"):
         train(p.with_overrides(steps=20), tmp_path / "r", resume=True, progress=False, log=lambda m: None)
+
+
+def test_resume_from_a_checkpoint_written_before_the_first_evaluation(tmp_path):
+    """Every training loss since the last evaluation is still in the running sum there (count == step): a valid
+    state, which a stricter count check would refuse. The resumed run ends as the uninterrupted one."""
+    from implicit_icl.experiments.train import train
+
+    p = get_preset("p1").with_overrides(**dict(TINY, eval_every=25, checkpoint_every=10), steps=30)
+    train(p, tmp_path / "cut", seed=0, progress=False, stop_after=10, log=lambda m: None)
+    meta = load_checkpoint(tmp_path / "cut" / "checkpoint.npz")[2]
+    assert meta["step"] == meta["train_loss_count"] == 10
+    train(p, tmp_path / "cut", seed=0, resume=True, progress=False, log=lambda m: None)
+    train(p, tmp_path / "whole", seed=0, progress=False, log=lambda m: None)
+    cut, whole = (load_checkpoint(tmp_path / d / "model.npz")[0] for d in ("cut", "whole"))
+    assert all(np.array_equal(cut[k], whole[k]) for k in whole)

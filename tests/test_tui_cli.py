@@ -298,3 +298,22 @@ def test_no_terminal_still_names_a_bad_option_first(capsys, monkeypatch):
     assert code == 2 and "--backend must be one of" in err and "'jax'" in err
     code, _, err = call(capsys, "--random", "--tokens", "5")
     assert code == 2 and "needs a terminal" in err and "--export FILE" in err
+
+
+@pytest.mark.parametrize("stdin_tty, stdout_tty, raises, expected", [
+    (True, True, False, True), (False, True, False, False), (True, False, False, False), (True, True, True, False)])
+def test_no_terminal_unless_both_streams_are_one(monkeypatch, stdin_tty, stdout_tty, raises, expected):
+    from implicit_icl.tui import command
+
+    class Stream:
+        def __init__(self, tty):
+            self.tty = tty
+
+        def isatty(self):
+            if raises:
+                raise ValueError("I/O operation on closed file")
+            return self.tty
+
+    monkeypatch.setattr(command.sys, "stdin", Stream(stdin_tty))
+    monkeypatch.setattr(command.sys, "stdout", Stream(stdout_tty))
+    assert command.interactive_terminal() is expected
