@@ -25,6 +25,14 @@ runs.
 
 --checkpoint: a single block is studied in E2/E3/E5 (--preset p1 only); a stack (n_blocks >= 1) in E4, instead of
 a p2 run. It is checked before anything runs.
+
+Examples:
+  implicit-icl reproduce --quick --out runs/quick
+  implicit-icl reproduce --out runs/full
+  implicit-icl reproduce --quick --out runs/mine --checkpoint runs/p1/model.npz
+
+Exit status: 0 done; 1 a run failed (training diverged, an unusable training folder in OUT); 2 a bad argument;
+130 interrupted (finished training runs are kept and reused on the next run into OUT).
 """
 
 

@@ -16,6 +16,14 @@ Writes OUT/checkpoint.npz (atomic, no pickle; model + Adam state), OUT/metrics.j
 when done, OUT/model.npz (the model with its float64 validation loss recorded). Interrupt at any time and rerun the
 same command with --resume: the run ends bit-identical to an uninterrupted one. On --resume only --checkpoint-every
 may differ, and --steps may be raised to extend a run (the learning rate does not depend on the total).
+
+Examples:
+  implicit-icl train --preset p1 --out runs/p1                 the bundled model's recipe (1.5-2.5 min, 2-core CPU)
+  implicit-icl train --preset p1 --out runs/p1 --resume        continue after an interrupt
+  implicit-icl train --preset p1 --out runs/short --steps 300  a short run
+
+Exit status: 0 done; 1 training failed (diverged, or a checkpoint that cannot be resumed); 2 a bad argument;
+130 interrupted (the last checkpoint is kept).
 """
 
 
@@ -24,13 +32,24 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="run directory")
     parser.add_argument("--seed", type=int, default=0, help="init and data seed (default 0)")
     parser.add_argument("--resume", action="store_true", help="continue OUT/checkpoint.npz")
-    parser.add_argument("--steps", type=int, help="override the preset's number of steps")
-    parser.add_argument("--batch-size", type=int, help="override the preset's batch size")
-    parser.add_argument("--lr", type=float, help="override the preset's Adam learning rate")
-    parser.add_argument("--eval-every", type=int, help="override: evaluate every this many steps")
-    parser.add_argument("--checkpoint-every", type=int, help="override: checkpoint every this many steps")
-    parser.add_argument("--val-prompts", type=int, help="override the number of validation prompts")
-    parser.add_argument("--n-points", type=int, help="override the number of in-context examples N")
+    from .presets import PRESETS
+
+    def preset_values(field: str) -> str:          # "(the presets': p1 4000, p2 2000)", "(the presets': 64)"
+        values = {name: getattr(p, field) for name, p in PRESETS.items()}
+        if len(set(values.values())) == 1:
+            return f"(the presets': {next(iter(values.values()))})"
+        return "(the presets': " + ", ".join(f"{name} {v}" for name, v in values.items()) + ")"
+
+    for option, field, metavar, what in (
+            ("--steps", "steps", "N", "training steps"),
+            ("--batch-size", "batch_size", "N", "prompts per batch"),
+            ("--lr", "lr", "LR", "Adam's learning rate"),
+            ("--eval-every", "eval_every", "N", "evaluate every N steps"),
+            ("--checkpoint-every", "checkpoint_every", "N", "checkpoint every N steps"),
+            ("--val-prompts", "val_prompts", "N", "validation prompts"),
+            ("--n-points", "n_points", "N", "in-context examples per prompt")):
+        parser.add_argument(option, type=float if field == "lr" else int, metavar=metavar,
+                            help=f"{what} {preset_values(field)}")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default 1, or on --resume the count recorded "
                                                     "in the checkpoint; part of bit-for-bit determinism)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

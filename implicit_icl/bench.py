@@ -25,8 +25,16 @@ prefix), and of the NumPy reference (which re-runs every prefix). Baselines stop
 extrapolated from the prefixes they measured (said so in the JSON). Also: position_updates for all T = 4096
 positions relative to one plain block forward, the float32 scan's error against float64 at the largest n,
 and the float64 scan against the NumPy reference's own update at prefixes up to 2^20 tokens.
-Progress goes to stderr; --json PATH writes the results ('-' for stdout). Timings on shared machines are noisy:
-compare the ratios, which are measured in one run, and the CPU seconds next to the wall seconds.
+Progress goes to stderr, the summary table to stdout; --json PATH writes the results ('-' for stdout, and the
+table then goes to stderr). Timings on shared machines are noisy: compare the ratios, which are measured in one
+run, and the CPU seconds next to the wall seconds.
+
+Examples:
+  implicit-icl bench --quick                         small sizes, seconds: does it run here?
+  implicit-icl bench --json bench.json               the full table of README (~1.5-2 min on a 2-core CPU)
+  implicit-icl bench --device cuda --sizes 1048576 16777216 --json gpu.json
+
+Exit status: 0 every measurement ran; 1 one failed (listed with its error) or torch is missing; 2 a bad argument.
 """
 
 SCHEMA = "implicit-icl-bench/1"

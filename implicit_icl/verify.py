@@ -15,6 +15,13 @@ lengths, with and without a removed subset Y, and check each identity of THEORY.
 plus rank 1, the norm identities, minimum norm, the GD recursion (P1 Prop. 3.1), the factorised dynamics
 (P1 App. B), every position (P2) and stacks of blocks. Tolerance: 1e-12 × (1 + scale of the values compared).
 The identity is exact by algebra: these checks guard the code, they are not evidence of learning.
+
+Examples:
+  implicit-icl verify                             every kind, two seeds per shape (~2 s)
+  implicit-icl verify --kind pre-ln --all-rows    one kind, one row per scenario
+  implicit-icl verify --json - | jq .ok           the results as JSON on stdout
+
+Exit status: 0 all passed; 1 a check failed (or raised: its row says what); 2 a bad argument.
 """
 
 
