@@ -55,7 +55,7 @@ BAR = 24
 
 def add_arguments(parser) -> None:
     parser.add_argument("text", metavar="TEXT", help="the text to run through the model")
-    parser.add_argument("--layer", type=int, metavar="L", help="the layer to explain, 0..5 (BERT's encoder.layer.L)")
+    parser.add_argument("--layer", type=int, metavar="L", help="the layer to explain, 0..5 (BERT's encoder.layer.L); required unless --all-layers")
     parser.add_argument("--position", type=int, metavar="P",
                         help="the query token's index in the token list shown ([CLS] is 0; negative counts from "
                              "the end); default: the last real token before [SEP]")
@@ -227,6 +227,10 @@ def run(args) -> int:
     if not args.text.strip():
         print("implicit-icl explain: TEXT is empty: give the text to run through the model, e.g. "
               "implicit-icl explain \"France is to Paris as Japan is to\" --layer 3", file=sys.stderr)
+        return 2
+    if args.pair is not None and not args.pair.strip():
+        print("implicit-icl explain: --pair is empty: give the second segment's text, or leave --pair out",
+              file=sys.stderr)
         return 2
     if args.json and args.json != "-":
         from implicit_icl.checkpoint import output_path_problem

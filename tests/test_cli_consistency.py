@@ -29,6 +29,8 @@ def places(tmp_path):
     (["bench", "--quick", "--json", "P/adir"], "--json: "),
     (["verify", "--json", "P/adir"], "--json: "),
     (["theory", "99"], "SECTION must be one of"),
+    (["explain", "hi", "--layer", "1", "--pair", " "], "--pair is empty"),
+    (["explain", "hi"], "give --layer L (0..5) and/or --all-layers"),
     (["verify", "--bogus"], "unrecognized arguments: --bogus"),
     (["theory", "8", "2"], "unrecognized arguments: 2"),
 ])
