@@ -184,10 +184,50 @@ def test_too_small_terminal_says_so(data):
     app = WalkthroughApp(data)
 
     async def body(pilot):
-        text = screen_text(app)
-        assert "needs at least 100×34" in text and "80×24" in text
+        text = " ".join(screen_text(app).split())
+        assert "needs at least 80×24" in text and "100×34 for every panel" in text and "79×30" in text
         assert "step i =" not in text
-    run(app, body, size=(80, 24))
+    run(app, body, size=(79, 30))
+
+
+def test_resize_switches_between_full_compact_and_too_small(data):
+    """120×40: every panel; 80×24: the compact layout (heatmap, check with its numbers, a hint, no GD view or
+    curves); below 80×24: the too-small message; and back again."""
+    app = WalkthroughApp(data, start=3)
+    t = data.trajectory
+
+    def full(text):
+        assert not app.screen.has_class("compact") and not app.screen.has_class("too-small")
+        assert app.query_one("#gd").display and app.query_one("#curves").display
+        assert "GD view" in text and "‖ΔW_i‖ =" in text and "A terminal of at least" not in text
+
+    async def body(pilot):
+        full(screen_text(app))
+        await pilot.resize_terminal(80, 24)
+        await pilot.pause()
+        text = screen_text(app)
+        assert app.screen.has_class("compact") and not app.screen.has_class("too-small")
+        assert not app.query_one("#gd").display and not app.query_one("#curves").display
+        assert "GD view (P1" not in text and "‖ΔW_i‖ =" not in text
+        assert "A terminal of at least 100×34 also shows" in text and "q quit" in text
+        assert "step i = 3 / 30" in text and "ΔW_3 = u_3 aᵀ/‖a‖²" in text
+        assert f"{t.pred_context[3][data.readout]:+.11f}" in text          # the check keeps its numbers
+        assert f"{t.pred_update[3][data.readout]:+.11f}" in text
+        assert "max |Δ output|" in text and "✓  1" in text and "▶  3" in text
+        await pilot.press("right")                                           # the keys still work
+        await pilot.pause()
+        assert "step i = 4 / 30" in screen_text(app) and "▶  4" in screen_text(app)
+        await pilot.resize_terminal(79, 24)
+        await pilot.pause()
+        text = screen_text(app)
+        assert app.screen.has_class("too-small") and not app.screen.has_class("compact")
+        assert "needs at least 80×24" in text and "step i =" not in text
+        await pilot.resize_terminal(120, 40)
+        await pilot.pause()
+        text = screen_text(app)
+        full(text)
+        assert "check: context vs W + ΔW_i on the query alone" in text and "query alone" in text
+    run(app, body, size=(120, 40))
 
 
 def test_long_prompt_scrolls_to_current_token():

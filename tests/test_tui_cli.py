@@ -57,7 +57,21 @@ def test_terminal_too_small(capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "60")
     monkeypatch.setenv("LINES", "20")
     code, _, err = call(capsys, "--random", "--tokens", "5")
-    assert code == 2 and "60x20" in err and "at least 100x34" in err
+    assert code == 2 and "60x20" in err and "at least 80x24" in err and "100x34 for every panel" in err
+
+
+def test_export_compact_size(capsys, tmp_path):
+    """--size down to 80x24 renders the compact layout (heatmap and check); below that it is refused."""
+    out = tmp_path / "w80.txt"
+    code, _, _ = call(capsys, "--random", "--tokens", "12", "--step", "4", "--export", str(out), "--size", "80x24")
+    assert code == 0
+    lines = out.read_text(encoding="utf-8").splitlines()
+    text = "\n".join(lines)
+    assert len(lines) == 24 and max(len(line) for line in lines) <= 80
+    assert "step i = 4 / 12" in text and "ΔW_4 = u_4 aᵀ/‖a‖²" in text and "T_(W+ΔW_4)(x)" in text
+    assert "A terminal of at least 100×34 also shows" in text and "GD view (P1" not in text
+    code, _, err = call(capsys, "--random", "--export", str(tmp_path / "x.txt"), "--size", "80x23")
+    assert code == 2 and "at least 80x24" in err and not (tmp_path / "x.txt").exists()
 
 
 def test_negative_seed_and_model_only_options(capsys, tmp_path):

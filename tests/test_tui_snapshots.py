@@ -1,4 +1,5 @@
-"""Snapshot tests (pytest-textual-snapshot): the look of the walkthrough at three steps, fixed 140×45 terminal.
+"""Snapshot tests (pytest-textual-snapshot): the look of the walkthrough at three steps, fixed 140×45 terminal,
+and the compact layout of a default 80×24 terminal.
 
 The app has no text input, so there is no blinking cursor to make screenshots differ. Update the stored SVGs
 after an intended change with ``pytest tests/test_tui_snapshots.py --snapshot-update`` and look at them.
@@ -54,3 +55,8 @@ def test_snapshot_middle_step_view(snap_compare, data):
 def test_snapshot_end_no_baseline(snap_compare, data):
     """The last step (End), baseline hidden."""
     assert snap_compare(WalkthroughApp(data), press=["end", "b"], terminal_size=SIZE)
+
+
+def test_snapshot_compact_80x24(snap_compare, data):
+    """A default 80×24 terminal: the compact layout (heatmap and check, a hint for the rest) at step 5."""
+    assert snap_compare(WalkthroughApp(data, start=5), terminal_size=(80, 24))

@@ -24,7 +24,11 @@ from textual.widgets import Footer, Static
 from . import view
 from .data import WalkthroughData
 
-MIN_SIZE = (100, 34)           # columns, lines: below this the panels cannot show their numbers
+MIN_SIZE = (100, 34)           # columns, lines: the full layout (every panel) from this size up
+COMPACT_MIN = (80, 24)         # below MIN_SIZE but at least this: the compact layout (heatmap and check only);
+                               # below this the panels cannot show their numbers
+COMPACT_HINT = ("A terminal of at least {0}×{1} also shows the GD view and the curves ‖ΔW_i‖, "
+                "‖ΔW_(i+1) − ΔW_i‖ and their ratio next to the untrained baseline.\n? help · q quit").format(*MIN_SIZE)
 PLAY_INTERVAL = 0.3            # seconds per step while playing
 MODEL_COLOUR = "#ffd75f"
 BASELINE_COLOUR = "#8aa0c8"
@@ -99,7 +103,7 @@ class PromptTokens(Widget):
         app: WalkthroughApp = self.app  # type: ignore[assignment]
         cols = self.columns()
         total = -(-app.data.n // cols)
-        shown = min(total, self.MAX_ROWS)
+        shown = min(total, self.MAX_ROWS, max(self.content_size.height, 1))   # fewer when CSS caps the height
         current_row = max(app.i - 1, 0) // cols
         first = min(max(current_row - shown // 2, 0), total - shown)
         return cols, first, shown
@@ -282,7 +286,15 @@ class WalkthroughApp(App):
     #gd { height: 1fr; border: round #8f7f5f; padding: 0 1; overflow-y: auto; }
     #curves { height: 1fr; min-height: 6; max-height: 11; }
     CurvePanel { width: 1fr; border: round #5f6f8f; }
+    #hint { display: none; height: auto; padding: 1 1 0 1; color: $text-muted; text-style: italic; }
     #too-small { display: none; width: 100%; height: 100%; content-align: center middle; text-align: center; }
+    Screen.compact #chips { max-height: 1; }
+    Screen.compact #token-info { height: auto; max-height: 2; }
+    Screen.compact #middle { height: 1fr; min-height: 0; }
+    Screen.compact #side { width: 42; }
+    Screen.compact #gd { display: none; }
+    Screen.compact #hint { display: block; }
+    Screen.compact #curves { display: none; }
     Screen.too-small #main { display: none; }
     Screen.too-small #too-small { display: block; }
     """
@@ -324,6 +336,7 @@ class WalkthroughApp(App):
                 with Vertical(id="side"):
                     yield Static(id="check")
                     yield Static(id="gd")
+                    yield Static(COMPACT_HINT, id="hint", markup=False)
             with Horizontal(id="curves"):
                 yield CurvePanel("norm", id="curve-norm")
                 yield CurvePanel("step", id="curve-step")
@@ -332,9 +345,6 @@ class WalkthroughApp(App):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#check").border_title = (
-            "check: context vs (W+ΔW_i, b+Δb_i) on x alone" if self.data.residual
-            else "check: context vs W + ΔW_i on the query alone")
         self.query_one("#gd").border_title = "GD view (P1 Prop. 3.1)"
         self._timer = self.set_interval(PLAY_INTERVAL, self._tick, pause=True)
         self._check_size(self.size.width, self.size.height)
@@ -343,12 +353,33 @@ class WalkthroughApp(App):
     def on_resize(self, event: Resize) -> None:
         self._check_size(event.size.width, event.size.height)
 
+    @property
+    def compact(self) -> bool:
+        """Whether the compact layout is on (the terminal is below ``MIN_SIZE`` but at least ``COMPACT_MIN``)."""
+        return self.screen_stack[0].has_class("compact")
+
     def _check_size(self, width: int, height: int) -> None:
-        small = width < MIN_SIZE[0] or height < MIN_SIZE[1]
-        self.screen.set_class(small, "too-small")
-        self.query_one("#too-small", Static).update(
-            f"The terminal is {width}×{height}; the walkthrough needs at least {MIN_SIZE[0]}×{MIN_SIZE[1]}.\n"
+        """Pick the layout for the terminal size: full, compact (CSS class ``compact``) or too small."""
+        main = self.screen_stack[0]                  # the walkthrough's screen, also while the help is open
+        small = width < COMPACT_MIN[0] or height < COMPACT_MIN[1]
+        compact = not small and (width < MIN_SIZE[0] or height < MIN_SIZE[1])
+        was_compact = self.compact
+        main.set_class(small, "too-small")
+        main.set_class(compact, "compact")
+        main.query_one("#too-small", Static).update(
+            f"The terminal is {width}×{height}; the walkthrough needs at least {COMPACT_MIN[0]}×{COMPACT_MIN[1]}\n"
+            f"({MIN_SIZE[0]}×{MIN_SIZE[1]} for every panel).\n"
             "Enlarge the window (or use a smaller font), or press q to quit.")
+        if compact:
+            check_title = ("check: context vs (W_i, b_i) on x" if self.data.residual
+                           else "check: context vs W+ΔW_i on x")
+        else:
+            check_title = ("check: context vs (W+ΔW_i, b+Δb_i) on x alone" if self.data.residual
+                           else "check: context vs W + ΔW_i on the query alone")
+        main.query_one("#check").border_title = check_title
+        main.query_one(Footer).compact = compact     # less space between the keys, so that they all fit
+        if compact != was_compact:
+            self.refresh_all()                       # the title and the check are worded for the width
 
     # --- state changes ------------------------------------------------------------------------------------------
 
@@ -410,10 +441,14 @@ class WalkthroughApp(App):
     def refresh_all(self) -> None:
         d, i = self.data, self.i
         state = "▶ playing" if self.playing else "paused"
-        self.query_one("#title", Static).update(
-            f"{d.title}   │   step i = {i} / {d.n}   │   {state}   │   "
-            f"baseline {'n/a' if d.baseline is None else 'on' if self.show_baseline else 'off'}   │   "
-            f"view {'step' if self.step_view else 'ΔW_i'}")
+        baseline = 'n/a' if d.baseline is None else 'on' if self.show_baseline else 'off'
+        if self.compact:                             # the step first: the title is what gets cut off
+            title = (f"step i = {i} / {d.n} │ {state} │ baseline {baseline} │ "
+                     f"view {'step' if self.step_view else 'ΔW_i'} │ {d.title}")
+        else:
+            title = (f"{d.title}   │   step i = {i} / {d.n}   │   {state}   │   baseline {baseline}   │   "
+                     f"view {'step' if self.step_view else 'ΔW_i'}")
+        self.query_one("#title", Static).update(title)
         self.query_one("#chips", PromptTokens).refresh()
         current = f"current c_{i}: {d.token_values[i - 1]}" if i else "no context consumed yet (i = 0)"
         self.query_one("#token-info", Static).update(f"{current}   │   query: {d.query_value}")
@@ -441,16 +476,18 @@ class WalkthroughApp(App):
             widget.refresh()
 
     def _check_text(self) -> Text:
+        """The identity with its numbers; in the compact layout without the words after each number."""
         d, i = self.data, self.i
+        compact = self.compact
         ctx = f"T_W(c_1..c_{i}, x)" if i else "T_W(x)"
         # A residual block needs the bias update too (P2): saying W + ΔW_i alone would misname the number shown.
         upd = f"T_(W_{i}, b_{i})(x)" if d.residual else f"T_(W+ΔW_{i})(x)"
         if d.readout is not None:
-            label = "prediction ŷ (last output coordinate)"
+            label = "prediction ŷ (last output)" if compact else "prediction ŷ (last output coordinate)"
             rows = [(ctx, "context" if i else "no context", view.fmt_value(d.prediction_context(i))),
                     (upd, "query alone", view.fmt_value(d.prediction_update(i)))]
         else:
-            label = "output vector (no scalar readout): its norm"
+            label = "output vector (no readout): its norm" if compact else "output vector (no scalar readout): its norm"
             norms = d.output_norms(i)
             rows = [(f"‖{ctx}‖", "context" if i else "no context", view.fmt_value(norms[0])),
                     (f"‖{upd}‖", "query alone", view.fmt_value(norms[1]))]
@@ -458,20 +495,21 @@ class WalkthroughApp(App):
         text.append(f"{label}\n", style="dim")
         for sym, what, val in rows:
             text.append(f"{sym:<20}", style="bold")
-            text.append(f"{val:>16}  ", style=MODEL_COLOUR)
-            text.append(f"{what}\n", style="dim")
+            text.append(f"{val:>16}" if compact else f"{val:>16}  ", style=MODEL_COLOUR)
+            text.append("\n" if compact else f"{what}\n", style="dim")
         if d.residual:
-            text.append(f"  W_{i} = W + ΔW_{i},  b_{i} = b_out + Δb_{i}\n", style="dim")
+            text.append(f"W_{i} = W+ΔW_{i}, b_{i} = b_out+Δb_{i}\n" if compact
+                        else f"  W_{i} = W + ΔW_{i},  b_{i} = b_out + Δb_{i}\n", style="dim")
             text.append(f"{f'‖Δb_{i}‖':<20}", style="bold")
-            text.append(f"{view.fmt_norm(d.delta_b_norm(i)):>16}  ", style=MODEL_COLOUR)
-            text.append("bias update\n", style="dim")
+            text.append(f"{view.fmt_norm(d.delta_b_norm(i)):>16}" + ("" if compact else "  "), style=MODEL_COLOUR)
+            text.append("\n" if compact else "bias update\n", style="dim")
         if d.readout is not None:
             text.append(f"{'difference':<20}", style="bold")
             text.append(f"{view.fmt_small(d.prediction_difference(i)):>16}", style="bold green")
-            text.append("  round-off\n", style="dim")
+            text.append("\n" if compact else "  round-off\n", style="dim")
         text.append(f"{'max |Δ output|':<20}", style="bold")
         text.append(f"{view.fmt_abs(d.output_error(i)):>16}", style="green")
-        text.append("  all outputs\n", style="dim")
+        text.append("\n" if compact else "  all outputs\n", style="dim")
         if d.target is not None:
             text.append(f"{'true ' + d.target_label:<20}", style="bold")
             text.append(f"{view.fmt_value(d.target):>16}", style="cyan")

@@ -25,8 +25,10 @@ prompt; without that file (or with --random) it uses a seeded random plain block
 reads TEXT with a layer of all-MiniLM-L6-v2 (extra 'real'; its files come from the folder in the environment
 variable IMPLICIT_ICL_MINILM_DIR if set, else from the installed package); --tokens, --seed and --backend do
 not apply there.
-The app needs a terminal; --export FILE renders one step to an .svg or .txt file instead (missing folders are
-created). Keys: → ← (l h) step, Home End, space play/pause, b baseline, s step view, ? help, q quit; click a token.
+The app needs a terminal of at least 80x24; below 100x34 it shows a compact layout (the heatmap and the
+check, without the GD view and the curves). --export FILE renders one step to an .svg or .txt file instead
+(missing folders are created; --size 80x24 shows the compact layout). Keys: → ← (l h) step, Home End,
+space play/pause, b baseline, s step view, ? help, q quit; click a token.
 
   implicit-icl walkthrough
   implicit-icl walkthrough --random --seed 3 --tokens 80
@@ -73,7 +75,7 @@ def fail(message: str) -> int:
 
 
 def parse_size(text: str | None) -> tuple[int, int]:
-    from .app import MIN_SIZE
+    from .app import COMPACT_MIN, MIN_SIZE
 
     if text is None:
         return DEFAULT_EXPORT_SIZE
@@ -81,8 +83,9 @@ def parse_size(text: str | None) -> tuple[int, int]:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise ValueError(f"--size must look like 140x45, got {text!r}") from None
-    if w < MIN_SIZE[0] or h < MIN_SIZE[1]:
-        raise ValueError(f"--size {w}x{h} is too small: the walkthrough needs at least {MIN_SIZE[0]}x{MIN_SIZE[1]}")
+    if w < COMPACT_MIN[0] or h < COMPACT_MIN[1]:
+        raise ValueError(f"--size {w}x{h} is too small: the walkthrough needs at least "
+                         f"{COMPACT_MIN[0]}x{COMPACT_MIN[1]} (below {MIN_SIZE[0]}x{MIN_SIZE[1]} in its compact layout)")
     return w, h
 
 
@@ -194,7 +197,7 @@ def interactive_terminal() -> bool:
 def run(args) -> int:
     from implicit_icl.checkpoint import CheckpointError, output_path_problem
 
-    from .app import MIN_SIZE
+    from .app import COMPACT_MIN, MIN_SIZE
 
     export_path = Path(args.export) if args.export else None
     try:
@@ -233,8 +236,9 @@ def run(args) -> int:
         print(f"wrote {export_path} (step {args.step} of {data.n}, {size[0]}x{size[1]})")
         return 0
     width, height = shutil.get_terminal_size(fallback=(DEFAULT_EXPORT_SIZE[0], DEFAULT_EXPORT_SIZE[1]))
-    if width < MIN_SIZE[0] or height < MIN_SIZE[1]:
-        return fail(f"the terminal is {width}x{height}; the walkthrough needs at least {MIN_SIZE[0]}x{MIN_SIZE[1]} "
+    if width < COMPACT_MIN[0] or height < COMPACT_MIN[1]:
+        return fail(f"the terminal is {width}x{height}; the walkthrough needs at least "
+                    f"{COMPACT_MIN[0]}x{COMPACT_MIN[1]}, {MIN_SIZE[0]}x{MIN_SIZE[1]} for every panel "
                     "(enlarge the window, or use --export FILE.svg)")
     app.run()
     return 0
