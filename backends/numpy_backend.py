@@ -13,7 +13,7 @@ import numpy as np
 from implicit_icl import reference as ref
 from implicit_icl.reference.blocks import check_context_query
 from implicit_icl.reference.model import normalise_stack
-from implicit_icl.reference.validation import check_params
+from implicit_icl.reference.validation import check_params, from_tensor
 
 UPDATE_FIELDS = ("u", "a", "delta_b")
 TRAJECTORY_FIELDS = tuple(f.name for f in fields(ref.Trajectory))
@@ -28,11 +28,6 @@ def _check_numpy_dtype(dtype) -> None:
         ok = False
     if not ok:
         raise ValueError(f"dtype must be 'float64' for the numpy backend (it is the float64 reference), got {dtype!r}")
-
-
-def _qualname(cls) -> str:
-    """``module.Class``, so that two classes of the same name (the reference's and a backend's ``Update``) differ."""
-    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _update_like(x) -> bool:
@@ -85,9 +80,7 @@ class NumpyBackend:
         if isinstance(x, (list, tuple)) and x and (isinstance(x[0], (dict, ref.Update, np.ndarray))
                                                    or _update_like(x[0]) or hasattr(x[0], "detach")):
             return type(x)(self.asarray(v) for v in x)
-        if hasattr(x, "detach"):                                   # a torch tensor (bfloat16 too: via float64)
-            x = x.detach().cpu().double().numpy()
-        return np.asarray(x, dtype=np.float64)
+        return np.asarray(from_tensor(x), dtype=np.float64)      # a torch tensor too (bfloat16: via float64)
 
     def to_numpy(self, x):
         return self.asarray(x)
@@ -111,16 +104,7 @@ class NumpyBackend:
     model_updates = staticmethod(ref.model_updates)
     apply_model_updates = staticmethod(ref.apply_model_updates)
 
-    @staticmethod
-    def apply_update(params, update) -> dict:
-        """``ref.apply_update``. Another backend's ``Update`` is converted first (as the torch backend converts the
-        reference's); anything else is refused, naming its class with its module."""
-        if _update_like(update):
-            update = NumpyBackend().asarray(update)
-        if not isinstance(update, ref.Update):
-            raise ValueError(f"update must be an Update ({_qualname(ref.Update)}) or another backend's, got "
-                             f"{_qualname(type(update))}")
-        return ref.apply_update(params, update)
+    apply_update = staticmethod(ref.apply_update)       # converts another backend's Update itself
 
     @staticmethod
     def model_trajectory(model_params, model_cfg, context, query) -> list[ref.Update]:

@@ -398,6 +398,13 @@ class TorchBackend:
                              f"{tuple(context.shape)} and query {tuple(query.shape)}") from None
         return context.expand(*batch, *context.shape[-2:]), query.expand(*batch, query.shape[-1])
 
+    @staticmethod
+    def _overflow(what: str, dtype: torch.dtype) -> ValueError:
+        """The error for a non-finite value that finite inputs produced: an overflow of ``dtype`` on the way."""
+        return ValueError(f"{what} overflowed in {_dtype_name(dtype)}: finite inputs gave nan or inf (a value beyond "
+                          f"±{torch.finfo(dtype).max:.3g} on the way: from very large inputs, or h = 1/‖a‖² from very "
+                          "small ones); rescale the inputs or use dtype='float64'")
+
     def _finite(self, op: str, **results: torch.Tensor) -> None:
         """A ValueError if finite inputs gave a non-finite value in one of ``results`` (an overflow of this dtype:
         e.g. a LayerNorm variance past float32's 3.4e38, or float16's 65504); never a silent nan or inf. One
@@ -410,10 +417,7 @@ class TorchBackend:
         if not flags or bool(torch.stack(flags).all()):
             return
         bad = next(name for name, t in results.items() if not _all_finite(t))
-        big = torch.finfo(self.torch_dtype).max
-        raise ValueError(f"{op}'s {bad} overflowed in {self.dtype}: finite inputs gave nan or inf (a value beyond "
-                         f"±{big:.3g} on the way: from very large inputs, or h = 1/‖a‖² from very small ones); "
-                         "rescale the inputs or use dtype='float64'")
+        raise self._overflow(f"{op}'s {bad}", self.torch_dtype)
 
     @staticmethod
     def _check_norm(a: torch.Tensor, cfg: BlockConfig, where: str, indexed: bool = False) -> None:
@@ -430,9 +434,7 @@ class TorchBackend:
             if batch:
                 at += f" of batch element {tuple(int(i) for i in batch)}"
             if not math.isfinite(value):              # the inputs were checked finite: an overflow on the way
-                raise ValueError(f"‖a‖² for {at} overflowed in {_dtype_name(dtype)}: finite inputs gave {value!r} "
-                                 "(a value beyond the dtype's range on the way); scale the inputs down or use "
-                                 "dtype='float64'")
+                raise TorchBackend._overflow(f"‖a‖² for {at}", dtype)
             raise ZeroNormError(
                 f"‖a‖² = {value!r} for {at}: the tap {TAP_NAMES[cfg.kind]} is zero or non-finite, "
                 "so ΔW = u aᵀ/‖a‖² is undefined (P1 Thm 2.2 assumes a ≠ 0). The query may lie in the null space "
@@ -523,14 +525,13 @@ class TorchBackend:
         if not isinstance(update, (Update, ref.Update)):
             raise ValueError(f"update must be an Update, got {type(update).__name__}")
         update = self.asarray(update)
-        W = self.asarray(params["mlp.W"])
-        M, D = W.shape
+        new = self.asarray(dict(params))                 # every entry on this backend (not only the two updated)
+        M, D = new["mlp.W"].shape
         if tuple(update.u.shape) != (M,) or tuple(update.a.shape) != (D,) or tuple(update.delta_b.shape) != (D,):
             raise ValueError(
                 f"update must be a single Update with u ({M},), a and delta_b ({D},); got u {tuple(update.u.shape)}, "
                 f"a {tuple(update.a.shape)}, delta_b {tuple(update.delta_b.shape)} (index a batch first)")
-        new = self.asarray(dict(params))                 # every entry on this backend (not only the two updated)
-        new["mlp.W"] = W + update.delta_W
+        new["mlp.W"] = new["mlp.W"] + update.delta_W
         new["mlp.b_out"] = new["mlp.b_out"] + update.delta_b
         return new
 

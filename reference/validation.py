@@ -21,7 +21,7 @@ def as_array(x, name: str, shape: tuple, *, allow_batch: bool = False) -> np.nda
     With ``allow_batch`` any number of leading dimensions is accepted in front of ``shape``.
     """
     expected = "(" + ", ".join("n" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
-    arr = np.asarray(_from_tensor(x))
+    arr = np.asarray(from_tensor(x))
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)) \
             or arr.dtype == np.bool_:
         raise ValueError(f"{name} must be a real floating-point (or integer) array, got dtype {arr.dtype}")
@@ -41,7 +41,7 @@ def _is_tensor(x) -> bool:
     return hasattr(x, "detach") and hasattr(x, "cpu") and hasattr(x, "is_floating_point")
 
 
-def _from_tensor(x):
+def from_tensor(x):
     """A tensor as a CPU float64 tensor NumPy can read (detached: a tensor that requires grad, on a GPU, or in
     bfloat16, which NumPy lacks, converts too); anything else unchanged."""
     if not _is_tensor(x):
