@@ -44,13 +44,11 @@ def output_path_problem(path: str | os.PathLike, what: str) -> str | None:
     path = Path(path)
     if path.is_dir():
         return f"{what}: {path} is a folder; give a file name"
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                return f"{what}: cannot write {path}: {parent} is a file, not a folder"
-            if not os.access(parent, os.W_OK | os.X_OK):
-                return f"{what}: cannot write {path}: no permission to write in {parent}"
-            break
+    parent = _nearest_existing_parent(path)
+    if parent is not None and not parent.is_dir():
+        return f"{what}: cannot write {path}: {parent} is a file, not a folder"
+    if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
+        return f"{what}: cannot write {path}: no permission to write in {parent}"
     return None
 
 
@@ -59,12 +57,16 @@ def output_dir_problem(path: str | os.PathLike, what: str) -> str | None:
     path = Path(path)
     if path.exists() and not path.is_dir():
         return f"{what}: {path} is a file, not a folder"
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                return f"{what}: cannot create {path}: {parent} is a file, not a folder"
-            break
+    parent = _nearest_existing_parent(path)
+    if parent is not None and not parent.is_dir():
+        return f"{what}: cannot create {path}: {parent} is a file, not a folder"
     return None
+
+
+def _nearest_existing_parent(path: Path) -> Path | None:
+    """The first of ``path``'s parents that exists: the folder the missing ones would be created in (or a file
+    standing where a folder should be)."""
+    return next((parent for parent in path.parents if parent.exists()), None)
 
 
 def atomic_write_bytes(path: str | os.PathLike, write) -> None:
