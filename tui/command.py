@@ -109,8 +109,8 @@ def check_backend_name(name: str | None) -> None:
 
 def get_backend(name: str | None):
     """``None`` for the NumPy reference (``name`` ``None`` or ``"numpy"``); else
-    ``implicit_icl.backends.get_backend(name)``. Raises ``ValueError`` naming ``--backend``."""
-    check_backend_name(name)
+    ``implicit_icl.backends.get_backend(name)``; ``name`` was checked by ``check_arguments``. Raises ``ValueError``
+    naming ``--backend`` if it cannot be loaded."""
     if name is None or name == "numpy":
         return None
     try:
@@ -153,10 +153,10 @@ def check_arguments(args) -> None:
 
 
 def prepare(args):
-    """The ``WalkthroughData`` the arguments ask for (raises ``ValueError`` with a clear message)."""
+    """The ``WalkthroughData`` the arguments ask for, once ``check_arguments`` has passed them (raises
+    ``ValueError`` with a clear message)."""
     from .data import default_data, text_data
 
-    check_arguments(args)
     if args.model is not None:
         return text_data(args.model, args.text, layer=0 if args.layer is None else args.layer,
                          position=args.position)
@@ -208,13 +208,12 @@ def run(args) -> int:
             if problem:
                 raise ValueError(problem)
             size = parse_size(args.size)
-        else:
-            if args.size is not None:
-                raise ValueError("--size only applies to --export")
-            check_arguments(args)                  # a wrong option first; then the terminal, before any work
-            if not interactive_terminal():
-                raise ValueError("the interactive walkthrough needs a terminal (stdin and stdout are not both one); "
-                                 "to render a step to a file use --export FILE.svg (or FILE.txt) with --step I")
+        elif args.size is not None:
+            raise ValueError("--size only applies to --export")
+        check_arguments(args)                      # a wrong option first; then the terminal, before any work
+        if export_path is None and not interactive_terminal():
+            raise ValueError("the interactive walkthrough needs a terminal (stdin and stdout are not both one); "
+                             "to render a step to a file use --export FILE.svg (or FILE.txt) with --step I")
         data = prepare(args)
     except (CheckpointError, ValueError) as exc:          # ZeroNormError and WalkthroughError are ValueErrors
         from implicit_icl.models.errors import as_option
