@@ -258,10 +258,9 @@ def check_true(condition: bool, what: str, *, expected=None, got=None, hint: str
 def installed_course() -> Path:
     """The course as shipped with the package: the repository's ``exercises/`` in a checkout (an editable install),
     else the copy installed as package data (``implicit_icl/course``, a regular ``pip install``)."""
-    root = Path(__file__).resolve().parents[1]
-    if (root / "pyproject.toml").is_file() and (root / "exercises").is_dir():   # this project's checkout
-        return root / "exercises"
-    return Path(__file__).resolve().parent / "course"
+    from implicit_icl import shipped
+
+    return shipped(__file__, "exercises", "course")
 
 
 def is_installed_copy(folder: str | os.PathLike) -> bool:

@@ -29,10 +29,9 @@ def add_arguments(parser) -> None:
 
 def theory_path() -> Path:
     """THEORY.md: the checkout's ``docs/`` in an editable install, else the copy installed with the package."""
-    root = Path(__file__).resolve().parents[1]
-    if (root / "pyproject.toml").is_file() and (root / "docs" / THEORY).is_file():    # this project's checkout
-        return root / "docs" / THEORY
-    return Path(__file__).resolve().parent / "docs" / THEORY
+    from implicit_icl import shipped
+
+    return shipped(__file__, f"docs/{THEORY}", f"docs/{THEORY}")
 
 
 def headings(text: str) -> list[tuple[int, str, str]]:
