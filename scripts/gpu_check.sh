@@ -11,7 +11,8 @@
 # pyproject.toml ([tool.setuptools] package-dir) is linked into a temporary folder put on PYTHONPATH, with
 # PYTHONSAFEPATH=1 so that the checkout's own implicit_icl/ folder does not shadow it (Python >= 3.11).
 #
-# Writes OUTDIR/gpu_env.json, conformance.xml (JUnit), conformance.log, bench_cuda.json, bench.log,
+# Writes OUTDIR/gpu_env.json, conformance.xml (JUnit), conformance.log, conformance_margins.json (the largest
+# fraction of its tolerance each dtype used, scripts/conformance_margins.py), bench_cuda.json, bench.log,
 # gpu_check.json (the verdict, by scripts/gpu_check_summary.py) and gpu_check.md (README's table of the figures).
 # Exits non-zero if CUDA is missing, a test fails, a CUDA case was skipped, or the benchmark reports an error.
 # Nothing is skipped silently: every skip is counted with its reason in gpu_check.json (the CPU targets are
@@ -31,6 +32,7 @@ mkdir -p "$OUTDIR"
 OUTDIR="$(cd "$OUTDIR" && pwd)"                  # absolute: the steps below run from the checkout's root
 # a reused folder: what an earlier run wrote must not be read as this run's
 rm -f "$OUTDIR"/gpu_env.json "$OUTDIR"/conformance.xml "$OUTDIR"/conformance.log "$OUTDIR"/bench_*.json \
+  "$OUTDIR"/conformance_margins.json \
   "$OUTDIR"/bench.log "$OUTDIR"/gpu_check.json "$OUTDIR"/gpu_check.md
 cd "$(dirname "$0")/.."
 START=$(date +%s)
@@ -129,6 +131,15 @@ IMPLICIT_ICL_CONFORMANCE_DEVICES="$DEVICE" timeout 130 "$PY" -m pytest -q -rs -p
 TEST_RC=$?
 set -e
 tail -n 5 "$OUTDIR/conformance.log" >&2
+
+# 3b. how much of its tolerance each scenario uses per dtype on $DEVICE (the figures behind tolerances.py's K)
+log "tolerance margins on $DEVICE"
+set +e
+timeout 60 "$PY" scripts/conformance_margins.py "$DEVICE" "$OUTDIR/conformance_margins.json" \
+  > /dev/null 2>> "$OUTDIR/conformance.log"
+MARGINS_RC=$?
+set -e
+[ $MARGINS_RC -eq 0 ] || log "the margins step exited with $MARGINS_RC (see conformance.log)"
 
 # 4. the benchmark at 1M and 16M tokens (baselines budgeted to 5 s each, then extrapolated)
 log "bench on $DEVICE at $SIZES tokens"

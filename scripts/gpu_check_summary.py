@@ -9,7 +9,9 @@ reason other than being deselected on purpose; a CPU case deselected on purpose 
 test id with the device swapped), or no case on DEVICE passed at all; pytest or the bench exited non-zero (124 is
 ``timeout``'s code); the bench reported an error, did not finish, produced non-finite norms, its float32 scan
 missed the float64 one by more than the target (1e-4 relative on ‖ΔW_i‖), or its float64 scan missed the NumPy
-reference's own update at a few prefixes by more than round-off (1e-10); a file is missing or unreadable.
+reference's own update at a few prefixes by more than round-off (1e-10); the margins step
+(``OUTDIR/conformance_margins.json``) did not finish or found a scenario over its tolerance; a file is missing or
+unreadable.
 Every skip reason is counted in the JSON, so nothing is skipped silently. Plain Python (no project imports): it
 also runs where the package does not import.
 """
@@ -98,6 +100,22 @@ def bench_summary(bench: dict) -> tuple[dict, list[str]]:
     return out, problems
 
 
+def margins_summary(path: str) -> tuple[dict, list[str]]:
+    """Per dtype, the largest fraction of ``K·eps·scale`` a scenario used (``scripts/conformance_margins.py``)."""
+    if not os.path.exists(path):
+        return {}, ["no conformance_margins.json: the margins step did not finish (see conformance.log)"]
+    try:
+        with open(path) as f:
+            dtypes = json.load(f)["dtypes"]
+        out = {d: {"max_fraction": v["max_fraction"], "scenarios": v["scenarios"],
+                   "worst_scenario": next(iter(v["worst"]), None)} for d, v in dtypes.items()}
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        return {}, [f"conformance_margins.json is unreadable: {exc!r}"]
+    over = {d: v["max_fraction"] for d, v in out.items()
+            if not (isinstance(v["max_fraction"], (int, float)) and v["max_fraction"] < 1)}
+    return out, [f"scenarios used more than their tolerance: {over}"] if over else []
+
+
 def _seconds(t: float) -> str:
     for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
         if t >= 10 * size:
@@ -151,6 +169,9 @@ def summarize(out: str, test_rc: int, bench_rc: int, seconds: int, device: str =
         summary["problems"].append("no conformance.xml: the test run did not finish (see conformance.log)")
     if test_rc != 0:
         summary["problems"].append(f"pytest exited with {test_rc} (124 = timed out)")
+    margins, problems = margins_summary(os.path.join(out, "conformance_margins.json"))
+    summary["tolerance_margins"] = margins
+    summary["problems"] += problems
     bench_path = os.path.join(out, f"bench_{device}.json")
     if os.path.exists(bench_path):
         try:

@@ -55,8 +55,14 @@ GOOD_BENCH = {"complete": True, "targets": {}, "ratios": [],
               "position_updates": {"torch": {"ratio": 1.0}}}
 
 
-def _write(out: Path, cases=GOOD_CASES, bench=GOOD_BENCH, device="cuda"):
+GOOD_MARGINS = {"device": "cuda", "dtypes": {d: {"scenarios": 154, "max_fraction": f, "worst": {"identity/x": f}}
+                                             for d, f in (("float32", 0.09), ("bfloat16", 0.12))}}
+
+
+def _write(out: Path, cases=GOOD_CASES, bench=GOOD_BENCH, device="cuda", margins=GOOD_MARGINS):
     out.mkdir(exist_ok=True)
+    if margins is not None:
+        (out / "conformance_margins.json").write_text(json.dumps(margins))
     if cases is not None:
         (out / "conformance.xml").write_text(_junit(cases))
     if bench is not None:
@@ -110,6 +116,24 @@ def test_every_way_a_device_run_goes_wrong_fails_the_check(tmp_path, cases, benc
     assert any(says in p for p in s["problems"]), s["problems"]
 
 
+@pytest.mark.parametrize("margins, says", [
+    (None, "margins step did not finish"),
+    ({"dtypes": {"bfloat16": {"scenarios": 3, "max_fraction": 1.5, "worst": {"x": 1.5}}}}, "more than their tolerance"),
+    ({"dtypes": {"float32": {"scenarios": 3, "max_fraction": float("nan"), "worst": {}}}}, "more than their tolerance"),
+    ({"device": "cuda"}, "unreadable"),
+])
+def test_a_missing_or_exceeded_tolerance_margin_fails_the_check(tmp_path, margins, says):
+    s = summary_mod.summarize(str(_write(tmp_path, margins=margins)), 0, 0, 100)
+    assert s["ok"] is False
+    assert any(says in p for p in s["problems"]), s["problems"]
+
+
+def test_the_margins_are_reported_per_dtype(tmp_path):
+    s = summary_mod.summarize(str(_write(tmp_path)), 0, 0, 100)
+    assert s["tolerance_margins"]["bfloat16"] == {"max_fraction": 0.12, "scenarios": 154,
+                                                  "worst_scenario": "identity/x"}
+
+
 def test_a_figure_that_cannot_be_formatted_is_a_note_not_a_crash(tmp_path):
     bench = dict(GOOD_BENCH, config={"sizes": [16]}, trajectory=[{"op": "scan", "n": 16, "wall_s": 0.0},
                                                               {"op": "per_prefix_update", "n": 16, "wall_s": 1.0}])
@@ -159,6 +183,9 @@ def test_rehearsal_on_the_cpu_runs_every_step_through_the_package_shim(tmp_path)
     assert bench["float32_error"]["max_rel_err_delta_W_norm"] < 1e-4
     env = json.loads((tmp_path / "gpu_env.json").read_text())
     assert env["device"] == "cpu" and env["available"] is True
+    margins = verdict["tolerance_margins"]                          # every dtype measured, inside its tolerance
+    assert set(margins) == {"float64", "float32", "bfloat16"}
+    assert all(0 < m["max_fraction"] < 1 and m["scenarios"] > 100 for m in margins.values()), margins
     for name in ("conformance.log", "conformance.xml", "bench.log"):
         assert (tmp_path / name).stat().st_size > 0
     table = (tmp_path / "gpu_check.md").read_text()                 # README's table, ready to paste
@@ -209,6 +236,7 @@ def test_the_real_suite_selected_for_cuda_passes_the_verdict_once_its_cuda_cases
             made_to_pass += 1
     tree.write(xml)
     (tmp_path / "bench_cuda.json").write_text(json.dumps(GOOD_BENCH))
+    (tmp_path / "conformance_margins.json").write_text(json.dumps(GOOD_MARGINS))   # the rehearsal runs the real one
     s = summary_mod.summarize(str(tmp_path), 0, 0, 100)
     assert s["problems"] == [] and s["ok"] is True
     assert made_to_pass > 500 and s["conformance"]["cuda_passed"] >= made_to_pass   # + cpu tests named "cuda…"
