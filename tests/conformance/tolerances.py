@@ -23,6 +23,11 @@ rounded to the backend's dtype first, so input quantisation is not counted as a 
   0.06 and 0.11 of the tolerance (float64, float32, bfloat16).
 - bfloat16 uses ``K = 16``: with eps = 2⁻⁷ the bound is already 1/8 of the scale, and the torch backend keeps
   its softmax/scan sums in float32, so errors stay well below; 16 still catches a formula error.
+- Measured room (``scripts/conformance_margins.py``; ``scripts/gpu_check.sh`` records it on the device): the
+  largest fraction of ``K·eps·scale`` any of the 154 scenarios uses is, on the CPU, 0.086 (float64), 0.086
+  (float32), 0.120 (bfloat16), and on CUDA (NVIDIA H200, torch 2.11, TF32 off) 0.084, 0.151, 0.120. So the
+  worst bfloat16 error is 1.9·eps·scale on both devices, and every dtype keeps 6–12× room below its tolerance:
+  bfloat16's ``K = 16`` (8× room) is no looser than float32's ``K = 64`` on CUDA (6.6×), and is kept.
 - The issue's target for torch float64 on CPU, relative error ≤ 1e-12 on every scenario (``FLOAT64_TARGET``), is
   implied by the float64 bound ``64·eps·scale ≈ 1.4e-14·scale``, which is stricter; ``test_conformance`` pins that
   implication.
