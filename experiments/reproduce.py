@@ -130,6 +130,26 @@ def _external_role(path: Path, cfg, meta: dict, preset_name: str, presets: dict)
     return "E2/E3/E5"
 
 
+def _presets(settings: dict) -> dict:
+    """The p1 and p2 presets with the training settings of a ``SETTINGS`` entry."""
+    return {name: get_preset(name).with_overrides(**settings["train"][name]) for name in ("p1", "p2")}
+
+
+def checkpoint_problem(path, preset_name: str, quick: bool = False) -> str | None:
+    """Why ``reproduce`` cannot study ``path`` as its ``--checkpoint`` (the file, its meta record, or no experiment
+    for it with ``--preset preset_name``), or None: what ``reproduce`` itself refuses first, so that the command line
+    can call it a bad argument before anything runs."""
+    path = Path(path)
+    try:
+        _, cfg, meta = load_checkpoint(path)
+        if problem := _meta_problem(meta):
+            return f"checkpoint {path}: {problem}"
+        _external_role(path, cfg, meta, preset_name, _presets(SETTINGS["quick" if quick else "full"]))
+    except CheckpointError as exc:
+        return str(exc)
+    return None
+
+
 def load_model(path, description: str, common: dict) -> Model:
     """Load a model and score it for the Models table on ``common``, the validation prompts of E1's run.
 
@@ -188,7 +208,7 @@ def _reproduce(preset_name: str, out: Path, quick: bool, checkpoint, seed: int, 
 
     t_start = time.perf_counter()
     S = settings or SETTINGS["quick" if quick else "full"]
-    presets = {name: get_preset(name).with_overrides(**S["train"][name]) for name in ("p1", "p2")}
+    presets = _presets(S)
     common = validation_set(presets[preset_name])
     timings = {}
     models = {}

@@ -47,17 +47,17 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from .reproduce import reproduce
+    from .reproduce import checkpoint_problem, reproduce
     from .train_command import run_reporting_errors, seed_problem
 
-    from implicit_icl.checkpoint import CheckpointError, load_checkpoint, output_dir_problem
+    from implicit_icl.checkpoint import output_dir_problem
 
     problem = seed_problem(args.seed) or output_dir_problem(args.out, "--out")
     if problem is None and args.checkpoint is not None:
-        try:
-            load_checkpoint(args.checkpoint)            # a bad argument (exit 2), as in walkthrough --checkpoint
-        except CheckpointError as exc:
-            problem = f"--checkpoint: {exc}"
+        # a file that does not load, an unusable meta record, or no experiment for it with this --preset: a bad
+        # argument (exit 2), as in walkthrough --checkpoint, found before OUT is made or anything trains
+        if why := checkpoint_problem(args.checkpoint, args.preset, args.quick):
+            problem = f"--checkpoint: {why}"
     if problem:
         print(f"implicit-icl reproduce: error: {problem}", file=sys.stderr)
         return 2

@@ -473,6 +473,33 @@ def test_cli_rejects_a_missing_checkpoint_without_creating_out(tmp_path, capsys)
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("case", ["block-with-p2", "bad-meta", "wrong-width"])
+def test_cli_calls_every_unusable_checkpoint_a_bad_argument(tmp_path, capsys, case):
+    """Not only a file that does not load: an unusable meta record, or a model no experiment can study with this
+    --preset, is the argument's fault too (exit 2, one line naming --checkpoint), found before OUT is made. These
+    used to pass the command line's check and fail inside reproduce (exit 1)."""
+    from implicit_icl.checkpoint import default_checkpoint_path, save_checkpoint
+    from implicit_icl.cli import main
+
+    preset = "p1"
+    if case == "block-with-p2":
+        path, preset, says = default_checkpoint_path(), "p2", "a single block, but with --preset p2 only E1 and E4"
+    elif case == "bad-meta":
+        cfg = BlockConfig(d_model=3, d_mlp=8, n_heads=2, d_head=2, kind="residual", activation="gelu")
+        path = save_checkpoint(tmp_path / "stack.npz", join_stack(init_model(cfg, 2, seed=1)), cfg, step="4000")
+        says = "its meta 'step' must be a whole number >= 0, got '4000'"
+    else:
+        cfg = BlockConfig(d_model=5, d_mlp=8, n_heads=1, kind="plain", activation="relu")
+        path = save_checkpoint(tmp_path / "block.npz", init_block(cfg, seed=1), cfg)
+        says = "d_model 5 does not fit the regression tokens"
+    code = main(["reproduce", "--quick", "--preset", preset, "--out", str(tmp_path / "o"), "--checkpoint",
+                 str(path), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith(f"implicit-icl reproduce: error: --checkpoint: checkpoint {path}: ") and says in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
 def test_report_text_fits_the_preset(quick_run):
     """With --preset p2 the report compares with P2's shapes, not with the p1 replication's recipe and loss."""
     out, _ = quick_run
