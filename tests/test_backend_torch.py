@@ -160,62 +160,40 @@ def test_long_context_float32_matches_float64_and_stays_factored():
 
 # --- batching ------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kind", ["plain", "post-ln", "pre-ln"])
-def test_leading_batch_dimensions_equal_a_loop(kind):
-    cfg, p = _block(kind, seed=1)
-    rng = np.random.default_rng(2)
-    C, X, Z = rng.standard_normal((2, 3, 9, 6)), rng.standard_normal((2, 3, 6)), rng.standard_normal((2, 3, 7, 6))
-    tb = T64.trajectory(p, cfg, C, X, slab=4)
-    ub = T64.implicit_update(p, cfg, C, X, remove=[0, 3])
-    ob = T64.block_output(p, cfg, C, X)
-    pb = T64.position_updates(p, cfg, Z, query="last")
-    assert tuple(tb.delta.shape) == (2, 3, 10, 6) and tuple(tb.h.shape) == (2, 3)
-    for i in range(2):
-        for j in range(3):
-            t1 = T64.trajectory(p, cfg, C[i, j], X[i, j])
-            for f in ("delta", "delta_W_norm", "step_norm", "loss", "u", "pred_update"):
-                np.testing.assert_allclose(getattr(tb, f)[i, j].numpy(), getattr(t1, f).numpy(), rtol=1e-13,
-                                           atol=1e-13)
-            u1 = ref.implicit_update(p, cfg, C[i, j], X[i, j], remove=[0, 3])
-            np.testing.assert_allclose(ub.u[i, j].numpy(), u1.u, rtol=0, atol=1e-13)
-            np.testing.assert_allclose(ob[i, j].numpy(), ref.block_output(p, cfg, C[i, j], X[i, j]), atol=1e-13)
-            pu = ref.position_updates(p, cfg, Z[i, j], query="last")
-            np.testing.assert_allclose(pb.u[i, j].numpy(), pu.u, rtol=0, atol=1e-13)
-
-
-def _device_param(device: str, dtype: str):
-    """A ``pytest.param`` for a device (id ``batch-<device>-<dtype>``, so the GPU check counts it as a case on the
-    device) that skips with a reason where the machine lacks it."""
+def _device_param(device: str, dtype: str, *more):
+    """A ``pytest.param`` for a device (id ``batch-…-<device>-<dtype>``, so the GPU check counts it as a case on
+    the device) that skips with a reason where the machine lacks it."""
     missing = device == "cuda" and not torch.cuda.is_available()
-    return pytest.param(device, dtype, id=f"batch-{device}-{dtype}", marks=pytest.mark.skipif(
+    return pytest.param(*more, device, dtype, id="-".join(["batch", *more, device, dtype]), marks=pytest.mark.skipif(
         missing, reason="CUDA is not available on this machine (run scripts/gpu_check.sh on a GPU machine)"))
 
 
-@pytest.mark.parametrize("device, dtype", [_device_param(d, "float64") for d in ("cpu", "cuda")])
-def test_batches_on_each_device_equal_the_reference_per_element(device, dtype):
+@pytest.mark.parametrize("kind, device, dtype", [_device_param(d, "float64", k) for k in ("plain", "post-ln", "pre-ln")
+                                                 for d in ("cpu", "cuda")])
+def test_leading_batch_dimensions_equal_the_reference_per_element(kind, device, dtype):
     """Leading batch dimensions of every core method and of a stack's prefix dynamics, on each device: each batch
     element equals the float64 reference run on that element alone. float64 on both devices, so the tolerance is
     round-off: the values are O(1) and each passes ~10 rounding stages of ≤ 32 terms, so errors are ~1e-15;
     ``1e-12`` absolute leaves 1000× room and still fails any indexing or broadcasting mistake (errors of O(1))."""
     tb = get_backend("torch", device=device, dtype=dtype)
-    cfg, p = _block("pre-ln", seed=3)
-    rng = np.random.default_rng(4)
+    cfg, p = _block(kind, seed=1)
+    rng = np.random.default_rng(2)
     C, X, Z = rng.standard_normal((2, 3, 9, 6)), rng.standard_normal((2, 3, 6)), rng.standard_normal((2, 3, 7, 6))
     tr = tb.trajectory(p, cfg, C, X, slab=4)
     up = tb.implicit_update(p, cfg, C, X, remove=[0, 3])
     out = tb.block_output(p, cfg, C, X)
     pos = tb.position_updates(p, cfg, Z, query="last")
-    scfg = ref.BlockConfig(d_model=6, d_mlp=12, n_heads=2, kind="pre-ln", attn_bias=True)
+    scfg = ref.BlockConfig(d_model=6, d_mlp=12, n_heads=2, kind=kind, attn_bias=True)
     blocks = ref.init_model(scfg, 2, seed=5, bias_std=0.2, ln_std=0.2)
     mtr = tb.model_trajectory(blocks, scfg, C[0], X[0], elements=50)             # batch (3,), chunked pass
     assert tr.delta.device.type == device and tuple(tr.batch_shape) == (2, 3)
+    assert tuple(tr.delta.shape) == (2, 3, 10, 6) and tuple(tr.h.shape) == (2, 3)
     close = dict(rtol=0, atol=1e-12)
     for i in range(2):
         for j in range(3):
             c, x = C[i, j], X[i, j]
-            want = ref.trajectory(p, cfg, c, x)
-            got = tb.to_numpy(tr[i, j])
-            for f in ("delta_W_norm", "step_norm", "loss", "u"):
+            want, got = ref.trajectory(p, cfg, c, x), tb.to_numpy(tr[i, j])
+            for f in ("delta", "delta_W_norm", "step_norm", "loss", "u", "pred_update"):
                 np.testing.assert_allclose(getattr(got, f), getattr(want, f), **close, err_msg=f"{f} of ({i}, {j})")
             np.testing.assert_allclose(tb.to_numpy(up.u[i, j]), ref.implicit_update(p, cfg, c, x, remove=[0, 3]).u,
                                        **close)
