@@ -286,5 +286,5 @@ def run(args) -> int:
             except OSError as exc:
                 print(f"implicit-icl explain: --json: cannot write {args.json}: {exc}", file=sys.stderr)
                 return 2
-            print(f"wrote {args.json}")
+            print(f"wrote {args.json}", file=sys.stderr)      # a status line: stdout holds the text alone
     return 0 if ok else 1

@@ -230,8 +230,10 @@ def test_text_trajectory_for_the_walkthrough(model):
 def test_cli_explain_layer_and_all_layers(tmp_path, capsys):
     path = tmp_path / "explain.json"
     rc = main(["explain", "France is to Paris as Japan is to", "--layer", "3", "--all-layers", "--json", str(path)])
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert rc == 0
+    assert f"wrote {path}" in captured.err and "wrote" not in out      # the status line stays out of the text
     assert "query token 8 'to'" in out and "‖ΔW‖ / ‖W‖" in out and "composed:" in out and "[ok]" in out
     report = json.loads(path.read_text())
     assert report["ok"] is True

@@ -113,8 +113,8 @@ def test_model_needs_text_and_loader(capsys):
 
 def test_export_txt_and_svg(capsys, tmp_path):
     txt, svg = tmp_path / "w.txt", tmp_path / "w.svg"
-    code, out, _ = call(capsys, "--random", "--tokens", "12", "--step", "4", "--export", str(txt))
-    assert code == 0 and "wrote" in out
+    code, out, err = call(capsys, "--random", "--tokens", "12", "--step", "4", "--export", str(txt))
+    assert code == 0 and f"wrote {txt}" in err and out == ""          # status on stderr, as every command
     text = txt.read_text()
     assert "step i = 4 / 12" in text and "current c_4:" in text and "UNTRAINED random block" in text
     code, _, _ = call(capsys, "--random", "--tokens", "12", "--step", "4", "--export", str(svg), "--size", "120x40")

@@ -232,7 +232,7 @@ def run(args) -> int:
             export(app, export_path, size)
         except OSError as exc:
             return fail(f"--export {export_path}: cannot write it ({exc.strerror or exc})")
-        print(f"wrote {export_path} (step {args.step} of {data.n}, {size[0]}x{size[1]})")
+        print(f"wrote {export_path} (step {args.step} of {data.n}, {size[0]}x{size[1]})", file=sys.stderr)
         return 0
     width, height = shutil.get_terminal_size(fallback=(DEFAULT_EXPORT_SIZE[0], DEFAULT_EXPORT_SIZE[1]))
     if width < COMPACT_MIN[0] or height < COMPACT_MIN[1]:
