@@ -220,9 +220,8 @@ def run(args) -> int:
     if args.layer is None and not args.all_layers:
         print("implicit-icl explain: give --layer L (0..5) and/or --all-layers", file=sys.stderr)
         return 2
-    if not 0 <= args.baseline_seed < 2**63:
-        print(f"implicit-icl explain: --baseline-seed must be from 0 to 2**63 - 1, got {args.baseline_seed}",
-              file=sys.stderr)
+    if args.baseline_seed < 0:        # NumPy's seed streams take any non-negative integer (as walkthrough --seed)
+        print(f"implicit-icl explain: --baseline-seed must be >= 0, got {args.baseline_seed}", file=sys.stderr)
         return 2
     if not args.text.strip():
         print("implicit-icl explain: TEXT is empty: give the text to run through the model, e.g. "

@@ -381,7 +381,16 @@ def test_cli_needs_a_layer_or_all_layers(capsys):
 
 def test_cli_bad_baseline_seed_is_named_before_any_work(capsys):
     assert main(["explain", "hi", "--layer", "0", "--baseline-seed", "-1"]) == 2
-    assert "--baseline-seed must be from 0" in capsys.readouterr().err
+    assert "--baseline-seed must be >= 0, got -1" in capsys.readouterr().err
+
+
+def test_a_baseline_seed_beyond_64_bits_draws_its_own_random_layer():
+    """NumPy's seed streams take any non-negative integer (explain used to stop at 2**63 - 1 for no reason);
+    two such seeds draw different random layers, and the same seed the same one."""
+    params = {"W": np.arange(12.0).reshape(3, 4), "b": np.ones(3)}
+    big = minilm.matched_random_block(params, 2**80)
+    assert not np.allclose(big["W"], minilm.matched_random_block(params, 2**80 + 1)["W"])
+    np.testing.assert_array_equal(big["W"], minilm.matched_random_block(params, 2**80)["W"])
 
 
 def test_cli_help_lists_explain(capsys):
