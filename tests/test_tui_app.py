@@ -230,6 +230,31 @@ def test_resize_switches_between_full_compact_and_too_small(data):
     run(app, body, size=(120, 40))
 
 
+def test_the_footer_fits_80_columns_and_home_end_work_in_both_layouts(data):
+    """At 80 columns the footer used to stop at "s ΔW / ste": "? help" and "q quit" were cut off. The compact
+    layout leaves home/end out of the footer (their unlisted twins keep the keys working); the full one lists
+    them."""
+    app = WalkthroughApp(data, start=3)
+
+    async def body(pilot):
+        footer = screen_text(app).rstrip().splitlines()[-1]
+        assert app.screen.has_class("compact")
+        assert "? help" in footer and "q quit" in footer and "home first" not in footer, footer
+        await pilot.press("end")
+        assert app.i == data.n
+        await pilot.press("home")
+        assert app.i == 0
+        await pilot.resize_terminal(120, 40)
+        await pilot.pause()
+        footer = screen_text(app).rstrip().splitlines()[-1]
+        assert "home first" in footer and "end last" in footer and "q quit" in footer, footer
+        await pilot.press("end")
+        assert app.i == data.n
+        await pilot.press("home")
+        assert app.i == 0
+    run(app, body, size=(80, 24))
+
+
 def test_long_prompt_scrolls_to_current_token():
     """With more chip rows than fit (50 tokens at width 100: 8 rows, 5 shown), the current token stays visible,
     and clicking maps to the token drawn under the mouse."""

@@ -303,6 +303,10 @@ class WalkthroughApp(App):
         Binding("left,h", "previous", "previous", key_display="←/h"),
         Binding("home", "first", "first"),
         Binding("end", "last", "last"),
+        # the compact layout's twins of home/end, left out of its footer so that "? help q quit" fit in 80 columns
+        # (check_action turns on one of each pair; the help screen lists both keys)
+        Binding("home", "first_unlisted", "first", show=False),
+        Binding("end", "last_unlisted", "last", show=False),
         Binding("space", "play", "play/pause", key_display="space"),
         Binding("b", "toggle_baseline", "baseline"),
         Binding("s", "toggle_step", "ΔW / step"),
@@ -380,6 +384,7 @@ class WalkthroughApp(App):
         main.query_one(Footer).compact = compact     # less space between the keys, so that they all fit
         if compact != was_compact:
             self.refresh_all()                       # the title and the check are worded for the width
+            self.refresh_bindings()                  # home/end: listed or not (check_action)
 
     # --- state changes ------------------------------------------------------------------------------------------
 
@@ -420,6 +425,17 @@ class WalkthroughApp(App):
 
     def action_last(self) -> None:
         self.jump(self.data.n)
+
+    action_first_unlisted = action_first
+    action_last_unlisted = action_last
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """home/end: the listed binding in the full layout, its unlisted twin in the compact one."""
+        if action in ("first", "last"):
+            return not self.compact
+        if action in ("first_unlisted", "last_unlisted"):
+            return self.compact
+        return True
 
     def action_play(self) -> None:
         if not self.playing and self.i >= self.data.n:
