@@ -68,13 +68,8 @@ class NumpyBackend:
         if isinstance(x, (ref.Update, ref.Trajectory)):
             return x
         if _trajectory_like(x):
-            if np.ndim(self.asarray(x.a)) > 1:
-                raise ValueError(f"x is a batched Trajectory (batch shape {tuple(np.shape(x.a))[:-1]}); the reference's "
-                                 "Trajectory holds one context (its axis 0 is the prefix): convert one context (a torch "
-                                 "Trajectory indexes its batch: tr[b]) or its fields")
-            h = self.asarray(x.h)
-            return ref.Trajectory(**{f: self.asarray(getattr(x, f)) for f in TRAJECTORY_FIELDS if f != "h"},
-                                  h=float(h) if h.ndim == 0 else h)
+            return ref.Trajectory.of(x, self.asarray, "one context (a torch Trajectory indexes its batch: tr[b]) "
+                                                      "or its fields")
         if _update_like(x):
             return ref.Update(**{f: self.asarray(getattr(x, f)) for f in UPDATE_FIELDS})
         if isinstance(x, (list, tuple)) and x and (isinstance(x[0], (dict, ref.Update, np.ndarray))

@@ -322,18 +322,9 @@ class TorchBackend:
             return x
         if isinstance(x, Update):
             return ref.Update(u=self.to_numpy(x.u), a=self.to_numpy(x.a), delta_b=self.to_numpy(x.delta_b))
-        if isinstance(x, Trajectory):
-            if x.a.dim() > 1:
-                raise ValueError(f"x is a batched Trajectory (batch shape {x.batch_shape}); the reference's "
-                                 "Trajectory holds one context (its axis 0 is the prefix): convert one context, "
-                                 "to_numpy(tr[b]), or its fields, to_numpy(tr.delta_W_norm)")
-            t = self.to_numpy
-            h = t(x.h)
-            return ref.Trajectory(
-                W0=t(x.W0), a=t(x.a), delta=t(x.delta), u=t(x.u), delta_b=t(x.delta_b),
-                delta_W_norm=t(x.delta_W_norm), step_norm=t(x.step_norm), relative_change=t(x.relative_change),
-                h=float(h) if np.ndim(h) == 0 else h, grad_u=t(x.grad_u), loss=t(x.loss), grad_norm=t(x.grad_norm),
-                pred_context=t(x.pred_context), pred_update=t(x.pred_update))
+        if isinstance(x, Trajectory):                 # forms the lazy fields (u, grad_u, predictions)
+            return ref.Trajectory.of(x, self.to_numpy, "one context, to_numpy(tr[b]), or its fields, "
+                                                       "to_numpy(tr.delta_W_norm)")
         if isinstance(x, torch.Tensor):
             x = x.detach().cpu()
             if x.dtype in (torch.bfloat16, torch.float16):

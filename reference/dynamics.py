@@ -8,7 +8,7 @@ with ``W_i`` on the query alone. Consecutive ``W_i`` follow online "gradient des
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -50,6 +50,19 @@ class Trajectory:
     grad_norm: np.ndarray
     pred_context: np.ndarray
     pred_update: np.ndarray
+
+    @classmethod
+    def of(cls, x, convert, how: str) -> "Trajectory":
+        """Another backend's trajectory of *one* context (any object with this class's fields) as the reference's,
+        each field through ``convert`` (to float64 NumPy). A batched one (``a`` of more than one axis) would be
+        read as one context with the batch as its prefixes: refused, ``how`` saying what to convert instead."""
+        a = convert(x.a)
+        if np.ndim(a) > 1:
+            raise ValueError(f"x is a batched Trajectory (batch shape {tuple(np.shape(a))[:-1]}); the reference's "
+                             f"Trajectory holds one context (its axis 0 is the prefix): convert {how}")
+        h = convert(x.h)
+        return cls(**{f.name: convert(getattr(x, f.name)) for f in fields(cls) if f.name not in ("a", "h")},
+                   a=a, h=float(h) if np.ndim(h) == 0 else h)
 
     @property
     def n(self) -> int:
