@@ -59,14 +59,6 @@ def _title(folder: Path) -> str:
     return folder.name
 
 
-def _under(path: Path, folder: Path) -> bool:
-    try:
-        path.resolve().relative_to(folder.resolve())
-        return True
-    except ValueError:
-        return False
-
-
 def _init(dest: str) -> int:
     from implicit_icl import grading
 
@@ -115,7 +107,7 @@ def run(args) -> int:
     folder = exercises[args.number]
     fallback = folder.parent.resolve() == grading.installed_course().resolve()      # no course of the student's here
     if args.dir is None and args.target is None and not os.environ.get("IMPLICIT_ICL_EXERCISES") and fallback \
-            and not grading.is_installed_copy(folder.parent) and not _under(folder.parent, Path.cwd()):
+            and not grading.is_installed_copy(folder.parent) and not folder.parent.resolve().is_relative_to(Path.cwd().resolve()):
         print(f"note: no course here ({Path.cwd()}): grading the copy at {folder.parent}; pass --dir DIR to grade "
               "yours", file=sys.stderr)
     if args.target is None and grading.is_installed_copy(folder.parent):
