@@ -23,7 +23,7 @@ import platform
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +61,10 @@ class Model:
     @property
     def n_blocks(self) -> int:
         return self.meta.get("n_blocks") or 0
+
+    def described(self, description: str) -> "Model":
+        """The same model under another description in the Models table."""
+        return replace(self, record=dict(self.record, description=description))
 
 
 @contextmanager
@@ -141,13 +145,19 @@ def checkpoint_problem(path, preset_name: str, quick: bool = False) -> str | Non
     can call it a bad argument before anything runs."""
     path = Path(path)
     try:
-        _, cfg, meta = load_checkpoint(path)
-        if problem := _meta_problem(meta):
-            return f"checkpoint {path}: {problem}"
+        _, cfg, meta = _load_checked(path)
         _external_role(path, cfg, meta, preset_name, _presets(SETTINGS["quick" if quick else "full"]))
     except CheckpointError as exc:
         return str(exc)
     return None
+
+
+def _load_checked(path: Path) -> tuple[dict, object, dict]:
+    """``load_checkpoint`` with the meta record checked for what the experiments read (``CheckpointError``)."""
+    params, cfg, meta = load_checkpoint(path)
+    if problem := _meta_problem(meta):
+        raise CheckpointError(f"checkpoint {path}: {problem}")
+    return params, cfg, meta
 
 
 def load_model(path, description: str, common: dict) -> Model:
@@ -157,9 +167,7 @@ def load_model(path, description: str, common: dict) -> Model:
     cannot read those prompts: its row says so (``val_loss`` None) instead of showing a loss on other prompts.
     """
     path = Path(path)
-    params, cfg, meta = load_checkpoint(path)
-    if problem := _meta_problem(meta):
-        raise CheckpointError(f"checkpoint {path}: {problem}")
+    params, cfg, meta = _load_checked(path)
     fits = cfg.d_model == common["d"] + 1
     val = validate(params, cfg, meta.get("n_blocks") or 0, validation_prompts(**common)) if fits else None
     record = {"description": description, "path": str(path), "step": meta.get("step"), "seed": meta.get("seed"),
@@ -240,8 +248,7 @@ def _reproduce(preset_name: str, out: Path, quick: bool, checkpoint, seed: int, 
         elif quick:
             m = load_model(default_checkpoint_path(), "the bundled p1 model (`implicit_icl/data/p1.npz`)", common)
         else:
-            m = Model(trained.path, trained.params, trained.cfg, trained.meta,
-                      dict(trained.record, description="trained in this run (E1)"))
+            m = trained.described("trained in this run (E1)")
         params, cfg = m.params, m.cfg
         models["E2/E3/E5"] = m.record
         init_seed = seed if m.meta.get("seed") is None else m.meta["seed"]
@@ -265,8 +272,7 @@ def _reproduce(preset_name: str, out: Path, quick: bool, checkpoint, seed: int, 
     if ext_role == "E4":
         p2 = ext
     elif preset_name == "p2":
-        p2 = Model(trained.path, trained.params, trained.cfg, trained.meta,
-                   dict(trained.record, description="trained in this run (E1)"))
+        p2 = trained.described("trained in this run (E1)")
     else:
         log(f"E4: training p2 in {out / 'train_p2'}")
         p2_path, _, _ = timed("E4 train p2", lambda: _train_or_resume(presets["p2"], out / "train_p2", seed,
