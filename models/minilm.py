@@ -498,8 +498,10 @@ def _ratios(params: dict, cfg: BlockConfig, upd: Update, H_in: np.ndarray, H_out
         return {"transfer_ratio": np.zeros(0), "own_ratio": np.zeros(0)}
     a, r = _alone_taps(params, cfg, H_in[index])                                 # (n, D) each
     targets = H_out[index]
-    return {"transfer_ratio": _transfer_ratio(params, upd, cfg, a, r, targets),
-            "own_ratio": _own_ratio(params, cfg, H_in, index, a, r, targets)}
+    unchanged = _misses(params, cfg, a, r, targets)                              # the miss with W alone, (n,)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return {"transfer_ratio": _query_update_misses(params, upd, cfg, a, r, targets) / unchanged,
+                "own_ratio": _own_update_misses(params, cfg, H_in, index, a, r, targets) / unchanged}
 
 
 def _median(values: np.ndarray) -> float:
@@ -521,25 +523,24 @@ def _misses(params: dict, cfg: BlockConfig, a: np.ndarray, r: np.ndarray, target
     return np.linalg.norm(head(params, cfg, a, r) - targets, axis=-1)
 
 
-def _transfer_ratio(params: dict, upd: Update, cfg: BlockConfig, a: np.ndarray, r: np.ndarray, targets: np.ndarray):
-    """Per row (its taps ``a``, ``r`` run alone): how far the query's ``ΔW`` (without ``Δb``) takes that row towards
-    its own target, as a ratio of misses (``‖T_{W+ΔW}(c_j) − target_j‖ / ‖T_W(c_j) − target_j‖``)."""
+def _query_update_misses(params: dict, upd: Update, cfg: BlockConfig, a: np.ndarray, r: np.ndarray,
+                         targets: np.ndarray) -> np.ndarray:
+    """Per row (its taps ``a``, ``r`` run alone): its miss with the query's ``ΔW`` (without ``Δb``),
+    ``‖T_{W+ΔW}(c_j) − target_j‖``; over the miss with W alone it is ``transfer_ratio``."""
     updated = apply_update(params, Update(upd.u, upd.a, np.zeros_like(upd.delta_b)))     # W + ΔW, b_out unchanged
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return _misses(updated, cfg, a, r, targets) / _misses(params, cfg, a, r, targets)
+    return _misses(updated, cfg, a, r, targets)
 
 
-def _own_ratio(params: dict, cfg: BlockConfig, H_in: np.ndarray, index: np.ndarray, a: np.ndarray, r: np.ndarray,
-               targets: np.ndarray):
-    """The control for :func:`_transfer_ratio`: per row j of ``index``, the same ratio with row j's *own* ``ΔW_j``
-    (``position_updates(query="own")``: the update for the query ``H_in[j]`` with every other row as its context,
-    the layer being bidirectional), again without its ``Δb_j``. ``ΔW_j = u_j a_jᵀ/‖a_j‖²`` acts on row j's own
-    MLP input ``a_j`` as ``ΔW_j a_j = u_j (a_j·a_j)/‖a_j‖²`` (the product, in factored form: no n matrices)."""
+def _own_update_misses(params: dict, cfg: BlockConfig, H_in: np.ndarray, index: np.ndarray, a: np.ndarray,
+                       r: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """The control for :func:`_query_update_misses` (``own_ratio``): per row j of ``index``, its miss with its *own*
+    ``ΔW_j`` (``position_updates(query="own")``: the update for the query ``H_in[j]`` with every other row as its
+    context, the layer being bidirectional), again without its ``Δb_j``. ``ΔW_j = u_j a_jᵀ/‖a_j‖²`` acts on row j's
+    own MLP input ``a_j`` as ``ΔW_j a_j = u_j (a_j·a_j)/‖a_j‖²`` (the product, in factored form: no n matrices)."""
     own = position_updates(params, cfg, H_in, query="own")                 # (T, ·): one update per row
     u, a_own = own.u[index], own.a[index]                                  # (n, M), (n, D); a_own == a: row alone
     shift = u * (np.sum(a_own * a, axis=-1) / np.sum(a_own * a_own, axis=-1))[:, None]   # ΔW_j a_j: (n, M)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return _misses(params, cfg, a, r, targets, pre_shift=shift) / _misses(params, cfg, a, r, targets)
+    return _misses(params, cfg, a, r, targets, pre_shift=shift)
 
 
 def _baseline(params: dict, cfg: BlockConfig, context, query, seed: int, marginals: bool = True) -> Baseline:
