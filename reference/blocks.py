@@ -1,19 +1,14 @@
-"""Contextual blocks ``T_W = M_W ∘ A`` of every kind, defined through two taps (DESIGN.md "Block kinds").
-
-Every kind is ``out = finish(r + MLP(a))`` where the *taps* are
-
-- ``a``: the vector the MLP's first matrix ``W`` reads (the paper's ``A(C, x)`` for a bare block), and
-- ``r``: the residual stream added around the MLP (zero for ``plain``).
-
-``finish`` is the identity except for ``post-ln``, where it is ``LN2``. The implicit update only needs the taps:
-``u = W (a_C − a_x)``, ``ΔW = u a_xᵀ/‖a_x‖²``, ``Δb_out = r_C − r_x``.
+"""Contextual blocks ``T_W = M_W ∘ A`` of every kind on NumPy arrays: ``init_block``, ``attention``, ``taps``,
+``block`` and ``block_output``. What makes each kind (its taps and head) is in ``kinds.py``, shared with the torch
+backend; ``head`` and ``taps_from_attention`` are re-exported from there.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from .config import BlockConfig, param_shapes
-from .layers import layer_norm, mlp, self_attention
+from .kinds import attention_input, head, taps_from_attention
+from .layers import self_attention
 from .validation import as_array, check_params
 
 
@@ -49,40 +44,12 @@ def attention(params: dict, cfg: BlockConfig, Z) -> np.ndarray:
 
 
 def _attention(params, cfg, Z):
-    if cfg.kind == "pre-ln":
-        Z = layer_norm(Z, params["ln1.g"], params["ln1.b"], cfg.ln_eps)
-    return self_attention(params, cfg, Z)
+    return self_attention(params, cfg, attention_input(params, cfg, Z))
 
 
 def taps(params: dict, cfg: BlockConfig, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(a, r)`` at every position, each ``(T, d_model)``: what ``W`` reads and the residual around the MLP."""
     return taps_from_attention(params, cfg, Z, _attention(params, cfg, Z))
-
-
-def taps_from_attention(params: dict, cfg: BlockConfig, Z: np.ndarray, A: np.ndarray):
-    """The taps ``(a, r)`` given the block input ``Z`` and its contextual layer's output ``A`` (broadcasting)."""
-    if cfg.kind == "plain":
-        return A, np.zeros_like(A)
-    if cfg.kind == "p1-skip":
-        return A, Z + A
-    if cfg.kind == "residual":
-        r = Z + A
-        return r, r
-    if cfg.kind == "pre-ln":
-        r = Z + A
-        return layer_norm(r, params["ln2.g"], params["ln2.b"], cfg.ln_eps), r
-    if cfg.kind == "post-ln":
-        h = layer_norm(Z + A, params["ln1.g"], params["ln1.b"], cfg.ln_eps)
-        return h, h
-    raise ValueError(f"unknown block kind {cfg.kind!r}")
-
-
-def head(params: dict, cfg: BlockConfig, a: np.ndarray, r: np.ndarray) -> np.ndarray:
-    """The rest of the block after the taps: ``finish(r + MLP(a))``."""
-    out = r + mlp(params, cfg, a)
-    if cfg.kind == "post-ln":
-        out = layer_norm(out, params["ln2.g"], params["ln2.b"], cfg.ln_eps)
-    return out
 
 
 def block(params: dict, cfg: BlockConfig, Z) -> np.ndarray:

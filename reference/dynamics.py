@@ -14,7 +14,7 @@ import numpy as np
 
 from .blocks import check_context_query, head, sequence, taps
 from .config import BlockConfig
-from .update import Update, _check_norm, apply_update
+from .update import Update, _check_norm, apply_update, update_from_taps
 from .validation import check_params
 
 
@@ -118,8 +118,8 @@ def trajectory_from_taps(params: dict, cfg: BlockConfig, a_i: np.ndarray, r_i: n
     _check_norm(a, cfg, "the query")
     a_norm = np.linalg.norm(a)
     delta = a_i - a                                                      # (n+1, D)
-    u = delta @ W0.T                                                     # (n+1, M)
-    delta_b = r_i - r                                                    # (n+1, D)
+    prefixes = update_from_taps(W0, a_i, r_i, a, r)                      # u (n+1, M), delta_b (n+1, D)
+    u, delta_b = prefixes.u, prefixes.delta_b
     delta_W_norm = np.linalg.norm(u, axis=1) / a_norm                    # (n+1,)
     steps = np.diff(u, axis=0)                                           # (n, M)
     step_norm = np.linalg.norm(steps, axis=1) / a_norm                   # (n,)

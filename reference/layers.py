@@ -73,7 +73,13 @@ def self_attention(params: dict, cfg: BlockConfig, X: np.ndarray) -> np.ndarray:
     return merge_heads(params, cfg, heads.transpose(1, 0, 2))              # (T, d_model)
 
 
-def mlp(params: dict, cfg: BlockConfig, a: np.ndarray) -> np.ndarray:
-    """``MLP(a) = W_out σ(W a + b) + b_out``; ``W = params["mlp.W"]`` is the paper's first dense layer."""
-    pre = a @ params["mlp.W"].T + params["mlp.b"]          # (..., d_mlp)
-    return ACTIVATION_FNS[cfg.activation](pre) @ params["mlp.W_out"].T + params["mlp.b_out"]  # (..., d_model)
+def mlp(params: dict, cfg: BlockConfig, a: np.ndarray, W=None, b_out=None) -> np.ndarray:
+    """``MLP(a) = W_out σ(W a + b) + b_out``; ``W = params["mlp.W"]`` is the paper's first dense layer.
+    ``W``/``b_out`` replace the params' (updated weights)."""
+    W = params["mlp.W"] if W is None else W
+    b_out = params["mlp.b_out"] if b_out is None else b_out
+    pre = a @ W.T + params["mlp.b"]                                                  # (..., d_mlp)
+    return ACTIVATION_FNS[cfg.activation](pre) @ params["mlp.W_out"].T + b_out       # (..., d_model)
+
+
+zeros_like = np.zeros_like

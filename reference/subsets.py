@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .blocks import check_context_query, taps_from_attention
+from .blocks import check_context_query
+from .kinds import attention_input, taps_from_attention
 from .config import BlockConfig
 from .dynamics import Trajectory, trajectory_from_taps
-from .layers import attention_projections, layer_norm, merge_heads, softmax
-from .update import Update, _check_norm
+from .layers import attention_projections, merge_heads, softmax
+from .update import Update, _check_norm, update_from_taps
 from .validation import check_params
 
 CHUNK_ENTRIES = 1 << 22     # masked logits per chunk of subsets (K·H·(n+1) float64s, 32 MB): bounds the memory
@@ -40,7 +41,7 @@ def query_taps(params: dict, cfg: BlockConfig, context, query, keep) -> tuple[np
         raise ValueError(f"keep must be a boolean array of shape (K, {n}) (one row per subset of the {n} context "
                          f"tokens), got dtype {keep.dtype} and shape {keep.shape}")
     Z = np.concatenate([context, query[None, :]], axis=0)                 # (n+1, D)
-    X = layer_norm(Z, params["ln1.g"], params["ln1.b"], cfg.ln_eps) if cfg.kind == "pre-ln" else Z
+    X = attention_input(params, cfg, Z)
     q, k, v = attention_projections(params, cfg, X)                       # (H, n+1, dh) each
     logits = np.einsum("hd,hjd->hj", q[:, -1], k) / np.sqrt(cfg.head_dim)  # (H, n+1): the query's row
     K, H = keep.shape[0], cfg.n_heads
@@ -71,8 +72,7 @@ def subset_updates(params: dict, cfg: BlockConfig, context, query, keep) -> Upda
     a, r = query_taps(params, cfg, context, query, keep)                  # validates keep: (K+1, D) each
     a_S, r_S, a_C, r_C = a[:-1], r[:-1], a[-1:], r[-1:]
     _check_norm(a_S, cfg, "subset")
-    u = (a_C - a_S) @ np.asarray(params["mlp.W"]).T                       # (K, M)
-    return Update(u=u, a=a_S, delta_b=r_C - r_S)
+    return update_from_taps(np.asarray(params["mlp.W"]), a_C, r_C, a_S, r_S)   # u (K, M)
 
 
 def marginal_updates(params: dict, cfg: BlockConfig, context, query) -> Update:

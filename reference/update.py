@@ -2,20 +2,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from .blocks import check_context_query, sequence, taps
 from .config import BlockConfig
+from .kinds import TAP_NAMES
 from .validation import ZeroNormError, as_array, check_params, check_remove
-
-TAP_NAMES = {
-    "plain": "a = A(C\\Y, x), the attention output",
-    "p1-skip": "a = A(C\\Y, x), the attention output",
-    "residual": "a = x + A(C\\Y, x), the residual stream",
-    "pre-ln": "a = LN2(x + A(LN1 ·)), the normalised residual stream",
-    "post-ln": "a = LN1(x + A(C\\Y, x)), the normalised residual stream",
-}
 
 
 @dataclass(frozen=True)
@@ -23,32 +17,34 @@ class Update:
     """A rank-1 weight update kept factored: ``ΔW = u aᵀ / ‖a‖²`` (P1 Thm 2.2) and ``Δb_out = delta_b``.
 
     ``u = W (a_C − a_x)`` has shape ``(..., d_mlp)``; ``a`` (the tap without context) and ``delta_b``
-    have shape ``(..., d_model)``. Leading dimensions index positions (``position_updates``) or prefixes.
+    have shape ``(..., d_model)``. Leading dimensions index positions (``position_updates``), prefixes or a batch.
+    The one class of every backend: its fields are NumPy arrays (the reference) or torch tensors (the torch
+    backend), and its properties use only operations both share.
     """
 
-    u: np.ndarray
-    a: np.ndarray
-    delta_b: np.ndarray
+    u: Any
+    a: Any
+    delta_b: Any
 
     @property
-    def a_norm_sq(self) -> np.ndarray:
+    def a_norm_sq(self):
         """``‖a‖²``, the denominator of the update."""
-        return np.sum(self.a * self.a, axis=-1)
+        return (self.a * self.a).sum(-1)
 
     @property
-    def h(self) -> np.ndarray:
+    def h(self):
         """Step size ``h = 1/‖a‖²`` (P1 Prop. 3.1)."""
         return 1.0 / self.a_norm_sq
 
     @property
-    def delta_W(self) -> np.ndarray:
+    def delta_W(self):
         """The rank-1 matrix ``u aᵀ / ‖a‖²``, shape ``(..., d_mlp, d_model)``. Formed on request only."""
         return self.u[..., :, None] * self.a[..., None, :] / self.a_norm_sq[..., None, None]
 
     @property
-    def norm(self) -> np.ndarray:
+    def norm(self):
         """``‖ΔW‖_F = ‖ΔW‖_2 = ‖u‖/‖a‖`` (THEORY §10.4): equal because the matrix has rank 1."""
-        return np.linalg.norm(self.u, axis=-1) / np.sqrt(self.a_norm_sq)
+        return (self.u * self.u).sum(-1) ** 0.5 / self.a_norm_sq ** 0.5
 
     def __len__(self) -> int:
         if self.u.ndim < 2:
@@ -61,17 +57,43 @@ class Update:
         return Update(self.u[i], self.a[i], self.delta_b[i])
 
 
-def _check_norm(a: np.ndarray, cfg: BlockConfig, where: str) -> None:
-    nsq = np.sum(a * a, axis=-1)
+def update_from_taps(W, a_C, r_C, a_x, r_x) -> Update:
+    """The one update formula (P1 Thm 2.2, P1 App. A, P2 Thm 1), for every kind and every backend.
+
+    ``u = W (a_C − a_x)``, ``ΔW = u a_xᵀ/‖a_x‖²`` (kept factored) and ``Δb_out = r_C − r_x``, where ``(a_C, r_C)`` are
+    the query's taps with the context and ``(a_x, r_x)`` without it (or without the removed subset Y). Taps
+    ``(..., d_model)``, ``W`` ``(d_mlp, d_model)``; ``u`` ``(..., d_mlp)``.
+    """
+    return Update(u=(a_C - a_x) @ W.T, a=a_x, delta_b=r_C - r_x)
+
+
+def check_norm(a_norm_sq, kind: str, where: str, *, indexed: bool = False, overflow=None) -> None:
+    """Raise :class:`ZeroNormError` if any ``‖a‖²`` (NumPy, one per query) is zero or non-finite: the one message
+    of every backend. The leading axes of ``a_norm_sq`` are a batch; with ``indexed`` its last axis indexes
+    ``where`` ("position 3"). ``overflow(what)``, if given, makes the error for a non-finite ``‖a‖²`` from finite
+    inputs (an overflow of a low-precision dtype) instead."""
+    nsq = np.asarray(a_norm_sq, dtype=np.float64)
     bad = ~(np.isfinite(nsq) & (nsq > 0))
-    if np.any(bad):
-        first = int(np.flatnonzero(np.atleast_1d(bad))[0])
-        at = f"{where} {first}" if np.ndim(nsq) else where
-        raise ZeroNormError(
-            f"‖a‖² = {np.atleast_1d(nsq)[first]!r} for {at}: the tap {TAP_NAMES[cfg.kind]} is zero or non-finite, "
-            "so ΔW = u aᵀ/‖a‖² is undefined (P1 Thm 2.2 assumes a ≠ 0). The query may lie in the null space "
-            "of the attention's value/output maps."
-        )
+    if not bad.any():
+        return
+    flat = int(np.flatnonzero(bad)[0])
+    value = float(nsq.reshape(-1)[flat])
+    index = np.unravel_index(flat, bad.shape) if bad.ndim else ()
+    position, batch = (index[-1], index[:-1]) if indexed and bad.ndim else (None, index)
+    at = where if position is None else f"{where} {int(position)}"
+    if batch:
+        at += f" of batch element {tuple(int(i) for i in batch)}"
+    if overflow is not None and not np.isfinite(value):
+        raise overflow(f"‖a‖² for {at}")
+    raise ZeroNormError(
+        f"‖a‖² = {value!r} for {at}: the tap {TAP_NAMES[kind]} is zero or non-finite, so ΔW = u aᵀ/‖a‖² is "
+        "undefined (P1 Thm 2.2 assumes a ≠ 0). The query may lie in the null space of the attention's "
+        "value/output maps.")
+
+
+def _check_norm(a: np.ndarray, cfg: BlockConfig, where: str) -> None:
+    """:func:`check_norm` of a NumPy tap ``a`` (…, d_model); a stack of taps is indexed by ``where``."""
+    check_norm((a * a).sum(-1), cfg.kind, where, indexed=True)
 
 
 def implicit_update(params: dict, cfg: BlockConfig, context, query, remove=None) -> Update:
@@ -88,22 +110,19 @@ def implicit_update(params: dict, cfg: BlockConfig, context, query, remove=None)
     a_C, r_C = (t[-1] for t in taps(params, cfg, sequence(context, query)))
     a_x, r_x = (t[-1] for t in taps(params, cfg, sequence(kept, query)))
     _check_norm(a_x, cfg, "the query")
-    u = params["mlp.W"] @ (a_C - a_x)                               # (d_mlp,)
-    return Update(u=u, a=a_x, delta_b=r_C - r_x)
+    return update_from_taps(params["mlp.W"], a_C, r_C, a_x, r_x)    # u (d_mlp,), a and delta_b (d_model,)
 
 
 def apply_update(params: dict, update: Update) -> dict:
     """New params with ``mlp.W += ΔW`` and ``mlp.b_out += Δb`` (the input dict is not modified).
 
-    Another backend's update (any object with ``u``, ``a`` and ``delta_b``, e.g. the torch backend's) is converted
-    to float64 NumPy first."""
-    if not isinstance(update, Update):
-        if not all(hasattr(update, f) for f in ("u", "a", "delta_b")):
-            raise ValueError(f"update must be an Update (u, a, delta_b), got {type(update).__module__}."
-                             f"{type(update).__qualname__}")
-        update = Update(u=as_array(update.u, "update.u", (None,), allow_batch=True),
-                        a=as_array(update.a, "update.a", (None,), allow_batch=True),
-                        delta_b=as_array(update.delta_b, "update.delta_b", (None,), allow_batch=True))
+    An ``Update`` of another backend (torch tensors) or any object with ``u``, ``a`` and ``delta_b`` is read as
+    float64 NumPy first."""
+    if not all(hasattr(update, f) for f in ("u", "a", "delta_b")):
+        raise ValueError(f"update must be an Update (u, a, delta_b), got {type(update).__module__}."
+                         f"{type(update).__qualname__}")
+    update = Update(**{f: as_array(getattr(update, f), f"update.{f}", (None,), allow_batch=True)
+                       for f in ("u", "a", "delta_b")})
     W = np.asarray(params["mlp.W"])
     if update.u.shape != (W.shape[0],) or update.a.shape != (W.shape[1],) or update.delta_b.shape != (W.shape[1],):
         raise ValueError(
@@ -140,5 +159,4 @@ def position_updates(params: dict, cfg: BlockConfig, Z, query: str = "own") -> U
         _check_norm(a_last[0], cfg, "the last token")
         a_x = np.repeat(a_last, Z.shape[0], axis=0)                                 # (T, d)
         r_x = np.repeat(r_last, Z.shape[0], axis=0)
-    u = (a - a_x) @ params["mlp.W"].T                                               # (T, d_mlp)
-    return Update(u=u, a=a_x, delta_b=r - r_x)
+    return update_from_taps(params["mlp.W"], a, r, a_x, r_x)                        # u (T, d_mlp)
