@@ -23,24 +23,20 @@ from implicit_icl.reference import apply_model_updates, model_updates
 from implicit_icl.reference.tasks import least_squares_predictions, prediction, regression_prompts
 
 from .evaluate import blocks_of
+from .statistics import (bands, levels_off_at, loglog_slope, loss_curve, mean_of_medians,  # noqa: F401 (re-exported)
+                         normalised_inner, null_pairs, squared_loss)
 
 # Tolerances for "agrees to round-off": outputs are O(1), so these are ~100 ulps of float32 and ~5000 of float64.
 TOL_F32 = 1e-5
 TOL_F64 = 1e-12
-QUARTILES = (25, 50, 75)
 # E2: log-log slopes closer than this count as "the same rate of decay" (1/i is slope −1).
 GENERIC_SLOPE_GAP = 0.25
 # E3: words for the median alignment (a normalised inner product in [−1, 1]).
 ALIGNMENT_WORDS = ((0.7, "high and positive"), (0.2, "positive but far from 1"), (0.05, "weak but positive"),
                    (-0.05, "about zero"), (-1.01, "negative"))
-
-
-def _bands(x: np.ndarray) -> dict:
-    """Median and quartile band over axis 0, ignoring nan (lists, for JSON)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)           # all-nan columns stay nan
-        q = np.nanpercentile(x, QUARTILES, axis=0)
-    return {"q25": q[0].tolist(), "median": q[1].tolist(), "q75": q[2].tolist()}
+# E3: the alignment is above its null (another task's SGD update) when it exceeds it by more than this: the width of
+# the "about zero" band above.
+NULL_MARGIN = 0.05
 
 
 # ----------------------------------------------------------------------------------------------------------- E1
@@ -70,11 +66,6 @@ def _marks(last: int, start: int) -> list[int]:
     return sorted({k for k in (start, 1, 5, 10, 25) if start <= k < last} | {last})
 
 
-def _loglog_slope(i: np.ndarray, y: np.ndarray) -> float:
-    ok = (i > 0) & np.isfinite(y) & (y > 0)
-    return float(np.polyfit(np.log(i[ok]), np.log(y[ok]), 1)[0])
-
-
 def e2(trained: list, untrained: list, fit_from: int = 5) -> dict:
     """Step norms and relative changes against i (i = 0..n−1: the step that consumes token c_{i+1}).
 
@@ -91,9 +82,9 @@ def e2(trained: list, untrained: list, fit_from: int = 5) -> dict:
             med_rel = np.nanmedian(rel, axis=0)
         fit = i >= fit_from
         out[name] = {
-            "step_norm": _bands(step), "relative_change": _bands(rel),
-            "step_norm_slope": _loglog_slope(i[fit], med_step[fit]),
-            "relative_change_slope": _loglog_slope(i[fit], med_rel[fit]),
+            "step_norm": bands(step), "relative_change": bands(rel),
+            "step_norm_slope": loglog_slope(i[fit], med_step[fit]),
+            "relative_change_slope": loglog_slope(i[fit], med_rel[fit]),
             "step_norm_at": {str(k): float(med_step[k]) for k in _marks(step.shape[1] - 1, start=1)},
             "relative_change_at": {str(k): float(med_rel[k]) for k in _marks(step.shape[1] - 1, start=1)},
             "decay_ratio": float(med_step[-1] / med_step[1]),
@@ -157,67 +148,97 @@ def choose_sgd_lr(params: dict, cfg, held_out, grid) -> tuple[float, dict]:
     scores = {}
     for lr in grid:
         pred, _ = sgd_runs(params, cfg, held_out, lr)
-        loss = (pred[:, 1:] - held_out.target[:, None]) ** 2
-        score = float(np.mean(loss))
+        score = float(np.mean(squared_loss(pred[:, 1:], held_out.target)))
         scores[f"{lr:g}"] = score if np.isfinite(score) else float("inf")
     best = min(grid, key=lambda lr: scores[f"{lr:g}"])
     return best, scores
 
 
-def normalised_inner(A: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """``⟨A, B⟩_F / (‖A‖_F ‖B‖_F)`` over the last two axes; nan where either is 0.
+def sgd_sweep(params: dict, cfg, prompts, grid, delta_W_implicit: np.ndarray) -> dict:
+    """Online SGD on the test tasks at every learning rate of ``grid`` (not only the chosen one):
+    ``{lr: (pred, alignment, null)}``, with ``pred`` ``(R, n+1)`` and, per task and i, the alignment of its
+    ``W_i − W_0`` with the implicit ``ΔW_i`` of the same task (``alignment``) and of another task (``null``:
+    :func:`null_pairs`), both ``(R, n+1)``. ``delta_W_implicit``: ``(R, n+1, M, D)``."""
+    out = {}
+    for lr in grid:
+        pred, dW_sgd = sgd_runs(params, cfg, prompts, lr)
+        out[lr] = (pred, normalised_inner(delta_W_implicit, dW_sgd),
+                   normalised_inner(delta_W_implicit, null_pairs(dW_sgd)))
+    return out
 
-    Each matrix is first divided by its largest entry, so tiny or huge scales neither underflow nor overflow.
-    """
-    def unit_scale(M):
-        m = np.max(np.abs(M), axis=(-2, -1), keepdims=True)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(m > 0, M / m, 0.0)
 
-    A, B = unit_scale(np.asarray(A, dtype=np.float64)), unit_scale(np.asarray(B, dtype=np.float64))
-    num = np.sum(A * B, axis=(-2, -1))
-    den = np.linalg.norm(A, axis=(-2, -1)) * np.linalg.norm(B, axis=(-2, -1))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(den > 0, num / den, np.nan)
+def _sweep_rows(sweep: dict, scores: dict, target: np.ndarray, loss_zero: float) -> dict:
+    """The report's learning-rate table: per lr its held-out score, test loss at the marks, alignments."""
+    rows = {}
+    for lr, (pred, align, null) in sweep.items():
+        loss = np.mean(squared_loss(pred, target), axis=0)                        # (n+1,)
+        n = len(loss) - 1
+        rows[f"{lr:g}"] = {
+            "held_out_score": scores[f"{lr:g}"],
+            "loss_at": {str(k): float(loss[k]) for k in _marks(n, start=1)},
+            "worse_than_zero_at_n": bool(not loss[-1] <= loss_zero),             # nan (diverged) counts as worse
+            "alignment_median_mean": mean_of_medians(align[:, 1:]),
+            "alignment_null_median_mean": mean_of_medians(null[:, 1:]),
+        }
+    return rows
+
+
+def _alignment_fields(align: np.ndarray, null: np.ndarray) -> dict:
+    """E3's alignment of the chosen SGD run and its null (i = 1..n; i = 0 has ΔW = 0 on both sides)."""
+    n = align.shape[1] - 1
+    mean = mean_of_medians(align[:, 1:])
+    return {
+        "alignment": bands(align[:, 1:]), "alignment_i": list(range(1, n + 1)), "alignment_median_mean": mean,
+        "alignment_at": {str(k): float(np.nanmedian(align[:, k])) for k in _marks(n, start=1)},
+        "alignment_verdict": next(w for t, w in ALIGNMENT_WORDS if mean > t),
+        "alignment_null": bands(null[:, 1:]), "alignment_null_median_mean": mean_of_medians(null[:, 1:]),
+        "alignment_null_at": {str(k): float(np.nanmedian(null[:, k])) for k in _marks(n, start=1)},
+        "alignment_null_margin": NULL_MARGIN,
+        "alignment_above_null": bool(mean - mean_of_medians(null[:, 1:]) > NULL_MARGIN),
+    }
+
+
+def _loss_fields(preds: dict, target: np.ndarray) -> dict:
+    """E3's test-loss curves (mean and s.e.m. over tasks), the values at the marks and the comparisons."""
+    curves, sem = {}, {}
+    for name, pred in preds.items():
+        curves[name], sem[name] = loss_curve(pred, target)
+    implicit, sgd = np.array(curves["implicit"]), np.array(curves["sgd"])
+    n = len(implicit) - 1
+    loss_zero = float(np.mean(target ** 2))
+    return {
+        "i": list(range(n + 1)), "loss": curves, "loss_sem": sem, "loss_zero": loss_zero,
+        "loss_at": {name: {str(k): float(curves[name][k]) for k in _marks(n, start=0)} for name in curves},
+        "sgd_minus_implicit_at_n": float(sgd[-1] - implicit[-1]),
+        "comparison": ("the implicit update's test loss is lower than SGD's" if implicit[-1] < sgd[-1] else
+                       "online SGD's test loss is lower than the implicit update's"),
+        "full_length_ratio_to_zero": float(implicit[-1] / loss_zero),
+        "implicit_falls_with_i": bool(implicit[-1] < implicit[1] and implicit[n // 2] < implicit[1]),
+        "sgd_falls_with_i": bool(sgd[-1] < sgd[1] and sgd[n // 2] < sgd[1]),
+    }
 
 
 def e3(params: dict, cfg, prompts, trained_trajectories: list, held_out, grid) -> dict:
-    """Test loss against i for the implicit update, online SGD on W and least squares; the update alignment."""
+    """Test loss against i for the implicit update, online SGD on W and least squares; the update alignment, its
+    null (another task's SGD update) and the whole learning-rate grid on the test tasks.
+
+    Fairness, stated in the report: SGD's learning rate is tuned on held-out tasks while the implicit update has
+    nothing to tune, and SGD learns one update for all queries from labelled examples while ΔW_i is per query.
+    """
     target = prompts.target
     pred_implicit = np.stack([prediction(t.pred_update) for t in trained_trajectories])      # (R, n+1)
     pred_context = np.stack([prediction(t.pred_context) for t in trained_trajectories])      # (R, n+1)
-    lr, scores = choose_sgd_lr(params, cfg, held_out, grid)
-    pred_sgd, dW_sgd = sgd_runs(params, cfg, prompts, lr)
-    pred_ls = least_squares_predictions(prompts.x, prompts.y, prompts.x_query)                # (R, n+1)
     dW_impl = np.stack([np.stack([t.delta_W(i) for i in range(t.n + 1)]) for t in trained_trajectories])
-    align = normalised_inner(dW_impl, dW_sgd)                                                 # (R, n+1)
-
-    def loss(pred):
-        return (pred - target[:, None]) ** 2                                                  # (R, n+1)
-
-    curves = {name: np.mean(loss(p), axis=0).tolist() for name, p in
-              (("implicit", pred_implicit), ("sgd", pred_sgd), ("least_squares", pred_ls))}
-    n = pred_implicit.shape[1] - 1
-    implicit, sgd = np.array(curves["implicit"]), np.array(curves["sgd"])
-    align_mean = float(np.nanmean(np.nanmedian(align[:, 1:], axis=0)))
-    if implicit[-1] < sgd[-1]:
-        comparison = "the implicit update's test loss is lower than SGD's"
-    else:
-        comparison = "online SGD's test loss is lower than the implicit update's"
-    return {
-        "sgd_falls_with_i": bool(sgd[-1] < sgd[1] and sgd[n // 2] < sgd[1]), "comparison": comparison,
-        "alignment_verdict": next(w for t, w in ALIGNMENT_WORDS if align_mean > t),
-        "i": list(range(n + 1)), "loss": curves, "sgd_lr_at_grid_edge": bool(lr in (min(grid), max(grid))), "loss_zero": float(np.mean(target ** 2)),
-        "loss_sem": {name: (np.std(loss(p), axis=0) / np.sqrt(len(target))).tolist() for name, p in
-                     (("implicit", pred_implicit), ("sgd", pred_sgd), ("least_squares", pred_ls))},
-        "alignment": _bands(align[:, 1:]), "alignment_i": list(range(1, n + 1)),
-        "alignment_median_mean": align_mean,
-        "alignment_at": {str(k): float(np.nanmedian(align[:, k])) for k in _marks(n, start=1)},
-        "sgd_lr": lr, "sgd_lr_grid_scores": scores, "n_runs": len(target), "n_held_out": len(held_out.target),
+    lr, scores = choose_sgd_lr(params, cfg, held_out, grid)
+    sweep = sgd_sweep(params, cfg, prompts, grid, dW_impl)
+    pred_sgd, align, null = sweep[lr]
+    pred_ls = least_squares_predictions(prompts.x, prompts.y, prompts.x_query)                # (R, n+1)
+    out = _loss_fields({"implicit": pred_implicit, "sgd": pred_sgd, "least_squares": pred_ls}, target)
+    return out | _alignment_fields(align, null) | {
+        "sgd_lr": lr, "sgd_lr_grid_scores": scores, "sgd_lr_at_grid_edge": bool(lr in (min(grid), max(grid))),
+        "sgd_lr_sweep": _sweep_rows(sweep, scores, target, out["loss_zero"]),
+        "n_runs": len(target), "n_held_out": len(held_out.target),
         "identity_max_abs_diff": float(np.max(np.abs(pred_implicit - pred_context))),
-        "loss_at": {name: {str(k): float(curves[name][k]) for k in _marks(n, start=0)} for name in curves},
-        "full_length_ratio_to_zero": float(implicit[-1] / np.mean(target ** 2)),
-        "implicit_falls_with_i": bool(implicit[-1] < implicit[1] and implicit[n // 2] < implicit[1]),
     }
 
 
@@ -337,7 +358,7 @@ def e5(params: dict, cfg, prompts, n_test: int, seed: int, K_grid=PATCH_K) -> di
     level = levels_off_at(med, LEVEL_FACTOR)
     return {
         "K": list(K_grid), "n_prompts": R, "n_test": n_test, "level_factor": LEVEL_FACTOR,
-        "mse_patch_to_context": _bands(np.array([to_patch[K] for K in K_grid]).T),
+        "mse_patch_to_context": bands(np.array([to_patch[K] for K in K_grid]).T),
         "mse_patch_to_context_at": {str(K): med[K] for K in K_grid},
         "mse_patch_to_target_at": {str(K): float(np.median(v)) for K, v in to_target.items()},
         "mse_no_update_to_context": none,
@@ -349,21 +370,6 @@ def e5(params: dict, cfg, prompts, n_test: int, seed: int, K_grid=PATCH_K) -> di
         "calibration_rank": int(np.median(ranks)), "d_model": D,
         "per_query_alignment_median": float(np.median(alignment)),
     }
-
-
-def levels_off_at(med: dict, factor: float):
-    """The smallest K from which every larger K's median stays within ``factor`` of the largest K's (or ``None``
-    when that median is not finite)."""
-    Ks = sorted(med)
-    best = med[Ks[-1]]
-    if not np.isfinite(best):
-        return None
-    level = Ks[-1]
-    for K in reversed(Ks):
-        if not (np.isfinite(med[K]) and med[K] <= factor * best):
-            break
-        level = K
-    return level
 
 
 # ----------------------------------------------------------------------------------------------------------- E6
@@ -386,8 +392,8 @@ def e6(attention_untrained: list, prompts, d_mlp: int, seed: int, d_hidden: int 
                         ("rnn", np.stack([s for s, _ in runs]))):
         i = np.arange(steps.shape[1])
         med = np.median(steps, axis=0)
-        slope = _loglog_slope(i[i >= fit_from], med[i >= fit_from])
-        out[name] = {"step_norm": _bands(steps), "step_norm_slope": slope, "decays": bool(slope <= DECAY_SLOPE),
+        slope = loglog_slope(i[i >= fit_from], med[i >= fit_from])
+        out[name] = {"step_norm": bands(steps), "step_norm_slope": slope, "decays": bool(slope <= DECAY_SLOPE),
                      "step_norm_at": {str(k): float(med[k]) for k in _marks(steps.shape[1] - 1, start=1)},
                      "last_over_first": float(med[-1] / med[1])}                # step at i = n−1 over i = 1
     out["agrees_f64"] = bool(out["rnn_identity_max_abs_diff"] <= TOL_F64)

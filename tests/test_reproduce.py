@@ -145,16 +145,27 @@ def test_report_claims_follow_the_numbers(quick_run):
     r["e6"]["rnn"]["decays"] = True
     md = render(r)
     for claim in ("The curves overlap as P1 reports", "It does here too", "The model learns in context",
-                  "both losses fall with i", "share a direction without", "keeps improving",
+                  "both losses fall with i", "share a task-specific direction without", "keeps improving",
                   "One patch fitted on K =", "The exact per-query updates differ", "nearly matches it",
                   "Query dependence (THEORY §8.2) is real", "no single patch stands for the context",
                   "Attention's steps decay and the RNN's do not", "a property of averaging"):
         assert claim not in md, claim
     for honest in ("differ by more than the tolerance", "Here it does not decrease", "does NOT clearly learn",
-                   "neither loss falls with i", "do not share a direction", "recovers only part",
+                   "neither loss falls with i", "do not share a task-specific direction", "recovers only part",
                    "barely differ", "levels off later", "its fit, not query dependence",
                    "Both layers' steps decay here"):
         assert honest in md, honest
+
+
+def test_e3_shared_direction_needs_the_alignment_above_its_null(quick_run):
+    """A positive alignment no larger than the null (another task's SGD update) is not a shared direction."""
+    out, _ = quick_run
+    r = json.loads((out / "report.json").read_text())
+    r["e3"].update(alignment_verdict="positive but far from 1", alignment_above_null=False)
+    md = render(r)
+    assert "do not share a task-specific direction" in md and "share a task-specific direction without" not in md
+    r["e3"]["alignment_above_null"] = True
+    assert "share a task-specific direction without" in render(r)
 
 
 def test_e6_identity_sentence_follows_the_check(quick_run):
