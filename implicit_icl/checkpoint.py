@@ -35,13 +35,20 @@ def default_checkpoint_path() -> Path:
     return DATA_DIR / "p1.npz"
 
 
-def output_path_problem(path: str | os.PathLike, what: str) -> str | None:
+def output_path_problem(path: str | os.PathLike, what: str, own_kind: tuple[str, object] | None = None,
+                        force: bool = False) -> str | None:
     """Why ``path`` cannot be written as a file (``what`` names the option), or None; checked before long work.
 
-    Missing parent folders are fine (``atomic_write_bytes`` creates them); a folder at ``path`` or a file where a
-    parent folder should be is not.
+    Missing parent folders are fine (``atomic_write_bytes`` creates them); an empty path, a folder at ``path``, a
+    file where a parent folder should be, and a place inside the installed package (``package_problem``) are not.
+    ``own_kind = (description, is_own)``: a file already at ``path`` is replaced only when ``is_own(path)`` says it
+    is one the command wrote (a report, an export), or with ``force`` (the commands' ``--force``).
     """
+    if os.fspath(path) == "":                                   # Path("") is ".", the current folder
+        return f"{what} is empty: give a file name"
     path = Path(path)
+    if problem := package_problem(path, what):
+        return problem
     if path.is_dir():
         return f"{what}: {path} is a folder; give a file name"
     parent = _nearest_existing_parent(path)
@@ -49,17 +56,74 @@ def output_path_problem(path: str | os.PathLike, what: str) -> str | None:
         return f"{what}: cannot write {path}: {parent} is a file, not a folder"
     if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
         return f"{what}: cannot write {path}: no permission to write in {parent}"
+    if own_kind is not None and not force and (path.exists() or path.is_symlink()):
+        description, is_own = own_kind
+        if not _is_own(is_own, path):
+            return (f"{what}: {path} exists and is not {description}: not overwritten (pass --force to replace it, "
+                    "or choose another name)")
     return None
+
+
+def _is_own(is_own, path: Path) -> bool:
+    """``is_own(path)``, with a file that cannot be read counted as not ours."""
+    try:
+        return bool(is_own(path))
+    except (OSError, ValueError):
+        return False
+
+
+def is_json_object_with(*keys: str):
+    """A test for ``output_path_problem``'s ``own_kind``: the file is a JSON object holding every one of ``keys``
+    (a command's own report)."""
+    def test(path: Path) -> bool:
+        if path.stat().st_size > 100_000_000:                       # no report of ours is that large
+            return False
+        record = json.loads(path.read_bytes().decode("utf-8"))
+        return isinstance(record, dict) and all(k in record for k in keys)
+    return test
 
 
 def output_dir_problem(path: str | os.PathLike, what: str) -> str | None:
     """Why ``path`` cannot be (or become) an output folder (``what`` names the option), or None."""
+    if os.fspath(path) == "":                                   # Path("") is ".", the current folder
+        return f"{what} is empty: give a folder name"
     path = Path(path)
+    if problem := package_problem(path, what):
+        return problem
     if path.exists() and not path.is_dir():
         return f"{what}: {path} is a file, not a folder"
     parent = _nearest_existing_parent(path)
     if parent is not None and not parent.is_dir():
         return f"{what}: cannot create {path}: {parent} is a file, not a folder"
+    return None
+
+
+# The folders of the installed package: (in this project's checkout, in an installed package); pyproject.toml's
+# package-dir maps one onto the other. A checkout's docs/ is left out: it is where the project's documentation
+# figures are regenerated (walkthrough --export docs/walkthrough.svg, reproduce --out docs/figures).
+PACKAGE_FOLDERS = (("implicit_icl", "."), ("reference", "reference"), ("backends", "backends"), ("tui", "tui"),
+                   ("experiments", "experiments"), ("models", "models"), ("exercises", "course"))
+
+
+def package_dirs() -> list[Path]:
+    """The folders of the installed package (its code and data), resolved."""
+    from implicit_icl import shipped
+
+    package = Path(__file__).resolve().parent
+    dirs = [shipped(__file__, in_checkout, installed).resolve() for in_checkout, installed in PACKAGE_FOLDERS]
+    if not (package.parent / "pyproject.toml").is_file():
+        dirs.append(package / "docs")                               # an installed package's docs are its data
+    return [d for d in dirs if d.exists()]
+
+
+def package_problem(path: str | os.PathLike, what: str) -> str | None:
+    """Why ``path`` must not be written: it lies inside the installed package (its code, its bundled model), or
+    None. Followed through symlinks."""
+    target = Path(os.path.realpath(path))
+    for folder in package_dirs():
+        if target == folder or folder in target.parents:
+            return (f"{what}: {path} is inside the installed implicit-icl package ({folder}): not written there; "
+                    "choose a place outside it")
     return None
 
 

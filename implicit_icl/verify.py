@@ -26,7 +26,9 @@ Exit status: 0 all passed; 1 a check failed (or raised: its row says what); 2 a 
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH ('-' for stdout)")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH ('-' for stdout); "
+                                                     "an existing file is replaced only if it is such a report")
+    parser.add_argument("--force", action="store_true", help="let --json replace a file that is not a verify report")
     parser.add_argument("--seeds", type=int, default=2, metavar="N", help="random seeds per shape (default: 2)")
     parser.add_argument("--kind", action="append", metavar="KIND",
                         help="only this block kind (repeatable; default: all five)")
@@ -40,6 +42,15 @@ SHAPES = (
     (1, 4, 1, "gelu", True, True, (12,)),
     (6, 24, 2, "gelu_tanh", True, True, (9,)),          # GPT-2's activation
 )
+
+
+def _is_report(path) -> bool:
+    from implicit_icl.checkpoint import is_json_object_with
+
+    return is_json_object_with("checks", "ok")(path)
+
+
+REPORT_KIND = ("a report of implicit-icl verify (a JSON object with 'checks' and 'ok')", _is_report)
 
 
 def scenarios(kinds, seeds: int):
@@ -68,9 +79,9 @@ def run(args) -> int:
     if args.seeds < 1:
         print("implicit-icl verify: --seeds must be >= 1", file=sys.stderr)
         return 2
-    if args.json and args.json != "-":
+    if args.json is not None and args.json != "-":
         from implicit_icl.checkpoint import output_path_problem
-        problem = output_path_problem(args.json, "--json")
+        problem = output_path_problem(args.json, "--json", REPORT_KIND, force=args.force)
         if problem:
             print(f"implicit-icl verify: {problem}", file=sys.stderr)
             return 2

@@ -68,7 +68,9 @@ def add_arguments(parser) -> None:
                         help="skip the random-layer baseline (same shapes and weight scale, same inputs)")
     parser.add_argument("--baseline-seed", type=int, default=0, metavar="S",
                         help="seed of the random-layer baseline (default 0)")
-    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH ('-' for stdout)")
+    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH ('-' for stdout); an "
+                                                     "existing file is replaced only if it is such a report")
+    parser.add_argument("--force", action="store_true", help="let --json replace a file that is not an explain report")
     parser.add_argument("--model-dir", metavar="DIR",
                         help="a folder with config.json, model.safetensors and tokenizer.json (default: the "
                              "folder in $IMPLICIT_ICL_MINILM_DIR if set, else the one of the installed package "
@@ -214,6 +216,15 @@ NOTE = ("note: exact by algebra, whatever the weights (THEORY §8.1); ΔW belong
         "(§8.2) and is the minimum-norm one of infinitely many (§8.3). No weight of the model changes.")
 
 
+def _is_report(path) -> bool:
+    from implicit_icl.checkpoint import is_json_object_with
+
+    return is_json_object_with("model", "text", "ok")(path)
+
+
+REPORT_KIND = ("a report of implicit-icl explain (a JSON object with 'model', 'text' and 'ok')", _is_report)
+
+
 def run(args) -> int:
     from implicit_icl.models.errors import MissingExtraError
 
@@ -231,10 +242,10 @@ def run(args) -> int:
         print("implicit-icl explain: --pair is empty: give the second segment's text, or leave --pair out",
               file=sys.stderr)
         return 2
-    if args.json and args.json != "-":
+    if args.json is not None and args.json != "-":
         from implicit_icl.checkpoint import output_path_problem
 
-        problem = output_path_problem(args.json, "--json")
+        problem = output_path_problem(args.json, "--json", REPORT_KIND, force=args.force)
         if problem:                                   # checked before the model is loaded and run
             print(f"implicit-icl explain: {problem}", file=sys.stderr)
             return 2

@@ -211,7 +211,7 @@ def test_export_replaces_the_file_atomically(capsys, tmp_path):
     out.write_text("old screenshot")
     link = tmp_path / "link.txt"
     link.hardlink_to(out)
-    code, _, err = call(capsys, "--random", "--tokens", "3", "--export", str(out))
+    code, _, err = call(capsys, "--random", "--tokens", "3", "--export", str(out), "--force")   # not an export
     assert code == 0, err
     assert "step i = 0 / 3" in out.read_text() and link.read_text() == "old screenshot"
     assert [p.name for p in out.parent.iterdir()] == ["w.txt"]                 # no temporary file left behind

@@ -64,7 +64,9 @@ def add_arguments(parser) -> None:
                              "one an installed plugin registers; not with --model (float64 NumPy)")
     parser.add_argument("--step", type=int, default=0, metavar="I", help="open at step I (default: 0)")
     parser.add_argument("--export", metavar="FILE",
-                        help="render step --step to FILE (.svg or .txt) and exit; missing folders are created")
+                        help="render step --step to FILE (.svg or .txt) and exit; missing folders are created; an "
+                             "existing file is replaced only if it is such an export")
+    parser.add_argument("--force", action="store_true", help="let --export replace a file that is not an export")
     parser.add_argument("--size", default=None, metavar="WxH",
                         help=f"--export size in cells (default: {DEFAULT_EXPORT_SIZE[0]}x{DEFAULT_EXPORT_SIZE[1]})")
 
@@ -186,6 +188,19 @@ def export(app, path: Path, size: tuple[int, int]) -> None:
     atomic_write_bytes(path, lambda f: f.write(data))        # creates missing folders; never a half-written file
 
 
+def is_export(path: Path) -> bool:
+    """Whether ``path`` holds what ``export`` writes: Rich's SVG, or a text screen whose first line is the
+    walkthrough's status bar (it shows ``step i =``)."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if path.suffix.lower() == ".svg":
+        return head.startswith(b'<svg class="rich-terminal"')
+    return b"step i = " in head.split(b"\n", 1)[0]
+
+
+EXPORT_KIND = ("a walkthrough export (Rich's SVG, or a text screen of the walkthrough)", is_export)
+
+
 def interactive_terminal() -> bool:
     """Whether stdin and stdout are both a terminal (the interactive app needs one for keys and for drawing)."""
     try:
@@ -199,12 +214,12 @@ def run(args) -> int:
 
     from .app import COMPACT_MIN, MIN_SIZE
 
-    export_path = Path(args.export) if args.export else None
+    export_path = Path(args.export) if args.export is not None else None
     try:
         if export_path is not None:
             if export_path.suffix.lower() not in (".svg", ".txt"):
                 raise ValueError(f"--export must name a .svg or .txt file, got {export_path.name!r}")
-            problem = output_path_problem(export_path, "--export")     # before any work
+            problem = output_path_problem(export_path, "--export", EXPORT_KIND, force=args.force)  # before any work
             if problem:
                 raise ValueError(problem)
             size = parse_size(args.size)
