@@ -281,6 +281,67 @@ def test_sgd_step_matches_the_reference_gradient():
         assert pred[r, 3] == pytest.approx(block_output(after, cfg, np.zeros((0, 3)), prompts.query[r])[-1], abs=1e-12)
 
 
+def test_e3_null_and_learning_rate_sweep_match_an_independent_computation():
+    """E3's new fields on a tiny case, recomputed task by task with plain loops: the alignment as
+    vdot/(norm·norm) of the flattened matrices, the null pairing task r with task r − 1 (task 0 with the last),
+    the loss at each mark as a mean of squares. SGD itself is checked against a hand gradient above."""
+    cfg = BlockConfig(d_model=3, d_mlp=8, n_heads=2, d_head=3, kind="plain")
+    params = init_block(cfg, seed=2, bias_std=0.3)
+    prompts, held_out = regression_prompts(4, 6, 2, seed=3), regression_prompts(3, 6, 2, seed=4)
+    grid = (0.01, 0.3)
+    r = E.e3(params, cfg, prompts, E.trajectories(params, cfg, prompts), held_out, grid)
+    trs = E.trajectories(params, cfg, prompts)
+    cos = lambda A, B: float(np.vdot(A, B) / (np.linalg.norm(A) * np.linalg.norm(B)))       # noqa: E731
+    for lr in grid:
+        pred, dW = E.sgd_runs(params, cfg, prompts, lr)
+        same = np.array([[cos(trs[t].delta_W(i), dW[t, i]) for i in range(1, 7)] for t in range(4)])
+        null = np.array([[cos(trs[t].delta_W(i), dW[t - 1, i]) for i in range(1, 7)] for t in range(4)])
+        row = r["sgd_lr_sweep"][f"{lr:g}"]
+        assert row["alignment_median_mean"] == pytest.approx(np.mean(np.median(same, axis=0)), abs=1e-12)
+        assert row["alignment_null_median_mean"] == pytest.approx(np.mean(np.median(null, axis=0)), abs=1e-12)
+        for k, v in row["loss_at"].items():
+            assert v == pytest.approx(np.mean([(pred[t, int(k)] - prompts.target[t]) ** 2 for t in range(4)]),
+                                      rel=1e-12)
+        assert row["held_out_score"] == r["sgd_lr_grid_scores"][f"{lr:g}"]
+        if lr == r["sgd_lr"]:
+            assert r["alignment_null_median_mean"] == row["alignment_null_median_mean"]
+            assert r["alignment_null_at"]["6"] == pytest.approx(np.median(null[:, -1]), abs=1e-12)
+            assert r["alignment_above_null"] == (row["alignment_median_mean"] - row["alignment_null_median_mean"]
+                                                 > E.NULL_MARGIN)
+    assert list(r["sgd_lr_sweep"]) == ["0.01", "0.3"] and list(row["loss_at"]) == ["1", "5", "6"]
+
+
+def test_e5_patch_errors_match_an_independent_computation():
+    """E5's patch error, recomputed query by query with the NumPy reference (``block_output`` with the dense patch,
+    not the batched torch head): the same calibration and test queries (E5's seeded stream), a residual block so
+    that the mean Δb is exercised too. ``thought_patch`` itself is checked by hand in test_statistics.py."""
+    from implicit_icl.reference import taps
+    from implicit_icl.reference.blocks import sequence
+
+    cfg = BlockConfig(d_model=3, d_mlp=8, n_heads=2, d_head=3, kind="residual", activation="gelu")
+    params = init_block(cfg, seed=6, bias_std=0.3)
+    prompts, K_grid, n_test, seed = regression_prompts(2, 4, 2, seed=5), (1, 2, 4), 3, 7
+    r = E.e5(params, cfg, prompts, n_test, seed, K_grid=K_grid)
+    rng = np.random.default_rng([seed, 5])
+    patch_err, none_err = {K: [] for K in K_grid}, []
+    for C in prompts.context:
+        X = np.concatenate([rng.standard_normal((4 + n_test, 2)), np.zeros((4 + n_test, 1))], axis=1)
+        a_C, r_C = map(np.array, zip(*(tuple(t[-1] for t in taps(params, cfg, sequence(C, x))) for x in X)))
+        a_x, r_x = map(np.array, zip(*(tuple(t[0] for t in taps(params, cfg, x[None])) for x in X)))
+        y_ctx = np.array([block_output(params, cfg, C, x)[-1] for x in X[4:]])
+        y_none = np.array([block_output(params, cfg, C[:0], x)[-1] for x in X[4:]])
+        none_err.append(np.mean((y_none - y_ctx) ** 2))
+        for K in K_grid:
+            dW, db = E.thought_patch(a_x[:K], (a_C[:K] - a_x[:K]) @ params["mlp.W"].T, (r_C - r_x)[:K])
+            patched = dict(params, **{"mlp.W": params["mlp.W"] + dW, "mlp.b_out": params["mlp.b_out"] + db})
+            y = np.array([block_output(patched, cfg, C[:0], x)[-1] for x in X[4:]])
+            patch_err[K].append(np.mean((y - y_ctx) ** 2))
+    for K in K_grid:
+        assert r["mse_patch_to_context_at"][str(K)] == pytest.approx(np.median(patch_err[K]), rel=1e-9, abs=1e-15)
+    assert r["mse_no_update_to_context"] == pytest.approx(np.median(none_err), rel=1e-9)
+    assert r["patch_over_no_update"] == pytest.approx(np.median(patch_err[4]) / np.median(none_err), rel=1e-9)
+
+
 def test_e4_on_a_random_stack_meets_p2_identities():
     cfg = BlockConfig(d_model=3, d_mlp=8, n_heads=2, d_head=2, kind="pre-ln", activation="gelu")
     params = join_stack(init_model(cfg, 2, seed=1, bias_std=0.2, ln_std=0.2))
