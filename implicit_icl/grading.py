@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 ENV_TARGET = "IMPLICIT_ICL_EXERCISE"
+ENV_PLOTS = "IMPLICIT_ICL_PLOTS"          # where graders write their figures (set by `exercises check`)
 STUDENT_FILE = "exercise.py"
 TARGET_FILES = {"exercise": "exercise.py", "stub": "exercise.py", "solution": "solution.py", "mistake": "mistake.py"}
 GRADER_GLOB = "test_grade_*.py"
@@ -72,8 +73,11 @@ def _indent(value) -> str:
     return text.replace("\n", "\n          ")
 
 
+FEW = 5          # values shown of an array in a message: its shape, a few values and the worst entry, never a dump
+
+
 def fmt(x) -> str:
-    """A short readable rendering of a number or an array (large arrays are summarised)."""
+    """A short readable rendering of a number or an array: its shape and its first ``FEW`` values, on one line."""
     if isinstance(x, str):
         return x
     arr = np.asarray(x) if not _is_tensor(x) else np.asarray(x.detach().cpu())
@@ -81,8 +85,10 @@ def fmt(x) -> str:
         return repr(x)
     if arr.ndim == 0:
         return np.array2string(arr, precision=6)
-    body = np.array2string(arr, precision=4, threshold=12, edgeitems=2, suppress_small=False, max_line_width=100)
-    return f"array of shape {arr.shape}: {body}"
+    if arr.ndim == 1 and arr.size <= FEW:
+        return f"array of shape {arr.shape}: {np.array2string(arr, precision=4, max_line_width=200)}"
+    first = np.array2string(arr.ravel()[:FEW], precision=4, max_line_width=200)[:-1]
+    return f"array of shape {arr.shape}: {first} …] (first {min(FEW, arr.size)} of {arr.size} values, row-major)"
 
 
 def note(message: str) -> None:
@@ -120,6 +126,9 @@ def call(student, name: str, *args, **kwargs):
         ) from None
     except GradingFailure:
         raise
+    except SystemExit as exc:     # sys.exit() / exit() in the student's code must not end the grading as a pass
+        raise GradingFailure(f"`{name}` returns a value (without exiting)", got=f"it called sys.exit({exc.code!r})",
+                             hint="remove the sys.exit() / exit() / quit() call: return the result") from None
     except Exception as exc:  # a crash in the student's code: show where
         frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == where]
         at = f" (line {frames[-1].lineno}: {frames[-1].line})" if frames else ""
@@ -232,19 +241,75 @@ def check_finite(what: str, got, hint: str | None = None) -> np.ndarray:
     return arr
 
 
-def check_close(what: str, got, expected, *, rtol: float = RTOL, atol: float = ATOL, hint: str | None = None):
-    """Value check against the reference: ``|got − expected| ≤ atol + rtol·|expected|`` entrywise."""
+@dataclass(frozen=True)
+class Mistake:
+    """A known wrong answer, for ``check_close`` to recognise and name.
+
+    Either ``value`` (what the mistake returns) or ``factor`` (the mistake returns ``factor`` × the expected
+    answer, with ``name`` saying what that number is, e.g. ``"‖A(x)‖"``). ``hint`` says what went wrong.
+    """
+
+    hint: str
+    value: object = None
+    factor: float | None = None
+    name: str = ""
+
+
+def constant_multiple(got: np.ndarray, expected: np.ndarray, rtol: float = 1e-6) -> float | None:
+    """``c`` when ``got`` = c · ``expected`` entry for entry (to ``rtol``) with c ≠ 1, else ``None``."""
+    e2 = float(np.sum(expected * expected))
+    if got.shape != expected.shape or got.size < 2 or e2 == 0.0:
+        return None
+    c = float(np.sum(got * expected)) / e2
+    if abs(c - 1.0) <= rtol or np.linalg.norm(got - c * expected) > rtol * np.linalg.norm(got):
+        return None
+    return c
+
+
+def diagnose(got: np.ndarray, expected: np.ndarray, mistakes=(), *, rtol: float = 1e-6) -> tuple[str, str | None]:
+    """``(detail, hint)`` for a wrong answer: which known ``Mistake`` it is, or that it is a constant multiple of
+    the expected one (and which constant); ``("", None)`` when neither."""
+    c = constant_multiple(got, expected, rtol)
+    for m in mistakes:
+        if m.value is not None:
+            value = np.asarray(m.value, dtype=np.float64)
+            if value.shape == got.shape and np.allclose(got, value, rtol=rtol, atol=1e-12):
+                return "", m.hint
+        elif c is not None and m.factor is not None and abs(c - m.factor) <= rtol * abs(m.factor):
+            return f"your answer is {c:.4g} × the expected one, entry for entry; {c:.4g} = {m.name}", m.hint
+    if c is None:
+        return "", None
+    if abs(c + 1.0) <= rtol:
+        return "your answer is −1 × the expected one: the sign is flipped", None
+    return (f"your answer is {c:.4g} × the expected one, entry for entry: a scalar factor is missing or extra "
+            "(a norm instead of its square, a sum instead of a mean, a missing 1/√d?)"), None
+
+
+def worst_entry(got: np.ndarray, expected: np.ndarray, bound) -> str:
+    """Where ``got`` is furthest outside ``bound`` of ``expected``: the index and both values."""
+    err = np.abs(got - expected)
+    worst = np.unravel_index(np.argmax(err - bound), err.shape) if err.ndim else ()
+    b = bound[worst] if np.ndim(bound) else bound
+    return (f"largest difference {err[worst]:.3g} at index {tuple(int(i) for i in worst)}: "
+            f"expected {expected[worst]:.6g}, got {got[worst]:.6g} (tolerance {b:.2g})")
+
+
+def check_close(what: str, got, expected, *, rtol: float = RTOL, atol: float = ATOL, hint: str | None = None,
+                 mistakes=()):
+    """Value check against the reference: ``|got − expected| ≤ atol + rtol·|expected|`` entrywise.
+
+    A failure shows shapes, a few values and the worst entry; when the answer is one of ``mistakes`` (see
+    ``Mistake``) or a constant multiple of the expected one, it says so, and that mistake's hint replaces ``hint``.
+    """
     expected = np.asarray(expected, dtype=np.float64)
     arr = check_shape(what, got, expected.shape, hint=hint)
     arr = check_finite(what, arr, hint=hint)
-    err = np.abs(arr - expected)
     bound = atol + rtol * np.abs(expected)
-    if np.all(err <= bound):
+    if np.all(np.abs(arr - expected) <= bound):
         return arr
-    worst = np.unravel_index(np.argmax(err - bound), err.shape) if err.ndim else ()
-    detail = (f"largest difference {err[worst]:.3g} at index {tuple(int(i) for i in worst)}: "
-              f"expected {expected[worst]:.6g}, got {arr[worst]:.6g} (tolerance {bound[worst]:.2g})")
-    raise GradingFailure(what, expected=expected, got=arr, detail=detail, hint=hint)
+    found, specific = diagnose(arr, expected, mistakes)
+    detail = worst_entry(arr, expected, bound) + (f"\n{found}" if found else "")
+    raise GradingFailure(what, expected=expected, got=arr, detail=detail, hint=specific or hint)
 
 
 def check_true(condition: bool, what: str, *, expected=None, got=None, hint: str | None = None) -> None:
@@ -288,12 +353,30 @@ def exercises_root() -> Path:
 
 
 COURSE_FILES = ("README.md", "conftest.py", "[0-9][0-9]_*/*.md", "[0-9][0-9]_*/*.py")
+ANSWER_FILES = ("solution.py", "mistake.py", "mistake_*.py")     # stay in the package: `exercises solution N`
 
 
-def copy_course(dest: str | os.PathLike, source: str | os.PathLike | None = None) -> tuple[list[Path], list[Path]]:
+def is_answer(path: str | os.PathLike) -> bool:
+    """Whether a course file is a reference solution or a deliberate mistake (never copied for a student)."""
+    import fnmatch
+
+    return any(fnmatch.fnmatch(Path(path).name, pattern) for pattern in ANSWER_FILES)
+
+
+def answer_file(exercise_dir: str | os.PathLike, name: str = "solution.py") -> Path:
+    """An answer file (``solution.py``, ``mistake*.py``) of an exercise: in its folder if it is there (the
+    checkout, a teacher's copy), else in the course installed with the package (a student's copy has none)."""
+    here = Path(exercise_dir) / name
+    return here if here.is_file() else installed_course() / Path(exercise_dir).name / name
+
+
+def copy_course(dest: str | os.PathLike, source: str | os.PathLike | None = None, *,
+                answers: bool = False) -> tuple[list[Path], list[Path]]:
     """Copy the course into ``dest`` for a student to edit; returns ``(copied, kept)``.
 
-    A file that already exists in ``dest`` is kept as it is (never overwritten: it may hold the student's work).
+    Exercises, graders and READMEs only: the solutions and mistakes (``ANSWER_FILES``) stay in the package unless
+    ``answers``. A file that already exists in ``dest`` is kept as it is (never overwritten: it may hold the
+    student's work).
     Each file is written atomically (``checkpoint.atomic_write_bytes``): an interrupted copy leaves no half-written
     file.
     """
@@ -308,6 +391,8 @@ def copy_course(dest: str | os.PathLike, source: str | os.PathLike | None = None
     copied, kept = [], []
     for pattern in COURSE_FILES:
         for src in sorted(source.glob(pattern)):
+            if is_answer(src) and not answers:
+                continue
             target = dest / src.relative_to(source)
             if target.exists():
                 kept.append(target)
@@ -353,7 +438,11 @@ def resolve_target(exercise_dir: Path, choice: str | os.PathLike | None = None) 
     else:
         source = f"--{choice}" if str(choice) in ("solution", "mistake") else "--file"
     choice = str(choice)
-    path = Path(exercise_dir) / TARGET_FILES[choice] if choice in TARGET_FILES else Path(choice)
+    if choice in TARGET_FILES or re.fullmatch(r"mistake_\w+", choice):
+        name = TARGET_FILES.get(choice, f"{choice}.py")
+        path = Path(exercise_dir) / name if name == STUDENT_FILE else answer_file(exercise_dir, name)
+    else:
+        path = Path(choice)
     if path.is_dir():
         raise FileNotFoundError(f"{source}: the file to grade, {path}, is a folder (give a .py file)")
     if not path.is_file():
@@ -361,6 +450,69 @@ def resolve_target(exercise_dir: Path, choice: str | os.PathLike | None = None) 
                                 f"(choose 'exercise', 'solution', 'mistake' or an existing path)")
     if path.suffix != ".py":
         raise FileNotFoundError(f"{source}: the file to grade, {path}, is not a .py file")
+    return path
+
+
+HINTS_FILE = ".implicit-icl-hints.json"     # in the student's course folder: how many hints each exercise showed
+
+
+def hints_of(exercise_dir: str | os.PathLike) -> list[str]:
+    """The grader's ``HINTS``, from the gentlest to the most telling (read from its source, not imported)."""
+    import ast
+
+    tree = ast.parse(grader_path(Path(exercise_dir)).read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "HINTS" for t in node.targets):
+            return list(ast.literal_eval(node.value))
+    return []
+
+
+def reveal_hint(exercise_dir: str | os.PathLike) -> tuple[list[str], int]:
+    """One hint more for ``exercise_dir``: returns ``(the hints shown so far, how many there are)`` and records the
+    count in ``HINTS_FILE`` beside the exercise folders."""
+    import json
+
+    from implicit_icl.checkpoint import atomic_write_bytes
+
+    exercise_dir = Path(exercise_dir)
+    hints = hints_of(exercise_dir)
+    state_path = exercise_dir.parent / HINTS_FILE
+    try:
+        state = json.loads(state_path.read_text(encoding="utf-8"))
+        state = state if isinstance(state, dict) else {}
+    except (OSError, ValueError):
+        state = {}
+    shown = min(int(state.get(exercise_dir.name, 0) or 0) + 1, len(hints))
+    state[exercise_dir.name] = shown
+    data = (json.dumps(state, indent=1, sort_keys=True) + "\n").encode()
+    atomic_write_bytes(state_path, lambda f: f.write(data))
+    return hints[:shown], len(hints)
+
+
+def save_plot(filename: str, draw) -> Path | None:
+    """Draw a figure with ``draw(fig)`` and write it as ``filename`` (a PNG) into the plots folder that
+    ``grade(plots=...)`` set (``$IMPLICIT_ICL_PLOTS``); a note says where it went, or that matplotlib is missing.
+    Without a plots folder (pytest, the tests) nothing is drawn. Returns the path written, or None."""
+    folder = os.environ.get(ENV_PLOTS)
+    if not folder:
+        return None
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        note(f"no plot {filename}: matplotlib is not installed (pip install matplotlib, then grade again)")
+        return None
+    path = Path(folder) / filename
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = plt.figure(figsize=(9, 4.5))
+    try:
+        draw(fig)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
+    note(f"plot written to {path}")
     return path
 
 
@@ -399,6 +551,7 @@ class CheckResult:
     passed: bool
     message: str = ""
     notes: list[str] = field(default_factory=list)
+    number: int = 0               # its place in the grader, 1-based (the report's "check N")
 
 
 def checks_of(grader) -> list[tuple[str, object]]:
@@ -411,18 +564,33 @@ def describe(func) -> str:
     return doc.splitlines()[0] if doc else func.__name__
 
 
-def run_checks(exercise_dir: str | os.PathLike, target: str | os.PathLike | None = None) -> list[CheckResult]:
-    """Run every check of ``exercise_dir``'s grader on ``target`` (see ``resolve_target``) without pytest."""
+def depends_on(*checks: str):
+    """Mark a grader check as using the functions that ``checks`` test: when one of them failed and this one fails
+    too, the runner says "fix check N first" instead of repeating that failure."""
+    def mark(func):
+        func.depends_on = checks
+        return func
+    return mark
+
+
+def iter_checks(exercise_dir: str | os.PathLike, target: str | os.PathLike | None = None):
+    """Run the checks of ``exercise_dir``'s grader on ``target`` (see ``resolve_target``) one by one, without
+    pytest: yields the list of ``(name, description)`` first, then ``(number, name, description)`` as each check
+    starts and its ``CheckResult`` when it ends."""
     exercise_dir = Path(exercise_dir)
     grader = load_grader(grader_path(exercise_dir))
     path = resolve_target(exercise_dir, target)
-    results = []
+    checks = checks_of(grader)
+    yield [(name, describe(func)) for name, func in checks]
+    yield 0, "import", "your file can be imported"
     try:
         student = load_implementation(path)
         import_error = None
     except GradingFailure as exc:
         student, import_error = None, exc
-    for name, func in checks_of(grader):
+    done: dict[str, CheckResult] = {}
+    for number, (name, func) in enumerate(checks, 1):
+        yield number, name, describe(func)
         del NOTES[:]
         params = list(inspect.signature(func).parameters)
         if params not in ([], ["student"]):
@@ -432,32 +600,195 @@ def run_checks(exercise_dir: str | os.PathLike, target: str | os.PathLike | None
                 raise import_error
             func(*([student] if params else []))
         except AssertionError as exc:
-            results.append(CheckResult(name, describe(func), False, str(exc), list(NOTES)))
+            failed = [done[d] for d in getattr(func, "depends_on", ()) if d in done and not done[d].passed]
+            message = str(exc) if not failed or import_error is not None else str(GradingFailure(
+                describe(func), hint=f"fix check {failed[0].number} first ({failed[0].description}): this check "
+                                     "uses what it tests"))
+            result = CheckResult(name, describe(func), False, message, list(NOTES), number)
         except Exception as exc:  # a grader bug or an unexpected error: report it, never hide it
-            results.append(CheckResult(name, describe(func), False,
-                                       "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
-                                       list(NOTES)))
+            result = CheckResult(name, describe(func), False,
+                                 "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+                                 list(NOTES), number)
         else:
-            results.append(CheckResult(name, describe(func), True, "", list(NOTES)))
+            result = CheckResult(name, describe(func), True, "", list(NOTES), number)
+        done[name] = result
+        yield result
     del NOTES[:]
+
+
+def run_checks(exercise_dir: str | os.PathLike, target: str | os.PathLike | None = None) -> list[CheckResult]:
+    """Run every check of ``exercise_dir``'s grader on ``target`` in this process; returns their results."""
+    return [event for event in iter_checks(exercise_dir, target) if isinstance(event, CheckResult)]
+
+
+# ------------------------------------------------------------------------- grading in a child process, streamed
+
+DEFAULT_TIMEOUT = 60.0        # seconds each check may take in `implicit-icl exercises check` (--timeout)
+LOAD_TIMEOUT = 300.0          # seconds to start the child and load the grader (exercise 8 may load a real model)
+_CHILD = "import sys; from implicit_icl.grading import _child; _child(sys.argv[1], sys.argv[2])"
+
+
+class GradingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during ``grade``; its message names the check that was running."""
+
+
+def _child(exercise_dir: str, path: str) -> None:
+    """The child process of ``grade``: runs the checks and reports each as one JSON line on its original stdout.
+
+    The student's own prints go to stderr (fd 1 is pointed there), so they cannot forge a report line. The child
+    ignores Ctrl-C (the parent stops it) and exits when the parent goes away (its stdin closes).
+    """
+    import json
+    import signal
+    import threading
+
+    report_to = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout.reconfigure(line_buffering=True)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=lambda: (sys.stdin.buffer.read(), os._exit(3)), daemon=True).start()
+
+    def send(**event):
+        report_to.write(json.dumps(event) + "\n")
+
+    try:
+        for event in iter_checks(exercise_dir, path):
+            if isinstance(event, list):
+                send(event="plan", checks=event)
+            elif isinstance(event, tuple):
+                send(event="start", number=event[0], name=event[1], description=event[2])
+            else:
+                send(event="result", **vars(event))
+        send(event="end")
+    except BaseException as exc:      # a grader bug, or the student's code stopping the runner: the parent says so
+        send(event="error", message="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    report_to.flush()
+
+
+def grade(exercise_dir: str | os.PathLike, target: str | os.PathLike | None = None, *, title: str = "",
+          timeout: float = DEFAULT_TIMEOUT, plots: str | os.PathLike | None = None, stream=None) -> list[CheckResult]:
+    """Grade ``target`` in a child process, printing each check's result as it finishes; returns the results.
+
+    Each check may run ``timeout`` seconds. A check that runs longer, or a child that ends before it has reported
+    every check (``sys.exit``, ``os._exit``, a crash), fails that check by name, and the checks after it are
+    reported as not run: a pass needs every check to report in. Ctrl-C raises ``GradingInterrupted`` naming the
+    check that was running. ``plots``: the folder where graders may write figures (``save_plot``).
+    """
+    import json
+    import queue
+    import subprocess
+    import threading
+
+    out = stream or sys.stdout
+    exercise_dir = Path(exercise_dir)
+    path = resolve_target(exercise_dir, target)
+    print("\n".join(filter(None, [title, f"grading {path}", f"each check may run {timeout:g} s (--timeout)", ""])),
+          file=out, flush=True)
+    env = dict(os.environ)
+    env.pop(ENV_PLOTS, None)
+    if plots is not None:
+        env[ENV_PLOTS] = str(plots)
+    proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(exercise_dir), str(path)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, env=env, text=True, encoding="utf-8")
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: ([lines.put(ln) for ln in proc.stdout], lines.put(None)), daemon=True).start()
+    plan: list = []
+    results: list[CheckResult] = []
+    running = None                        # (number, name, description) of the check that has started
+    stop = ""                             # why the child stopped before its verdict
+    try:
+        while True:
+            wait = timeout if running else LOAD_TIMEOUT
+            try:
+                line = lines.get(timeout=wait)
+            except queue.Empty:
+                stop = (f"it did not finish within {wait:g} s (an endless loop? `--timeout S` gives it longer)"
+                        if running else f"the grader did not start within {wait:g} s")
+                break
+            if line is None:
+                code = proc.wait()
+                stop = (f"the grading process ended (exit status {code}) before this check reported: your code "
+                        "exits (sys.exit, os._exit, exit()) or crashed the interpreter; return a value instead")
+                break
+            event = json.loads(line)
+            kind = event.pop("event")
+            if kind == "plan":
+                plan = [tuple(c) for c in event["checks"]]
+            elif kind == "start":
+                running = (event["number"], event["name"], event["description"])
+            elif kind == "result":
+                results.append(CheckResult(**event))
+                running = None
+                print("\n".join(result_lines(results[-1])), file=out, flush=True)
+            elif kind == "error":
+                stop = "the grader stopped with an error:\n" + event["message"]
+                break
+            elif kind == "end":
+                break
+    except KeyboardInterrupt:
+        what = (f"check {running[0]}: {running[2]} [{running[1]}]" if running else "before the first check")
+        raise GradingInterrupted(f"interrupted during {what}") from None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    if stop:
+        number, name, description = running or (len(results) + 1, "loading", "your file and the grader load")
+        failure = CheckResult(name, description, False,
+                              str(GradingFailure(f"{description}", got=stop.splitlines()[0],
+                                                 detail="\n".join(stop.splitlines()[1:]) or None,
+                                                 hint="a check passes only when it reports back")), [], number)
+        results.append(failure)
+        print("\n".join(result_lines(failure)), file=out, flush=True)
+        for number, (name, description) in enumerate(plan, 1):
+            if number > failure.number:
+                results.append(CheckResult(name, description, False, f"not run: grading stopped at check "
+                                                                     f"{failure.number}", [], number))
+                print("\n".join(result_lines(results[-1])), file=out, flush=True)
+    print("\n".join(summary_lines(results, expected=len(plan))), file=out, flush=True)
     return results
+
+
+# ----------------------------------------------------------------------------------------------- the report
+
+
+def result_lines(r: CheckResult) -> list[str]:
+    """One check's lines in a report: PASS/FAIL, its number and description, the message if it failed, its notes."""
+    lines = [f"  {'PASS' if r.passed else 'FAIL'}  {r.number or '-'}. {r.description}  [{r.name}]"]
+    if not r.passed:
+        lines.extend("        " + ln for ln in r.message.splitlines())
+    lines.extend("        note: " + n.replace("\n", "\n              ") for n in r.notes)
+    return lines
+
+
+THEORY_CITE = re.compile(r"THEORY §(\d+(?:\.\d+)*)")
+
+
+def summary_lines(results: list[CheckResult], expected: int | None = None) -> list[str]:
+    """The verdict: all passed (only when all ``expected`` checks reported), or where to start; and the command that
+    prints each THEORY section the failures and notes cite."""
+    n_pass = sum(r.passed for r in results)
+    total = len(results) if expected is None else max(expected, len(results))
+    lines = [""]
+    if results and n_pass == total:
+        lines.append(f"All {total} checks passed. Well done: now read 'What to observe' in the README.")
+    else:
+        first = next((r for r in results if not r.passed), None)
+        start = f" Start with the first failure: check {first.number}, {first.description}." if first else ""
+        lines.append(f"{n_pass}/{total} checks passed.{start}")
+    cited = dict.fromkeys(m for r in results for text in (r.description, r.message if not r.passed else "", *r.notes)
+                          for m in THEORY_CITE.findall(text))
+    if cited:
+        lines.append("Read the THEORY sections cited above in the terminal: "
+                     + ", ".join(f"`implicit-icl theory {s}`" for s in cited))
+    return lines
 
 
 def report(results: list[CheckResult], title: str, path: Path, stream=None) -> str:
     """A readable report of ``run_checks``'s results."""
     lines = [title, f"grading {path}", ""]
     for r in results:
-        lines.append(f"  {'PASS' if r.passed else 'FAIL'}  {r.description}  [{r.name}]")
-        if not r.passed:
-            lines.extend("        " + ln for ln in r.message.splitlines())
-        lines.extend("        note: " + n.replace("\n", "\n              ") for n in r.notes)
-    n_pass = sum(r.passed for r in results)
-    lines.append("")
-    if n_pass == len(results):
-        lines.append(f"All {len(results)} checks passed. Well done: now read 'What to observe' in the README.")
-    else:
-        first = next(r for r in results if not r.passed)
-        lines.append(f"{n_pass}/{len(results)} checks passed. Start with the first failure: {first.description}.")
-    text = "\n".join(lines)
+        lines.extend(result_lines(r))
+    text = "\n".join(lines + summary_lines(results))
     print(text, file=stream or sys.stdout)
     return text

@@ -423,9 +423,11 @@ def test_a_bad_environment_choice_is_named(monkeypatch, capsys):
 
 # --- the course outside a checkout: shipped as package data, copied for the student by `exercises init` -----------
 
-def _course_files() -> list[Path]:
+def _course_files(answers: bool = True) -> list[Path]:
+    """The course's files (``answers=False``: what a student gets, without solution.py and the mistake files)."""
     return sorted(p.relative_to(EXERCISES) for p in EXERCISES.rglob("*")
-                  if p.is_file() and "__pycache__" not in p.parts and not p.name.startswith("."))
+                  if p.is_file() and "__pycache__" not in p.parts and "plots" not in p.parts
+                  and not p.name.startswith(".") and (answers or not grading.is_answer(p)))
 
 
 def test_every_course_file_is_packaged_and_copied():
@@ -442,6 +444,7 @@ def test_every_course_file_is_packaged_and_copied():
         path = rel.as_posix()
         assert any(fnmatch.fnmatch(path, g) and g.count("/") == path.count("/") for g in globs), path
         assert any(fnmatch.fnmatch(path, g) and g.count("/") == path.count("/") for g in grading.COURSE_FILES), path
+    assert {p.name for p in files if grading.is_answer(p)} >= {"solution.py", "mistake.py"}
 
 
 def test_exercises_init_copies_the_course_and_never_overwrites_the_students_work(tmp_path, capsys):
@@ -449,14 +452,17 @@ def test_exercises_init_copies_the_course_and_never_overwrites_the_students_work
 
     dest = tmp_path / "my-course"
     assert main(["exercises", "init", str(dest)]) == 0
-    assert f"copied {len(_course_files())} files" in capsys.readouterr().out
-    for rel in _course_files():
+    assert f"copied {len(_course_files(answers=False))} files" in capsys.readouterr().out
+    for rel in _course_files(answers=False):
         assert (dest / rel).read_bytes() == (EXERCISES / rel).read_bytes(), rel
+    copied = {p.name for p in dest.rglob("*.py")}            # exercises and graders only: the answers stay behind
+    assert "exercise.py" in copied and "test_grade_01.py" in copied
+    assert not {n for n in copied if n.startswith(("solution", "mistake"))}, copied
     mine = dest / "01_softmax_attention" / "exercise.py"
     mine.write_text(mine.read_text() + "\n# my own work\n")
     assert main(["exercises", "init", str(dest)]) == 0
     out = capsys.readouterr().out
-    assert "copied 0 files" in out and f"kept {len(_course_files())} files" in out
+    assert "copied 0 files" in out and f"kept {len(_course_files(answers=False))} files" in out
     assert mine.read_text().endswith("# my own work\n")
     assert not list(dest.rglob(".*.tmp"))
     assert main(["exercises", "--dir", str(dest), "check", "2", "--solution"]) == 0   # the copy grades
@@ -476,7 +482,7 @@ def _fake_install(tmp_path, monkeypatch) -> Path:
     """The layout of a regular `pip install`: site/implicit_icl/grading.py beside site/implicit_icl/course/, and no
     pyproject.toml above it (an unrelated top-level exercises/ folder in site/ must not be taken for the course)."""
     site = tmp_path / "site"
-    grading.copy_course(site / "implicit_icl" / "course")
+    grading.copy_course(site / "implicit_icl" / "course", answers=True)
     (site / "exercises" / "01_other_package").mkdir(parents=True)
     monkeypatch.setattr(grading, "__file__", str(site / "implicit_icl" / "grading.py"))
     return site / "implicit_icl" / "course"
@@ -518,7 +524,7 @@ def test_a_course_made_by_init_is_graded_from_wherever_the_student_stands(tmp_pa
     assert main(["exercises", "init", "course"]) == 0
     assert "--dir course" in capsys.readouterr().out
     solved = tmp_path / "course" / "01_softmax_attention"
-    (solved / "exercise.py").write_text((solved / "solution.py").read_text())
+    (solved / "exercise.py").write_text((FOLDERS[1] / "solution.py").read_text())
     assert main(["exercises", "check", "1", "--dir", "course"]) == 0
     assert main(["exercises", "--dir", "course", "check", "1"]) == 0
     assert main(["exercises", "list", "--dir", "course"]) == 0
