@@ -31,8 +31,8 @@ def _check_numpy_dtype(dtype) -> None:
 
 
 def _update_like(x) -> bool:
-    """Another backend's ``Update`` (e.g. the torch backend's): an object with ``u``, ``a`` and ``delta_b``."""
-    return not isinstance(x, (ref.Update, np.ndarray)) and all(hasattr(x, f) for f in UPDATE_FIELDS)
+    """An ``Update`` (the one class: NumPy or torch fields) or any object with ``u``, ``a`` and ``delta_b``."""
+    return not isinstance(x, np.ndarray) and all(hasattr(x, f) for f in UPDATE_FIELDS)
 
 
 def _trajectory_like(x) -> bool:
@@ -61,15 +61,18 @@ class NumpyBackend:
         """An array-like, or a dict / list / Update / Trajectory of them, as float64 ndarrays.
 
         Another backend's results convert too (torch is never imported here): a tensor through
-        ``.detach().cpu()``, an ``Update`` (any object with ``u``, ``a``, ``delta_b``) into the reference's
-        ``Update``, a ``Trajectory`` (any object with the reference ``Trajectory``'s fields) into the reference's."""
+        ``.detach().cpu()``, an ``Update`` of tensors (or any object with ``u``, ``a``, ``delta_b``) into one of
+        float64 arrays, a ``Trajectory`` (any object with the reference ``Trajectory``'s fields) into the
+        reference's."""
         if isinstance(x, dict):
             return {k: self.asarray(v) for k, v in x.items()}
-        if isinstance(x, (ref.Update, ref.Trajectory)):
+        if isinstance(x, ref.Trajectory):
             return x
         if _trajectory_like(x):
             return ref.Trajectory.of(x, self.asarray, "one context (a torch Trajectory indexes its batch: tr[b]) "
                                                       "or its fields")
+        if isinstance(x, ref.Update) and x.is_numpy:
+            return x
         if _update_like(x):
             return ref.Update(**{f: self.asarray(getattr(x, f)) for f in UPDATE_FIELDS})
         if isinstance(x, (list, tuple)) and x and (isinstance(x[0], (dict, ref.Update, np.ndarray))

@@ -17,7 +17,12 @@ round-off of float32 sums at ``~ log_B(n)·B·eps`` in the worst case instead of
 """
 from __future__ import annotations
 
+import math
+
 import torch
+
+from . import torch_ops
+from .torch_results import Trajectory
 
 BLOCK = 64
 
@@ -135,3 +140,140 @@ def prefix_softmax_means(s: torch.Tensor, v: torch.Tensor, carry, chunk: int = C
     o = o.reshape(*batch, n_chunks * chunk, e)[..., :L, :]
     p = p.reshape(*batch, n_chunks * chunk)[..., :L]
     return o, p, new_carry
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the scan driver: the query's attention over every prefix, then the trajectory's fields from it
+# ---------------------------------------------------------------------------------------------------------------
+
+def prefix_attention_scan(P: dict, cfg, x: torch.Tensor, context: torch.Tensor, slab: int):
+    """Generator: first the query-alone attention output ``A_0`` (..., D), then for each slab of the context
+    ``(s0, A, dA)``: the query's attention output over the prefixes ``s0+1 .. s0+S`` (..., S, D) and its exact
+    increments ``A_i − A_{i−1}`` (..., S, D). O(n·d) time, O(slab·d) working memory."""
+    H, dh, D = cfg.n_heads, cfg.head_dim, cfg.d_model
+    xn = torch_ops.attention_input(P, cfg, x)[..., None, :]                         # (..., 1, D)
+    q = torch_ops.heads(P, cfg, xn, "q")[..., 0, :] * (1.0 / math.sqrt(dh))         # (..., H, dh)
+    v_x = torch_ops.heads(P, cfg, xn, "v")[..., 0, :]                               # (..., H, dh)
+    s_x = (q * torch_ops.heads(P, cfg, xn, "k")[..., 0, :]).sum(-1)                 # (..., H): the query's own logit
+    # logits s_j = q_h·(W_k^h x_j + b_k^h) = (W_k^hᵀ q_h)·x_j + q_h·b_k^h: one (D × H) product per token
+    qk = (q[..., :, :, None] * P["attn.W_k"].reshape(H, dh, D)).sum(-2)             # (..., H, D)
+    qb = (q * P["attn.b_k"].reshape(H, dh)).sum(-1) if "attn.b_k" in P else None     # (..., H)
+    carry = (s_x, v_x, torch.ones_like(s_x))                                        # the query alone: o_0 = v_x
+    o_prev = v_x                                                                    # (..., H, dh)
+    yield torch_ops.merge_heads(P, cfg, v_x[..., None, :])[..., 0, :]               # (..., D)
+    for s0 in range(0, context.shape[-2], slab):
+        C = torch_ops.attention_input(P, cfg, context[..., s0:s0 + slab, :].to(x.dtype))   # (..., S, D)
+        s = (C @ qk.transpose(-1, -2)).transpose(-1, -2)                            # (..., H, S) logits
+        if qb is not None:
+            s = s + qb[..., None]
+        v = torch_ops.heads(P, cfg, C, "v")                                         # (..., H, S, dh)
+        o, p, carry = prefix_softmax_means(s, v, carry)                             # (..., H, S, dh), (..., H, S)
+        o_before = torch.cat([o_prev[..., None, :], o[..., :-1, :]], -2)           # o_{i−1}
+        inc = p[..., None] * (v - o_before)                                         # o_i − o_{i−1}, exact form
+        o_prev = o[..., -1, :]
+        yield s0, torch_ops.merge_heads(P, cfg, o), torch_ops.merge_heads(P, cfg, inc, bias=False)
+
+
+def tap_increments(P: dict, cfg, x: torch.Tensor, A: torch.Tensor, dA: torch.Tensor, pre_prev: torch.Tensor):
+    """``a_i − a_{i−1}`` for every prefix of the slab from ``ΔA_i = A_i − A_{i−1}`` without subtracting taps.
+
+    Linear taps (plain, p1-skip, residual) move by ``ΔA``; LayerNorm taps by :func:`layer_norm_increment`.
+    """
+    if cfg.kind in ("plain", "p1-skip", "residual"):
+        return dA
+    pre = x[..., None, :] + A                                                       # (..., S, D): the LN input
+    before = torch.cat([pre_prev[..., None, :], pre[..., :-1, :]], -2)
+    g = P["ln2.g"] if cfg.kind == "pre-ln" else P["ln1.g"]
+    return layer_norm_increment(before, dA, g, cfg.ln_eps)
+
+
+def gram_norm(y: torch.Tensor, G: torch.Tensor):
+    """``(‖W y‖, G y)`` rowwise from the Gram matrix ``G = WᵀW`` (``‖W y‖² = yᵀ G y``), never forming ``W y``.
+
+    Each row is scaled by its largest entry first, so tiny rows (steps of 1e-23 in float32) do not underflow
+    when squared. ``y`` (..., D) → (...), (..., D).
+    """
+    s = y.abs().amax(-1, keepdim=True)                                              # (..., 1)
+    s = torch.where(s > 0, s, 1)
+    z = y / s
+    zG = z @ G                                                                      # (..., D)
+    return torch.sqrt((zG * z).sum(-1).clamp_min(0)) * s[..., 0], zG * s
+
+
+def layer_norm_increment(y: torch.Tensor, dy: torch.Tensor, g: torch.Tensor, eps: float) -> torch.Tensor:
+    """``LN(y + dy) − LN(y)`` without subtracting two LayerNorm outputs (the shift ``b`` cancels).
+
+    With ``c = y − mean y``, ``dc = dy − mean dy``, ``σ² = mean c² + eps`` and
+    ``σ'² = σ² + 2 mean(c·dc) + mean(dc²)``:
+    ``LN(y+dy) − LN(y) = g ⊙ (dc/σ' + c (1/σ' − 1/σ))`` and ``1/σ' − 1/σ = −(σ'² − σ²)/(σ σ' (σ + σ'))``;
+    every term is proportional to ``dy``, so the result has relative (not absolute) round-off.
+    """
+    c = y - y.mean(-1, keepdim=True)
+    dc = dy - dy.mean(-1, keepdim=True)
+    var = (c * c).mean(-1, keepdim=True) + eps                                       # σ²
+    dvar = 2 * (c * dc).mean(-1, keepdim=True) + (dc * dc).mean(-1, keepdim=True)    # σ'² − σ²
+    sd, sd_new = torch.sqrt(var), torch.sqrt(var + dvar)
+    return g * (dc / sd_new - c * dvar / (sd * sd_new * (sd + sd_new)))
+
+
+def scan_trajectory(P0: dict, cfg, context: torch.Tensor, query: torch.Tensor, slab: int, acc: torch.dtype,
+                    checks) -> Trajectory:
+    """The torch backend's ``trajectory`` on checked inputs (``P0`` params, ``context`` (..., n, D), ``query``
+    (..., D) in the output dtype): the scan's attention, then the taps and every field of the Trajectory, slab by
+    slab. ``acc`` is the dtype the scan accumulates in; ``checks`` (``torch_checks.Checks``) raises on a zero
+    ``‖a‖²`` or an overflow."""
+    out_dtype = query.dtype
+    P = {k: v.to(acc) for k, v in P0.items()}
+    x = query.to(acc)                                                            # (..., D)
+    batch, n, D = x.shape[:-1], context.shape[-2], cfg.d_model
+    scan = prefix_attention_scan(P, cfg, x, context, slab)
+    A0 = next(scan)                                                              # (..., D): the query alone
+    a0, r0 = torch_ops.taps_from_attention(P, cfg, x, A0)
+    checks.norm(a0, cfg, "the query")
+    a_norm_sq = (a0 * a0).sum(-1)                                                # (...)
+    a_norm = torch.sqrt(a_norm_sq)
+    W0 = P["mlp.W"]
+    G = W0.T @ W0                                                                # (D, D) Gram matrix
+
+    # outputs, filled slab by slab (row 0 of delta/delta_b/dW_sq is the query alone: exactly 0)
+    delta = torch.empty(*batch, n + 1, D, dtype=out_dtype, device=x.device)
+    delta_b = torch.zeros_like(delta) if cfg.kind == "plain" else torch.empty_like(delta)
+    steps = torch.empty(*batch, n, D, dtype=out_dtype, device=x.device)
+    dW_n = torch.empty(*batch, n + 1, dtype=acc, device=x.device)
+    step_n = torch.empty(*batch, n, dtype=acc, device=x.device)
+    loss = torch.empty(*batch, n, dtype=acc, device=x.device)
+    delta[..., 0, :] = 0
+    delta_b[..., 0, :] = 0
+    dW_n[..., 0] = 0
+    pre_prev = x + A0                                                            # LN input of the previous prefix
+    a_prev = a0
+    for s0, A, dA in scan:
+        a, r = torch_ops.taps_from_attention(P, cfg, x[..., None, :].expand_as(A), A)
+        da = tap_increments(P, cfg, x, A, dA, pre_prev)                         # (..., S, D)
+        pre_prev = x + A[..., -1, :]
+        S = A.shape[-2]
+        d = a - a0[..., None, :]
+        delta[..., s0 + 1:s0 + 1 + S, :] = d
+        if cfg.kind != "plain":                                                  # plain: r ≡ 0, Δb ≡ 0
+            delta_b[..., s0 + 1:s0 + 1 + S, :] = r - r0[..., None, :]
+        steps[..., s0:s0 + S, :] = da
+        dW_n[..., s0 + 1:s0 + 1 + S] = gram_norm(d, G)[0]                      # ‖u_i‖ = √(δ_iᵀ G δ_i)
+        step_n[..., s0:s0 + S], daG = gram_norm(da, G)
+        a_before = torch.cat([a_prev[..., None, :], a[..., :-1, :]], -2)         # a_i for step i → i+1
+        loss[..., s0:s0 + S] = -(daG * a_before).sum(-1)                         # tr(Δ_iᵀW_i) = −stepᵀ G a_i
+        a_prev = a[..., -1, :]
+    delta_W_norm = dW_n / a_norm[..., None]
+    step_norm = step_n / a_norm[..., None]
+    prev = delta_W_norm[..., :-1]
+    relative_change = torch.where(prev > 0, step_norm / torch.where(prev > 0, prev, 1), torch.nan)
+    grad_norm = step_norm * a_norm_sq[..., None]                                 # ‖Δ_i‖_F = ‖grad_u_i‖ ‖a‖
+    cast = lambda t: t.to(out_dtype)                                             # noqa: E731
+    out = {"a": cast(a0), "r": cast(r0), "delta_W_norm": cast(delta_W_norm), "step_norm": cast(step_norm),
+           "loss": cast(loss), "grad_norm": cast(grad_norm), "h": cast(1.0 / a_norm_sq)}
+    # in the output dtype (float16 overflows at 65504); relative_change is nan at i = 0 by definition, and a
+    # plain block's delta_b is zero by construction
+    checks.finite("trajectory", **out, **({} if cfg.kind == "plain" else {"delta_b": delta_b}))
+    return Trajectory(
+        W0=P0["mlp.W"], delta=delta, delta_b=delta_b, relative_change=cast(relative_change), steps=steps,
+        params=P0, cfg=cfg, **out)
+

@@ -8,6 +8,7 @@ import torch
 
 from implicit_icl.backends import torch_ops as T
 from implicit_icl.reference.config import BlockConfig
+from implicit_icl.reference.update import update_from_taps
 
 
 def block_views(params: dict, n_blocks: int) -> list[dict]:
@@ -41,12 +42,9 @@ def predict(params: dict, cfg: BlockConfig, n_blocks: int, Z: torch.Tensor) -> t
 
 def head_with(params: dict, cfg: BlockConfig, a: torch.Tensor, r: torch.Tensor, W: torch.Tensor,
               b_out: torch.Tensor) -> torch.Tensor:
-    """``finish(r + W_out σ(W a + b) + b_out)`` with a per-prompt matrix ``W`` (B, M, D) and bias ``b_out`` (B, D)."""
-    pre = torch.einsum("bmd,bd->bm", W, a) + params["mlp.b"]                  # (B, M)
-    out = r + T.activation(cfg, pre) @ params["mlp.W_out"].T + b_out          # (B, D)
-    if cfg.kind == "post-ln":
-        out = T.layer_norm(out, params["ln2.g"], params["ln2.b"], cfg.ln_eps)
-    return out
+    """``finish(r + W_out σ(W a + b) + b_out)`` with a matrix ``W`` ((M, D), or one per prompt (B, M, D)) and bias
+    ``b_out`` ((D,) or (B, D)): the kinds' one ``head``."""
+    return T.head(params, cfg, a, r, W=W, b_out=b_out)
 
 
 def predict_via_update(params: dict, cfg: BlockConfig, n_blocks: int, Z: torch.Tensor) -> torch.Tensor:
@@ -61,11 +59,10 @@ def predict_via_update(params: dict, cfg: BlockConfig, n_blocks: int, Z: torch.T
     for p in block_views(params, n_blocks):
         a_C, r_C = (t[:, -1, :] for t in T.taps(p, cfg, H))                    # (B, D) each
         a_x, r_x = (t[:, 0, :] for t in T.taps(p, cfg, H[:, -1:, :]))          # (B, D) each
-        u = (a_C - a_x) @ p["mlp.W"].T                                         # (B, M)
-        W_new = p["mlp.W"] + u[:, :, None] * a_x[:, None, :] / (a_x * a_x).sum(-1)[:, None, None]  # (B, M, D)
-        b_new = p["mlp.b_out"] + (r_C - r_x)                                   # (B, D)
-        # Block run on the query alone with the updated weights: its taps are (a_x, r_x) of its own input.
+        upd = update_from_taps(p["mlp.W"], a_C, r_C, a_x, r_x)                 # u (B, M)
+        # Block run on the query alone with the updated weights W + ΔW (B, M, D), b_out + Δb (B, D): its taps are
+        # (a_x, r_x) of its own input.
         a_q, r_q = (t[:, 0, :] for t in T.taps(p, cfg, x[:, None, :]))
-        x = head_with(p, cfg, a_q, r_q, W_new, b_new)
+        x = T.head(p, cfg, a_q, r_q, W=p["mlp.W"] + upd.delta_W, b_out=p["mlp.b_out"] + upd.delta_b)
         H = T.block(p, cfg, H)
     return x[:, -1]

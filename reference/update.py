@@ -46,6 +46,15 @@ class Update:
         """``‖ΔW‖_F = ‖ΔW‖_2 = ‖u‖/‖a‖`` (THEORY §10.4): equal because the matrix has rank 1."""
         return (self.u * self.u).sum(-1) ** 0.5 / self.a_norm_sq ** 0.5
 
+    def map(self, fn) -> "Update":
+        """The same update with every field passed through ``fn`` (a conversion between backends)."""
+        return Update(u=fn(self.u), a=fn(self.a), delta_b=fn(self.delta_b))
+
+    @property
+    def is_numpy(self) -> bool:
+        """Every field a float64 NumPy array: the reference's own form, which conversions to NumPy pass through."""
+        return all(isinstance(t, np.ndarray) and t.dtype == np.float64 for t in (self.u, self.a, self.delta_b))
+
     def __len__(self) -> int:
         if self.u.ndim < 2:
             raise TypeError("a single Update has no length")

@@ -22,9 +22,9 @@ def as_array(x, name: str, shape: tuple, *, allow_batch: bool = False) -> np.nda
     """
     expected = "(" + ", ".join("n" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
     arr = np.asarray(from_tensor(x))
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)) \
-            or arr.dtype == np.bool_:
-        raise ValueError(f"{name} must be a real floating-point (or integer) array, got dtype {arr.dtype}")
+    problem = real_dtype_problem(name, arr.dtype)
+    if problem:
+        raise ValueError(problem)
     core = arr.shape[arr.ndim - len(shape):] if arr.ndim >= len(shape) else None
     ok = core is not None and (arr.ndim == len(shape) or allow_batch) and all(
         s is None or s == c for s, c in zip(shape, core))
@@ -50,26 +50,67 @@ def from_tensor(x):
     return x.double() if x.is_floating_point() else x
 
 
-def check_params(params: dict, cfg: BlockConfig) -> None:
-    """Raise ``ValueError`` if ``params`` lacks a key of ``cfg`` or holds an array of the wrong shape."""
+def real_dtype_problem(name: str, dtype) -> str | None:
+    """The message for an array whose dtype is not real floating-point or integer (bool, complex, str, object), or
+    ``None``: every backend's one wording."""
+    kind = getattr(dtype, "kind", None)
+    if kind in ("f", "i", "u") or (kind is None and getattr(dtype, "is_floating_point", False)):
+        return None
+    return f"{name} must be a real floating-point (or integer) array, got dtype {dtype}"
+
+
+def _numpy_param(name: str, value) -> np.ndarray:
+    if _is_tensor(value):
+        raise ValueError(f"{name} is a torch tensor: the reference computes in NumPy float64; convert the dict first "
+                         "(get_backend('numpy').asarray(params), or the torch backend's to_numpy)")
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError) as exc:          # ragged nested lists, objects NumPy cannot read
+        raise ValueError(f"{name} must be an array, got {type(value).__name__} ({exc})") from None
+    problem = real_dtype_problem(name, arr.dtype)
+    if problem:
+        raise ValueError(problem)
+    return arr
+
+
+def _numpy_finite(arr: np.ndarray) -> bool:
+    return bool(np.all(np.isfinite(arr)))
+
+
+def params_like(params: dict, cfg: BlockConfig, convert=_numpy_param, all_finite=_numpy_finite) -> dict:
+    """``params`` checked against ``cfg`` and converted, the one params check of every backend.
+
+    Every key the config needs must be there (the q/k/v/o biases may be left out: zero), no other key (a misspelt
+    ``attn.b_V`` would silently drop a bias), every array of the expected shape and finite. ``convert(name, value)``
+    turns one value into the backend's array (NumPy for the reference) and raises a ``ValueError`` naming it.
+    """
     if not isinstance(cfg, BlockConfig):
         raise ValueError(f"cfg must be a BlockConfig, got {type(cfg).__name__}")
     if not isinstance(params, dict):
         raise ValueError(f"params must be a dict of named arrays, got {type(params).__name__}")
     shapes = param_shapes(cfg, include_attn_bias=True)
+    unknown = sorted(str(k) for k in params if k not in shapes)
+    if unknown:
+        raise ValueError(f"params has the key {unknown[0]!r}, which a {cfg.kind!r} block with this config does not "
+                         f"have (its keys: {', '.join(shapes)})")
+    out = {}
     for key, shape in shapes.items():
         if key not in params:
             if key in OPTIONAL_KEYS:
                 continue
             raise ValueError(f"params is missing {key!r} (expected shape {shape}) for a {cfg.kind!r} block")
-        if _is_tensor(params[key]):
-            raise ValueError(f"params[{key!r}] is a torch tensor: the reference computes in NumPy float64; convert the "
-                             "dict first (get_backend('numpy').asarray(params), or the torch backend's to_numpy)")
-        arr = np.asarray(params[key])
-        if arr.shape != shape:
-            raise ValueError(f"params[{key!r}] must have shape {shape}, got {arr.shape}")
-        if not np.all(np.isfinite(arr)):
+        arr = convert(f"params[{key!r}]", params[key])
+        if tuple(arr.shape) != shape:
+            raise ValueError(f"params[{key!r}] must have shape {shape}, got {tuple(arr.shape)}")
+        if not all_finite(arr):
             raise ValueError(f"params[{key!r}] contains non-finite values")
+        out[key] = arr
+    return out
+
+
+def check_params(params: dict, cfg: BlockConfig) -> None:
+    """Raise ``ValueError`` if ``params`` does not fit ``cfg`` (:func:`params_like`)."""
+    params_like(params, cfg)
 
 
 def check_remove(remove, n: int) -> np.ndarray:

@@ -1,0 +1,163 @@
+"""The torch backend's input checks: device and dtype names, tensors and params checked like the reference's
+(the same messages, written once in ``reference.validation`` and ``reference.update``), and overflow errors.
+
+:class:`Checks` holds a device and dtype and turns user input into finite tensors there, or raises a ``ValueError``
+naming the argument. Results are checked with :meth:`Checks.finite`: one min/max pass per tensor, one host sync.
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import torch
+
+from implicit_icl.reference.config import BlockConfig
+from implicit_icl.reference.update import check_norm
+from implicit_icl.reference.validation import params_like, real_dtype_problem
+
+DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16,
+          "double": torch.float64, "float": torch.float32, "float16": torch.float16, "half": torch.float16}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def resolve_dtype(dtype) -> torch.dtype:
+    """``None`` → float32; a string such as ``"bfloat16"`` or a ``torch.dtype``."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        if not dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
+        return dtype
+    if isinstance(dtype, str) and dtype.removeprefix("torch.") in DTYPES:
+        return DTYPES[dtype.removeprefix("torch.")]
+    try:
+        return DTYPES[np.dtype(dtype).name]
+    except (TypeError, KeyError):
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)} or a torch dtype, got {dtype!r}") from None
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """No nan or inf in ``t``: min and max propagate nan and show ±inf, in one pass without a temporary."""
+    if t.numel() == 0:
+        return True
+    lo, hi = torch.aminmax(t)
+    return bool(torch.isfinite(lo) & torch.isfinite(hi))
+
+
+_DEVICE_FORM = re.compile(r"(cpu|cpu:0|cuda|cuda:(0|[1-9][0-9]{0,3})|mps|mps:0)")      # no "cuda:01", no 20-digit index
+_DEVICES = "'cpu', 'cpu:0', 'cuda', 'cuda:<i>', 'mps' or 'mps:0' (or None, or the equivalent torch.device)"
+
+
+def resolve_device(device) -> torch.device:
+    """``None`` → cpu; ``"cpu"`` (``"cpu:0"``), ``"cuda"``, ``"cuda:<i>"``, ``"mps"``, ``"mps:0"`` or the equivalent
+    ``torch.device``. Anything else (a typo such as ``"gpu"``, an integer, a device type torch knows but the backend
+    cannot compute on such as ``"meta"`` or ``"xla"``) and a device this machine lacks raise ``ValueError``."""
+    if device is None:
+        return torch.device("cpu")
+    if isinstance(device, torch.device):
+        ok = (device.type == "cpu" and device.index in (None, 0)) or device.type == "cuda" or (
+            device.type == "mps" and device.index in (None, 0))
+    else:
+        ok = isinstance(device, str) and _DEVICE_FORM.fullmatch(device) is not None
+    if not ok:
+        raise ValueError(f"device must be one of {_DEVICES}, got {device!r}")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:                       # a form the pattern let through but torch cannot parse
+        raise ValueError(f"device must be one of {_DEVICES}, got {device!r} ({exc})") from None
+    if dev.type == "cpu":
+        return torch.device("cpu")                    # "cpu:0" is the one CPU device: one name for it
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device must be available on this machine: {device!r} asked for, but CUDA is not")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device must be available on this machine: {device!r} asked for, but there are only "
+                         f"{torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ValueError(f"device must be available on this machine: {device!r} asked for, but MPS is not")
+    return dev
+
+
+def overflow_error(what: str, dtype: torch.dtype) -> ValueError:
+    """The error for a non-finite value that finite inputs produced: an overflow of ``dtype`` on the way."""
+    return ValueError(f"{what} overflowed in {dtype_name(dtype)}: finite inputs gave nan or inf (a value beyond "
+                      f"±{torch.finfo(dtype).max:.3g} on the way: from very large inputs, or h = 1/‖a‖² from very "
+                      "small ones); rescale the inputs or use dtype='float64'")
+
+
+class Checks:
+    """User input → finite tensors on ``device`` in ``dtype``, or a ``ValueError`` that names the argument."""
+
+    def __init__(self, device: torch.device, dtype: torch.dtype):
+        self.device, self.dtype = device, dtype
+
+    def convert(self, name: str, x) -> torch.Tensor:
+        """``x`` (a tensor or an array-like of real numbers) as a tensor on this device and dtype."""
+        if isinstance(x, torch.Tensor):
+            if x.dtype == torch.bool or x.is_complex():
+                raise ValueError(real_dtype_problem(name, x.dtype))
+            return x.to(device=self.device, dtype=self.dtype)
+        try:
+            arr = np.asarray(x)
+        except (TypeError, ValueError) as exc:          # ragged nested lists, objects NumPy cannot read
+            raise ValueError(f"{name} must be an array, got {type(x).__name__} ({exc})") from None
+        problem = real_dtype_problem(name, arr.dtype)
+        if problem:
+            raise ValueError(problem)
+        return torch.as_tensor(np.ascontiguousarray(arr, dtype=np.float64)).to(self.device, self.dtype)
+
+    def tensor(self, x, name: str, shape: tuple, batch: bool = True) -> torch.Tensor:
+        """``x`` as a finite tensor with trailing dimensions ``shape`` (``None`` = any size), any leading ones if
+        ``batch``."""
+        expected = "(" + ("..., " if batch else "") + ", ".join("n" if s is None else str(s) for s in shape) \
+            + ("," if len(shape) == 1 and not batch else "") + ")"
+        t = self.convert(name, x)
+        core = tuple(t.shape[t.ndim - len(shape):]) if t.ndim >= len(shape) else None
+        ok = core is not None and (t.ndim == len(shape) or batch) and all(
+            s is None or s == c for s, c in zip(shape, core))
+        if not ok:
+            raise ValueError(f"{name} must have shape {expected}, got {tuple(t.shape)}")
+        if not all_finite(t):
+            raise ValueError(f"{name} contains non-finite values (nan or inf)")
+        return t
+
+    def params(self, params, cfg: BlockConfig) -> dict:
+        """``params`` checked against ``cfg`` like the reference's (``reference.validation.params_like``), as tensors."""
+        return params_like(params, cfg, convert=self.convert, all_finite=all_finite)
+
+    def context_query(self, cfg: BlockConfig, context, query):
+        """``context`` (..., n, D) and ``query`` (..., D) checked and broadcast to one batch shape."""
+        context = self.tensor(context, "context", (None, cfg.d_model))
+        query = self.tensor(query, "query", (cfg.d_model,))
+        try:
+            batch = torch.broadcast_shapes(context.shape[:-2], query.shape[:-1])
+        except RuntimeError:
+            raise ValueError(f"context and query must have broadcastable batch dimensions, got context "
+                             f"{tuple(context.shape)} and query {tuple(query.shape)}") from None
+        return context.expand(*batch, *context.shape[-2:]), query.expand(*batch, query.shape[-1])
+
+    def finite(self, op: str, **results: torch.Tensor) -> None:
+        """A ValueError if finite inputs gave a non-finite value in one of ``results`` (an overflow of this dtype:
+        e.g. a LayerNorm variance past float32's 3.4e38, or float16's 65504); never a silent nan or inf. One
+        min/max pass per tensor (no temporary) and a single host sync for all of them."""
+        flags = []
+        for t in results.values():
+            if t.numel():
+                lo, hi = torch.aminmax(t)
+                flags.append(torch.isfinite(lo) & torch.isfinite(hi))
+        if not flags or bool(torch.stack(flags).all()):
+            return
+        bad = next(name for name, t in results.items() if not all_finite(t))
+        raise overflow_error(f"{op}'s {bad}", self.dtype)
+
+    @staticmethod
+    def norm(a: torch.Tensor, cfg: BlockConfig, where: str, indexed: bool = False) -> None:
+        """``reference.update.check_norm`` of the taps ``a`` (..., D), read back from the device only on failure."""
+        dtype = a.dtype
+        a = a.float() if a.dtype in (torch.bfloat16, torch.float16) else a      # float64 is not on every device
+        nsq = (a * a).sum(-1)
+        if bool((~(torch.isfinite(nsq) & (nsq > 0))).any()):
+            check_norm(nsq.detach().cpu().double().numpy(), cfg.kind, where, indexed=indexed,
+                       overflow=lambda what: overflow_error(what, dtype))

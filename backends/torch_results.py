@@ -1,0 +1,130 @@
+"""The torch backend's ``Trajectory``: the reference's fields and methods, with the large ones formed lazily.
+
+The reference's ``Trajectory`` stores ``u`` ``(n+1, d_mlp)`` and both predictions; a million-token trajectory on a
+GPU cannot, so this one stores ``O(n·d_model)`` numbers (the factors' right-hand side ``delta``, the ``steps``) and
+forms ``u``, ``grad_u``, ``pred_context`` and ``pred_update`` on first access, in slabs. Its updates are the one
+``Update`` class of every backend (``reference.update``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+
+import torch
+import torch.nn.functional as F
+
+from implicit_icl.reference.config import BlockConfig
+from implicit_icl.reference.update import Update
+
+from . import torch_ops
+
+SLAB = 1 << 13          # prefixes per slab when the lazy fields are formed (bounds their temporaries)
+
+# the fields of a Trajectory that carry the batch dimensions in front (W0, params and cfg are shared)
+BATCHED_FIELDS = ("a", "delta", "delta_b", "delta_W_norm", "step_norm", "relative_change", "h", "loss", "grad_norm",
+                  "steps", "r")
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """The reference's ``Trajectory`` (same fields and methods) with ``u``, ``grad_u``, ``pred_context`` and
+    ``pred_update`` computed lazily from the factors (``u_i = W_0 δ_i``), in slabs.
+
+    Extra fields: ``steps`` (..., n, D) = ``a_{i+1} − a_i`` computed without cancellation (the right factor of
+    every step, ``ΔW_{i+1} − ΔW_i = W_0 steps_i aᵀ/‖a‖²``) and ``r`` (..., D), the residual tap of the query alone.
+    """
+
+    W0: torch.Tensor
+    a: torch.Tensor
+    delta: torch.Tensor
+    delta_b: torch.Tensor
+    delta_W_norm: torch.Tensor
+    step_norm: torch.Tensor
+    relative_change: torch.Tensor
+    h: torch.Tensor
+    loss: torch.Tensor
+    grad_norm: torch.Tensor
+    steps: torch.Tensor
+    r: torch.Tensor
+    params: dict = field(repr=False, default=None)
+    cfg: BlockConfig | None = None
+
+    @property
+    def n(self) -> int:
+        """Context length (the number of steps)."""
+        return self.delta.shape[-2] - 1
+
+    @property
+    def batch_shape(self) -> tuple[int, ...]:
+        """The leading batch dimensions, ``()`` for one context."""
+        return tuple(self.a.shape[:-1])
+
+    def __getitem__(self, index) -> "Trajectory":
+        """One context (or a sub-batch) of a batched trajectory: ``tr[1]``, ``tr[0, 2]``, ``tr[1:3]``. Indexes the
+        batch dimensions only; a prefix is ``update(i)``."""
+        if not self.batch_shape:
+            raise IndexError("this Trajectory holds one context (no batch dimensions); a prefix is update(i)")
+        idx = index if isinstance(index, tuple) else (index,)
+        if len(idx) > len(self.batch_shape) or any(i is Ellipsis or i is None for i in idx):
+            raise IndexError(f"index must address the batch dimensions {self.batch_shape} only, got {index!r}")
+        return replace(self, **{f: getattr(self, f)[idx] for f in BATCHED_FIELDS})
+
+    @cached_property
+    def u(self) -> torch.Tensor:
+        """``u_i = W_0 δ_i``, (..., n+1, d_mlp): formed on first access."""
+        return self.delta @ self.W0.T
+
+    @cached_property
+    def grad_u(self) -> torch.Tensor:
+        """``grad_u_i = u_i − u_{i+1} = −W_0 (a_{i+1} − a_i)``, (..., n, d_mlp): ``Δ_i = grad_u_i aᵀ``."""
+        return -(self.steps @ self.W0.T)
+
+    def update(self, i: int) -> Update:
+        """The update that absorbs the first ``i`` context tokens."""
+        return Update(u=self.delta[..., i, :] @ self.W0.T, a=self.a, delta_b=self.delta_b[..., i, :])
+
+    def delta_W(self, i: int) -> torch.Tensor:
+        """``ΔW_i`` as a matrix ``(..., M, D)``."""
+        return self.update(i).delta_W
+
+    def W(self, i: int) -> torch.Tensor:
+        """``W_i = W_0 + ΔW_i``."""
+        return self.W0 + self.delta_W(i)
+
+    def gradient(self, i: int) -> torch.Tensor:
+        """``Δ_i = ∇_W L_i`` as a matrix (P1 Prop. 3.1); ``W_{i+1} = W_i − h Δ_i``."""
+        g = -(self.steps[..., i, :] @ self.W0.T)
+        return g[..., :, None] * self.a[..., None, :]
+
+    def _slabbed(self, fn) -> torch.Tensor:
+        n1 = self.delta.shape[-2]
+        return torch.cat([fn(s, min(s + SLAB, n1)) for s in range(0, n1, SLAB)], dim=-2)
+
+    @cached_property
+    def pred_context(self) -> torch.Tensor:
+        """``T_{W_0}(c_1..c_i, x)`` (..., n+1, D): the head applied to every prefix's taps ``(a + δ_i, r + Δb_i)``."""
+        P, cfg = self.params, self.cfg
+        return self._slabbed(lambda s, e: torch_ops.head(
+            P, cfg, self.a[..., None, :] + self.delta[..., s:e, :], self.r[..., None, :] + self.delta_b[..., s:e, :]))
+
+    @cached_property
+    def pred_update(self) -> torch.Tensor:
+        """``T_{W_i}(x)`` (..., n+1, D): the query alone through ``W_i = W_0 + ΔW_i``, ``b_out + Δb_i``.
+
+        ``W_i a = W_0 a + u_i`` (``ΔW_i a = u_i aᵀa/‖a‖² = u_i``), so no ``(M, D)`` matrix per prefix is formed.
+        """
+        P, cfg = self.params, self.cfg
+
+        def slab(s, e):
+            pre = (self.a @ self.W0.T)[..., None, :] + self.delta[..., s:e, :] @ self.W0.T + P["mlp.b"]  # (..., S, M)
+            out = self.r[..., None, :] + F.linear(torch_ops.activation(cfg, pre), P["mlp.W_out"]) \
+                + P["mlp.b_out"] + self.delta_b[..., s:e, :]                                              # (..., S, D)
+            if cfg.kind == "post-ln":
+                out = torch_ops.layer_norm(out, P["ln2.g"], P["ln2.b"], cfg.ln_eps)
+            return out
+        return self._slabbed(slab)
+
+    @property
+    def prediction_error(self) -> torch.Tensor:
+        """``max |pred_context_i − pred_update_i|`` per prefix: round-off, by the theorem."""
+        return (self.pred_context - self.pred_update).abs().amax(-1)
