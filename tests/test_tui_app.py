@@ -58,7 +58,7 @@ def test_keys_step_and_jump(data):
         await pilot.press("left", "h")
         assert app.i == 1
         await pilot.press("end")
-        assert app.i == data.n and f"all {data.n} tokens consumed" in screen_text(app)
+        assert app.i == data.n and f"step {data.n} consumed c_{data.n}" in screen_text(app)
         await pilot.press("right")                     # clamped at n
         assert app.i == data.n
         await pilot.press("home", "left")              # clamped at 0
@@ -122,7 +122,7 @@ def test_toggles(data):
         assert not app.show_baseline and "baseline off" in text and f"━ {data.baseline_short}" not in text
         await pilot.press("s")
         text = screen_text(app)
-        assert app.step_view and "step ΔW_5 − ΔW_4 = −h ∇L_4" in text and "u_i − u_(i−1)" in text
+        assert app.step_view and "ΔW_5 − ΔW_4 = −h ∇L_4" in text and "u_i − u_(i−1)" in text
         await pilot.press("home")
         assert "No step at i = 0" in screen_text(app)
         await pilot.press("s", "b")
@@ -199,7 +199,7 @@ def test_resize_switches_between_full_compact_and_too_small(data):
     def full(text):
         assert not app.screen.has_class("compact") and not app.screen.has_class("too-small")
         assert app.query_one("#gd").display and app.query_one("#curves").display
-        assert "GD view" in text and "‖ΔW_i‖ =" in text and "A terminal of at least" not in text
+        assert "GD view" in text and re.search(r"‖ΔW_\d+‖ =", text) and "A terminal of at least" not in text
 
     async def body(pilot):
         full(screen_text(app))
@@ -208,7 +208,7 @@ def test_resize_switches_between_full_compact_and_too_small(data):
         text = screen_text(app)
         assert app.screen.has_class("compact") and not app.screen.has_class("too-small")
         assert not app.query_one("#gd").display and not app.query_one("#curves").display
-        assert "GD view (P1" not in text and "‖ΔW_i‖ =" not in text
+        assert "GD view (P1" not in text and not re.search(r"‖ΔW_\d+‖ =", text)
         assert "A terminal of at least 100×34 also shows" in text and "q quit" in text
         assert "step i = 3 / 30" in text and "ΔW_3 = u_3 aᵀ/‖a‖²" in text
         assert f"{t.pred_context[3][data.readout]:+.11f}" in text          # the check keeps its numbers
@@ -319,3 +319,132 @@ def test_help_is_honest_about_round_off_and_the_bias():
     assert "always ~1e-16" not in flat
     assert "float64: ~1e-16 relative to the output; float32, e.g. --backend torch: ~1e-7" in flat
     assert "b_out + Δb_i, Δb_i = r_i − r" in flat and "T_(W+ΔW_i, b+Δb_i)(x)" in flat
+
+
+# --- one step index on screen at a time (issue 18, item 6) ---------------------------------------------------------
+
+STEP_PATTERNS = {                         # what each panel writes about the step, and the index it must carry
+    r"ΔW_(\d+) − ΔW_(\d+)": lambda i: (i, i - 1),        # heatmap title, GD view, curve titles
+    r"∇L_(\d+)": lambda i: i - 1,                        # heatmap title, GD view: step i is −h ∇L_(i−1)
+    r"step (\d+)": lambda i: i,                          # heatmap title, GD view, the relative-step curve
+    r"consumed c_(\d+)": lambda i: i,                    # heatmap title, GD view
+    r"current c_(\d+)": lambda i: i,                     # prompt panel
+    r"step i = (\d+)": lambda i: i,                      # app title
+    r"ŷ\(c_1\.\.c_(\d+)\)": lambda i: i,                 # prediction curve
+}
+
+
+def step_indices(app) -> dict[str, set]:
+    """Every step index written on screen (and in the curve titles, which a narrow panel may cut), by pattern."""
+    texts = [screen_text(app), app.query_one("#heat").border_title]
+    texts += [str(c.border_title) for c in app.query("CurvePanel")]
+    found = {}
+    for pattern in STEP_PATTERNS:
+        for text in texts:
+            for m in re.finditer(pattern, text):
+                found.setdefault(pattern, set()).add(tuple(map(int, m.groups())) if len(m.groups()) > 1
+                                                     else int(m.group(1)))
+    return found
+
+
+def test_every_panel_shows_the_same_step_at_every_i(data):
+    """Step view on: at each i the heatmap, the GD view, the curves and the prompt all describe step i = ΔW_i −
+    ΔW_(i−1) (the step that consumed c_i); at i = 0 there is no step and no index −1 anywhere."""
+    app = WalkthroughApp(data)
+
+    async def body(pilot):
+        await pilot.press("s")
+        for i in range(data.n + 1):
+            if i:
+                await pilot.press("right")
+            assert app.i == i
+            found = step_indices(app)
+            for pattern, expected in STEP_PATTERNS.items():
+                if i == 0:
+                    assert pattern not in found or pattern == r"step i = (\d+)", (i, pattern, found)
+                    continue
+                assert found.get(pattern) == {expected(i)}, (i, pattern, found.get(pattern))
+            text = screen_text(app) + str(app.query_one("#heat").border_title)
+            assert "_-1" not in text and "_(-" not in text and "−1‖" not in text
+    run(app, body)
+
+
+def test_at_step_zero_every_panel_says_there_is_no_step(data):
+    app = WalkthroughApp(data)
+
+    async def body(pilot):
+        await pilot.press("s")
+        assert "no step at i = 0" in str(app.query_one("#heat").border_title)
+        for panel in ("#curve-step", "#curve-rel"):
+            assert "no step at i = 0" in str(app.query_one(panel).border_title)
+        assert "no step yet at i = 0" in screen_text(app)
+    run(app, body)
+
+
+def test_prediction_curve_panel_draws_the_librarys_values(data):
+    """The ŷ panel (issue 18, item 7) plots ``data.curves("pred")`` and titles ŷ, the truth, the least-squares
+    prediction and the untrained block's at the current i with the library's numbers."""
+    from implicit_icl.reference.tasks import least_squares_predictions, regression_prompts
+    from implicit_icl.tui import view
+
+    prompt = regression_prompts(1, data.n, 2, 1)
+    lsq = least_squares_predictions(prompt.x, prompt.y, prompt.x_query)[0]
+    app = WalkthroughApp(data)
+
+    async def body(pilot):
+        panel = app.query_one("#curve-pred")
+        assert panel.display
+        for i in (0, 1, 7, data.n):
+            app.jump(i)
+            await pilot.pause()
+            title, sub = str(panel.border_title), str(panel.border_subtitle)
+            assert view.fmt_norm(data.trajectory.pred_context[i][data.readout]) in title
+            assert f"truth {view.fmt_norm(prompt.target[0])}" in title
+            assert f"least sq. {view.fmt_norm(lsq[i])}" in sub
+            assert f"{data.baseline_short} {view.fmt_norm(data.baseline.pred_context[i][data.readout])}" in sub
+            for name, values in panel.shown().items():
+                assert values is data.curves("pred")[name] or (values == data.curves("pred")[name]).all()
+        assert "ŷ(c_1..c_" in screen_text(app)
+    run(app, body)
+
+
+# --- labels (issue 18, item 8) ---------------------------------------------------------------------------------------
+
+def test_prompt_shows_all_50_tokens_at_120x40_and_says_the_numbers_are_y():
+    data = random_data(n_tokens=50, seed=2)
+    app = WalkthroughApp(data, start=50)
+
+    async def body(pilot):
+        text = screen_text(app)
+        chips = app.query_one("#chips")
+        for k in range(1, 51):
+            assert chips.chip_offset(k) is not None, k
+            assert re.search(rf"[✓▶ ]{k:>3} {re.escape(data.token_labels[k - 1])}", text), k
+        title = str(app.query_one("#prompt").border_title)
+        assert "numbers: y values, y_k = ⟨w, x_k⟩" in title and "scrolls" not in title
+    run(app, body, size=(120, 40))
+
+
+def test_prompt_says_when_it_scrolls():
+    app = WalkthroughApp(random_data(n_tokens=200, seed=2), start=100)
+
+    async def body(pilot):
+        assert re.search(r"rows \d+–\d+ of \d+ shown \(scrolls\)", str(app.query_one("#prompt").border_title))
+    run(app, body, size=(120, 40))
+
+
+def test_h_and_l_are_explained_where_they_appear_and_in_the_help(data):
+    from implicit_icl.tui.help import HELP_TEXT
+
+    app = WalkthroughApp(data, start=4)
+
+    async def body(pilot):
+        text = screen_text(app)
+        assert "h: the step size, set by the query alone" in text
+        assert "L_i = tr(Δ_iᵀW): the loss whose step adds c_(i+1)" in text
+    run(app, body)
+    flat = " ".join(HELP_TEXT.split())
+    assert "h = 1/‖a‖²: the step size, the same for every step, set by the query alone" in flat
+    assert "L_i(W) = tr(Δ_iᵀ W): a loss linear in W" in flat
+    assert "the number on token k is its y value, y_k = ⟨w, x_k⟩" in flat
+    assert "step i is the step that consumed c_i, ΔW_i − ΔW_(i−1)" in flat

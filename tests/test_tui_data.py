@@ -251,3 +251,49 @@ def test_checkpoint_title_follows_its_metadata(tmp_path, meta, title, source):
     assert d.source.startswith(f"checkpoint {path}{source} · ")
     assert "True" not in d.title + d.source
     assert (d.model_label == "trained") == title.startswith("trained ")
+
+
+# --- one step convention (issue 18, item 6) and the prediction curve (item 7) --------------------------------------
+
+def test_step_curves_are_indexed_by_the_step_that_consumed_c_i(small):
+    """``curves("step")[i] = ‖ΔW_i − ΔW_(i−1)‖`` from the library's matrices (none at i = 0), ``"rel"`` that over
+    ``‖ΔW_(i−1)‖`` (none at i ≤ 1), and ``gd_step(i)`` the loss and gradient of ``L_(i−1)``."""
+    t = small.trajectory
+    step, rel = small.curves("step")["model"], small.curves("rel")["model"]
+    assert step.shape == rel.shape == (small.n + 1,) and np.isnan(step[0]) and np.isnan(rel[:2]).all()
+    for i in range(1, small.n + 1):
+        expected = np.linalg.norm(t.delta_W(i) - t.delta_W(i - 1))
+        np.testing.assert_allclose(step[i], expected, rtol=1e-12)
+        np.testing.assert_allclose(small.step(i), t.delta_W(i) - t.delta_W(i - 1), rtol=1e-10, atol=1e-14)
+        loss, grad, norm = small.gd_step(i)
+        assert (loss, grad, norm) == (t.loss[i - 1], t.grad_norm[i - 1], step[i])
+        if i > 1:
+            np.testing.assert_allclose(rel[i], expected / np.linalg.norm(t.delta_W(i - 1)), rtol=1e-12)
+    with pytest.raises(IndexError, match="1 <= i"):
+        small.gd_step(0)
+
+
+def test_prediction_curve_is_the_librarys():
+    """ŷ with c_1..c_i for the model and the untrained baseline, the least-squares prediction from the same i examples
+    (``reference.tasks.least_squares_predictions``) and the truth ⟨w, x_q⟩, for i = 0..n."""
+    from implicit_icl.reference.tasks import least_squares_predictions
+
+    data = wdata.random_data(n_tokens=12, seed=4)
+    prompt = regression_prompts(1, 12, 2, 4)
+    cfg = wdata.RANDOM_CONFIG
+    model = trajectory(init_block(cfg, 4), cfg, prompt.context[0], prompt.query[0])
+    base = trajectory(init_block(cfg, 5), cfg, prompt.context[0], prompt.query[0])
+    curves = data.curves("pred")
+    assert set(curves) == {"model", "baseline", "least squares", "truth"}
+    np.testing.assert_allclose(curves["model"], model.pred_context[:, -1], rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(curves["baseline"], base.pred_context[:, -1], rtol=1e-12, atol=1e-15)
+    np.testing.assert_array_equal(curves["least squares"],
+                                  least_squares_predictions(prompt.x, prompt.y, prompt.x_query)[0])
+    np.testing.assert_array_equal(curves["truth"], np.full(13, prompt.target[0]))
+    assert curves["least squares"][0] == 0 and abs(curves["least squares"][-1] - prompt.target[0]) < 1e-10
+
+
+def test_no_prediction_curve_without_a_readout(small):
+    import dataclasses
+
+    assert dataclasses.replace(small, readout=None).curves("pred") == {}

@@ -29,8 +29,9 @@ __all__ = ["HELP_TEXT", "HelpScreen", "WalkthroughApp", "screen_text"]
 MIN_SIZE = (100, 34)           # columns, lines: the full layout (every panel) from this size up
 COMPACT_MIN = (80, 24)         # below MIN_SIZE but at least this: the compact layout (heatmap and check only);
                                # below this the panels cannot show their numbers
-COMPACT_HINT = ("A terminal of at least {0}×{1} also shows the GD view and the curves ‖ΔW_i‖, "
-                "‖ΔW_(i+1) − ΔW_i‖ and their ratio next to the untrained baseline.\n? help · q quit").format(*MIN_SIZE)
+COMPACT_HINT = ("A terminal of at least {0}×{1} also shows the GD view, the curves ‖ΔW_i‖, "
+                "‖ΔW_i − ΔW_(i−1)‖, their ratio and the prediction ŷ, next to the untrained baseline."
+                "\n? help · q quit").format(*MIN_SIZE)
 PLAY_INTERVAL = 0.3            # seconds per step while playing
 
 
@@ -53,6 +54,7 @@ class WalkthroughApp(App):
     #gd { height: 1fr; border: round #8f7f5f; padding: 0 1; overflow-y: auto; }
     #curves { height: 1fr; min-height: 6; max-height: 11; }
     CurvePanel { width: 1fr; border: round #5f6f8f; }
+    #curve-pred { width: 1.4fr; }
     #hint { display: none; height: auto; padding: 1 1 0 1; color: $text-muted; text-style: italic; }
     #too-small { display: none; width: 100%; height: 100%; content-align: center middle; text-align: center; }
     Screen.compact #chips { max-height: 1; }
@@ -98,7 +100,6 @@ class WalkthroughApp(App):
         with Vertical(id="main"):
             yield Static(id="title", markup=False)
             with Vertical(id="prompt") as prompt:
-                prompt.border_title = f"prompt: context c_1..c_{d.n} (click a token), fixed query x"
                 prompt.border_subtitle = d.source
                 yield PromptTokens(id="chips")
                 yield Static(id="token-info", markup=False)
@@ -112,11 +113,13 @@ class WalkthroughApp(App):
                 yield CurvePanel("norm", id="curve-norm")
                 yield CurvePanel("step", id="curve-step")
                 yield CurvePanel("rel", id="curve-rel")
+                yield CurvePanel("pred", id="curve-pred")
         yield Static(id="too-small", markup=False)
         yield Footer()
 
     def on_mount(self) -> None:
         self.query_one("#gd").border_title = "GD view (P1 Prop. 3.1)"
+        self.query_one("#curve-pred").display = self.data.readout is not None     # ŷ needs a scalar readout
         self._timer = self.set_interval(PLAY_INTERVAL, self._tick, pause=True)
         self._check_size(self.size.width, self.size.height)
         self.refresh_all()
@@ -232,31 +235,21 @@ class WalkthroughApp(App):
             title = (f"{d.title}   │   step i = {i} / {d.n}   │   {state}   │   baseline {baseline}   │   "
                      f"view {'step' if self.step_view else 'ΔW_i'}")
         self.query_one("#title", Static).update(title)
-        self.query_one("#chips", PromptTokens).refresh()
+        self.query_one("#chips", PromptTokens).update()
         current = f"current c_{i}: {d.token_values[i - 1]}" if i else "no context consumed yet (i = 0)"
         self.query_one("#token-info", Static).update(f"{current}   │   query: {d.query_value}")
         heat = self.query_one("#heat", HeatmapPanel)
         M, D = d.shape
-        heat.border_title = (f"step ΔW_{i} − ΔW_{i - 1} = −h ∇L_{i - 1}  (rank 1)" if self.step_view
-                             else f"ΔW_{i} = u_{i} aᵀ/‖a‖²  (rank 1)")
+        if not self.step_view:
+            heat.border_title = f"ΔW_{i} = u_{i} aᵀ/‖a‖²  (rank 1)"
+        else:
+            heat.border_title = (f"step {i} (consumed c_{i}): ΔW_{i} − ΔW_{i - 1} = −h ∇L_{i - 1}  (rank 1)" if i
+                                 else "step view: no step at i = 0 (ΔW_0 = 0)")
         heat.refresh()
         self.query_one("#check", Static).update(self._check_text())
         self.query_one("#gd", Static).update(self._gd_text())
-        t, b = d.trajectory, d.baseline if self.show_baseline else None
-        for panel, name, values in (
-            ("#curve-norm", "‖ΔW_i‖", lambda tr: tr.delta_W_norm[i]),
-            ("#curve-step", "‖ΔW_(i+1) − ΔW_i‖", lambda tr: tr.step_norm[i] if i < d.n else np.nan),
-            ("#curve-rel", "‖ΔW_(i+1) − ΔW_i‖/‖ΔW_i‖", lambda tr: tr.relative_change[i] if i < d.n else np.nan),
-        ):
-            widget = self.query_one(panel, CurvePanel)
-            widget.border_title = f"{name} = {view.fmt_norm(values(t))}"
-            if b is not None:
-                widget.border_subtitle = (f"[{MODEL_COLOUR}]━ {d.model_label}[/]  "
-                                          f"[{BASELINE_COLOUR}]━ {d.baseline_short} {view.fmt_norm(values(b))}[/]")
-            else:
-                why = "no baseline for this model" if d.baseline is None else "baseline off (b)"
-                widget.border_subtitle = f"[{MODEL_COLOUR}]━ {d.model_label}[/]  [dim]{why}[/]"
-            widget.refresh()
+        for curve in self.query(CurvePanel):
+            curve.update_titles()
 
     def _check_text(self) -> Text:
         """The identity with its numbers; in the compact layout without the words after each number."""
@@ -299,21 +292,27 @@ class WalkthroughApp(App):
         return text
 
     def _gd_text(self) -> Text:
+        """Step ``i``, the one that consumed ``c_i``, read as a gradient step (P1 Prop. 3.1): the same ``i`` as the
+        heatmap's step view and the curves."""
         d, i = self.data, self.i
         t = d.trajectory
         text = Text()
         text.append(f"{'h = 1/‖a‖²':<28}", style="bold")
         text.append(f"{view.fmt_norm(t.h)}\n", style=MODEL_COLOUR)
+        text.append("h: the step size, set by the query alone\n", style="dim")
         text.append(f"{f'‖ΔW_{i}‖':<28}", style="bold")
         text.append(f"{view.fmt_norm(t.delta_W_norm[i])}\n", style=MODEL_COLOUR)
-        if i < d.n:
-            text.append(f"step {i} consumes c_{i + 1}: W_{i + 1} = W_{i} − h ∇L_{i}(W_{i})\n", style="dim")
-            for name, value in ((f"L_{i}(W_{i}) = tr(Δ_{i}ᵀW_{i})", t.loss[i]), (f"‖Δ_{i}‖ = ‖∇L_{i}‖", t.grad_norm[i]),
-                                (f"‖ΔW_{i + 1} − ΔW_{i}‖", t.step_norm[i])):
+        if i:
+            loss, grad, step = d.gd_step(i)
+            j = i - 1
+            text.append(f"step {i} consumed c_{i}: W_{i} = W_{j} − h ∇L_{j}(W_{j})\n", style="dim")
+            for name, value in ((f"L_{j}(W_{j}) = tr(Δ_{j}ᵀW_{j})", loss), (f"‖Δ_{j}‖ = ‖∇L_{j}‖", grad),
+                                (f"‖ΔW_{i} − ΔW_{j}‖", step)):
                 text.append(f"{name:<28}", style="bold")
                 text.append(f"{view.fmt_norm(value)}\n", style=MODEL_COLOUR)
         else:
-            text.append(f"all {d.n} tokens consumed: no further step\n\n\n\n", style="dim")
+            text.append("no step yet at i = 0 (→ consumes the first token)\n\n\n\n", style="dim")
+        text.append("L_i = tr(Δ_iᵀW): the loss whose step adds c_(i+1)\n", style="dim")
         text.append("L_i is linear in W and its gradient ignores W:\n"
                     "an exact rewriting of the telescoping sum ΔW_i,\n"
                     "not a fitted optimiser (THEORY §8.4).", style="italic #9a9a9a")

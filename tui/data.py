@@ -25,7 +25,7 @@ import numpy as np
 
 from implicit_icl.reference import BlockConfig, Trajectory, init_block
 from implicit_icl.reference.subsets import prefix_trajectory
-from implicit_icl.reference.tasks import regression_prompts
+from implicit_icl.reference.tasks import least_squares_predictions, regression_prompts
 
 #: The random block used when no trained checkpoint is bundled: P1's shape (THEORY §5: d = 2, so d_model = 3;
 #: MLP width 128; 8 heads of width 4; no skip around the MLP, no LayerNorm, causal, ReLU).
@@ -51,6 +51,11 @@ class WalkthroughData:
     readout:       index of the output coordinate that is the prediction (P1 §4: the last), or ``None`` when the
                    model has no scalar readout (then only ``max |T_ctx − T_ΔW|`` is shown).
     target:        the true value of the prediction (``⟨w, x_q⟩`` for regression), or ``None``.
+    token_meaning: what the label on each token is (``"y_k = ⟨w, x_k⟩"`` on a regression prompt), or ``""``.
+    least_squares: ``(n+1,)`` the least-squares prediction from the first i examples (``reference.tasks``), or
+                   ``None`` (no regression prompt).
+    explanation:   for a real model, ``models.minilm.explain_layer``'s ``LayerExplanation`` of the layer shown (the
+                   tokens that moved W most, ``‖ΔW‖/‖W‖`` against a random layer), or ``None``.
     residual:      whether the block has a residual around the MLP (every kind but ``plain``), so that the query
                    alone reproduces the output with context only with ``W + ΔW_i`` *and* ``b_out + Δb_i``
                    (P2; ``Δb_i = r_i − r`` is ``trajectory.delta_b[i]``). ``False`` requires every ``Δb_i = 0``.
@@ -71,6 +76,9 @@ class WalkthroughData:
     target_label: str = "true target"
     notes: tuple[str, ...] = field(default=())
     residual: bool = False
+    token_meaning: str = ""
+    least_squares: np.ndarray | None = None
+    explanation: object | None = None
 
     def __post_init__(self):
         n = self.trajectory.n
@@ -106,6 +114,45 @@ class WalkthroughData:
             raise IndexError(f"the step ΔW_i − ΔW_(i−1) needs 1 <= i <= {self.n}, got {i}")
         return -self.trajectory.h * self.trajectory.gradient(i - 1)
 
+    # --- step i: the update that consumed c_i (the one step convention of every panel) ----------------------------
+
+    def gd_step(self, i: int) -> tuple[float, float, float]:
+        """Step ``i`` (``1 ≤ i ≤ n``), the one that consumed ``c_i``: ``W_i = W_(i−1) − h ∇L_(i−1)(W_(i−1))``
+        (P1 Prop. 3.1). Returns ``(L_(i−1)(W_(i−1)), ‖∇L_(i−1)‖, ‖ΔW_i − ΔW_(i−1)‖)`` from the trajectory."""
+        if not 1 <= i <= self.n:
+            raise IndexError(f"step i consumed c_i: it needs 1 <= i <= {self.n}, got {i}")
+        t = self.trajectory
+        return float(t.loss[i - 1]), float(t.grad_norm[i - 1]), float(t.step_norm[i - 1])
+
+    def curves(self, which: str) -> dict[str, np.ndarray]:
+        """The curves of one panel over ``i = 0..n``, each indexed by the step ``i`` (``nan`` where undefined):
+
+        ``"norm"``: ``‖ΔW_i‖``; ``"step"``: ``‖ΔW_i − ΔW_(i−1)‖`` (none at i = 0); ``"rel"``: that over
+        ``‖ΔW_(i−1)‖`` (none at i ≤ 1); ``"pred"``: the prediction ŷ with ``c_1..c_i`` (``"model"`` and
+        ``"baseline"``), the least-squares prediction from the same ``i`` examples and the truth (readout only).
+        Keys: ``"model"``, ``"baseline"`` (when there is one), and for ``"pred"`` ``"least squares"``, ``"truth"``."""
+        if which == "pred":
+            return self.prediction_curves()
+        out = {"model": curve_series(self.trajectory, which)}
+        if self.baseline is not None:
+            out["baseline"] = curve_series(self.baseline, which)
+        return out
+
+    def prediction_curves(self) -> dict[str, np.ndarray]:
+        """ŷ over ``i = 0..n`` (``T_W(c_1..c_i, x)`` at the readout) for the model and the untrained baseline, the
+        least-squares prediction ``ŵ_i · x_q`` from the same examples (``reference.tasks.least_squares_predictions``)
+        and the truth; empty without a readout."""
+        if self.readout is None:
+            return {}
+        out = {"model": self.trajectory.pred_context[:, self.readout]}
+        if self.baseline is not None:
+            out["baseline"] = self.baseline.pred_context[:, self.readout]
+        if self.least_squares is not None:
+            out["least squares"] = self.least_squares
+        if self.target is not None:
+            out["truth"] = np.full(self.n + 1, self.target)
+        return out
+
     # --- the check (P1 §4 / THEORY §10.13) ---------------------------------------------------------------------
 
     def prediction_context(self, i: int) -> float | None:
@@ -135,6 +182,17 @@ class WalkthroughData:
     def output_error(self, i: int) -> float:
         """``max |T_W(c_1..c_i, x) − T_{W+ΔW_i}(x)|`` over every output coordinate (``Trajectory.prediction_error``)."""
         return float(self.trajectory.prediction_error[i])
+
+
+def curve_series(t: Trajectory, which: str) -> np.ndarray:
+    """One trajectory's curve over ``i = 0..n`` indexed by the step ``i`` that consumed ``c_i`` (see ``curves``)."""
+    if which == "norm":
+        return t.delta_W_norm
+    if which == "step":
+        return np.concatenate([[np.nan], t.step_norm])               # step i = ΔW_i − ΔW_(i−1): none at i = 0
+    if which == "rel":
+        return np.concatenate([[np.nan], t.relative_change])         # over ‖ΔW_(i−1)‖: nan at i ≤ 1 (ΔW_0 = 0)
+    raise ValueError(f"which must be 'norm', 'step', 'rel' or 'pred', got {which!r}")
 
 
 # --- builders -----------------------------------------------------------------------------------------------------
@@ -193,6 +251,7 @@ def regression_data(params: dict, cfg: BlockConfig, *, n_tokens: int = DEFAULT_T
         source=f"{source} · {backend_label(backend)}",
         token_labels=tuple(f"{y_k:+.2f}" for y_k in y),
         token_values=tuple(f"x = {_vector(x_k)}, y = ⟨w, x⟩ = {y_k:+.3f}" for x_k, y_k in zip(x, y)),
+        token_meaning="numbers: y values, y_k = ⟨w, x_k⟩",
         query_value=f"x_q = {_vector(prompt.x_query[0])}, y slot 0",
         trajectory=traj,
         baseline=base,
@@ -203,6 +262,7 @@ def regression_data(params: dict, cfg: BlockConfig, *, n_tokens: int = DEFAULT_T
         target=float(prompt.target[0]),
         target_label="⟨w, x_q⟩",
         residual=cfg.kind != "plain",
+        least_squares=least_squares_predictions(prompt.x, prompt.y, prompt.x_query)[0],
     )
 
 

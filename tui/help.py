@@ -18,12 +18,18 @@ In a block with a residual around the MLP (every kind but plain; a real model's 
 with the context too, so the MLP's output bias takes it: b_out + Δb_i, Δb_i = r_i − r (Innocenti & Achour 2025).
 There the check compares with T_(W+ΔW_i, b+Δb_i)(x) and shows ‖Δb_i‖; W + ΔW_i alone would not reproduce it.
 
-[b]Panels[/b]
-  prompt    the context tokens (✓ consumed, ▶ highlighted: the current one c_i) and the fixed query
-  heatmap   ΔW_i (or, with s, the step ΔW_i − ΔW_(i−1)), block-averaged to fit; its factors u_i and a
+[b]Panels[/b]   step i is the step that consumed c_i, ΔW_i − ΔW_(i−1): every panel numbers it so
+  prompt    the context tokens (✓ consumed, ▶ the current one c_i) and the fixed query; on a regression
+            prompt the number on token k is its y value, y_k = ⟨w, x_k⟩
+  heatmap   ΔW_i (or, with s, step i: ΔW_i − ΔW_(i−1)), block-averaged to fit; its factors u_i and a
   check     the output with i tokens of context vs the query alone with the update: equal up to round-off
-  GD view   W_(i+1) = W_i − h ∇L_i(W_i), h = 1/‖a‖², L_i(W) = tr(Δ_iᵀ W)  (P1 Prop. 3.1)
-  curves    ‖ΔW_i‖, ‖ΔW_(i+1) − ΔW_i‖ and their ratio over all i, with an untrained block of the same shape
+  GD view   step i: W_i = W_(i−1) − h ∇L_(i−1)(W_(i−1))  (P1 Prop. 3.1), where
+              h = 1/‖a‖²: the step size, the same for every step, set by the query alone
+              L_i(W) = tr(Δ_iᵀ W): a loss linear in W (Δ_i = W(a_i − a_(i+1))aᵀ); its step adds c_(i+1)
+  curves    ‖ΔW_i‖, step i's size ‖ΔW_i − ΔW_(i−1)‖, its ratio to ‖ΔW_(i−1)‖, and ŷ with c_1..c_i against
+            the truth and the least-squares fit of the same i examples; each beside an untrained block
+  tokens    (--model) which tokens move W most: ‖ΔW({c_j})‖, the update removing c_j alone; ‖ΔW‖/‖W‖ against
+            a random layer of the same shapes and weight scale
 
 [b]Read it honestly[/b] (THEORY §8)
   • The identity is algebra: it holds for any block, trained or random, so the check shows only the round-off

@@ -15,6 +15,8 @@ from . import view
 
 MODEL_COLOUR = "#ffd75f"
 BASELINE_COLOUR = "#8aa0c8"
+LSQ_COLOUR = "#87d787"
+TRUTH_COLOUR = "#d0d0d0"
 
 
 class PromptTokens(Widget):
@@ -24,12 +26,38 @@ class PromptTokens(Widget):
     window of rows that contains the current token is shown.
     """
 
-    CHIP = 12           # cells per chip
+    MAX_CHIP = 12       # cells per chip at most: "✓ 12 " and the label, cut to fit
     GAP = 1
     MAX_ROWS = 5
 
+    @property
+    def CHIP(self) -> int:
+        """Cells per chip: as narrow as the longest label allows (so that more tokens fit), at most ``MAX_CHIP``."""
+        widest = max((len(label) for label in self.app.data.token_labels), default=1)
+        return min(len(f"✓{self.app.data.n:>3} ") + widest, self.MAX_CHIP)
+
     def columns(self) -> int:
         return max((self.content_size.width + self.GAP) // (self.CHIP + self.GAP), 1)
+
+    def update(self) -> None:
+        """Redraw, and title the prompt panel: what the labels are, and which rows show when not all fit."""
+        d = self.app.data
+        self.parent.border_title = " · ".join(part for part in (
+            f"prompt c_1..c_{d.n} (click a token), fixed query x", d.token_meaning, self.hidden()) if part)
+        self.refresh()
+
+    def on_resize(self) -> None:
+        self.update()
+
+    def hidden(self) -> str:
+        """``""`` when every token is shown, else which chip rows are (the window follows the current token)."""
+        if not self.content_size.width:
+            return ""                                                 # not laid out yet
+        cols, first, shown = self.window()
+        total = -(-self.app.data.n // cols)
+        if shown >= total:
+            return ""
+        return f"rows {first + 1}–{first + shown} of {total} shown (scrolls)"
 
     def window(self) -> tuple[int, int, int]:
         """``(columns, first_row, rows_shown)`` for the current width and step."""
@@ -161,22 +189,27 @@ class HeatmapPanel(Widget):
 
 
 class CurvePanel(Widget):
-    """One curve over all steps i = 0..n, model vs untrained baseline, the current i marked."""
+    """One quantity over all steps i = 0..n (``WalkthroughData.curves``), model vs untrained baseline, the current i
+    marked; its title gives the values at i with the step index written out."""
+
+    COLOURS = {"model": MODEL_COLOUR, "baseline": BASELINE_COLOUR, "least squares": LSQ_COLOUR,
+               "truth": TRUTH_COLOUR}
 
     def __init__(self, which: str, **kwargs):
         super().__init__(**kwargs)
         self.which = which
 
-    def series(self, t) -> np.ndarray:
-        """The curve over x = 0..n from a trajectory (padded with nan where undefined)."""
-        if self.which == "norm":
-            return t.delta_W_norm
-        values = t.step_norm if self.which == "step" else t.relative_change
-        return np.append(values, np.nan)                              # no step after i = n
+    def shown(self) -> dict[str, np.ndarray]:
+        """The curves drawn now: ``data.curves(which)`` less the baseline when it is switched off."""
+        app = self.app
+        curves = app.data.curves(self.which)
+        if not app.show_baseline:
+            curves.pop("baseline", None)
+        return curves
 
     def render(self):
         app = self.app
-        key = (app.i, app.show_baseline, self.content_size)
+        key = (id(app.data), app.i, app.show_baseline, self.content_size)
         if getattr(self, "_cache", (None,))[0] != key:
             self._cache = (key, self._draw())
         return self._cache[1]
@@ -185,10 +218,8 @@ class CurvePanel(Widget):
         app = self.app
         data, i = app.data, app.i
         width, height = self.content_size
-        series = [(self.series(data.trajectory), MODEL_COLOUR)]
-        if app.show_baseline and data.baseline is not None:
-            series.append((self.series(data.baseline), BASELINE_COLOUR))
-        log = self.which != "norm"
+        series = [(values, self.COLOURS[name]) for name, values in self.shown().items()]
+        log = self.which in ("step", "rel")
         plot_w, plot_h = max(width - 8, 4), max(height - 1, 1)
         lines, (lo, hi) = view.braille_plot(series, plot_w, plot_h, n_points=data.n + 1, marker=i, log=log)
         out = []
@@ -198,3 +229,34 @@ class CurvePanel(Widget):
         x_axis = f"i = 0{'(log y)' if log else '':^{max(plot_w - 5 - len(str(data.n)), 0)}}{data.n}"
         out.append(Text(" " * 8 + x_axis[:plot_w], style="dim"))
         return Group(*out)
+
+    def update_titles(self) -> None:
+        """Border title: the model's value at the current step ``i`` (indices written out, its colour the legend);
+        subtitle: the other curves' values at ``i``, each in its colour."""
+        app = self.app
+        d, i, curves = app.data, app.i, self.shown()
+        truth = f" [{TRUTH_COLOUR}]━ truth {view.fmt_norm(curves['truth'][i])}[/]" if "truth" in curves else ""
+        self.border_title = f"[{MODEL_COLOUR}]━[/] " + curve_title(self.which, i, curves) + truth
+        legend = []
+        if "least squares" in curves:
+            legend.append(f"[{LSQ_COLOUR}]━ least sq. {view.fmt_norm(curves['least squares'][i])}[/]")
+        if "baseline" in curves:
+            legend.append(f"[{BASELINE_COLOUR}]━ {d.baseline_short} {view.fmt_norm(curves['baseline'][i])}[/]")
+        else:
+            legend.append("[dim]no baseline for this model[/]" if d.baseline is None else "[dim]baseline off (b)[/]")
+        self.border_subtitle = " ".join(legend)
+        self.refresh()
+
+
+def curve_title(which: str, i: int, curves: dict[str, np.ndarray]) -> str:
+    """A curve panel's title at step ``i``: what is plotted, with ``i`` written out, and the model's value."""
+    value = view.fmt_norm(curves["model"][i]) if "model" in curves else "—"
+    if which == "norm":
+        return f"‖ΔW_{i}‖ = {value}"
+    if which == "pred":
+        return f"ŷ(c_1..c_{i}) = {value}" if i else f"ŷ(no context) = {value}"
+    if i == 0:
+        return "no step at i = 0"
+    if which == "step":
+        return f"‖ΔW_{i} − ΔW_{i - 1}‖ = {value}"
+    return f"step {i}/‖ΔW_{i - 1}‖ = {value}"
