@@ -249,12 +249,14 @@ def _position_check(s: Scenario, query: str):
 
 
 def positions_own(s: Scenario):
-    """[P2 Thm 1, own token] Block_{W+ΔW_i, b+Δb_i}([Z_i]) = Block(Z)_i at every position."""
+    """[ours: P2's identity (THEORY §3b) with position i's own token as the query] Block_{W+ΔW_i, b+Δb_i}([Z_i]) =
+    Block(Z)_i at every position. P2's own convention is the last token (:func:`positions_last`)."""
     return _position_check(s, "own")
 
 
 def positions_last(s: Scenario):
-    """[P2 Thm 1, P2's convention] Block_{W+ΔW_i, b+Δb_i}([x]) = Block(Z)_i at every position, x = last token."""
+    """[P2, THEORY §3b: formulas from P2's code; "Theorem 1" only in a secondary summary] Block_{W+ΔW_i, b+Δb_i}([x])
+    = Block(Z)_i at every position, x = the last token (P2's convention)."""
     return _position_check(s, "last")
 
 
@@ -277,8 +279,9 @@ def token_alignment(s: Scenario):
 
 
 def stack_composition(s: Scenario):
-    """[P2 §3c, §10.18] Each block's identity holds with its input H^{ℓ−1}; all last-token updates at once on the
-    query alone reproduce the final last-token output."""
+    """[THEORY §3c, §10.18] Each block's identity holds with its input H^{ℓ−1} (P2, block by block); all last-token
+    updates at once on the query alone reproduce the final last-token output (the composition is our check, not
+    P2's statement)."""
     H = model_forward(s.stack, s.cfg, s.Z)
     ups = model_updates(s.stack, s.cfg, s.Z)
     err = 0.0
@@ -305,12 +308,21 @@ CHECKS = {
     "factorised dynamics (App B)": factorised_dynamics,
     "trajectory = per-prefix updates": trajectory_matches_updates,
     "subsets: one pass = re-runs": subsets_match_reruns,
-    "P2 every position (own)": positions_own,
-    "P2 every position (last)": positions_last,
+    "every position, own token (ours)": positions_own,
+    "every position, last token (P2)": positions_last,
     "rank(Σ_i ΔW_i)=1": sum_rank_one,
     "token alignment = cos(u_i,u_j)": token_alignment,
-    "stack composition (3 blocks)": stack_composition,
+    "stack composition (3 blocks, ours)": stack_composition,
 }
+
+#: What every check above tests, and what none of them does: said by ``verify`` and by the reproduction report.
+ALGEBRA_ONLY = ("These identities test the update's algebra: they hold for any block, a wrongly implemented one "
+                "included, so they do not check that the forward pass computes the right function.")
+FORWARD_CHECKED = ("The forward pass is checked elsewhere: the MiniLM loader against HF `BertModel` "
+                   "(`tests/test_minilm_real.py`) and an independent BERT (`tests/test_minilm_offline.py`), the GPT-2 "
+                   "converter against HF `GPT2Model` (`tests/test_gpt2_converter.py`), and the reference's attention "
+                   "and blocks against torch's `scaled_dot_product_attention` in the torch backend "
+                   "(`tests/test_reference_layers.py`, `tests/conformance/`).")
 
 #: checks whose "error" must exceed the tolerance rather than stay below it
 MUST_EXCEED = {"query dependence (err>tol)"}

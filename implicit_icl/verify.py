@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+import textwrap
 import time
 
 HELP = "check every identity of the theorem on random blocks of every kind (exit 1 if any fails)"
@@ -10,11 +11,14 @@ DESCRIPTION = """\
 Build random blocks of every kind (plain, p1-skip, residual, pre-ln, post-ln) at several sizes, seeds and context
 lengths, with and without a removed subset Y, and check each identity of THEORY.md §10 in float64:
 
-  T_{W+ΔW(Y)}(C\\Y, x) = T_W(C, x),   ΔW(Y) = W ΔA(Y) aᵀ/‖a‖²  (P1 Thm 2.2, P2 Thm 1)
+  T_{W+ΔW(Y)}(C\\Y, x) = T_W(C, x),   ΔW(Y) = W ΔA(Y) aᵀ/‖a‖²  (P1 Thm 2.2; P2's generalisation, THEORY §3b)
 
 plus rank 1, the norm identities, minimum norm, the GD recursion (P1 Prop. 3.1), the factorised dynamics
-(P1 App. B), every position (P2) and stacks of blocks. Tolerance: 1e-12 × (1 + scale of the values compared).
-The identity is exact by algebra: these checks guard the code, they are not evidence of learning.
+(P1 App. B), every position (P2's convention, the last token as query, and ours, each token's own) and the
+composition of every block's last-token update through a stack (ours, THEORY §3c). Tolerance: 1e-12 × (1 + scale
+of the values compared). The identity is exact by algebra: these checks guard the code, they are not evidence of
+learning. They test the update's algebra and hold for any block, a wrongly implemented one included; the forward
+pass is checked against HF BertModel, HF GPT2Model and torch's scaled_dot_product_attention by the test suite.
 
 Examples:
   implicit-icl verify                             every kind, two seeds per shape (~2 s)
@@ -68,7 +72,7 @@ def scenarios(kinds, seeds: int):
 
 
 def run(args) -> int:
-    from implicit_icl.identities import CHECKS, MUST_EXCEED, run_check
+    from implicit_icl.identities import ALGEBRA_ONLY, CHECKS, FORWARD_CHECKED, MUST_EXCEED, run_check
     from implicit_icl.reference import KINDS
 
     kinds = args.kind or list(KINDS)
@@ -116,6 +120,7 @@ def run(args) -> int:
           f"{time.perf_counter() - t0:.1f} s: {'all passed' if ok else f'{n_fail} FAILED'}.", file=out)
     print("'query dependence' passes when x's update MISSES x′'s output by more than tol (updates depend on the query).",
           file=out)
+    print(textwrap.fill(ALGEBRA_ONLY, 116) + "\n" + textwrap.fill(FORWARD_CHECKED, 116), file=out)
     if args.json:
         # rows: name, kind, scenario, max_abs_err, tol, ok (and error, for a check that raised)
         finite = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()} for r in rows]  # no NaN

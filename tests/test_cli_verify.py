@@ -20,6 +20,23 @@ def test_verify_passes_and_writes_json(tmp_path, capsys):
     assert {c["kind"] for c in data["checks"]} == {"plain", "p1-skip", "residual", "pre-ln", "post-ln"}
 
 
+def test_verify_says_it_checks_the_algebra_and_names_the_forward_checks(capsys):
+    """The identities hold for any block, so verify says so and names where the forward pass is checked; every
+    test file it names exists and compares with the model it names."""
+    import re
+    from pathlib import Path
+
+    assert main(["verify", "--seeds", "1", "--kind", "plain"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "test the update's algebra" in text and "hold for any block" in text
+    assert "BertModel" in text and "GPT2Model" in text and "scaled_dot_product_attention" in text
+    root = Path(__file__).resolve().parents[1]
+    named = re.findall(r"`(tests/[^`]+)`", identities.FORWARD_CHECKED)
+    assert len(named) == 5 and all((root / p).exists() for p in named)
+    assert "BertModel" in (root / "tests/test_minilm_real.py").read_text()
+    assert "GPT2Model" in (root / "tests/test_gpt2_converter.py").read_text()
+
+
 def test_verify_exits_nonzero_when_a_check_fails(monkeypatch, capsys):
     from implicit_icl.reference import Update, implicit_update
 

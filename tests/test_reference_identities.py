@@ -30,8 +30,8 @@ def test_fact_holds(kind, shape, check):
 # --- property tests over random shapes: d_model = 1, one head, many heads, contexts of length 1 … 1000 ---------
 
 FAST_CHECKS = ["thm2.2 remove subset Y", "corollary Y=C", "rank(ΔW)=1", "‖ΔW‖_F=‖ΔW‖_2=‖u‖/‖a‖",
-               "minimum-norm (lstsq) + null space", "pre-activations equal", "P2 every position (last)",
-               "stack composition (3 blocks)"]
+               "minimum-norm (lstsq) + null space", "pre-activations equal", "every position, last token (P2)",
+               "stack composition (3 blocks, ours)"]
 
 
 @st.composite
@@ -58,7 +58,7 @@ def test_identities_property(cfg, n, seed):
 def test_long_context_1000(kind):
     """A context of 1000 tokens: the identities still hold to the same relative tolerance."""
     s = make_scenario(BlockConfig(d_model=6, d_mlp=16, n_heads=2, kind=kind, activation="gelu"), n=1000, seed=3)
-    for check in ["thm2.2 remove subset Y", "corollary Y=C", "P2 every position (last)", "rank(ΔW)=1"]:
+    for check in ["thm2.2 remove subset Y", "corollary Y=C", "every position, last token (P2)", "rank(ΔW)=1"]:
         row = run_check(check, s)
         assert row["ok"], f"{check}: {row['max_abs_err']:.3e} > {row['tol']:.1e}"
 

@@ -30,7 +30,7 @@ def no_bias_update(params, cfg, context, query, remove=None):
     return Update(u=good.u, a=good.a, delta_b=np.zeros_like(good.delta_b))
 
 
-IDENTITY_CHECKS = ["thm2.2 remove subset Y", "corollary Y=C", "stack composition (3 blocks)"]
+IDENTITY_CHECKS = ["thm2.2 remove subset Y", "corollary Y=C", "stack composition (3 blocks, ours)"]
 
 
 @pytest.mark.parametrize("mutant", [right_factor_a_C, sign_flipped])
