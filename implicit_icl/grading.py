@@ -127,11 +127,11 @@ def call(student, name: str, *args, **kwargs):
     except GradingFailure:
         raise
     except SystemExit as exc:     # sys.exit() / exit() in the student's code must not end the grading as a pass
-        raise GradingFailure(f"`{name}` returns a value (without exiting)", got=f"it called sys.exit({exc.code!r})",
+        raise GradingFailure(f"`{name}` returns a value (without exiting)",
+                             got=f"it called sys.exit({exc.code!r}){_where(exc, where)}",
                              hint="remove the sys.exit() / exit() / quit() call: return the result") from None
     except Exception as exc:  # a crash in the student's code: show where
-        frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == where]
-        at = f" (line {frames[-1].lineno}: {frames[-1].line})" if frames else ""
+        at = _where(exc, where)
         in_place = isinstance(exc, ValueError) and "read-only" in str(exc)
         raise GradingFailure(
             f"`{name}` leaves its inputs unchanged" if in_place else f"`{name}` runs without error",
@@ -145,6 +145,12 @@ def call(student, name: str, *args, **kwargs):
         raise GradingFailure(f"`{name}` leaves its inputs unchanged", got=f"it changed {changed} in place",
                              hint=IN_PLACE_HINT)
     return result
+
+
+def _where(exc: BaseException, filename: str) -> str:
+    """`` (in `f`, line N: code)`` for the last frame of ``exc``'s traceback in the student's file, or ``""``."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == filename]
+    return f" (in `{frames[-1].name}`, line {frames[-1].lineno}: {frames[-1].line})" if frames else ""
 
 
 def call_returning(student, name: str, names: tuple[str, ...], *args, **kwargs) -> tuple:
@@ -726,8 +732,11 @@ def grade(exercise_dir: str | os.PathLike, target: str | os.PathLike | None = No
             elif kind == "end":
                 break
     except KeyboardInterrupt:
-        what = (f"check {running[0]}: {running[2]} [{running[1]}]" if running else "before the first check")
-        raise GradingInterrupted(f"interrupted during {what}") from None
+        if running:
+            what = f"check {running[0]}: {running[2]} [{running[1]}]" if running[0] else running[2]
+        else:
+            what = f"after check {results[-1].number}" if results else "before the first check"
+        raise GradingInterrupted(f"interrupted {'during ' if running else ''}{what}") from None
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -742,8 +751,8 @@ def grade(exercise_dir: str | os.PathLike, target: str | os.PathLike | None = No
         print("\n".join(result_lines(failure)), file=out, flush=True)
         for number, (name, description) in enumerate(plan, 1):
             if number > failure.number:
-                results.append(CheckResult(name, description, False, f"not run: grading stopped at check "
-                                                                     f"{failure.number}", [], number))
+                at = f"check {failure.number}" if failure.number else "the import of your file"
+                results.append(CheckResult(name, description, False, f"not run: grading stopped at {at}", [], number))
                 print("\n".join(result_lines(results[-1])), file=out, flush=True)
     print("\n".join(summary_lines(results, expected=len(plan))), file=out, flush=True)
     return results
@@ -754,7 +763,8 @@ def grade(exercise_dir: str | os.PathLike, target: str | os.PathLike | None = No
 
 def result_lines(r: CheckResult) -> list[str]:
     """One check's lines in a report: PASS/FAIL, its number and description, the message if it failed, its notes."""
-    lines = [f"  {'PASS' if r.passed else 'FAIL'}  {r.number or '-'}. {r.description}  [{r.name}]"]
+    number = f"{r.number}. " if r.number else ""                      # 0: importing the file, before check 1
+    lines = [f"  {'PASS' if r.passed else 'FAIL'}  {number}{r.description}  [{r.name}]"]
     if not r.passed:
         lines.extend("        " + ln for ln in r.message.splitlines())
     lines.extend("        note: " + n.replace("\n", "\n              ") for n in r.notes)
@@ -768,13 +778,14 @@ def summary_lines(results: list[CheckResult], expected: int | None = None) -> li
     """The verdict: all passed (only when all ``expected`` checks reported), or where to start; and the command that
     prints each THEORY section the failures and notes cite."""
     n_pass = sum(r.passed for r in results)
-    total = len(results) if expected is None else max(expected, len(results))
+    total = max(expected or 0, sum(r.number != 0 for r in results))
     lines = [""]
     if results and n_pass == total:
         lines.append(f"All {total} checks passed. Well done: now read 'What to observe' in the README.")
     else:
         first = next((r for r in results if not r.passed), None)
-        start = f" Start with the first failure: check {first.number}, {first.description}." if first else ""
+        which = f"check {first.number}, " if first and first.number else ""
+        start = f" Start with the first failure: {which}{first.description}." if first else ""
         lines.append(f"{n_pass}/{total} checks passed.{start}")
     cited = dict.fromkeys(m for r in results for text in (r.description, r.message if not r.passed else "", *r.notes)
                           for m in THEORY_CITE.findall(text))
