@@ -448,3 +448,26 @@ def test_h_and_l_are_explained_where_they_appear_and_in_the_help(data):
     assert "L_i(W) = tr(Δ_iᵀ W): a loss linear in W" in flat
     assert "the number on token k is its y value, y_k = ⟨w, x_k⟩" in flat
     assert "step i is the step that consumed c_i, ΔW_i − ΔW_(i−1)" in flat
+
+
+def test_ctrl_c_quits(data):
+    """Issue 17: Ctrl-C quits the walkthrough as a terminal user expects (Textual's default only says "ctrl+q")."""
+    app = WalkthroughApp(data)
+
+    async def body(pilot):
+        await pilot.press("ctrl+c")
+        await pilot.pause()
+        assert not app.is_running
+    run(app, body)
+
+
+def test_ctrl_c_quits_from_the_help_too(data):
+    app = WalkthroughApp(data)
+
+    async def body(pilot):
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("ctrl+c")
+        await pilot.pause()
+        assert not app.is_running
+    run(app, body)

@@ -331,3 +331,19 @@ def test_no_terminal_unless_both_streams_are_one(monkeypatch, stdin_tty, stdout_
     monkeypatch.setattr(command.sys, "stdin", Stream(stdin_tty))
     monkeypatch.setattr(command.sys, "stdout", Stream(stdout_tty))
     assert command.interactive_terminal() is expected
+
+
+@pytest.mark.parametrize("size", ["3000x3000", "100000x100000", "401x45", "140x201"])
+def test_size_has_a_maximum(capsys, tmp_path, size):
+    """Issue 17 item 8: ``--size 3000x3000`` ran for minutes and took gigabytes; above 400x200 it is one line."""
+    out = tmp_path / "x.txt"
+    code, _, err = call(capsys, "--random", "--export", str(out), "--size", size)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "--size" in err and "at most 400x200" in err and not out.exists()
+
+
+def test_size_maximum_is_accepted(capsys, tmp_path):
+    out = tmp_path / "big.txt"
+    code, _, _ = call(capsys, "--random", "--tokens", "5", "--export", str(out), "--size", "400x200")
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert code == 0 and len(lines) == 200 and max(len(line) for line in lines) == 400

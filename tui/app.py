@@ -81,6 +81,7 @@ class WalkthroughApp(App):
         Binding("s", "toggle_step", "ΔW / step"),
         Binding("question_mark", "help", "help", key_display="?"),
         Binding("q", "quit", "quit"),
+        Binding("ctrl+c", "quit", "quit", show=False, priority=True),     # as a terminal user expects (issue 17)
     ]
 
     i: reactive[int] = reactive(0, init=False)

@@ -37,6 +37,7 @@ space play/pause, b baseline, s step view, ? help, q quit; click a token.
 """
 
 DEFAULT_EXPORT_SIZE = (140, 45)
+MAX_EXPORT_SIZE = (400, 200)      # --size at most (columns, lines): larger renders take minutes and gigabytes
 
 
 def add_arguments(parser) -> None:
@@ -68,7 +69,8 @@ def add_arguments(parser) -> None:
                              "existing file is replaced only if it is such an export")
     parser.add_argument("--force", action="store_true", help="let --export replace a file that is not an export")
     parser.add_argument("--size", default=None, metavar="WxH",
-                        help=f"--export size in cells (default: {DEFAULT_EXPORT_SIZE[0]}x{DEFAULT_EXPORT_SIZE[1]})")
+                        help=f"--export size in cells (default: {DEFAULT_EXPORT_SIZE[0]}x{DEFAULT_EXPORT_SIZE[1]}; "
+                             f"at most {MAX_EXPORT_SIZE[0]}x{MAX_EXPORT_SIZE[1]})")
 
 
 def fail(message: str) -> int:
@@ -85,6 +87,8 @@ def parse_size(text: str | None) -> tuple[int, int]:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise ValueError(f"--size must look like 140x45, got {text!r}") from None
+    if w > MAX_EXPORT_SIZE[0] or h > MAX_EXPORT_SIZE[1]:
+        raise ValueError(f"--size {w}x{h} is too large: at most {MAX_EXPORT_SIZE[0]}x{MAX_EXPORT_SIZE[1]} cells")
     if w < COMPACT_MIN[0] or h < COMPACT_MIN[1]:
         raise ValueError(f"--size {w}x{h} is too small: the walkthrough needs at least "
                          f"{COMPACT_MIN[0]}x{COMPACT_MIN[1]} (below {MIN_SIZE[0]}x{MIN_SIZE[1]} in its compact layout)")
