@@ -319,7 +319,7 @@ CHECKS = {
 ALGEBRA_ONLY = ("These identities test the update's algebra: they hold for any block, a wrongly implemented one "
                 "included, so they do not check that the forward pass computes the right function.")
 FORWARD_CHECKED = ("The forward pass is checked elsewhere: the MiniLM loader against HF `BertModel` "
-                   "(`tests/test_minilm_real.py`) and an independent BERT (`tests/test_minilm_offline.py`), the GPT-2 "
+                   "(`tests/test_minilm_real.py`) and an independent BERT (`tests/test_minilm_offline.py`), the `gpt2` "
                    "converter against HF `GPT2Model` (`tests/test_gpt2_converter.py`), and the reference's attention "
                    "and blocks against torch's `scaled_dot_product_attention` in the torch backend "
                    "(`tests/test_reference_layers.py`, `tests/conformance/`).")
