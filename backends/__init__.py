@@ -48,10 +48,10 @@ class Backend(Protocol):
     def block_output(self, params, cfg, context, query): """``T_W(C, x)``, ``(…, d_model)``."""
     def implicit_update(self, params, cfg, context, query, remove=None): """P1 Thm 2.2: ``Update(u, a, delta_b)``."""
     def apply_update(self, params, update) -> dict: """``mlp.W += ΔW``, ``mlp.b_out += Δb``."""
-    def position_updates(self, params, cfg, Z, query: str = "own"): """P2 Thm 1: one update per position."""
+    def position_updates(self, params, cfg, Z, query: str = "own"): """P2 (THEORY §3b): one update per position."""
     def trajectory(self, params, cfg, context, query): """P1 Prop. 3.1 over every prefix: a ``Trajectory``."""
     def model_forward(self, model_params, model_cfg, Z) -> list: """Hidden states ``[H^0 … H^L]``."""
-    def model_updates(self, model_params, model_cfg, tokens) -> list: """Per-block last-token updates (P2 §3c)."""
+    def model_updates(self, model_params, model_cfg, tokens) -> list: """Per-block last-token updates (ours, THEORY §3c)."""
 
 
 # what get_backend requires of every backend: the attributes and methods of ``Backend`` above

@@ -2,7 +2,7 @@
 
 The prediction is the last coordinate of the (last block's) output at the query (P1 §4). "Via ΔW" runs the query
 **alone** through the model whose ``mlp.W`` (and ``mlp.b_out``) carry the implicit update of the whole context
-(P1 Thm 2.2 corollary; for a stack the per-block last-token updates of P2 §3c, which compose exactly).
+(P1 Thm 2.2 corollary; for a stack the per-block last-token updates of THEORY §3c, whose composition is ours).
 """
 from __future__ import annotations
 

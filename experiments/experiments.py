@@ -4,10 +4,13 @@
 - E2 (P1 Fig. 2): ``‖ΔW_{i+1} − ΔW_i‖`` and the relative change over i, trained against untrained (THEORY §8.5).
 - E3 (P1 Fig. 3): test loss after i examples: implicit update vs online SGD on ``mlp.W`` vs least squares,
   and the alignment of the two updates.
-- E4 (P2): per-block identity errors at every position, ``rank(Σ_i ΔW_i)``, token alignment.
-- E5 (a later P1 version, UNCONFIRMED; THEORY §5.4, §8.2): a query-independent "thought patch" ΔW(C) fitted by
-  least squares on K calibration queries, tested on new queries with the same context.
-- E6 (a later P1 version, UNCONFIRMED; THEORY §5.4, §8.5): the same step norms with an RNN as the contextual
+- E4 (P2, THEORY §3b): per-block identity errors at every position, ``rank(Σ_i ΔW_i)``, token alignment; the
+  composition of every block's last-token update is ours (THEORY §3c).
+- E5 (the "thought patch" of Mazzawi et al. 2025, arXiv 2510.08734; our least-squares fit; a summary of a later P1
+  version, THEORY §5.4, UNCONFIRMED; §8.2): a query-independent ΔW(C) fitted by least squares on K calibration
+  queries, tested on new queries with the same context.
+- E6 (ours; a summary of a later P1 version reports a similar contrast, THEORY §5.4, UNCONFIRMED; §8.5): the
+  same step norms with an RNN as the contextual
   layer, against softmax attention, both untrained: which layer makes the steps decay.
 
 E2–E4 use the float64 NumPy reference; E3's SGD and E5 run in torch float64, batched.

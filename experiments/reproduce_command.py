@@ -11,11 +11,12 @@ Train and run the experiments of P1 (Dherin et al.) and P2 (Innocenti & Achour) 
       validation predictions, float32 (torch) and re-checked in float64 (NumPy reference)
   E2  ||dW_{i+1} - dW_i|| and the relative change against i over 100 prompts, trained vs untrained (p1)
   E3  test loss against i: implicit update vs online SGD on mlp.W vs least squares; update alignment (p1)
-  E4  the p2 stack: per-block identity errors at every position, rank(sum_i dW_i), token alignment
+  E4  the p2 stack (residual blocks): per-block identity errors at every position (P2), rank(sum_i dW_i),
+      token alignment, all last-token updates composed (ours)
   E5  a query-independent dW(C) ("thought patch") fitted on K calibration queries, error on new queries
-      against K (p1; from a later P1 version, details UNCONFIRMED)
-  E6  step norms with an untrained RNN as the contextual layer vs untrained softmax attention (p1; a later
-      P1 version, UNCONFIRMED): which layer makes the steps decay
+      against K (p1; the thought patch of Mazzawi et al. 2025, arXiv 2510.08734; our least-squares fit)
+  E6  step norms with an untrained RNN as the contextual layer vs untrained softmax attention (p1; ours, a
+      later P1 version reportedly makes the same contrast, UNCONFIRMED): which layer makes the steps decay
 
 Writes PNG figures, report.json (every number) and report.md (generated from report.json) into OUT.
 --quick trains briefly (measured: 35-40 s on a 2-core CPU) and studies the bundled p1 model in E2/E3/E5; without

@@ -50,7 +50,7 @@ def head_with(params: dict, cfg: BlockConfig, a: torch.Tensor, r: torch.Tensor, 
 def predict_via_update(params: dict, cfg: BlockConfig, n_blocks: int, Z: torch.Tensor) -> torch.Tensor:
     """``ŷ`` from the query alone through ``W + ΔW(C)``, ``b_out + Δb`` in every block, ``(B,)``.
 
-    Each block's update comes from its input with context (P2 §3c): ``u = W (a_C − a_x)``,
+    Each block's update comes from its input with context (THEORY §3c): ``u = W (a_C − a_x)``,
     ``ΔW = u a_xᵀ/‖a_x‖²`` formed as a matrix (so float32 round-off is that of the updated model),
     ``Δb = r_C − r_x``. The query-alone state ``x`` then flows through the updated blocks.
     """

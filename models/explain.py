@@ -34,7 +34,7 @@ i.i.d. N(mean, std) of the trained one, --baseline-seed S, default 0) with the s
 what is learned from what any such layer does: on "France is to Paris as Japan is to", layer 3, the update is
 about as large for the random layer (3.4 % of ‖W‖ vs 4.8 %), but only the trained layer puts half of the
 marginal movement on [CLS] (top share 49 % vs 18 %).
---all-layers gives one update per layer that composes exactly through the whole encoder (P2 §3c).
+--all-layers gives one update per layer that composes exactly through the whole encoder (our check, THEORY §3c).
 Cost: the marginals and the prefix dynamics come from one masked pass of layer L's attention row per subset of the
 context (float64 NumPy, checked against re-running the layer): well under a second for a sentence, a few seconds
 near the 512-token limit; --no-prefix skips the prefix part.

@@ -21,7 +21,7 @@ How the theorem reads on a bidirectional encoder (the choices this module makes)
 - The context is every other token of the layer input, ``[CLS]`` and ``[SEP]`` included: the model attends to
   them. ``T_W(x)`` runs the query's row alone (it attends only to itself); its position stays embedded in it.
 - The context rows are layer-ℓ states: layers ``< ℓ`` already mixed the whole text into every row, the query's
-  included. Removing a token "at layer ℓ" removes it from layer ℓ's attention only (P2 §3c's convention for a
+  included. Removing a token "at layer ℓ" removes it from layer ℓ's attention only (THEORY §3c's convention for a
   stack of blocks); ``explain_all_layers`` gives one update per layer that composes through the whole encoder.
 - The default query is the last real token before ``[SEP]`` (``France is to Paris as Japan is to`` → ``to``),
   the slot the paper's "next token" reading suggests; any position can be chosen.
@@ -386,7 +386,7 @@ class LayerExplanation:
       against token j's own layer output: ``‖T_{W+ΔW}(c_j) − H^{ℓ+1}[j]‖ / ‖T_W(c_j) − H^{ℓ+1}[j]‖``.
       Below 1: ΔW happens to move token j towards its output too; about 1 or more: it is of no use to j.
     - ``own_ratio[j]``: the control for ``transfer_ratio``: the same ratio with token j's *own* ``ΔW_j`` (the update
-      for query c_j, every other row as its context, P2's ``query="own"``; again without its ``Δb_j``) applied to
+      for query c_j, every other row as its context, our ``query="own"``; again without its ``Δb_j``) applied to
       its own row. Without ``Δb`` no ``ΔW`` reaches the output (the residual part ``r_C − r_x`` is missing), so
       even this stays well above 0; it is the level ``transfer_ratio`` is read against (THEORY §8.2).
     """
@@ -553,7 +553,7 @@ def _baseline(params: dict, cfg: BlockConfig, context, query, seed: int, margina
 
 @dataclass(frozen=True)
 class ModelExplanation:
-    """One update per layer for one query token, composing exactly through the whole encoder (P2 §3c).
+    """One update per layer for one query token, composing exactly through the whole encoder (ours, THEORY §3c).
 
     Layer ℓ's update removes every other token from layer ℓ's attention, with the query ``x^ℓ = H^ℓ[p]`` computed
     *with* context. Applying all of them and running the query's embedding alone (one token) through the six

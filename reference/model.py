@@ -1,4 +1,5 @@
-"""Stacks of blocks (P2 §3c): per-block last-token updates that compose exactly through the whole model."""
+"""Stacks of blocks (THEORY §3c): per-block last-token updates (P2, block by block) that compose exactly through the
+whole model (the composition is our check, not P2's statement)."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -58,7 +59,7 @@ def model_forward(model_params, model_cfg, Z) -> list[np.ndarray]:
 
 
 def model_updates(model_params, model_cfg, tokens) -> list[Update]:
-    """The last-token update of every block (P2 §3c).
+    """The last-token update of every block (P2 block by block; their composition is ours, THEORY §3c).
 
     Block ℓ's update comes from its input ``H^{ℓ−1}`` (computed *with* context): context ``H^{ℓ−1}_{1..N}``,
     query ``x^ℓ = H^{ℓ−1}_{N+1}``. Putting all of them in at once and running the last token alone

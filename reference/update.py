@@ -67,7 +67,7 @@ class Update:
 
 
 def update_from_taps(W, a_C, r_C, a_x, r_x) -> Update:
-    """The one update formula (P1 Thm 2.2, P1 App. A, P2 Thm 1), for every kind and every backend.
+    """The one update formula (P1 Thm 2.2, P1 App. A, P2's generalisation: THEORY §3b), for every kind and backend.
 
     ``u = W (a_C − a_x)``, ``ΔW = u a_xᵀ/‖a_x‖²`` (kept factored) and ``Δb_out = r_C − r_x``, where ``(a_C, r_C)`` are
     the query's taps with the context and ``(a_x, r_x)`` without it (or without the removed subset Y). Taps
@@ -109,7 +109,7 @@ def implicit_update(params: dict, cfg: BlockConfig, context, query, remove=None)
     """The update that removes the tokens ``Y = context[remove]`` (default: all of C) at the query.
 
     P1 Thm 2.2: ``T_W(C, x) = T_{W+ΔW(Y)}(C\\Y, x)`` with ``ΔW(Y) = W ΔA(Y) A(C\\Y,x)ᵀ / ‖A(C\\Y,x)‖²``,
-    generalised to every block kind through its taps (P1 App. A, P2 Thm 1): ``u = W(a_C − a_x)``,
+    generalised to every block kind through its taps (P1 App. A; P2, THEORY §3b): ``u = W(a_C − a_x)``,
     ``a = a_x`` and ``Δb_out = r_C − r_x``.
     """
     check_params(params, cfg)
@@ -145,9 +145,9 @@ def apply_update(params: dict, update: Update) -> dict:
 
 
 def position_updates(params: dict, cfg: BlockConfig, Z, query: str = "own") -> Update:
-    """One update per position of ``Z`` (P2 Thm 1), stacked: ``u`` is ``(T, d_mlp)``, ``a`` and ``delta_b`` ``(T, d)``.
+    """One update per position of ``Z`` (P2, THEORY §3b), stacked: ``u`` ``(T, d_mlp)``, ``a``, ``delta_b`` ``(T, d)``.
 
-    ``query="own"``: position i's update maps the token ``Z_i`` run *alone* onto ``block(Z)_i``.
+    ``query="own"`` (our convention): position i's update maps the token ``Z_i`` run *alone* onto ``block(Z)_i``.
     ``query="last"`` (P2's convention): it maps the last token ``x = Z_T`` run alone onto ``block(Z)_i``,
     so it also absorbs the swap ``Z_i → x`` (``Δz_i = Z_i − x`` enters the bias update).
     """
