@@ -148,9 +148,9 @@ def call(student, name: str, *args, **kwargs):
 
 
 def _where(exc: BaseException, filename: str) -> str:
-    """`` (in `f`, line N: code)`` for the last frame of ``exc``'s traceback in the student's file, or ``""``."""
+    """`` (line N in `f`: code)`` for the last frame of ``exc``'s traceback in the student's file, or ``""``."""
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == filename]
-    return f" (in `{frames[-1].name}`, line {frames[-1].lineno}: {frames[-1].line})" if frames else ""
+    return f" (line {frames[-1].lineno} in `{frames[-1].name}`: {frames[-1].line})" if frames else ""
 
 
 def call_returning(student, name: str, names: tuple[str, ...], *args, **kwargs) -> tuple:
