@@ -10,7 +10,8 @@ Train and run the experiments of P1 (Dherin et al.) and P2 (Innocenti & Achour) 
   E1  train, validation and "validation via dW" losses during training; the largest gap between the two
       validation predictions, float32 (torch) and re-checked in float64 (NumPy reference)
   E2  ||dW_{i+1} - dW_i|| and the relative change against i over 100 prompts, trained vs untrained (p1)
-  E3  test loss against i: implicit update vs online SGD on mlp.W vs least squares; update alignment (p1)
+  E3  test loss against i: implicit update vs online SGD on mlp.W vs least squares; update alignment and
+      its null (another task's SGD update), for every SGD learning rate of the grid (p1)
   E4  the p2 stack (residual blocks): per-block identity errors at every position (P2), rank(sum_i dW_i),
       token alignment, all last-token updates composed (ours)
   E5  a query-independent dW(C) ("thought patch") fitted on K calibration queries, error on new queries
