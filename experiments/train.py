@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -34,7 +35,8 @@ from pathlib import Path
 import numpy as np
 
 from implicit_icl import __version__
-from implicit_icl.checkpoint import CheckpointError, atomic_write_bytes, load_checkpoint, save_checkpoint
+from implicit_icl.checkpoint import (CheckpointError, atomic_write_bytes, is_optim_key, load_checkpoint,
+                                     save_checkpoint, stored_dtypes)
 from implicit_icl.reference.tasks import regression_prompts
 
 from .evaluate import validate, validation_prompts
@@ -45,18 +47,50 @@ METRICS = "metrics.jsonl"
 MODEL = "model.npz"
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
+LR_MAX = 1.0            # Adam moves every weight by about lr per step: above 1 a run diverges at once (1e39 overflowed)
+STATE_DTYPE = np.float32    # what a training checkpoint stores (the model and Adam's moments)
+
+
+def memory_needed(preset: Preset) -> tuple[int, int]:
+    """About how many bytes one training step and the validation need: float32 activations per prompt (H·T²
+    attention weights, the MLP's hidden layer twice, the projections; measured ~0.1 MB per p1 prompt, estimated
+    0.16 MB), doubled for the backward pass."""
+    cfg, T = preset.cfg, preset.n_points + 1
+    d_head = cfg.d_head or cfg.d_model // cfg.n_heads
+    per_prompt = 4 * max(preset.n_blocks, 1) * (cfg.n_heads * T * T + 2 * T * cfg.d_mlp
+                                                 + 4 * T * (cfg.n_heads * d_head + cfg.d_model))
+    return 2 * per_prompt * preset.batch_size, per_prompt * preset.val_prompts
+
+
+def machine_memory() -> int | None:
+    """This machine's physical memory in bytes (None where the system does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def memory_problem(preset: Preset) -> str | None:
+    """Why ``preset`` cannot run in this machine's memory (the options named), or None; checked before any file."""
+    total = machine_memory()
+    if not total:
+        return None
+    train_bytes, val_bytes = memory_needed(preset)
+    for needed, option, what in ((train_bytes, "--batch-size", "a training step"),
+                                 (val_bytes, "--val-prompts", "the validation")):
+        if needed > total:
+            return (f"{option} {getattr(preset, option[2:].replace('-', '_'))} with --n-points {preset.n_points}: "
+                    f"{what} would need about {needed / 2**30:.3g} GiB of memory, more than this machine's "
+                    f"{total / 2**30:.3g} GiB; lower {option} or --n-points")
+    return None
 
 
 def optim_key(name: str, slot: str) -> str:
-    """Where Adam's ``slot`` for the param ``name`` lives in the checkpoint (stack-compatible)."""
+    """Where Adam's ``slot`` for the param ``name`` lives in the checkpoint (stack-compatible; ``is_optim_key``)."""
     if name.startswith("blocks."):
         _, l, rest = name.split(".", 2)
         return f"blocks.{l}.optim.{slot}.{rest}"
     return f"optim.{slot}.{name}"
-
-
-def is_optim_key(key: str) -> bool:
-    return key.startswith("optim.") or (key.startswith("blocks.") and key.split(".", 2)[2].startswith("optim."))
 
 
 def model_only(params: dict) -> dict:
@@ -102,8 +136,12 @@ def _read_metrics(path: Path, upto_step: int) -> list[dict]:
 
 
 def train(preset: Preset, out_dir, seed: int = 0, resume: bool = False, progress: bool = True,
-          threads: int | None = None, stop_after: int | None = None, log=None) -> TrainResult:
-    """Train ``preset`` into ``out_dir``; with ``resume`` continue from ``out_dir/checkpoint.npz``.
+          threads: int | None = None, stop_after: int | None = None, log=None, overwrite: bool = False) -> TrainResult:
+    """Train ``preset`` into ``out_dir``; with ``resume`` continue from ``out_dir/checkpoint.npz``; with
+    ``overwrite`` start over, removing a run already there (its checkpoint, metrics and model) first.
+
+    A new run that fails (or is interrupted) before its first checkpoint after step 0 removes the files it wrote
+    (and ``out_dir``, if it made it): a failed start leaves nothing behind.
 
     ``threads``: torch CPU threads; ``None`` means 1 for a new run and the checkpoint's count on ``resume``.
     ``stop_after`` ends the run after that many steps of this call (a clean interruption, for tests and demos).
@@ -117,7 +155,7 @@ def train(preset: Preset, out_dir, seed: int = 0, resume: bool = False, progress
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True)
     try:
-        return _train(torch, preset, out_dir, seed, resume, progress, stop_after, threads, log)
+        return _train(torch, preset, out_dir, seed, resume, progress, stop_after, threads, log, overwrite)
     finally:
         torch.set_num_threads(previous[0])
         torch.use_deterministic_algorithms(previous[1])
@@ -134,9 +172,7 @@ def _recorded_threads(path: Path) -> int:
 
 
 def _train(torch, preset: Preset, out_dir, seed: int, resume: bool, progress: bool, stop_after, threads: int,
-           log) -> TrainResult:
-    from tqdm import tqdm
-
+           log, overwrite: bool) -> TrainResult:
     from . import torch_model as TM
 
     out_dir = Path(out_dir)
@@ -149,7 +185,8 @@ def _train(torch, preset: Preset, out_dir, seed: int, resume: bool, progress: bo
     step, acc_sum, acc_count = 0, 0.0, 0
     if resume:
         arrays, ck_cfg, meta = load_checkpoint(ckpt_path)
-        _check_resumable(ckpt_path, arrays, meta, preset, seed, {k: tuple(params[k].shape) for k in names})
+        _check_resumable(ckpt_path, arrays, meta, preset, seed, {k: tuple(params[k].shape) for k in names},
+                         stored_dtypes(ckpt_path))
         with torch.no_grad():
             for k in names:
                 params[k].copy_(torch.from_numpy(arrays[k].astype(np.float32)))
@@ -161,6 +198,7 @@ def _train(torch, preset: Preset, out_dir, seed: int, resume: bool, progress: bo
             } for i, k in enumerate(names)}, "param_groups": opt.state_dict()["param_groups"]})
         step, acc_sum, acc_count = meta["step"], meta["train_loss_sum"], meta["train_loss_count"]
         metrics = _read_metrics(metrics_path, step)
+        _check_metrics(metrics_path, metrics, step, meta["preset"]["steps"], preset.eval_every)
         log(f"resuming {ckpt_path} at step {step}/{preset.steps} on {threads} torch thread(s)")
         for note in _setting_changes(meta["preset"], preset):
             log(note)
@@ -173,14 +211,16 @@ def _train(torch, preset: Preset, out_dir, seed: int, resume: bool, progress: bo
                 "the result may differ from an uninterrupted run in the last bits (resume without --threads to "
                 "keep the recorded count)")
     else:
-        if ckpt_path.exists():
+        if ckpt_path.exists() and not overwrite:
             raise FileExistsError(f"{ckpt_path} exists: pass --resume to continue it, or choose another --out")
+        if overwrite:
+            for name in (CHECKPOINT, METRICS, MODEL):
+                (out_dir / name).unlink(missing_ok=True)
         metrics = []
+    made_out_dir = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-
-    val = validation_prompts(preset.val_prompts, preset.n_points, preset.d, preset.val_seed)
-    Zv = torch.tensor(val.Z, dtype=torch.float32)
-    yv = torch.tensor(val.target, dtype=torch.float32)
+    kept_step = step if resume else None          # the step of the checkpoint a failure keeps; None: none yet
+    wrote: set[Path] = set()                      # the files this run wrote (removed again after a failed start)
 
     def numpy_params() -> dict:
         return {k: params[k].detach().numpy().copy() for k in names}
@@ -198,7 +238,12 @@ def _train(torch, preset: Preset, out_dir, seed: int, resume: bool, progress: bo
             "max_abs_diff_f64": ref.max_abs_diff, "val_loss_zero": ref.loss_zero,
         }
 
+    def write_metrics():
+        _write_metrics(metrics_path, metrics)
+        wrote.add(metrics_path)
+
     def save():
+        nonlocal kept_step
         arrays = numpy_params()
         state = opt.state_dict()["state"]
         adam_step = int(state[0]["step"]) if state else 0
@@ -206,52 +251,73 @@ def _train(torch, preset: Preset, out_dir, seed: int, resume: bool, progress: bo
             if state:
                 arrays[optim_key(k, "exp_avg")] = state[i]["exp_avg"].numpy()
                 arrays[optim_key(k, "exp_avg_sq")] = state[i]["exp_avg_sq"].numpy()
-        _write_metrics(metrics_path, metrics)
+        write_metrics()
+        wrote.add(ckpt_path)
         save_checkpoint(ckpt_path, arrays, cfg, preset=preset.to_dict(), seed=seed, step=step, adam_step=adam_step,
                         train_loss_sum=acc_sum, train_loss_count=acc_count, torch_version=torch.__version__,
                         threads=threads,
                         rng={"scheme": "numpy default_rng([seed, 1, step]) per batch", "seed": seed,
                              "next_step": step})
+        if step > 0:
+            kept_step = step
 
-    if step == 0 and not metrics:
-        metrics.append(evaluate(None))
-        save()
     t0, done_here = time.perf_counter(), 0
-    bar = tqdm(total=preset.steps, initial=step, disable=not progress, desc=f"train {preset.name}", unit="step",
-               dynamic_ncols=True, mininterval=0.1 if _stderr_is_terminal() else 10.0)   # a log: a line per 10 s
     try:
-        while step < preset.steps and (stop_after is None or done_here < stop_after):
-            prompts = batch(preset, seed, step)
-            Z = torch.tensor(prompts.Z, dtype=torch.float32)              # (B, N+1, d+1)
-            y = torch.tensor(prompts.target, dtype=torch.float32)         # (B,)
-            loss = ((TM.predict(params, cfg, L, Z) - y) ** 2).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if preset.grad_clip:
-                torch.nn.utils.clip_grad_norm_([params[k] for k in names], preset.grad_clip)
-            opt.step()
-            step += 1
-            done_here += 1
-            loss_value = float(loss.detach())
-            if not math.isfinite(loss_value) or not all(bool(torch.isfinite(params[k]).all()) for k in names):
-                # Never evaluate or checkpoint a diverged state: the last checkpoint stays the last good one.
-                raise TrainingError(f"training diverged at step {step}: the loss or the weights are no longer "
-                                    f"finite (Adam lr {preset.lr:g}); lower --lr. The last checkpoint in "
-                                    f"{out_dir} is kept")
-            acc_sum += loss_value
-            acc_count += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.4f}")
-            if step % preset.eval_every == 0 or step == preset.steps:
-                rec = evaluate(acc_sum / acc_count)
-                metrics.append(rec)
-                acc_sum, acc_count = 0.0, 0
-                bar.set_postfix(loss=f"{rec['train_loss']:.4f}", val=f"{rec['val_loss']:.4f}")
-                _write_metrics(metrics_path, metrics)
-            if step % preset.checkpoint_every == 0 or step == preset.steps:
-                save()
-    finally:
-        bar.close()
+        val = validation_prompts(preset.val_prompts, preset.n_points, preset.d, preset.val_seed)
+        Zv = torch.tensor(val.Z, dtype=torch.float32)
+        yv = torch.tensor(val.target, dtype=torch.float32)
+        if step == 0 and not metrics:
+            metrics.append(evaluate(None))
+            if not all(math.isfinite(metrics[0][k]) for k in ("val_loss", "val_loss_f64")):
+                raise TrainingError(f"the validation loss of the initial model is not finite ({metrics[0]['val_loss']}"
+                                    f" in float32, {metrics[0]['val_loss_f64']} in float64): there is nothing to "
+                                    "train from")
+            save()
+        with progress_bar(preset.steps, step, f"train {preset.name}", progress) as bar:
+            while step < preset.steps and (stop_after is None or done_here < stop_after):
+                prompts = batch(preset, seed, step)
+                Z = torch.tensor(prompts.Z, dtype=torch.float32)              # (B, N+1, d+1)
+                y = torch.tensor(prompts.target, dtype=torch.float32)         # (B,)
+                try:
+                    loss = ((TM.predict(params, cfg, L, Z) - y) ** 2).mean()
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if preset.grad_clip:
+                        torch.nn.utils.clip_grad_norm_([params[k] for k in names], preset.grad_clip)
+                    opt.step()
+                except RuntimeError as exc:           # torch's own errors (an overflowing lr, memory): one line
+                    raise TrainingError(f"training failed at step {step + 1} (Adam lr {preset.lr:g}): "
+                                        f"{str(exc).strip().splitlines()[0]}") from None
+                step += 1
+                done_here += 1
+                loss_value = float(loss.detach())
+                if not math.isfinite(loss_value) or not all(bool(torch.isfinite(params[k]).all()) for k in names):
+                    # Never evaluate or checkpoint a diverged state: the last checkpoint stays the last good one.
+                    raise TrainingError(f"training diverged at step {step}: the loss or the weights are no longer "
+                                        f"finite (Adam lr {preset.lr:g}); lower --lr")
+                acc_sum += loss_value
+                acc_count += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)      # shown at the bar's next redraw
+                if step % preset.eval_every == 0 or step == preset.steps:
+                    rec = evaluate(acc_sum / acc_count)
+                    metrics.append(rec)
+                    acc_sum, acc_count = 0.0, 0
+                    bar.set_postfix(loss=f"{rec['train_loss']:.4f}", val=f"{rec['val_loss']:.4f}", refresh=False)
+                    write_metrics()
+                if step % preset.checkpoint_every == 0 or step == preset.steps:
+                    save()
+    except BaseException as exc:
+        if kept_step is None:                      # a failed start: leave nothing behind
+            for path in wrote:
+                path.unlink(missing_ok=True)
+            if made_out_dir and not any(out_dir.iterdir()):
+                out_dir.rmdir()
+        if isinstance(exc, TrainingError):
+            kept = (f"the last checkpoint in {out_dir} (step {kept_step}) is kept" if kept_step is not None else
+                    f"no training step was checkpointed, so the run's files were removed from {out_dir}")
+            raise TrainingError(f"{exc}. {kept[0].upper()}{kept[1:]}") from None
+        raise
     seconds = time.perf_counter() - t0
     final = numpy_params()
     result_val = None
@@ -287,18 +353,50 @@ OPTION_NAMES = {"name": "--preset", "steps": "--steps", "batch_size": "--batch-s
 ABSENT = "(absent)"         # how a setting one side does not record is shown
 
 
-def _check_resumable(path: Path, arrays: dict, meta: dict, preset: Preset, seed: int, shapes: dict) -> None:
+def _check_resumable(path: Path, arrays: dict, meta: dict, preset: Preset, seed: int, shapes: dict,
+                     dtypes: dict | None = None) -> None:
     """Raise ``CheckpointError`` (naming ``path``) unless the training state in ``path`` continues ``preset``.
 
     Checked before anything is loaded into the model: the meta fields and their types, the settings (only
     ``--checkpoint-every`` may differ, and ``--steps`` may be raised), the seed, and, once Adam has stepped, its two
-    moments for every parameter (present, of the parameter's shape, finite, the second one non-negative).
+    moments for every parameter (present, of the parameter's shape, finite, the second one non-negative); with
+    ``dtypes`` (the file's stored dtypes, ``stored_dtypes``) every one of those arrays stored as float32 (or
+    wider, holding float32 values: a lossless copy).
     """
     _check_meta_fields(path, meta)
     _check_settings(path, meta["preset"], preset, meta["step"])
     if meta["seed"] != seed:
         raise CheckpointError(f"checkpoint {path}: was written with seed {meta['seed']}, not {seed}")
     _check_arrays(path, arrays, shapes, adam_started=meta["adam_step"] > 0)
+    for key, dtype in sorted((dtypes or {}).items()):
+        if key not in shapes and not is_optim_key(key):
+            continue
+        what = "Adam's state" if is_optim_key(key) else "the parameter"
+        if dtype.kind != "f" or dtype.itemsize < np.dtype(STATE_DTYPE).itemsize:
+            problem = f"is stored as {dtype}"               # float16: the trained values lost their last bits
+        elif dtype != STATE_DTYPE and not np.array_equal(arrays[key].astype(STATE_DTYPE), arrays[key]):
+            problem = f"is stored as {dtype} with values that are not {np.dtype(STATE_DTYPE)} numbers"
+        else:
+            continue                                        # float32, or wider holding float32 values exactly
+        raise CheckpointError(f"checkpoint {path}: {what} {key!r} {problem}, expected {np.dtype(STATE_DTYPE)} (what "
+                              "train writes; a copy re-saved in another dtype cannot continue the run exactly): "
+                              "start a new run into another --out")
+
+
+def _check_metrics(path: Path, metrics: list[dict], step: int, recorded_steps, eval_every: int) -> None:
+    """The metrics file holds every evaluation up to ``step`` (written before each checkpoint, so a resume that
+    finds one missing would silently lose E1's curve): at step 0, each ``eval_every`` and a finished run's end."""
+    if step == 0:                                   # a checkpoint of step 0 alone: its evaluation is made again
+        return
+    expected = {0, *range(eval_every, step + 1, eval_every)} | ({step} if step == recorded_steps else set())
+    missing = sorted(expected - {rec.get("step") for rec in metrics})
+    if missing:
+        what = "is missing" if not path.exists() else \
+            f"lacks the evaluations at step{'s' if len(missing) > 1 else ''} " + \
+            ", ".join(map(str, missing[:5])) + (", …" if len(missing) > 5 else "")
+        raise CheckpointError(f"metrics file {path} {what}: the checkpoint at step {step} needs the evaluations "
+                              "written before it (E1's curve would silently lose them); restore the file, or start "
+                              "a new run with --overwrite or into another --out")
 
 
 def _check_meta_fields(path: Path, meta: dict) -> None:
@@ -345,6 +443,33 @@ def _stderr_is_terminal() -> bool:
         return sys.stderr.isatty()
     except (AttributeError, ValueError):          # a closed or replaced stream
         return False
+
+
+class _Lines:
+    """A stream for tqdm that turns each redraw (``\\r`` + the bar) into a line of its own: for a log file."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.encoding = getattr(stream, "encoding", None)
+
+    def write(self, text: str) -> None:
+        line = text.replace("\r", "").rstrip()
+        if line:
+            self.stream.write(line + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def progress_bar(total: int, initial: int, desc: str, enabled: bool):
+    """A tqdm bar on stderr: redrawn in place on a terminal; anywhere else (a file, a pipe) a plain line at the start,
+    every 10 s and at the end, never a carriage return. Every progress display of the project is this one."""
+    from tqdm import tqdm
+
+    terminal = _stderr_is_terminal()
+    return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, unit="step",
+                file=sys.stderr if terminal else _Lines(sys.stderr), dynamic_ncols=terminal,
+                ncols=None if terminal else 100, mininterval=0.1 if terminal else 10.0)
 
 
 class SettingsMismatch(CheckpointError):

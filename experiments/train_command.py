@@ -1,7 +1,6 @@
 """``implicit-icl train``: train a preset on in-context linear regression (P1 §4)."""
 from __future__ import annotations
 
-import math
 import sys
 
 HELP = "train the in-context regression transformer (presets p1, p2); resumable"
@@ -16,6 +15,9 @@ Writes OUT/checkpoint.npz (atomic, no pickle; model + Adam state), OUT/metrics.j
 when done, OUT/model.npz (the model with its float64 validation loss recorded). Interrupt at any time and rerun the
 same command with --resume: the run ends bit-identical to an uninterrupted one. On --resume only --checkpoint-every
 may differ, and --steps may be raised to extend a run (the learning rate does not depend on the total).
+A new run needs a new or empty OUT (--overwrite starts over in one that holds files); a run that fails before its
+first checkpoint after step 0 leaves nothing behind. --batch-size, --n-points and --val-prompts are checked against
+this machine's memory before anything is written.
 
 Examples:
   implicit-icl train --preset p1 --out runs/p1                 the bundled model's recipe (1.5-2.5 min, 2-core CPU)
@@ -32,6 +34,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="run directory")
     parser.add_argument("--seed", type=int, default=0, help="init and data seed (default 0)")
     parser.add_argument("--resume", action="store_true", help="continue OUT/checkpoint.npz")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over in an OUT that is not empty: replaces the run's checkpoint.npz, "
+                             "metrics.jsonl and model.npz there (without it OUT must be new or empty)")
     from .presets import PRESETS
 
     def preset_values(field: str) -> str:          # "(the presets': p1 4000, p2 2000)", "(the presets': 64)"
@@ -59,17 +64,50 @@ def preset_from_args(args):
     """The preset with the command line's overrides; ``ValueError`` (its message names the option) if one is bad."""
     from .presets import get_preset
 
-    for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "val_prompts", "n_points", "threads"):
+    from implicit_icl.options import threads_problem
+
+    from .train import LR_MAX, memory_problem
+
+    for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "val_prompts", "n_points"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if problem := seed_problem(args.seed):
+    if problem := seed_problem(args.seed) or threads_problem(args.threads):
         raise ValueError(problem)
-    if args.lr is not None and not 0 < args.lr < math.inf:
-        raise ValueError(f"--lr must be a finite number > 0, got {args.lr}")
-    return get_preset(args.preset).with_overrides(
+    if args.lr is not None and not 0 < args.lr <= LR_MAX:          # nan fails both; 1e39 overflowed torch's Adam
+        raise ValueError(f"--lr must be a number > 0 and at most {LR_MAX:g} (Adam's learning rate), got {args.lr}")
+    preset = get_preset(args.preset).with_overrides(
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every,
         checkpoint_every=args.checkpoint_every, val_prompts=args.val_prompts, n_points=args.n_points)
+    if problem := memory_problem(preset):
+        raise ValueError(problem)
+    return preset
+
+
+def out_problem(out: str, resume: bool, overwrite: bool) -> str | None:
+    """Why ``--out`` cannot take this run, or None: a new run goes into a new or empty folder unless ``--overwrite``
+    (so no file of the user's is replaced by surprise); ``--resume`` continues the run already there."""
+    from pathlib import Path
+
+    from implicit_icl.checkpoint import output_dir_problem
+
+    from .train import CHECKPOINT, METRICS, MODEL
+
+    if problem := output_dir_problem(out, "--out"):
+        return problem
+    if resume and overwrite:
+        return "--resume and --overwrite exclude each other: --resume continues the run in --out, --overwrite " \
+               "starts it over"
+    path = Path(out)
+    if resume or overwrite or not path.is_dir():
+        return None
+    held = sorted(entry.name for entry in path.iterdir())
+    if not held:
+        return None
+    shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
+    advice = ("pass --resume to continue the run in it, or --overwrite to start it over" if CHECKPOINT in held else
+              f"pass --overwrite to train into it anyway (replacing any {CHECKPOINT}, {METRICS} and {MODEL})")
+    return f"--out: {out} is not empty (it holds {shown}); {advice}, or choose another --out"
 
 
 def seed_problem(seed: int) -> str | None:
@@ -90,6 +128,10 @@ def run_reporting_errors(command: str, out, job) -> int:
     except (CheckpointError, TrainingError) as exc:
         print(f"implicit-icl {command}: error: {exc}", file=sys.stderr)
         return 1
+    except MemoryError as exc:          # what memory_problem's estimate did not foresee
+        hint = "; use a smaller --batch-size, --n-points or --val-prompts" if command == "train" else ""
+        print(f"implicit-icl {command}: error: out of memory ({exc or 'no details'}){hint}", file=sys.stderr)
+        return 1
     except OSError as exc:              # the run exists (no --resume), or --out cannot be created or written
         where = "" if exc.filename is None else f"--out {out}: {exc.filename}: "
         print(f"implicit-icl {command}: error: {where}{exc.strerror if where else exc}", file=sys.stderr)
@@ -100,11 +142,9 @@ def run_reporting_errors(command: str, out, job) -> int:
 def run(args) -> int:
     from .train import train
 
-    from implicit_icl.checkpoint import output_dir_problem
-
     try:
         preset = preset_from_args(args)
-        if problem := output_dir_problem(args.out, "--out"):
+        if problem := out_problem(args.out, args.resume, args.overwrite):
             raise ValueError(problem)
     except ValueError as exc:            # a bad argument: exit status 2, as argparse gives
         print(f"implicit-icl train: error: {exc}", file=sys.stderr)
@@ -112,7 +152,7 @@ def run(args) -> int:
     try:
         return run_reporting_errors("train", args.out, lambda: train(
             preset, args.out, seed=args.seed, resume=args.resume, progress=not args.no_progress,
-            threads=args.threads))
+            threads=args.threads, overwrite=args.overwrite))
     except KeyboardInterrupt:
         print(f"interrupted: {interrupted_state(args.out)}", file=sys.stderr)
         return 130

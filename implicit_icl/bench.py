@@ -424,8 +424,9 @@ def _check_args(args) -> str | None:
         return f"--sizes must be positive integers, got {list(args.sizes)}"
     if args.positions is not None and args.positions < 1:
         return f"--positions must be a positive integer, got {args.positions}"
-    if args.threads is not None and args.threads < 1:
-        return f"--threads must be a positive integer, got {args.threads}"
+    from implicit_icl.options import threads_problem
+    if problem := threads_problem(args.threads):
+        return problem
     if args.budget is not None and not 0 < args.budget < float("inf"):
         return f"--budget must be a positive number of seconds, got {args.budget}"
     if args.kind not in KINDS:

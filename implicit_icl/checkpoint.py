@@ -30,6 +30,13 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, corrupt, or not one of ours; the message names the file."""
 
 
+def is_optim_key(key: str) -> bool:
+    """Whether ``key`` holds optimizer state that a training checkpoint keeps beside the model (``optim.<slot>.<name>``,
+    in a stack ``blocks.<l>.optim.<slot>.<name>``: see experiments.train.optim_key), not a model parameter."""
+    return key.startswith("optim.") or (key.startswith("blocks.") and key.count(".") >= 2
+                                        and key.split(".", 2)[2].startswith("optim."))
+
+
 def default_checkpoint_path() -> Path:
     """The bundled ``p1`` model (trained by ``implicit-icl train --preset p1``)."""
     return DATA_DIR / "p1.npz"
@@ -184,6 +191,25 @@ def save_checkpoint(path, params: dict, cfg: BlockConfig, **meta) -> Path:
     return Path(path)
 
 
+def stored_dtypes(path) -> dict[str, np.dtype]:
+    """The dtype each array of the archive at ``path`` is stored in (``load_checkpoint`` returns float64 arrays);
+    read from the ``.npy`` headers alone. Raises ``CheckpointError`` naming the file if it cannot be read."""
+    out = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for name in archive.namelist():
+                if not name.endswith(".npy"):
+                    continue
+                with archive.open(name) as f:
+                    version = np.lib.format.read_magic(f)
+                    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                   else np.lib.format.read_array_header_2_0)
+                    out[name[:-len(".npy")]] = np.dtype(read_header(f)[2])
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path}: not a readable .npz archive ({exc})") from None
+    return out
+
+
 def load_checkpoint(path) -> tuple[dict, BlockConfig, dict]:
     """``(params, cfg, meta)`` from ``path``; raises ``CheckpointError`` naming the file on any problem."""
     path = Path(path)
@@ -216,8 +242,9 @@ def load_checkpoint(path) -> tuple[dict, BlockConfig, dict]:
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path}: bad config record ({exc})") from None
     params = {k: v.astype(np.float64) for k, v in arrays.items()}
+    model = {k: v for k, v in params.items() if not is_optim_key(k)}       # a training state keeps Adam's too
     try:
-        blocks = split_stack(params) if meta.get("n_blocks") else [params]
+        blocks = split_stack(model) if meta.get("n_blocks") else [model]
         for p in blocks:
             check_params(p, cfg)
     except ValueError as exc:

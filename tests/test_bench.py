@@ -60,7 +60,8 @@ def test_fit_total_sums_the_fitted_quadratic():
     (["--sizes", "0"], "--sizes must be positive"),
     (["--positions", "0"], "--positions must be a positive integer"),       # 0 used to mean the default
     (["--positions", "-5"], "--positions must be a positive integer"),
-    (["--threads", "0"], "--threads must be a positive integer"),
+    (["--threads", "0"], "--threads must be from 1 to"),
+    (["--threads", "100000"], "--threads must be from 1 to"),              # crashed torch (exit 139)
     (["--budget", "-1"], "--budget must be a positive number"),
     (["--budget", "nan"], "--budget must be a positive number"),
     (["--kind", "transformer"], "--kind must be one of"),

@@ -216,18 +216,156 @@ def test_diverging_training_stops_clearly_and_keeps_the_last_good_checkpoint(tmp
     """Adam at lr 1e4 overflows float32 within a few steps: a clear error naming --lr, no non-finite state saved."""
     from implicit_icl.experiments.train import TrainingError
 
-    with pytest.raises(TrainingError, match=r"diverged at step \d+.*lower --lr"):
-        _train(tmp_path, "div", steps=40, lr=1e4)
+    with pytest.raises(TrainingError, match=r"diverged at step \d+.*lower --lr\. The last checkpoint in .* is kept"):
+        _train(tmp_path, "div", steps=40, lr=1e4, checkpoint_every=1)
     params, _, meta = load_checkpoint(tmp_path / "div" / "checkpoint.npz")    # loads: every array is finite
-    assert meta["step"] < 40 and all(np.isfinite(v).all() for v in params.values())
+    assert 0 < meta["step"] < 40 and all(np.isfinite(v).all() for v in params.values())
     assert not (tmp_path / "div" / "model.npz").exists()
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_nothing_behind(tmp_path):
+    """Issue 17 item 6: lr 1e39 made torch's Adam raise a RuntimeError (a traceback) and left checkpoint.npz and
+    metrics.jsonl behind. A runtime failure is one TrainingError line; a failed start removes what it wrote."""
+    from implicit_icl.experiments.train import TrainingError
+
+    with pytest.raises(TrainingError, match=r"training failed at step 1 \(Adam lr 1e\+39\): .*overflow.*"
+                                            r"No training step was checkpointed, so the run.s files were removed"):
+        _train(tmp_path, "big", steps=40, lr=1e39)
+    assert not (tmp_path / "big").exists()
+    with pytest.raises(TrainingError, match="diverged at step 2.*files were removed"):     # lr 1e4, see above
+        _train(tmp_path, "div", steps=40, lr=1e4)
+    assert not (tmp_path / "div").exists()
+    (tmp_path / "mine").mkdir()                                           # a folder of the user's is kept
+    with pytest.raises(TrainingError):
+        _train(tmp_path, "mine", steps=40, lr=1e39)
+    assert (tmp_path / "mine").is_dir() and not any((tmp_path / "mine").iterdir())
+
+
+def _one_line(err: str) -> str:
+    assert err.count("\n") == 1 and err.startswith("implicit-icl train: error: ") and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["--batch-size", "100000000"], "--batch-size 100000000 with --n-points 50"),
+    (["--n-points", "1000000"], "--batch-size 64 with --n-points 1000000"),
+    (["--val-prompts", "100000000000"], "--val-prompts 100000000000 with --n-points 50"),
+])
+def test_train_refuses_sizes_that_cannot_fit_in_memory_before_any_file(tmp_path, capsys, argv, option):
+    """Issue 17 item 7: `--batch-size 100000000` (and --n-points, --val-prompts) ended in NumPy's
+    _ArrayMemoryError traceback; now an up-front memory estimate refuses them (exit 2, one line, no files)."""
+    from implicit_icl.cli import main
+
+    assert main(["train", "--out", str(tmp_path / "x"), "--steps", "2", *argv]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert f"error: {option}: " in line and "GiB of memory, more than this machine's" in line
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("command", [["train", "--out", "OUT", "--steps", "1"], ["bench", "--quick"]])
+def test_threads_has_an_upper_bound(tmp_path, capsys, monkeypatch, command):
+    """Issue 17 item 5: `--threads 100000` crashed torch (exit 139, no message) in train and bench."""
+    from implicit_icl.cli import main
+    from implicit_icl.options import threads_limit
+
+    monkeypatch.chdir(tmp_path)
+    assert main([*command, "--threads", "100000"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--threads must be from 1 to {threads_limit()} " in err and "got 100000" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_train_refuses_a_folder_it_did_not_create(tmp_path, capsys, monkeypatch):
+    """Issue 17 item 1: `train --out w` replaced w/model.npz and w/metrics.jsonl of the user's; `--out ""` trained
+    into the current folder. A new run needs a new or empty folder, unless --overwrite (or --resume)."""
+    from implicit_icl.cli import main
+
+    w = tmp_path / "w"
+    w.mkdir()
+    (w / "model.npz").write_text("MINE")
+    (w / "metrics.jsonl").write_text("notes")
+    argv = ["train", "--no-progress", "--steps", "2", "--n-points", "10", "--batch-size", "16", "--val-prompts", "8"]
+    assert main([*argv, "--out", str(w)]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert f"--out: {w} is not empty (it holds metrics.jsonl, model.npz); pass --overwrite" in line
+    assert (w / "model.npz").read_text() == "MINE" and (w / "metrics.jsonl").read_text() == "notes"
+    assert main([*argv, "--out", str(w), "--resume", "--overwrite"]) == 2
+    assert "--resume and --overwrite exclude each other" in _one_line(capsys.readouterr().err)
+    monkeypatch.chdir(w)
+    assert main([*argv, "--out", ""]) == 2
+    assert _one_line(capsys.readouterr().err).endswith("--out is empty: give a folder name\n")
+    assert sorted(p.name for p in w.iterdir()) == ["metrics.jsonl", "model.npz"]
+    assert main([*argv, "--out", str(w), "--overwrite"]) == 0                # said explicitly: a fresh run
+    assert load_checkpoint(w / "model.npz")[2]["step"] == 2
+    capsys.readouterr()
+    assert main([*argv, "--out", str(w)]) == 2                               # a run is there: --resume is the hint
+    assert "pass --resume to continue the run in it, or --overwrite" in _one_line(capsys.readouterr().err)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([*argv, "--out", str(empty)]) == 0                           # an empty folder is fine
+
+
+def test_resume_refuses_a_run_whose_metrics_were_deleted_or_truncated(stopped_run):
+    """Issue 17 item 12: a resume after metrics.jsonl was deleted went on and kept only the new lines."""
+    from implicit_icl.experiments.train import train
+
+    p, run_dir, *_ = stopped_run
+    metrics = run_dir / "metrics.jsonl"
+    lines = metrics.read_text().splitlines(keepends=True)                  # steps 0 and 20
+    metrics.write_text(lines[0])
+    with pytest.raises(CheckpointError, match=f"metrics file {metrics} lacks the evaluations at step 20: the "
+                                              "checkpoint at step 20 needs"):
+        train(p, run_dir, seed=0, resume=True, progress=False, log=lambda m: None)
+    metrics.unlink()
+    with pytest.raises(CheckpointError, match=f"metrics file {metrics} is missing: .*--overwrite"):
+        train(p, run_dir, seed=0, resume=True, progress=False, log=lambda m: None)
+
+
+@pytest.mark.parametrize("key", ["mlp.W", "optim.exp_avg_sq.mlp.W"])
+def test_resume_refuses_a_checkpoint_re_saved_in_another_dtype(stopped_run, key):
+    """Issue 17 item 12: a checkpoint whose mlp.W was re-saved as float16 resumed without complaint. A float64
+    copy holding the float32 values (what load_checkpoint gives) is lossless and still resumes."""
+    from implicit_icl.checkpoint import save_checkpoint
+    from implicit_icl.experiments.train import train
+
+    p, run_dir, arrays, cfg, meta = stopped_run
+    path = run_dir / "checkpoint.npz"
+    save_checkpoint(path, arrays, cfg, **meta)                              # float64, float32 values: fine
+    train(p, run_dir, seed=0, resume=True, progress=False, stop_after=1, log=lambda m: None)
+    _, _, meta = load_checkpoint(path)
+    meta = {k: v for k, v in meta.items() if k not in ("format", "format_version", "config", "n_blocks")}
+    arrays = {k: v.astype(np.float32) for k, v in load_checkpoint(path)[0].items()}
+    arrays[key] = arrays[key].astype(np.float16)
+    save_checkpoint(path, arrays, cfg, **meta)
+    what = "Adam's state" if key.startswith("optim") else "the parameter"
+    with pytest.raises(CheckpointError, match=f"checkpoint {path}: {what} '{key}' is stored as float16, expected "
+                                              "float32"):
+        train(p, run_dir, seed=0, resume=True, progress=False, log=lambda m: None)
+    arrays[key] = arrays[key].astype(np.float64) + 1e-12                    # wider, but not float32 values
+    save_checkpoint(path, arrays, cfg, **meta)
+    with pytest.raises(CheckpointError, match=f"'{key}' is stored as float64 with values that are not float32"):
+        train(p, run_dir, seed=0, resume=True, progress=False, log=lambda m: None)
+
+
+def test_progress_into_a_log_file_is_lines_without_carriage_returns(tmp_path):
+    """Issue 17: with stderr redirected, the bar wrote a carriage-return update per step (54 KB from reproduce,
+    which trains through the same bar). Now: plain lines, at the start and the end (and one per 10 s)."""
+    log = tmp_path / "log.txt"
+    with open(log, "w") as f:
+        subprocess.run([a for a in CLI if a != "--no-progress"] + ["--steps", "40", "--out", str(tmp_path / "run")],
+                       stderr=f, check=True, timeout=300)
+    text = log.read_text()
+    assert "\r" not in text
+    bars = [line for line in text.splitlines() if line.startswith("train p1")]
+    assert 2 <= len(bars) <= 4 and bars[-1].startswith("train p1: 100%") and "40/40" in bars[-1], text
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--seed", "-1"], "--seed must be from 0 to 2**64 - 1, got -1"),
     (["--seed", str(2**64)], "--seed must be from 0 to 2**64 - 1, got 18446744073709551616"),
-    (["--lr", "inf"], "--lr must be a finite number > 0, got inf"),
-    (["--lr", "nan"], "--lr must be a finite number > 0, got nan"),
+    (["--lr", "inf"], "--lr must be a number > 0 and at most 1 (Adam's learning rate), got inf"),
+    (["--lr", "nan"], "--lr must be a number > 0 and at most 1 (Adam's learning rate), got nan"),
+    (["--lr", "1e39"], "--lr must be a number > 0 and at most 1 (Adam's learning rate), got 1e+39"),  # torch crashed
     (["--eval-every", "0"], "--eval-every must be >= 1, got 0"),
 ])
 def test_train_cli_rejects_bad_numbers_by_name(tmp_path, capsys, argv, message):
