@@ -162,7 +162,7 @@ def test_prompt_values_are_the_prompt(capsys, tmp_path):
     call(capsys, "--random", "--tokens", "8", "--seed", "5", "--export", str(out))
     y = regression_prompts(1, 8, 2, 5).y[0]
     text = out.read_text()
-    chips = text.split("prompt:")[1].split("query:")[0]
+    chips = text.split("prompt c_1")[1].split("query:")[0]
     found = [float(v) for v in re.findall(r"\s\d+ ([+-]\d+\.\d\d)", chips)]
     np.testing.assert_allclose(found, np.round(y, 2), atol=0.0051)
 
@@ -287,7 +287,7 @@ def test_model_minilm_check_names_the_bias_update(capsys, tmp_path):
         pytest.skip(f"the minilm loader or its weights are not installed here: {exc}")
     out = tmp_path / "m.txt"
     code, _, err = call(capsys, "--model", "minilm", "France is to Paris as Japan is to", "--export", str(out),
-                        "--step", "3")
+                        "--step", "3", "--layer", "0")
     assert code == 0, err
     text = out.read_text()
     assert "‖T_(W_3, b_3)(x)‖" in text and "W_3 = W + ΔW_3,  b_3 = b_out + Δb_3" in text

@@ -22,7 +22,7 @@ from textual.widgets import Footer, Static
 from . import view
 from .data import WalkthroughData
 from .help import HELP_TEXT, HelpScreen
-from .panels import BASELINE_COLOUR, MODEL_COLOUR, CurvePanel, HeatmapPanel, PromptTokens
+from .panels import BASELINE_COLOUR, MODEL_COLOUR, CurvePanel, HeatmapPanel, MovedPanel, PromptTokens
 
 __all__ = ["HELP_TEXT", "HelpScreen", "WalkthroughApp", "screen_text"]
 
@@ -55,6 +55,7 @@ class WalkthroughApp(App):
     #curves { height: 1fr; min-height: 6; max-height: 11; }
     CurvePanel { width: 1fr; border: round #5f6f8f; }
     #curve-pred { width: 1.4fr; }
+    #moved { width: 1.4fr; border: round #8f7f5f; padding: 0 1; }
     #hint { display: none; height: auto; padding: 1 1 0 1; color: $text-muted; text-style: italic; }
     #too-small { display: none; width: 100%; height: 100%; content-align: center middle; text-align: center; }
     Screen.compact #chips { max-height: 1; }
@@ -79,6 +80,8 @@ class WalkthroughApp(App):
         Binding("space", "play", "play/pause", key_display="space"),
         Binding("b", "toggle_baseline", "baseline"),
         Binding("s", "toggle_step", "ΔW / step"),
+        Binding("left_square_bracket", "layer(-1)", "layer", key_display="[/]"),     # a real model only
+        Binding("right_square_bracket", "layer(1)", "layer", show=False),
         Binding("question_mark", "help", "help", key_display="?"),
         Binding("q", "quit", "quit"),
         Binding("ctrl+c", "quit", "quit", show=False, priority=True),     # as a terminal user expects (issue 17)
@@ -101,7 +104,6 @@ class WalkthroughApp(App):
         with Vertical(id="main"):
             yield Static(id="title", markup=False)
             with Vertical(id="prompt") as prompt:
-                prompt.border_subtitle = d.source
                 yield PromptTokens(id="chips")
                 yield Static(id="token-info", markup=False)
             with Horizontal(id="middle"):
@@ -115,12 +117,14 @@ class WalkthroughApp(App):
                 yield CurvePanel("step", id="curve-step")
                 yield CurvePanel("rel", id="curve-rel")
                 yield CurvePanel("pred", id="curve-pred")
+                yield MovedPanel(id="moved")
         yield Static(id="too-small", markup=False)
         yield Footer()
 
     def on_mount(self) -> None:
         self.query_one("#gd").border_title = "GD view (P1 Prop. 3.1)"
         self.query_one("#curve-pred").display = self.data.readout is not None     # ŷ needs a scalar readout
+        self.query_one("#moved").display = self.data.explanation is not None      # a real model's layer
         self._timer = self.set_interval(PLAY_INTERVAL, self._tick, pause=True)
         self._check_size(self.size.width, self.size.height)
         self.refresh_all()
@@ -206,6 +210,8 @@ class WalkthroughApp(App):
             return not self.compact
         if action in ("first_unlisted", "last_unlisted"):
             return self.compact
+        if action == "layer":
+            return self.data.switch_layer is not None
         return True
 
     def action_play(self) -> None:
@@ -218,6 +224,14 @@ class WalkthroughApp(App):
 
     def action_toggle_step(self) -> None:
         self.step_view = not self.step_view
+
+    def action_layer(self, step: int) -> None:
+        """A real model: the same text at the previous / next layer (clamped), at the same step i."""
+        d = self.data
+        layer = min(max(d.layer + step, 0), d.n_layers - 1)
+        if layer != d.layer:
+            self.data = d.switch_layer(layer=layer)
+            self.refresh_all()
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
@@ -247,7 +261,10 @@ class WalkthroughApp(App):
             heat.border_title = (f"step {i} (consumed c_{i}): ΔW_{i} − ΔW_{i - 1} = −h ∇L_{i - 1}  (rank 1)" if i
                                  else "step view: no step at i = 0 (ΔW_0 = 0)")
         heat.refresh()
+        self.query_one("#prompt").border_subtitle = d.source
         self.query_one("#check", Static).update(self._check_text())
+        if d.explanation is not None:
+            self.query_one("#moved", MovedPanel).update()
         self.query_one("#gd", Static).update(self._gd_text())
         for curve in self.query(CurvePanel):
             curve.update_titles()

@@ -50,7 +50,8 @@ def add_arguments(parser) -> None:
     source.add_argument("--model", metavar="NAME", help="a real pretrained model ('minilm') on TEXT")
     parser.add_argument("text", nargs="?", metavar="TEXT", help="the text to read with --model")
     parser.add_argument("--layer", type=int, default=None, metavar="L",
-                        help="with --model: the layer to show, 0..5 for minilm (default: 0)")
+                        help="with --model: the layer to open on, 0..5 for minilm (default: 3, as in the README; "
+                             "[ and ] switch layers in the app)")
     parser.add_argument("--position", type=int, default=None, metavar="P",
                         help="with --model: the query token's index in the token list ([CLS] is 0; negative "
                              "counts from the end, so -1 is the final [SEP]); default: the last real token "
@@ -161,10 +162,10 @@ def check_arguments(args) -> None:
 def prepare(args):
     """The ``WalkthroughData`` the arguments ask for, once ``check_arguments`` has passed them (raises
     ``ValueError`` with a clear message)."""
-    from .data import default_data, text_data
+    from .data import DEFAULT_LAYER, default_data, text_data
 
     if args.model is not None:
-        return text_data(args.model, args.text, layer=0 if args.layer is None else args.layer,
+        return text_data(args.model, args.text, layer=DEFAULT_LAYER if args.layer is None else args.layer,
                          position=args.position)
     backend = get_backend(args.backend)
     return default_data(n_tokens=args.tokens, seed=0 if args.seed is None else args.seed, random=args.random,

@@ -18,6 +18,7 @@ O(n³·d)) to float64 round-off: the documented maximum of ``MAX_TOKENS`` contex
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +52,8 @@ class WalkthroughData:
     readout:       index of the output coordinate that is the prediction (P1 §4: the last), or ``None`` when the
                    model has no scalar readout (then only ``max |T_ctx − T_ΔW|`` is shown).
     target:        the true value of the prediction (``⟨w, x_q⟩`` for regression), or ``None``.
+    layer, n_layers: for a real model, the layer shown and how many there are (``None`` otherwise);
+    switch_layer:  for a real model, ``switch_layer(layer=L)`` returns the same text's data at another layer.
     token_meaning: what the label on each token is (``"y_k = ⟨w, x_k⟩"`` on a regression prompt), or ``""``.
     least_squares: ``(n+1,)`` the least-squares prediction from the first i examples (``reference.tasks``), or
                    ``None`` (no regression prompt).
@@ -77,6 +80,9 @@ class WalkthroughData:
     notes: tuple[str, ...] = field(default=())
     residual: bool = False
     token_meaning: str = ""
+    layer: int | None = None
+    n_layers: int | None = None
+    switch_layer: object | None = None
     least_squares: np.ndarray | None = None
     explanation: object | None = None
 
@@ -152,6 +158,24 @@ class WalkthroughData:
         if self.target is not None:
             out["truth"] = np.full(self.n + 1, self.target)
         return out
+
+    # --- a real model's layer (``implicit-icl explain``'s figures, from ``explanation``) ------------------------------
+
+    def moved_tokens(self) -> list[tuple[str, float]]:
+        """The context tokens by how much they move W, largest first: ``(token, ‖ΔW({c_j})‖)``, the update that
+        removes ``c_j`` alone (``LayerExplanation.marginal_norm``); empty without an explanation."""
+        ex = self.explanation
+        if ex is None:
+            return []
+        pairs = [(str(ex.tokens[j]), float(m)) for j, m in zip(ex.context_index, ex.marginal_norm)]
+        return sorted(pairs, key=lambda pair: -pair[1])
+
+    def relative_norms(self) -> tuple[float, float | None] | None:
+        """``(‖ΔW‖/‖W‖, the random layer's)`` for the whole context (``explain``'s figures), or ``None``."""
+        ex = self.explanation
+        if ex is None:
+            return None
+        return float(ex.relative_norm), None if ex.baseline is None else float(ex.baseline.relative_norm)
 
     # --- the check (P1 §4 / THEORY §10.13) ---------------------------------------------------------------------
 
@@ -336,23 +360,35 @@ def default_data(*, n_tokens: int | None = None, seed: int = 0, random: bool = F
     return random_data(n_tokens=n, seed=seed, reason=f"no bundled checkpoint at {bundled.name}", backend=backend)
 
 
-def text_data(model: str, text: str, *, layer: int = 0, position: int | None = None) -> WalkthroughData:
+#: The layer ``--model minilm`` opens on: the one the README's ``implicit-icl explain`` example uses.
+DEFAULT_LAYER = 3
+
+
+def text_data(model: str, text: str, *, layer: int = DEFAULT_LAYER, position: int | None = None) -> WalkthroughData:
     """A real pretrained model on ``text``: ``implicit_icl.models.<model>.text_trajectories(text, layer, position)``
     returns ``(token_strings, Trajectory, baseline Trajectory)``, the baseline on a random layer of the same shapes
-    and weight scale; the context is the other tokens in text order."""
-    import importlib
-
+    and weight scale; the context is the other tokens in text order. ``explain_layer`` (what ``implicit-icl explain``
+    shows) gives the tokens that move W most and ``‖ΔW‖/‖W‖`` against the random layer. Each layer is built once."""
     if model != "minilm":
         raise WalkthroughError(f"--model must be 'minilm', got {model!r}")
+    return _text_layer(model, text, layer, position)
+
+
+@functools.lru_cache(maxsize=16)
+def _text_layer(model: str, text: str, layer: int, position: int | None) -> WalkthroughData:
+    import importlib
+
     try:
         module = importlib.import_module("implicit_icl.models.minilm")
-        text_trajectories = module.text_trajectories
+        text_trajectories, explain_layer, load = module.text_trajectories, module.explain_layer, module.load_minilm
     except (ImportError, AttributeError) as exc:
         raise WalkthroughError(
             f"--model minilm needs implicit_icl.models.minilm.text_trajectories, which is not available here ({exc})"
         ) from None
     try:
         tokens, traj, baseline = text_trajectories(text, layer, position, baseline_seed=0)
+        loaded = load()
+        explanation = explain_layer(loaded, text, layer, position, dynamics=False, baseline_seed=0)
     except ImportError as exc:                                        # a missing optional extra: say what to install
         raise WalkthroughError(str(exc)) from None
     except OSError as exc:      # a model folder without its files (IMPLICIT_ICL_MINILM_DIR), or one that cannot be read
@@ -376,4 +412,8 @@ def text_data(model: str, text: str, *, layer: int = 0, position: int | None = N
         model_label=f"{model} layer {layer}",
         readout=None,
         residual=True,                                                # BERT layers are post-LN blocks
+        explanation=explanation,
+        layer=layer,
+        n_layers=loaded.n_layers,
+        switch_layer=functools.partial(text_data, model, text, position=position),
     )

@@ -41,7 +41,8 @@ There the check compares with T_(W+ΔW_i, b+Δb_i)(x) and shows ‖Δb_i‖; W +
 [b]Keys[/b]
   → / l  next token        ← / h  previous token      Home / End  first / last step
   space  play / pause      b  baseline on/off          s  ΔW_i  ↔  step ΔW_i − ΔW_(i−1)
-  ?      this help         q  quit                      click a token to jump to it
+  ?      this help         q / Ctrl-C  quit             click a token to jump to it
+  [ / ]  previous / next layer (--model)
 
 [dim]Press ? or Escape to close.[/dim]"""
 

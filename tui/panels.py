@@ -135,7 +135,7 @@ class HeatmapPanel(Widget):
 
     def render(self):
         app = self.app
-        key = (app.i, app.step_view, self.content_size)
+        key = (id(app.data), app.i, app.step_view, self.content_size)
         if getattr(self, "_cache", (None,))[0] != key:
             self._cache = (key, self._draw())
         return self._cache[1]
@@ -260,3 +260,36 @@ def curve_title(which: str, i: int, curves: dict[str, np.ndarray]) -> str:
     if which == "step":
         return f"‖ΔW_{i} − ΔW_{i - 1}‖ = {value}"
     return f"step {i}/‖ΔW_{i - 1}‖ = {value}"
+
+
+class MovedPanel(Widget):
+    """A real model's layer as ``implicit-icl explain`` reports it: ``‖ΔW‖/‖W‖`` for the whole context beside the
+    random layer's, then the context tokens that move W most, ``‖ΔW({c_j})‖`` with a bar (``data.moved_tokens``)."""
+
+    def update(self) -> None:
+        d = self.app.data
+        self.border_title = f"layer {d.layer} of 0..{d.n_layers - 1} ([ ]) · top tokens"
+        self.border_subtitle = "‖ΔW({c_j})‖: c_j removed alone"
+        self.refresh()
+
+    def render(self):
+        data = self.app.data
+        width, rows = self.content_size
+        text = Text()
+        norms = data.relative_norms()
+        if norms is not None:
+            trained, random = norms
+            text.append("‖ΔW‖/‖W‖ ", style="bold")
+            text.append(f"{trained:.2%}", style=MODEL_COLOUR)
+            if random is not None:
+                text.append("  random layer ", style="dim")
+                text.append(f"{random:.2%}", style=BASELINE_COLOUR)
+            text.append("\n")
+        moved = data.moved_tokens()
+        top = moved[0][1] if moved else 0.0
+        bar_w = max(width - 12 - 8, 4)
+        for token, value in moved[:max(rows - 1, 0)]:
+            text.append(f"{token[:11]:<12}", style="bold")
+            text.append_text(view.hbar(value, top, bar_w))
+            text.append(f"{value:>7.3f}\n", style=MODEL_COLOUR)
+        return text
