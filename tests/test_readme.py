@@ -24,3 +24,10 @@ def test_readme_leads_with_the_two_commands_ci_runs():
     ci = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text(encoding="utf-8")
     install, test = first_block[1].split(" && ")
     assert install in ci and test in ci, "README's test command must be what .ci/run runs"
+
+
+def test_readme_says_how_long_the_suite_takes_and_that_skips_are_normal():
+    """Issue 17: a new user saw ~1,700 skipped cases and an 8-minute run with no word about either."""
+    after = README.split("python -m pytest -q", 1)[1].split("## ", 1)[0]        # the paragraph after the commands
+    assert "about 8 minutes on 2 CPU cores" in after
+    assert "roughly 1,700 cases skipped, which is" in after and "normal" in after and "GPU" in after and "MPS" in after
