@@ -28,7 +28,7 @@ not apply there.
 The app needs a terminal of at least 80x24; below 100x34 it shows a compact layout (the heatmap and the
 check, without the GD view and the curves). --export FILE renders one step to an .svg or .txt file instead
 (missing folders are created; --size 80x24 shows the compact layout). Keys: → ← (l h) step, Home End,
-space play/pause, b baseline, s step view, ? help, q quit; click a token.
+space play/pause, b baseline, s step view, [ ] layer (--model), ? help, q or Ctrl-C quit; click a token.
 
   implicit-icl walkthrough
   implicit-icl walkthrough --random --seed 3 --tokens 80
