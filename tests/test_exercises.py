@@ -592,3 +592,63 @@ def test_no_fallback_note_in_the_checkout_and_no_course_from_an_unrelated_subfol
     (tmp_path / "course" / "notes").mkdir()
     monkeypatch.chdir(tmp_path / "course" / "notes")
     assert grading.exercises_root() == grading.installed_course()
+
+
+# --------------------------------------------------------------- diagnoses that name the mistake (issue 18, item 1)
+
+# The further wrong attempts (mistake_*.py) and what the grader must say about them: {check: phrases}; every other
+# failing check says "fix check N first" (it uses what a failed check tests) instead of repeating the failure.
+NAMED_MISTAKES = {
+    (1, "mistake_mask_after"): {"test_attention_weights": ["you masked AFTER the softmax"]},
+    (3, "mistake_scale"): {"test_rank1_update_values": ["your answer is 0.7112 × the expected one",
+                                                        "0.7112 = ‖A(x)‖", "you divided by ‖A(x)‖ where ΔW needs "
+                                                                           "‖A(x)‖²"]},
+    (6, "mistake_norm_sq"): {"test_step_norms_untrained": ["= 1/‖A(x)‖", "you divided by ‖A(x)‖²"],
+                             "test_step_norms_trained": ["= 1/‖A(x)‖", "you divided by ‖A(x)‖²"]},
+}
+
+
+@pytest.mark.parametrize("n, mistake", sorted(NAMED_MISTAKES))
+def test_the_grader_names_each_further_mistake(n, mistake):
+    results = grading.run_checks(FOLDERS[n], mistake)
+    failures = _failures(results)
+    named = NAMED_MISTAKES[n, mistake]
+    assert set(named) <= set(failures), failures
+    for name, phrases in named.items():
+        for phrase in phrases:
+            assert phrase in failures[name], (name, phrase, failures[name])
+    numbers = {r.name: r.number for r in results}
+    first = min(numbers[name] for name in named)
+    for name, message in failures.items():
+        if name not in named:
+            assert f"fix check {first} first" in message, (name, message)
+            assert "expected:" not in message, message          # no second copy of the same failure
+
+
+def test_the_norm_in_exercise_3_is_the_constant():
+    """0.7112 is ‖A(x)‖ of exercise 3's query, not a number the grader made up."""
+    grader = grading.load_grader(grading.grader_path(FOLDERS[3]))
+    norm_a = np.linalg.norm(grader.ref.attention(grader.PARAMS, grader.CFG, grader.X[None])[0])
+    assert f"{norm_a:.4g}" == "0.7112"
+
+
+def test_a_constant_multiple_is_named_without_a_known_mistake():
+    with pytest.raises(grading.GradingFailure, match=r"your answer is 2\.5 × the expected one"):
+        grading.check_close("x", 2.5 * np.arange(1.0, 7.0).reshape(2, 3), np.arange(1.0, 7.0).reshape(2, 3))
+    with pytest.raises(grading.GradingFailure, match=r"the sign is flipped"):
+        grading.check_close("x", -np.arange(1.0, 4.0), np.arange(1.0, 4.0))
+    with pytest.raises(grading.GradingFailure) as info:                  # not a multiple: no such claim
+        grading.check_close("x", np.array([1.0, 2.0, 4.0]), np.array([1.0, 2.0, 3.0]))
+    assert "×" not in str(info.value)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("n", sorted(MISTAKE_CAUGHT_BY))
+def test_no_array_dumps_in_the_feedback(n):
+    """Shapes, a few values and the worst entry: every failure fits in a few short lines (exercise 5's exact hint
+    used to sit under about 60 lines of a 3-D array)."""
+    for target in ("mistake", "exercise"):
+        for name, message in _failures(grading.run_checks(FOLDERS[n], target)).items():
+            lines = message.splitlines()
+            assert len(lines) <= 7 and max(map(len, lines)) <= 240, (n, target, name, message)

@@ -2,7 +2,7 @@
 import numpy as np
 
 from implicit_icl import reference as ref
-from implicit_icl.grading import call, check_close, check_shape, check_true
+from implicit_icl.grading import Mistake, call, check_close, check_shape, check_true, depends_on
 
 # d_head = 3 differs from d_model = 4, so scaling the logits by √D instead of √d_k is caught.
 CFG = ref.BlockConfig(d_model=4, d_mlp=8, n_heads=1, d_head=3)
@@ -43,14 +43,19 @@ def test_causal_mask(student):
                      "np.tril")
 
 
+@depends_on("test_softmax_values")
 def test_attention_weights(student):
     """attention weights: shape (T, T), rows sum to 1, zero above the diagonal, scaled by 1/√d_k"""
     rng = np.random.default_rng(3)
     Q, K = rng.standard_normal((6, 3)), rng.standard_normal((6, 3))
     got = check_shape("attention_weights(Q, K) for Q, K of shape (6, 3)", call(student, "attention_weights", Q, K),
                       (6, 6))
+    after = ref.softmax(Q @ K.T / np.sqrt(3)) * np.tril(np.ones((6, 6)))      # masked after the softmax
     check_close("row sums of the attention weights", got.sum(axis=1), np.ones(6),
-                hint="apply the softmax along the key axis (axis=-1)")
+                hint="apply the softmax along the key axis (axis=-1)",
+                mistakes=[Mistake("you masked AFTER the softmax: zeroing the future weights of a normalised row "
+                                  "leaves a row that sums to less than 1. Mask the LOGITS with −inf where j > i, "
+                                  "then take the softmax", value=after.sum(axis=1))])
     check_close("attention weights above the diagonal (future tokens)", np.triu(got, 1), np.zeros((6, 6)),
                 hint="mask the logits with −inf where j > i before the softmax")
     logits = np.where(np.tril(np.ones((6, 6), bool)), Q @ K.T / np.sqrt(3), -np.inf)
@@ -66,12 +71,14 @@ def test_attention_shape(student):
                 hint="project with W_o at the end: the output lives in the token space, D = 4")
 
 
+@depends_on("test_softmax_values", "test_attention_weights")
 def test_attention_values(student):
     """self_attention matches the reference (causal)"""
     check_close("self_attention(params, Z)", call(student, "self_attention", PARAMS, Z), ref.attention(PARAMS, CFG, Z),
                 hint="Q = Z W_qᵀ, K = Z W_kᵀ, V = Z W_vᵀ; out = weights @ V @ W_oᵀ")
 
 
+@depends_on("test_softmax_values", "test_attention_weights")
 def test_attention_non_causal(student):
     """self_attention with causal=False matches the reference"""
     cfg = ref.BlockConfig(d_model=4, d_mlp=8, n_heads=1, d_head=3, causal=False)
@@ -79,6 +86,7 @@ def test_attention_non_causal(student):
                 ref.attention(PARAMS, cfg, Z), hint="pass `causal` on to attention_weights")
 
 
+@depends_on("test_softmax_values", "test_attention_weights")
 def test_attention_single_token(student):
     """on one token the weight is exactly 1, so A([x]) = W_o W_v x (THEORY §10.7)"""
     x = Z[:1]

@@ -2,7 +2,7 @@
 import numpy as np
 
 from implicit_icl import reference as ref
-from implicit_icl.grading import call, check_close, check_shape, check_true
+from implicit_icl.grading import Mistake, call, check_close, check_shape, check_true, depends_on
 
 CFG = ref.BlockConfig(d_model=5, d_mlp=20, n_heads=1, activation="gelu")
 PARAMS = ref.init_block(CFG, seed=3, bias_std=0.5)
@@ -25,9 +25,15 @@ def test_rank1_update_shape(student):
 
 def test_rank1_update_values(student):
     """ΔW = (W ΔA) A(x)ᵀ / ‖A(x)‖² matches the reference"""
-    check_close("rank1_update(params, cfg, C, x)", call(student, "rank1_update", PARAMS, CFG, C, X),
-                _reference_update().delta_W,
-                hint="the right factor is A(x), the query ALONE (not A(C, x)), divided by ‖A(x)‖²")
+    up = _reference_update()
+    a_C = ref.attention(PARAMS, CFG, np.concatenate([C, X[None]]))[-1]
+    norm_a = float(np.linalg.norm(up.a))
+    check_close("rank1_update(params, cfg, C, x)", call(student, "rank1_update", PARAMS, CFG, C, X), up.delta_W,
+                hint="ΔW = np.outer(W ΔA, A(x)) / ‖A(x)‖², with A(x) the attention on the query alone",
+                mistakes=[Mistake("the right factor is A(x), the query ALONE (not A(C, x)), divided by ‖A(x)‖²",
+                                  value=np.outer(up.u, a_C) / (a_C @ a_C)),
+                          Mistake("you divided by ‖A(x)‖ where ΔW needs ‖A(x)‖² = A(x) @ A(x): then "
+                                  "ΔW A(x) = W ΔA · ‖A(x)‖ instead of W ΔA", factor=norm_a, name="‖A(x)‖")])
 
 
 def test_rank1_update_has_rank_one(student):
@@ -53,6 +59,7 @@ def test_apply_rank1_update(student):
             check_close(f"new[{k!r}] (only mlp.W changes)", new.get(k), before[k], hint="copy every other entry")
 
 
+@depends_on("test_rank1_update_values", "test_apply_rank1_update")
 def test_identity_query_alone(student):
     """the identity: the block with W + ΔW on the query ALONE gives T_W(C, x) (P1 Thm 2.2, Y = C)"""
     dW = call(student, "rank1_update", PARAMS, CFG, C, X)
@@ -62,6 +69,7 @@ def test_identity_query_alone(student):
                 hint="(W + ΔW) A(x) must equal W A(C, x): check both factors of ΔW")
 
 
+@depends_on("test_rank1_update_values")
 def test_identity_preactivations(student):
     """the first-layer pre-activations agree as vectors: (W + ΔW) A(x) = W A(C, x) (THEORY §10.6)"""
     dW = call(student, "rank1_update", PARAMS, CFG, C, X)

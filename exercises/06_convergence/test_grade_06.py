@@ -6,7 +6,7 @@ when it exists; otherwise a seeded random block with the same shapes stands in, 
 import numpy as np
 
 from implicit_icl import reference as ref
-from implicit_icl.grading import call, check_close, check_shape, note
+from implicit_icl.grading import Mistake, call, check_close, check_shape, depends_on, note
 from implicit_icl.reference.tasks import regression_prompts
 
 # P1's model as THEORY §5 records it (UNCONFIRMED details): d = 2, MLP width 128, 8 heads of width 4, no skip.
@@ -42,6 +42,19 @@ def _ref_steps(params, cfg, z):
     return ref.trajectory(params, cfg, z[:-1], z[-1]).step_norm
 
 
+def _step_mistakes(params, cfg, z):
+    """The two common wrong step norms: the difference of the norms, and ‖A(x)‖² in the denominator."""
+    norm_a = float(np.linalg.norm(ref.attention(params, cfg, z[-1:])[0]))
+    return [Mistake("the norm of the DIFFERENCE, ‖W_0 (A_{i+1} − A_i)‖/‖A(x)‖, not the difference of the norms "
+                    "‖ΔW_{i+1}‖ − ‖ΔW_i‖", value=np.abs(np.diff(ref.trajectory(params, cfg, z[:-1], z[-1]).delta_W_norm))),
+            Mistake("you divided by ‖A(x)‖²: that is ΔW's denominator, but the NORM of a rank-1 step is "
+                    "‖u aᵀ‖/‖a‖² = ‖u‖‖a‖/‖a‖² = ‖u‖/‖a‖, so divide by ‖A(x)‖ once", factor=1 / norm_a,
+                    name="1/‖A(x)‖")]
+
+
+STEP_HINT = "‖ΔW_{i+1} − ΔW_i‖ = ‖W_0 (A_{i+1} − A_i)‖ / ‖A(x)‖, from the factors (exercise 5)"
+
+
 def test_step_norms_shape(student):
     """step_norms has one entry per context token, (n,)"""
     check_shape("step_norms(params, cfg, C, x) with n = 20",
@@ -53,9 +66,8 @@ def test_step_norms_untrained(student):
     """‖ΔW_{i+1} − ΔW_i‖ on the untrained block matches the reference"""
     check_close("step_norms on the untrained block",
                 call(student, "step_norms", UNTRAINED, UNTRAINED_CFG, ONE[:-1], ONE[-1]),
-                _ref_steps(UNTRAINED, UNTRAINED_CFG, ONE),
-                hint="the norm of the DIFFERENCE, ‖W_0 (A_{i+1} − A_i)‖/‖A(x)‖, not the difference of the norms "
-                     "‖ΔW_{i+1}‖ − ‖ΔW_i‖")
+                _ref_steps(UNTRAINED, UNTRAINED_CFG, ONE), hint=STEP_HINT,
+                mistakes=_step_mistakes(UNTRAINED, UNTRAINED_CFG, ONE))
 
 
 def test_delta_W_norms(student):
@@ -71,9 +83,11 @@ def test_step_norms_trained(student):
     """step_norms on the trained model matches the reference"""
     note(f"trained model: {TRAINED_LABEL}")
     check_close("step_norms on the trained model", call(student, "step_norms", TRAINED, TRAINED_CFG, ONE[:-1], ONE[-1]),
-                _ref_steps(TRAINED, TRAINED_CFG, ONE), hint="the same formula works for any block")
+                _ref_steps(TRAINED, TRAINED_CFG, ONE), hint="the same formula works for any block",
+                mistakes=_step_mistakes(TRAINED, TRAINED_CFG, ONE))
 
 
+@depends_on("test_step_norms_untrained")
 def test_mean_step_norms(student):
     """mean_step_norms averages the step norms over a batch of prompts, (n,)"""
     got = check_shape("mean_step_norms(params, cfg, Z) for Z of shape (8, 41, D)",
@@ -94,6 +108,7 @@ def test_decay_exponent(student):
                 np.polyfit(np.log(k), np.log(noisy), 1)[0], hint="least squares in log-log coordinates (np.polyfit)")
 
 
+@depends_on("test_step_norms_untrained", "test_step_norms_trained", "test_mean_step_norms", "test_decay_exponent")
 def test_trained_vs_untrained(student):
     """trained vs untrained: your mean step norms match the reference on both models (see the note)"""
     rows = {}
