@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from implicit_icl import reference as ref
+from implicit_icl.reference.checks import check_int
 from implicit_icl.reference.config import BlockConfig
 from implicit_icl.reference.model import normalise_stack
 from implicit_icl.reference.update import Update, update_from_taps
@@ -209,9 +210,7 @@ class TorchBackend:
         """``slab`` (context tokens per step of the scan) checked; ``None`` is the device's default."""
         if slab is None:
             return self._slab
-        if isinstance(slab, bool) or not isinstance(slab, (int, np.integer)) or slab < 1:
-            raise ValueError(f"slab must be a positive integer (context tokens per scan step), got {slab!r}")
-        return int(slab)
+        return check_int("slab (context tokens per scan step)", slab, low=1)
 
     def prefix_attention(self, params, cfg, context, query, *, slab: int | None = None) -> torch.Tensor:
         """The query's attention output ``A(c_1..c_i, x)`` for every prefix i = 0..n, ``(..., n+1, d_model)``,

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from .checks import check_int
 from .config import BlockConfig, param_shapes
 from .kinds import attention_input, head, taps_from_attention
 from .layers import self_attention
-from .validation import as_array, check_params
+from .validation import as_array, params_like
 
 
 def init_block(cfg: BlockConfig, seed: int = 0, *, bias_std: float = 0.0, ln_std: float = 0.0) -> dict:
@@ -20,7 +21,7 @@ def init_block(cfg: BlockConfig, seed: int = 0, *, bias_std: float = 0.0, ln_std
     """
     if not isinstance(cfg, BlockConfig):
         raise ValueError(f"cfg must be a BlockConfig, got {type(cfg).__name__}")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_int("seed", seed, low=0))
     params = {}
     for key, shape in param_shapes(cfg).items():
         if key.startswith("ln"):
@@ -38,7 +39,7 @@ def attention(params: dict, cfg: BlockConfig, Z) -> np.ndarray:
 
     For ``pre-ln`` blocks this is ``A(LN1 Z)``, the attention output added to the residual stream.
     """
-    check_params(params, cfg)
+    params = params_like(params, cfg)
     Z = as_array(Z, "Z", (None, cfg.d_model))
     return _attention(params, cfg, Z)
 
@@ -54,7 +55,7 @@ def taps(params: dict, cfg: BlockConfig, Z: np.ndarray) -> tuple[np.ndarray, np.
 
 def block(params: dict, cfg: BlockConfig, Z) -> np.ndarray:
     """The block output at every position, ``(T, d_model)``."""
-    check_params(params, cfg)
+    params = params_like(params, cfg)
     Z = as_array(Z, "Z", (None, cfg.d_model))
     return head(params, cfg, *taps(params, cfg, Z))
 
@@ -72,7 +73,7 @@ def check_context_query(cfg: BlockConfig, context, query) -> tuple[np.ndarray, n
 
 def block_output(params: dict, cfg: BlockConfig, context, query) -> np.ndarray:
     """``T_W(C, x)``: the block output at the query's position, ``(d_model,)``; ``context`` may have 0 rows."""
-    check_params(params, cfg)
+    params = params_like(params, cfg)
     context, query = check_context_query(cfg, context, query)
     a, r = taps(params, cfg, sequence(context, query))
     return head(params, cfg, a[-1], r[-1])

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from .checks import check_bool, check_int, check_positive_float, is_int
+
 KINDS = ("plain", "p1-skip", "residual", "pre-ln", "post-ln")
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh")
 
@@ -31,7 +33,8 @@ class BlockConfig:
     kind:       one of ``KINDS``.
     activation: ``"relu"``, ``"gelu"`` (exact erf form, BERT) or ``"gelu_tanh"`` (GPT-2's tanh approximation).
     causal:     causal mask in self-attention (both papers' default).
-    ln_eps:     LayerNorm epsilon (only used by ``pre-ln`` and ``post-ln``).
+    ln_eps:     LayerNorm epsilon, a finite number > 0 (only used by ``pre-ln`` and ``post-ln``: with 0 a constant
+                input would divide 0 by 0).
     d_head:     width of one head; default ``d_model // n_heads`` (which must then divide).
     attn_bias:  whether ``init_block`` creates the q/k/v/o biases.
     """
@@ -48,22 +51,21 @@ class BlockConfig:
 
     def __post_init__(self):
         for name in ("d_model", "d_mlp", "n_heads"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"BlockConfig.{name} must be a positive int, got {value!r}")
+            check_int(f"BlockConfig.{name}", getattr(self, name), low=1)
+        for name in ("causal", "attn_bias"):
+            check_bool(f"BlockConfig.{name}", getattr(self, name))
         if self.kind not in KINDS:
             raise ValueError(f"BlockConfig.kind must be one of {KINDS}, got {self.kind!r}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"BlockConfig.activation must be one of {ACTIVATIONS}, got {self.activation!r}")
-        if not (isinstance(self.ln_eps, (int, float)) and self.ln_eps >= 0):
-            raise ValueError(f"BlockConfig.ln_eps must be a float >= 0, got {self.ln_eps!r}")
+        check_positive_float("BlockConfig.ln_eps", self.ln_eps)
         if self.d_head is None:
             if self.d_model % self.n_heads:
                 raise ValueError(
                     f"BlockConfig.n_heads={self.n_heads} must divide d_model={self.d_model} "
                     "(or give d_head explicitly)"
                 )
-        elif isinstance(self.d_head, bool) or not isinstance(self.d_head, int) or self.d_head < 1:
+        elif not is_int(self.d_head) or self.d_head < 1:
             raise ValueError(f"BlockConfig.d_head must be a positive int or None, got {self.d_head!r}")
 
     @property

@@ -15,7 +15,7 @@ import numpy as np
 from .blocks import check_context_query, head, sequence, taps
 from .config import BlockConfig
 from .update import Update, _check_norm, apply_update, update_from_taps
-from .validation import check_params
+from .validation import params_like
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def trajectory(params: dict, cfg: BlockConfig, context, query) -> Trajectory:
     The reference re-runs attention on each prefix (O(n²) per prefix, O(n³) in all); the torch backend computes
     the same in one O(n) scan.
     """
-    check_params(params, cfg)
+    params = params_like(params, cfg)
     context, query = check_context_query(cfg, context, query)
     n = context.shape[0]
     prefix_taps = [tuple(t[-1] for t in taps(params, cfg, sequence(context[:i], query))) for i in range(n + 1)]
@@ -149,7 +149,7 @@ def factorised_update(params: dict, cfg: BlockConfig, context, query) -> dict:
     equals that of ``W_0 + ΔW(C)``, so ``T_{W_n}(x) = T_{W_0}(C, x)``; the matrices themselves differ in
     general (``W_n`` is not the minimum-norm update).
     """
-    check_params(params, cfg)
+    params = params_like(params, cfg)
     context, query = check_context_query(cfg, context, query)
     n = context.shape[0]
     suffix_taps = [tuple(t[-1] for t in taps(params, cfg, sequence(context[i:], query))) for i in range(n + 1)]

@@ -22,7 +22,7 @@ from .config import BlockConfig
 from .dynamics import Trajectory, trajectory_from_taps
 from .layers import attention_projections, merge_heads, softmax
 from .update import Update, _check_norm, update_from_taps
-from .validation import check_params
+from .validation import params_like
 
 CHUNK_ENTRIES = 1 << 22     # masked logits per chunk of subsets (K·H·(n+1) float64s, 32 MB): bounds the memory
 
@@ -33,7 +33,7 @@ def query_taps(params: dict, cfg: BlockConfig, context, query, keep) -> tuple[np
     Row k equals ``taps(params, cfg, sequence(context[keep[k]], query))`` at the query (to round-off), for
     causal and bidirectional blocks alike (the query is last, so it sees every row it is given).
     """
-    check_params(params, cfg)
+    params = params_like(params, cfg)
     context, query = check_context_query(cfg, context, query)
     n = context.shape[0]
     keep = np.asarray(keep)

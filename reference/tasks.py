@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
+from .checks import check_int
+
 
 @dataclass(frozen=True)
 class RegressionPrompts:
@@ -39,8 +41,7 @@ def regression_prompts(n_prompts: int, n_points: int, d: int, seed: int | np.ran
                        noise_std: float = 0.0) -> RegressionPrompts:
     """Draw ``n_prompts`` prompts of ``n_points`` examples in dimension ``d`` (seeded, reproducible)."""
     for name, value, low in (("n_prompts", n_prompts, 1), ("n_points", n_points, 0), ("d", d, 1)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        check_int(name, value, low=low)
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     w = rng.standard_normal((n_prompts, d))                                  # (B, d)
     x = rng.standard_normal((n_prompts, n_points, d))                        # (B, n, d)

@@ -9,7 +9,7 @@ import numpy as np
 from .blocks import check_context_query, sequence, taps
 from .config import BlockConfig
 from .kinds import TAP_NAMES
-from .validation import ZeroNormError, as_array, check_params, check_remove
+from .validation import ZeroNormError, as_array, check_remove, params_like
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ def implicit_update(params: dict, cfg: BlockConfig, context, query, remove=None)
     generalised to every block kind through its taps (P1 App. A; P2, THEORY §3b): ``u = W(a_C − a_x)``,
     ``a = a_x`` and ``Δb_out = r_C − r_x``.
     """
-    check_params(params, cfg)
+    params = params_like(params, cfg)
     context, query = check_context_query(cfg, context, query)
     removed = check_remove(remove, context.shape[0])
     kept = np.delete(context, removed, axis=0)                      # (n − |Y|, d_model), order kept
@@ -153,7 +153,7 @@ def position_updates(params: dict, cfg: BlockConfig, Z, query: str = "own") -> U
     """
     if query not in ("own", "last"):
         raise ValueError(f"query must be 'own' or 'last', got {query!r}")
-    check_params(params, cfg)
+    params = params_like(params, cfg)
     Z = as_array(Z, "Z", (None, cfg.d_model))
     if Z.shape[0] == 0:
         raise ValueError("Z must hold at least one token, got shape (0, d_model)")

@@ -227,9 +227,9 @@ def test_bad_slab_is_refused():
     cfg, p = _block("plain")
     C, x = np.ones((5, 6)), np.ones(6)
     for bad in (0, -3, 2.5):
-        with pytest.raises(ValueError, match="slab must be a positive integer"):
+        with pytest.raises(ValueError, match=r"slab \(context tokens per scan step\) must be a positive int"):
             T64.trajectory(p, cfg, C, x, slab=bad)
-        with pytest.raises(ValueError, match="slab must be a positive integer"):
+        with pytest.raises(ValueError, match=r"slab \(context tokens per scan step\) must be a positive int"):
             T64.prefix_attention(p, cfg, C, x, slab=bad)
 
 

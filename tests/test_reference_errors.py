@@ -94,8 +94,50 @@ def test_params_missing_key_and_wrong_shape():
         block(P, BlockConfig(d_model=4, d_mlp=8, n_heads=2, kind="pre-ln"), C)
 
 
+def test_params_with_a_key_the_block_does_not_have_are_refused_by_name():
+    """A misspelt optional key (``attn.b_V`` for ``attn.b_v``) used to be ignored, silently dropping the bias (the
+    output changed by 0.41); now every backend refuses it by name, through the one ``params_like`` check."""
+    cfg = BlockConfig(d_model=4, d_mlp=8, n_heads=2, attn_bias=True)
+    p = init_block(cfg, seed=3, bias_std=0.5)
+    bad = {("attn.b_V" if k == "attn.b_v" else k): v for k, v in p.items()}
+    assert not np.allclose(block(p, cfg, C), block({k: v for k, v in p.items() if k != "attn.b_v"}, cfg, C))
+    with pytest.raises(ValueError, match=r"params has the key 'attn.b_V', which a 'plain' block"):
+        block(bad, cfg, C)
+    torch = pytest.importorskip("torch")
+    from implicit_icl.backends import get_backend
+    with pytest.raises(ValueError, match=r"params has the key 'attn.b_V', which a 'plain' block"):
+        get_backend("torch", dtype=torch.float64).block(bad, cfg, C)
+
+
+@pytest.mark.parametrize("value, msg", [
+    (np.ones((8, 4), dtype=complex), r"params\['mlp.W'\] must be a real floating-point \(or integer\) array, got dtype complex128"),
+    (np.full((8, 4), "1"), r"params\['mlp.W'\] must be a real floating-point \(or integer\) array, got dtype <U1"),
+    ([[1.0] * 4] * 7 + [[1.0] * 3], r"params\['mlp.W'\] must be an array, got list"),
+])
+def test_params_that_are_not_real_arrays_are_refused_by_name(value, msg):
+    with pytest.raises(ValueError, match=msg):
+        block(dict(P, **{"mlp.W": value}), CFG, C)
+
+
+def test_nested_list_params_are_read_as_arrays():
+    listed = {k: v.tolist() for k, v in P.items()}
+    assert np.array_equal(block(listed, CFG, C), block(P, CFG, C))
+
+
+@pytest.mark.parametrize("seed", [-1, 2.5, True, "0"])
+def test_init_block_names_a_bad_seed(seed):
+    with pytest.raises(ValueError, match=r"seed must be an int >= 0"):
+        init_block(CFG, seed)
+
+
 @pytest.mark.parametrize("kwargs, msg", [
     (dict(d_model=0, d_mlp=4), "d_model must be a positive int"),
+    (dict(d_model=4, d_mlp=4, causal="false"), r"BlockConfig.causal must be True or False, got 'false'"),
+    (dict(d_model=4, d_mlp=4, attn_bias=1), r"BlockConfig.attn_bias must be True or False, got 1"),
+    (dict(d_model=4, d_mlp=4, ln_eps=0), r"BlockConfig.ln_eps must be a finite number > 0, got 0"),
+    (dict(d_model=4, d_mlp=4, ln_eps=float("inf")), r"BlockConfig.ln_eps must be a finite number > 0, got inf"),
+    (dict(d_model=4, d_mlp=4, ln_eps="1e-5"), r"BlockConfig.ln_eps must be a finite number > 0"),
+    (dict(d_model=True, d_mlp=4), "d_model must be a positive int, got True"),
     (dict(d_model=4, d_mlp=4, n_heads=3), "n_heads=3 must divide d_model=4"),
     (dict(d_model=4, d_mlp=4, kind="gpt"), "kind must be one of"),
     (dict(d_model=4, d_mlp=4, activation="tanh"), "activation must be one of"),

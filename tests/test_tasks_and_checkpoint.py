@@ -31,7 +31,7 @@ def test_least_squares_is_exact_once_determined():
 
 
 def test_bad_task_arguments():
-    with pytest.raises(ValueError, match="n_prompts must be an int >= 1"):
+    with pytest.raises(ValueError, match="n_prompts must be a positive int"):
         regression_prompts(0, 5, 2)
     with pytest.raises(ValueError, match="expected x"):
         least_squares_predictions(np.zeros((2, 3)), np.zeros(2), np.zeros(2))
