@@ -68,6 +68,11 @@ class GradingFailure(AssertionError):
         super().__init__("\n".join(lines))
 
 
+class CallFailure(GradingFailure):
+    """A failure of the student's function itself (missing, unsolved, crashing, exiting, changing its inputs): shown
+    as it is even when a check it depends on failed, since it names what to fix."""
+
+
 def _indent(value) -> str:
     text = value if isinstance(value, str) else fmt(value)
     return text.replace("\n", "\n          ")
@@ -113,13 +118,13 @@ def call(student, name: str, *args, **kwargs):
     func = getattr(student, name, None)
     where = getattr(student, "__file__", "your file")
     if func is None or not callable(func):
-        raise GradingFailure(f"your file defines a function `{name}`", expected=f"def {name}(...)",
+        raise CallFailure(f"your file defines a function `{name}`", expected=f"def {name}(...)",
                              got="no such function", hint=f"keep the function names of the stub ({where})")
     frozen, containers = _protect([*args, *kwargs.values()])
     try:
         result = func(*args, **kwargs)
     except NotImplementedError:
-        raise GradingFailure(
+        raise CallFailure(
             f"`{name}` is implemented", got="it still raises NotImplementedError",
             hint=f"open {where}, read the docstring of `{name}` and replace the `raise NotImplementedError` "
                  "with your code",
@@ -127,13 +132,13 @@ def call(student, name: str, *args, **kwargs):
     except GradingFailure:
         raise
     except SystemExit as exc:     # sys.exit() / exit() in the student's code must not end the grading as a pass
-        raise GradingFailure(f"`{name}` returns a value (without exiting)",
+        raise CallFailure(f"`{name}` returns a value (without exiting)",
                              got=f"it called sys.exit({exc.code!r}){_where(exc, where)}",
                              hint="remove the sys.exit() / exit() / quit() call: return the result") from None
     except Exception as exc:  # a crash in the student's code: show where
         at = _where(exc, where)
         in_place = isinstance(exc, ValueError) and "read-only" in str(exc)
-        raise GradingFailure(
+        raise CallFailure(
             f"`{name}` leaves its inputs unchanged" if in_place else f"`{name}` runs without error",
             got=f"{type(exc).__name__}: {exc}{at}",
             hint=IN_PLACE_HINT if in_place else
@@ -142,7 +147,7 @@ def call(student, name: str, *args, **kwargs):
     finally:
         changed = _restore(frozen, containers)
     if changed:
-        raise GradingFailure(f"`{name}` leaves its inputs unchanged", got=f"it changed {changed} in place",
+        raise CallFailure(f"`{name}` leaves its inputs unchanged", got=f"it changed {changed} in place",
                              hint=IN_PLACE_HINT)
     return result
 
@@ -607,7 +612,8 @@ def iter_checks(exercise_dir: str | os.PathLike, target: str | os.PathLike | Non
             func(*([student] if params else []))
         except AssertionError as exc:
             failed = [done[d] for d in getattr(func, "depends_on", ()) if d in done and not done[d].passed]
-            message = str(exc) if not failed or import_error is not None else str(GradingFailure(
+            own = import_error is not None or isinstance(exc, CallFailure)
+            message = str(exc) if not failed or own else str(GradingFailure(
                 describe(func), hint=f"fix check {failed[0].number} first ({failed[0].description}): this check "
                                      "uses what it tests"))
             result = CheckResult(name, describe(func), False, message, list(NOTES), number)
