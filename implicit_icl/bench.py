@@ -431,7 +431,7 @@ def _check_args(args) -> str | None:
         return f"--budget must be a positive number of seconds, got {args.budget}"
     if args.kind not in KINDS:
         return f"--kind must be one of {list(KINDS)}, got {args.kind!r}"
-    if args.json and args.json != "-":
+    if args.json is not None and args.json != "-":          # "" is refused there, not taken as no --json
         from implicit_icl.checkpoint import output_path_problem
         if problem := output_path_problem(args.json, "--json"):
             return problem
