@@ -71,8 +71,10 @@ def mlp(params: dict, cfg: BlockConfig, a: torch.Tensor, W=None, b_out=None) -> 
     batch dimensions ``(..., M, D)`` applies one matrix per row of ``a`` ``(..., D)``."""
     W = params["mlp.W"] if W is None else W
     b_out = params["mlp.b_out"] if b_out is None else b_out
-    pre = F.linear(a, W) if W.dim() == 2 else (W @ a[..., None])[..., 0]              # (..., d_mlp)
-    return F.linear(activation(cfg, pre + params["mlp.b"]), params["mlp.W_out"], b_out)  # (..., d_model)
+    if W.dim() == 2:
+        return F.linear(activation(cfg, F.linear(a, W, params["mlp.b"])), params["mlp.W_out"], b_out)
+    pre = torch.einsum("...md,...d->...m", W, a) + params["mlp.b"]                     # (..., d_mlp)
+    return activation(cfg, pre) @ params["mlp.W_out"].T + b_out                         # (..., d_model)
 
 
 zeros_like = torch.zeros_like
