@@ -121,3 +121,84 @@ def test_sys_exit_is_a_failure_in_process_too():
 
     with pytest.raises(grading.GradingFailure, match=r"(?s)returns a value \(without exiting\).*sys\.exit\(0\)"):
         grading.call(Student, "f")
+
+
+# ----------------------------------------------------- hidden solutions, tiered hints, THEORY (issue 18, items 2, 5)
+
+
+def test_the_student_help_does_not_advertise_the_solution(capsys):
+    with pytest.raises(SystemExit):
+        main(["exercises", "check", "--help"])
+    text = capsys.readouterr().out
+    assert "--solution" not in text and "--mistake" not in text and "--hint" in text and "--timeout" in text
+    with pytest.raises(SystemExit):
+        main(["exercises", "--help"])
+    text = capsys.readouterr().out
+    assert "--solution" not in text and "exercises solution N" in text and "implicit-icl theory" in text
+
+
+def test_the_solution_is_shown_only_after_asking(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("IMPLICIT_ICL_EXERCISES", raising=False)
+    assert main(["exercises", "init", "course"]) == 0
+    assert not (tmp_path / "course" / "03_rank1_update" / "solution.py").exists()
+    capsys.readouterr()
+    solution = (FOLDERS[3] / "solution.py").read_text(encoding="utf-8")
+    monkeypatch.setattr("builtins.input", lambda prompt: "n")
+    assert main(["exercises", "solution", "3", "--dir", "course"]) == 1
+    captured = capsys.readouterr()
+    assert "def rank1_update" not in captured.out and "not shown" in captured.err and "--hint" in captured.err
+
+    def no_input(prompt):
+        raise EOFError                                     # a script with no terminal: never shown by default
+
+    monkeypatch.setattr("builtins.input", no_input)
+    assert main(["exercises", "solution", "3", "--dir", "course"]) == 1
+    assert "def rank1_update" not in capsys.readouterr().out
+    monkeypatch.setattr("builtins.input", lambda prompt: "y")
+    assert main(["exercises", "solution", "3", "--dir", "course"]) == 0
+    assert solution in capsys.readouterr().out
+    assert main(["exercises", "solution", "3", "--dir", "course", "--yes"]) == 0
+    assert solution in capsys.readouterr().out
+
+
+def test_hint_reveals_one_more_each_time_and_remembers(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["exercises", "init", "course"]) == 0
+    hints = grading.hints_of(FOLDERS[6])
+    assert len(hints) >= 3
+    for shown in range(1, len(hints) + 2):                 # one past the last: it stays at all of them
+        capsys.readouterr()
+        assert main(["exercises", "check", "6", "--dir", "course", "--hint"]) == 1
+        out = capsys.readouterr().out
+        k = min(shown, len(hints))
+        assert f"hints ({k} of {len(hints)}" in out, out
+        assert all(h.splitlines()[0] in out for h in hints[:k]) and all(h not in out for h in hints[k:]), out
+    state = (tmp_path / "course" / grading.HINTS_FILE).read_text()
+    assert '"06_convergence": 3' in state
+    capsys.readouterr()
+    assert main(["exercises", "check", "3", "--dir", "course", "--hint"]) == 1      # each exercise its own count
+    out = capsys.readouterr().out
+    assert "hints (1 of 3" in out and grading.hints_of(FOLDERS[3])[1] not in out
+    assert main(["exercises", "check", "3", "--dir", "course"]) == 1                 # without --hint: none
+    assert "hints (" not in capsys.readouterr().out
+
+
+def test_every_exercise_has_tiered_hints():
+    for n, folder in FOLDERS.items():
+        hints = grading.hints_of(folder)
+        assert len(hints) >= 3 and len(set(hints)) == len(hints), n
+
+
+def test_the_report_names_the_command_for_the_cited_theory_section(capsys):
+    assert main(["exercises", "check", "3", "--dir", str(ROOT / "exercises"), "--mistake"]) == 1
+    out = capsys.readouterr().out
+    assert "THEORY §10.6" in out and "`implicit-icl theory 10.6`" in out
+
+
+def test_exercise_9_hint_uses_the_readmes_shape_convention():
+    """The README writes A = [a_1 … a_K] as D × K; the hint used to say (K, D)."""
+    readme = (FOLDERS[9] / "README.md").read_text(encoding="utf-8")
+    assert "(D × K)" in readme
+    grader = grading.grader_path(FOLDERS[9]).read_text(encoding="utf-8")
+    assert "(K, D)" not in grader and "D × K" in grader

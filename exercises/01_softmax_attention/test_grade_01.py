@@ -4,6 +4,13 @@ import numpy as np
 from implicit_icl import reference as ref
 from implicit_icl.grading import Mistake, call, check_close, check_shape, check_true, depends_on
 
+# `implicit-icl exercises check N --hint` shows one more of these each time, gentlest first.
+HINTS = (
+    'Work one function at a time, in the order of the file: softmax, causal_mask, attention_weights, self_attention; each later one calls the earlier ones.',
+    'softmax: subtract x.max(axis=axis, keepdims=True) before np.exp, and divide by the sum along the same axis (keepdims=True). causal_mask: np.tril of a (T, T) array of True.',
+    'attention_weights: logits = Q @ K.T / √d_k; where the mask is False put −inf (np.where) BEFORE the softmax over the last axis. self_attention: weights @ (Z W_vᵀ), then @ W_oᵀ (THEORY §10.7).',
+)
+
 # d_head = 3 differs from d_model = 4, so scaling the logits by √D instead of √d_k is caught.
 CFG = ref.BlockConfig(d_model=4, d_mlp=8, n_heads=1, d_head=3)
 PARAMS = ref.init_block(CFG, seed=1)

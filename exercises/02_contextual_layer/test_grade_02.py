@@ -4,6 +4,13 @@ import numpy as np
 from implicit_icl import reference as ref
 from implicit_icl.grading import call, check_close, check_shape
 
+# `implicit-icl exercises check N --hint` shows one more of these each time, gentlest first.
+HINTS = (
+    'A(C, x) is the LAST row of the attention on the sequence [C; x]; A(x) is the attention on [x] alone.',
+    'np.concatenate([context, query[None]]) builds [C; x]; reference.attention(params, cfg, Z) runs the layer.',
+    'ΔA(Y) = A(C, x) − A(C \\ Y, x): DELETE the rows of Y from the context (np.delete), never set them to zero; a zero row still takes softmax weight (THEORY §9.2).',
+)
+
 CFG = ref.BlockConfig(d_model=4, d_mlp=8, n_heads=2)
 PARAMS = ref.init_block(CFG, seed=2)
 _rng = np.random.default_rng(20)

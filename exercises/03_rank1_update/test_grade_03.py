@@ -4,6 +4,13 @@ import numpy as np
 from implicit_icl import reference as ref
 from implicit_icl.grading import Mistake, call, check_close, check_shape, check_true, depends_on
 
+# `implicit-icl exercises check N --hint` shows one more of these each time, gentlest first.
+HINTS = (
+    'ΔW has two factors: u = W ΔA (the left, (M,)) and A(x) (the right, (D,)), divided by ‖A(x)‖².',
+    'ΔA = A(C, x) − A(x), both from exercise 2; the right factor is A(x), the query ALONE.',
+    'np.outer(W @ (A_C − A_x), A_x) / (A_x @ A_x); its Frobenius norm is ‖u‖/‖A(x)‖ (THEORY §10.6).',
+)
+
 CFG = ref.BlockConfig(d_model=5, d_mlp=20, n_heads=1, activation="gelu")
 PARAMS = ref.init_block(CFG, seed=3, bias_std=0.5)
 _rng = np.random.default_rng(30)

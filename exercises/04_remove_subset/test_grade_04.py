@@ -4,6 +4,13 @@ import numpy as np
 from implicit_icl import reference as ref
 from implicit_icl.grading import call, check_close, check_shape, check_true
 
+# `implicit-icl exercises check N --hint` shows one more of these each time, gentlest first.
+HINTS = (
+    'Removing a subset Y changes only the left factor: ΔA(Y) = A(C, x) − A(C \\ Y, x); the right factor is still A(C \\ Y, x), what W reads once Y is gone.',
+    'projector_perp(a) = I − a aᵀ/‖a‖²; any M P added to ΔW leaves (W + ΔW) a unchanged, because P a = 0.',
+    'rank1_update_remove: kept = np.delete(context, remove, axis=0); a = A(kept, x); u = W (A(C, x) − a); return np.outer(u, a) / (a @ a).',
+)
+
 CFG = ref.BlockConfig(d_model=5, d_mlp=16, n_heads=1)
 PARAMS = ref.init_block(CFG, seed=4)
 _rng = np.random.default_rng(40)

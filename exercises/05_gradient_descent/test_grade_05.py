@@ -9,6 +9,13 @@ import numpy as np
 from implicit_icl import reference as ref
 from implicit_icl.grading import GradingFailure, call, check_close, check_shape, note
 
+# `implicit-icl exercises check N --hint` shows one more of these each time, gentlest first.
+HINTS = (
+    'Build prefix_taps first: row i is A(c_1..c_i, x), so row 0 is the query alone; everything else follows from these n + 1 vectors.',
+    'step_size is 1/‖A(x)‖²; W_i = W_0 + W_0 (A_i − A_0) A_0ᵀ h, and Δ_i = W_0 (A_i − A_{i+1}) A_0ᵀ.',
+    'Check W_{i+1} = W_i − h Δ_i yourself on a small example; the gradient of trace(Δᵀ W) with respect to W is Δ itself.',
+)
+
 try:
     import torch
 except ImportError:  # exercises 1-7 work without torch

@@ -9,6 +9,13 @@ from implicit_icl import reference as ref
 from implicit_icl.grading import Mistake, call, check_close, check_shape, depends_on, note
 from implicit_icl.reference.tasks import regression_prompts
 
+# `implicit-icl exercises check N --hint` shows one more of these each time, gentlest first.
+HINTS = (
+    'A step is rank 1, ΔW_{i+1} − ΔW_i = W_0 (A_{i+1} − A_i) A(x)ᵀ/‖A(x)‖²: take its norm from the factors.',
+    '‖u aᵀ‖ = ‖u‖ ‖a‖, so the norm of a step is ‖W_0 (A_{i+1} − A_i)‖ / ‖A(x)‖ (one power of ‖A(x)‖).',
+    'np.diff(A, axis=0) @ W.T gives every W_0 (A_{i+1} − A_i) at once; decay_exponent is np.polyfit(np.log(k + 1), np.log(steps), 1)[0] (THEORY §8.5).',
+)
+
 # P1's model as THEORY §5 records it (UNCONFIRMED details): d = 2, MLP width 128, 8 heads of width 4, no skip.
 P1_CFG = ref.BlockConfig(d_model=3, d_mlp=128, n_heads=8, d_head=4, kind="plain", activation="relu")
 

@@ -4,6 +4,13 @@ import numpy as np
 from implicit_icl import reference as ref
 from implicit_icl.grading import call, call_returning, check_close, check_shape
 
+# `implicit-icl exercises check N --hint` shows one more of these each time, gentlest first.
+HINTS = (
+    'A block has two taps: a, the vector W reads, and r, the residual added around the MLP; the update is ΔW = W (a_C − a_x) a_xᵀ/‖a_x‖² and Δb_out = r_C − r_x.',
+    'layer_norm: (x − mean)/sqrt(var + eps) * g + b over the last axis, with keepdims=True; pre-ln: r = Z + A(LN1 Z), a = LN2(r).',
+    'update_pre_ln: take the last row of the taps on [C; x] and the only row of the taps on [x]; Δb uses r (BEFORE LN2), not a.',
+)
+
 PRE = ref.BlockConfig(d_model=6, d_mlp=24, n_heads=2, kind="pre-ln", activation="gelu")
 RES = ref.BlockConfig(d_model=6, d_mlp=24, n_heads=2, kind="residual", activation="gelu")
 # non-trivial LayerNorm gains/shifts and biases, so that every parameter matters

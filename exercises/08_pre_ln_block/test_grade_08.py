@@ -10,6 +10,13 @@ import numpy as np
 from implicit_icl import reference as ref
 from implicit_icl.grading import call, call_returning, check_close, check_shape, check_true, note
 
+# `implicit-icl exercises check N --hint` shows one more of these each time, gentlest first.
+HINTS = (
+    "Part 1 is exercise 7 at every position: position i's context is the rows before it, and the query is the LAST token for all of them, so they share one right factor a_x.",
+    'alignment needs only u: ⟨u_i aᵀ, u_j aᵀ⟩_F = (u_i · u_j) ‖a‖², so normalise the rows of u and take their dot products. The sum of rank-1 matrices with one right factor has rank 1.',
+    'Part 2: the query is row p of H (not the last row); post-ln taps are h = LN1(Z + A(Z)) for both a and r, and Δb goes INSIDE the layer, on mlp.b_out, before LN2.',
+)
+
 CFG = ref.BlockConfig(d_model=8, d_mlp=32, n_heads=4, kind="pre-ln", activation="gelu", attn_bias=True)
 PARAMS = ref.init_block(CFG, seed=8, bias_std=0.2, ln_std=0.2)
 Z = np.random.default_rng(80).standard_normal((6, 8))

@@ -4,6 +4,13 @@ import numpy as np
 from implicit_icl import reference as ref
 from implicit_icl.grading import call, call_returning, check_close, check_shape, check_true
 
+# `implicit-icl exercises check N --hint` shows one more of these each time, gentlest first.
+HINTS = (
+    'Each query x has its own exact update (u_x, a_x); one patch for K queries must map every a_k to its u_k.',
+    'Stack the taps as columns: A = [a_1 … a_K] is D × K and U = [u_1 … u_K] is M × K, as in the README; the patch solves ΔW A = U.',
+    'The minimum-norm least-squares solution is ΔW = U A⁺ = np.linalg.lstsq(A.T, U.T, rcond=None)[0].T; Δb is the mean of the Δb_k (THEORY §8.2).',
+)
+
 # A residual block: its bias update Δb = r(C, x) − r(x) is non-zero and differs from query to query, so every
 # check below also tests Δb. The last check uses a plain block (no bias update), where K ≤ d_model queries are fitted
 # exactly in the output too.
@@ -92,7 +99,8 @@ def test_patch_is_minimum_norm_least_squares(student):
     dW, db = call_returning(student, "patch", ("delta_W", "delta_b"), PARAMS, CFG, C, CALIB10)
     want_W, want_b = _reference_patch(CALIB10)
     check_close("patch(params, cfg, C, 10 queries)[0]", dW, want_W,
-                hint="np.linalg.lstsq(A, U)[0].T with rows a_k in A (K, D) and u_k in U (K, M)")
+                hint="ΔW = U A⁺ with the columns a_k in A (D × K) and u_k in U (M × K), as in the README: "
+                     "np.linalg.lstsq(A.T, U.T, rcond=None)[0].T")
     check_close("patch(params, cfg, C, 10 queries)[1]", db, want_b,
                 hint="the mean (not the sum) of the ten Δb_k = implicit_update(...).delta_b")
 
