@@ -699,7 +699,7 @@ def grade(exercise_dir: str | os.PathLike, target: str | os.PathLike | None = No
     env = dict(os.environ)
     env.pop(ENV_PLOTS, None)
     if plots is not None:
-        env[ENV_PLOTS] = str(plots)
+        env[ENV_PLOTS] = str(Path(plots).resolve())       # the note names it wherever the student stands
     proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(exercise_dir), str(path)], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, env=env, text=True, encoding="utf-8")
     lines: queue.Queue = queue.Queue()

@@ -202,3 +202,39 @@ def test_exercise_9_hint_uses_the_readmes_shape_convention():
     assert "(D × K)" in readme
     grader = grading.grader_path(FOLDERS[9]).read_text(encoding="utf-8")
     assert "(K, D)" not in grader and "D × K" in grader
+
+
+# ------------------------------------------------------------------------------------ plots (issue 18, item 3)
+
+
+def test_the_grader_draws_the_three_figures_and_says_where(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    for n, name in ((3, "rank1_update.png"), (6, "convergence.png"), (8, "alignment.png")):
+        out_dir = tmp_path / str(n)
+        results = grading.grade(FOLDERS[n], "solution", plots=out_dir)
+        out = capsys.readouterr().out
+        png = out_dir / name
+        assert all(r.passed for r in results) and png.is_file(), (n, out)
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+        assert f"plot written to {png}" in out
+
+
+def test_a_students_check_writes_its_plots_beside_the_exercise(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("matplotlib")
+    monkeypatch.chdir(tmp_path)
+    assert main(["exercises", "init", "course"]) == 0
+    mine = tmp_path / "course" / "03_rank1_update"
+    (mine / "exercise.py").write_text((FOLDERS[3] / "solution.py").read_text())
+    assert main(["exercises", "check", "3", "--dir", "course"]) == 0
+    assert (mine / "plots" / "rank1_update.png").is_file()
+    assert f"plot written to {mine / 'plots' / 'rank1_update.png'}" in capsys.readouterr().out
+
+
+def test_without_matplotlib_the_grader_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv(grading.ENV_PLOTS, str(tmp_path))
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    del grading.NOTES[:]
+    assert grading.save_plot("x.png", lambda fig: None) is None
+    assert any("matplotlib is not installed" in n and "pip install matplotlib" in n for n in grading.NOTES)
+    assert not list(tmp_path.iterdir())
+    del grading.NOTES[:]

@@ -2,7 +2,7 @@
 import numpy as np
 
 from implicit_icl import reference as ref
-from implicit_icl.grading import Mistake, call, check_close, check_shape, check_true, depends_on
+from implicit_icl.grading import Mistake, call, check_close, check_shape, check_true, depends_on, save_plot
 
 # `implicit-icl exercises check N --hint` shows one more of these each time, gentlest first.
 HINTS = (
@@ -50,6 +50,18 @@ def test_rank1_update_has_rank_one(student):
     check_true(s[0] > 0 and s[1] <= 1e-12 * s[0], "ΔW has one non-zero singular value",
                expected="σ_2/σ_1 ≤ 1e-12", got=f"singular values {np.array2string(s, precision=3)}",
                hint="an outer product of two vectors has rank 1")
+
+    def draw(fig):
+        heat, bars = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.3]})
+        lim = float(np.abs(dW).max()) or 1.0
+        image = heat.imshow(dW, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+        fig.colorbar(image, ax=heat)
+        heat.set(title="your ΔW (20 × 5): every row is a multiple of A(x)ᵀ", xlabel="column (d_model)",
+                 ylabel="row (d_mlp)")
+        bars.bar(np.arange(1, len(s) + 1), np.maximum(s, 1e-18))
+        bars.set(yscale="log", xlabel="k", ylabel="σ_k", title="its singular values: one non-zero, the rest ~1e-16")
+
+    save_plot("rank1_update.png", draw)
 
 
 def test_apply_rank1_update(student):

@@ -6,7 +6,7 @@ when it exists; otherwise a seeded random block with the same shapes stands in, 
 import numpy as np
 
 from implicit_icl import reference as ref
-from implicit_icl.grading import Mistake, call, check_close, check_shape, depends_on, note
+from implicit_icl.grading import Mistake, call, check_close, check_shape, depends_on, note, save_plot
 from implicit_icl.reference.tasks import regression_prompts
 
 # `implicit-icl exercises check N --hint` shows one more of these each time, gentlest first.
@@ -133,3 +133,15 @@ def test_trained_vs_untrained(student):
     else:
         lines.append("not both decaying here: compare the two rows before reading anything into them (THEORY §8.5)")
     note("\n".join(lines))
+
+    def draw(fig):
+        ax = fig.add_subplot()
+        i = np.arange(1, len(rows["trained"][0]) + 1)
+        for label, (steps, p) in rows.items():
+            ax.loglog(i, steps, "o-", ms=3, label=f"{label} (slope p = {p:+.2f})")
+        ax.loglog(i, rows["untrained"][0][0] / i, "k:", label="1/i, for reference")
+        ax.set(xlabel="tokens consumed i", ylabel="mean ‖ΔW_i − ΔW_(i−1)‖",
+               title="Exercise 6: the steps shrink, trained or not (THEORY §8.5)")
+        ax.legend()
+
+    save_plot("convergence.png", draw)

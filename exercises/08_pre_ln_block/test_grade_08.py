@@ -8,7 +8,7 @@ are the same either way: a bare ``pip install -e .`` can do the whole exercise.
 import numpy as np
 
 from implicit_icl import reference as ref
-from implicit_icl.grading import call, call_returning, check_close, check_shape, check_true, note
+from implicit_icl.grading import call, call_returning, check_close, check_shape, check_true, note, save_plot
 
 # `implicit-icl exercises check N --hint` shows one more of these each time, gentlest first.
 HINTS = (
@@ -73,6 +73,17 @@ def test_alignment(student):
     expected = (mats @ mats.T) / np.outer(np.linalg.norm(mats, axis=1), np.linalg.norm(mats, axis=1))
     check_close("alignment(u)", got, expected, hint="normalise each row of u to unit length, then take all dot products")
     check_close("diagonal of alignment(u)", np.diag(got), np.ones(T), hint="each ΔW_i is perfectly aligned with itself")
+
+    def draw(fig):
+        ax = fig.add_subplot()
+        image = ax.imshow(got, cmap="RdBu_r", vmin=-1, vmax=1)
+        fig.colorbar(image, ax=ax, label="cosine of ΔW_i and ΔW_j")
+        for (i, j), value in np.ndenumerate(got):
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8)
+        ax.set(xlabel="position j", ylabel="position i",
+               title="Exercise 8: alignment of the updates ΔW_i of every position (one shared right factor)")
+
+    save_plot("alignment.png", draw)
 
 
 def test_rank_of_sum(student):
