@@ -11,7 +11,7 @@ from dataclasses import fields
 import numpy as np
 
 from implicit_icl import reference as ref
-from implicit_icl.reference.blocks import check_context_query
+from implicit_icl.reference.blocks import check_context_query, kept_positions
 from implicit_icl.reference.model import normalise_stack
 from implicit_icl.reference.validation import check_params, from_tensor
 
@@ -125,7 +125,8 @@ class NumpyBackend:
         for i in range(context.shape[0] + 1):
             try:
                 tokens = np.concatenate([context[:i], query[None]])                    # (i+1, d_model)
-                per_prefix.append(ref.model_updates(model_params, model_cfg, tokens))
+                positions = kept_positions(np.arange(i), context.shape[0])             # the query keeps n
+                per_prefix.append(ref.model_updates(model_params, model_cfg, tokens, positions))
             except ref.ZeroNormError as exc:                 # say which prefix, as the torch backend does
                 raise ref.ZeroNormError(f"prefix {i} (the query after {i} context tokens): {exc}") from None
         return [ref.Update(u=np.stack([p[l].u for p in per_prefix]), a=np.stack([p[l].a for p in per_prefix]),

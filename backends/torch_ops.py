@@ -17,10 +17,37 @@ from implicit_icl.reference import kinds
 from implicit_icl.reference.config import BlockConfig
 
 
-def heads(params: dict, cfg: BlockConfig, X: torch.Tensor, key: str) -> torch.Tensor:
-    """Project ``X`` with ``attn.W_<key>`` (and its bias) and split into heads: ``(..., T, D) → (..., H, T, dh)``."""
-    y = F.linear(X, params[f"attn.W_{key}"], params.get(f"attn.b_{key}"))             # (..., T, H*dh)
-    return y.reshape(*y.shape[:-1], cfg.n_heads, cfg.head_dim).transpose(-3, -2)
+def positions_of(X: torch.Tensor, positions=None) -> torch.Tensor:
+    """The rows' positions in the full sequence: ``positions`` (any int sequence) or ``0..T−1``, as a tensor."""
+    if positions is None:
+        return torch.arange(X.shape[-2], device=X.device)
+    return torch.as_tensor(positions, device=X.device)
+
+
+def rotate(x: torch.Tensor, positions: torch.Tensor, theta: float, dim: int) -> torch.Tensor:
+    """Rotary positions (rotate-half convention) of the first ``dim`` entries of each head row, as
+    ``reference.layers.rotate``: ``x`` (..., T, dh), ``positions`` (T,). Angles in float64 where ``x`` is float64."""
+    half = dim // 2
+    fdt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    inv_freq = 1.0 / theta ** (torch.arange(0, dim, 2, device=x.device, dtype=fdt) / dim)     # (dim/2,)
+    angle = positions.to(fdt)[:, None] * inv_freq                                            # (T, dim/2)
+    cos, sin = torch.cos(angle).to(x.dtype), torch.sin(angle).to(x.dtype)
+    x1, x2, rest = x[..., :half], x[..., half:dim], x[..., dim:]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], dim=-1)
+
+
+def heads(params: dict, cfg: BlockConfig, X: torch.Tensor, key: str, positions=None) -> torch.Tensor:
+    """Project ``X`` with ``attn.W_<key>`` (and its bias) and split into heads: ``(..., T, D) → (..., H, T, dh)``;
+    queries and keys then get the q/k norm and the rotary positions where the config has them (``positions`` as in
+    :func:`positions_of`), and a grouped-query block's key/value heads are repeated for their query heads."""
+    y = F.linear(X, params[f"attn.W_{key}"], params.get(f"attn.b_{key}"))             # (..., T, H'*dh)
+    n = cfg.n_heads if key == "q" else cfg.kv_heads
+    y = y.reshape(*y.shape[:-1], n, cfg.head_dim).transpose(-3, -2)                    # (..., H', T, dh)
+    if key in "qk" and cfg.qk_norm:
+        y = rms_norm(y, params[f"attn.{key}_norm.g"], cfg.ln_eps, cfg.norm_offset)
+    if key in "qk" and cfg.rotary:
+        y = rotate(y, positions_of(X, positions), cfg.rope_theta, cfg.rotary)
+    return y if n == cfg.n_heads else y.repeat_interleave(cfg.n_heads // n, dim=-3)    # (..., H, T, dh)
 
 
 def merge_heads(params: dict, cfg: BlockConfig, o: torch.Tensor, bias: bool = True) -> torch.Tensor:
@@ -29,30 +56,53 @@ def merge_heads(params: dict, cfg: BlockConfig, o: torch.Tensor, bias: bool = Tr
     return F.linear(flat, params["attn.W_o"], params.get("attn.b_o") if bias else None)
 
 
-def self_attention(params: dict, cfg: BlockConfig, X: torch.Tensor) -> torch.Tensor:
+def visible(cfg: BlockConfig, q_pos: torch.Tensor, k_pos: torch.Tensor, causal: bool) -> torch.Tensor | None:
+    """Which keys each query sees, ``(Tq, Tk)`` bool, as ``reference.layers.visible``; ``None`` when a plain causal
+    (or full) mask is enough (the fused kernels' fast path)."""
+    if cfg.sliding_window is None:
+        return None
+    seen = (q_pos[:, None] - k_pos[None, :]) < cfg.sliding_window
+    return seen & (k_pos[None, :] <= q_pos[:, None]) if causal else seen
+
+
+def self_attention(params: dict, cfg: BlockConfig, X: torch.Tensor, positions=None) -> torch.Tensor:
     """Multi-head softmax self-attention at every position, ``(..., T, d_model) → (..., T, d_model)``."""
     *batch, T, _ = X.shape
     # exactly one batch dimension: the fused (flash / memory-efficient) kernels accept only 4-D inputs, and any
     # other rank falls back to the math path, which forms the (T × T) logits (2.5 GB and 50× slower at T = 8k)
     X = X.reshape(math.prod(batch), T, X.shape[-1])
-    q, k, v = (heads(params, cfg, X, key) for key in "qkv")                          # (B, H, T, dh)
-    o = F.scaled_dot_product_attention(q, k, v, is_causal=cfg.causal)                 # (B, H, T, dh)
+    q, k, v = (heads(params, cfg, X, key, positions) for key in "qkv")               # (B, H, T, dh)
+    pos = positions_of(X, positions)
+    mask = visible(cfg, pos, pos, cfg.causal)
+    o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=cfg.causal and mask is None)
     return merge_heads(params, cfg, o).reshape(*batch, T, cfg.d_model)               # (..., T, d_model)
 
 
-def query_attention(params: dict, cfg: BlockConfig, X: torch.Tensor) -> torch.Tensor:
+def query_attention(params: dict, cfg: BlockConfig, X: torch.Tensor, positions=None) -> torch.Tensor:
     """The attention output at the *last* position of ``X`` only, ``(..., T, D) → (..., D)``: one query row
     against ``T`` keys, O(T·d) (the causal mask never hides anything from the last position)."""
-    q = heads(params, cfg, X[..., -1:, :], "q")                                     # (..., H, 1, dh)
-    k, v = heads(params, cfg, X, "k"), heads(params, cfg, X, "v")                    # (..., H, T, dh)
-    return merge_heads(params, cfg, F.scaled_dot_product_attention(q, k, v))[..., 0, :]
+    pos = positions_of(X, positions)
+    q = heads(params, cfg, X[..., -1:, :], "q", pos[-1:])                           # (..., H, 1, dh)
+    k, v = heads(params, cfg, X, "k", pos), heads(params, cfg, X, "v", pos)          # (..., H, T, dh)
+    mask = visible(cfg, pos[-1:], pos, causal=True)
+    return merge_heads(params, cfg, F.scaled_dot_product_attention(q, k, v, attn_mask=mask))[..., 0, :]
 
 
 def alone_attention(params: dict, cfg: BlockConfig, X: torch.Tensor) -> torch.Tensor:
     """``A([x])`` for every token of ``X`` run alone, ``(..., T, D)``: softmax over one logit is exactly 1, so
-    ``A([x]) = W_o (W_v x + b_v) + b_o`` (THEORY §10.7), of ``LN1 x`` for ``pre-ln``."""
+    ``A([x]) = W_o (W_v x + b_v) + b_o`` (THEORY §10.7), of ``N1 x`` for the pre-norm kinds; rotary and q/k norms
+    touch only the one logit."""
     X = kinds.attention_input(params, cfg, X, OPS)
-    return F.linear(F.linear(X, params["attn.W_v"], params.get("attn.b_v")), params["attn.W_o"], params.get("attn.b_o"))
+    v = F.linear(X, params["attn.W_v"], params.get("attn.b_v"))                        # (..., T, Hkv*dh)
+    if cfg.kv_heads != cfg.n_heads:                                                     # each kv head serves a group
+        v = v.reshape(*v.shape[:-1], cfg.kv_heads, cfg.head_dim).repeat_interleave(cfg.n_heads // cfg.kv_heads, -2)
+        v = v.reshape(*v.shape[:-2], cfg.d_attn)                                        # (..., T, H*dh)
+    return F.linear(v, params["attn.W_o"], params.get("attn.b_o"))
+
+
+def rms_norm(x: torch.Tensor, g: torch.Tensor, eps: float, offset: float = 0.0) -> torch.Tensor:
+    """RMSNorm over the last axis, ``(offset + g) ⊙ x/sqrt(mean(x²) + eps)``, as ``reference.layers.rms_norm``."""
+    return (offset + g) * x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps)
 
 
 def layer_norm(x: torch.Tensor, g: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
@@ -60,34 +110,44 @@ def layer_norm(x: torch.Tensor, g: torch.Tensor, b: torch.Tensor, eps: float) ->
 
 
 def activation(cfg: BlockConfig, x: torch.Tensor) -> torch.Tensor:
-    """The reference's activations: relu, exact erf GELU, GELU's tanh approximation (GPT-2's ``gelu_new``)."""
+    """The reference's activations: relu, exact erf GELU, GELU's tanh approximation (GPT-2's ``gelu_new``), SiLU."""
     if cfg.activation == "relu":
         return F.relu(x)
+    if cfg.activation == "silu":
+        return F.silu(x)
     return F.gelu(x, approximate="tanh" if cfg.activation == "gelu_tanh" else "none")
 
 
 def mlp(params: dict, cfg: BlockConfig, a: torch.Tensor, W=None, b_out=None) -> torch.Tensor:
-    """``W_out σ(W a + b) + b_out``; ``W``/``b_out`` override the params (updated weights). A ``W`` with leading
-    batch dimensions ``(..., M, D)`` applies one matrix per row of ``a`` ``(..., D)``."""
+    """``W_out σ(W a + b) + b_out`` (the gated MLP: ``W_out (σ(W_gate a + b_gate) ⊙ (W_up a + b_up))`` with
+    ``W = [W_gate; W_up]``); ``W``/``b_out`` override the params (updated weights). A ``W`` with leading batch
+    dimensions ``(..., M, D)`` applies one matrix per row of ``a`` ``(..., D)``."""
     W = params["mlp.W"] if W is None else W
     b_out = params["mlp.b_out"] if b_out is None else b_out
     if W.dim() == 2:
-        return F.linear(activation(cfg, F.linear(a, W, params["mlp.b"])), params["mlp.W_out"], b_out)
-    pre = torch.einsum("...md,...d->...m", W, a) + params["mlp.b"]                     # (..., d_mlp)
-    return activation(cfg, pre) @ params["mlp.W_out"].T + b_out                         # (..., d_model)
+        pre = F.linear(a, W, params["mlp.b"])                                           # (..., d_in)
+    else:
+        pre = torch.einsum("...md,...d->...m", W, a) + params["mlp.b"]                 # (..., d_in)
+    if cfg.kind == "gated":
+        hidden = activation(cfg, pre[..., :cfg.d_mlp]) * pre[..., cfg.d_mlp:]           # (..., d_mlp)
+    else:
+        hidden = activation(cfg, pre)
+    if W.dim() == 2:
+        return F.linear(hidden, params["mlp.W_out"], b_out)                             # (..., d_model)
+    return hidden @ params["mlp.W_out"].T + b_out
 
 
 zeros_like = torch.zeros_like
 OPS = sys.modules[__name__]      # this module as the ``ops`` of ``reference.kinds``
 
 
-def attention(params: dict, cfg: BlockConfig, Z: torch.Tensor) -> torch.Tensor:
-    """The contextual layer as the block uses it (``A(LN1 Z)`` for ``pre-ln``)."""
-    return self_attention(params, cfg, kinds.attention_input(params, cfg, Z, OPS))
+def attention(params: dict, cfg: BlockConfig, Z: torch.Tensor, positions=None) -> torch.Tensor:
+    """The contextual layer as the block uses it (``A(N1 Z)`` for the pre-norm kinds)."""
+    return self_attention(params, cfg, kinds.attention_input(params, cfg, Z, OPS), positions)
 
 
 def attention_input(params: dict, cfg: BlockConfig, Z: torch.Tensor) -> torch.Tensor:
-    """What the contextual layer reads (``LN1 Z`` for ``pre-ln``, ``Z`` otherwise): ``reference.kinds``."""
+    """What the contextual layer reads (``N1 Z`` for the pre-norm kinds, ``Z`` otherwise): ``reference.kinds``."""
     return kinds.attention_input(params, cfg, Z, OPS)
 
 
@@ -96,9 +156,9 @@ def taps_from_attention(params: dict, cfg: BlockConfig, Z: torch.Tensor, A: torc
     return kinds.taps_from_attention(params, cfg, Z, A, OPS)
 
 
-def taps(params: dict, cfg: BlockConfig, Z: torch.Tensor):
+def taps(params: dict, cfg: BlockConfig, Z: torch.Tensor, positions=None):
     """``(a, r)`` at every position, each ``(..., T, d_model)``."""
-    return taps_from_attention(params, cfg, Z, attention(params, cfg, Z))
+    return taps_from_attention(params, cfg, Z, attention(params, cfg, Z, positions))
 
 
 def head(params: dict, cfg: BlockConfig, a, r, W=None, b_out=None) -> torch.Tensor:

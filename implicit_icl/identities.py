@@ -17,6 +17,8 @@ from implicit_icl.reference import (
     implicit_update, init_block, init_model, layer_norm, model_forward, model_updates, position_updates, taps,
     trajectory,
 )
+from implicit_icl.reference.blocks import kept_positions
+from implicit_icl.reference.kinds import attention_input
 from implicit_icl.reference.subsets import marginal_updates, prefix_trajectory, subset_updates
 
 TOL_REL = 1e-12
@@ -67,9 +69,10 @@ def make_scenario(cfg: BlockConfig, n: int, seed: int, n_blocks: int = 3, label:
 def thm_remove_subset(s: Scenario):
     """[P1 Thm 2.2] T_{W+ΔW(Y)}(C\\Y, x) = T_W(C, x) for the scenario's subset Y (with the bias update)."""
     upd = implicit_update(s.params, s.cfg, s.context, s.query, remove=s.remove)
-    kept = np.delete(s.context, s.remove, axis=0)
+    kept = np.delete(np.arange(len(s.context)), s.remove)
     want = block_output(s.params, s.cfg, s.context, s.query)
-    got = block_output(apply_update(s.params, upd), s.cfg, kept, s.query)
+    got = block_output(apply_update(s.params, upd), s.cfg, s.context[kept], s.query,
+                       kept_positions(kept, len(s.context)))          # removal is a mask: positions are kept
     return max_err(got, want), tol(want)
 
 
@@ -131,19 +134,20 @@ def preactivations_equal(s: Scenario):
 
 
 def attention_of_one_token(s: Scenario):
-    """[THEORY §10.7] Softmax attention on [x] is W_O (W_V x + b_V) + b_O (weight exactly 1)."""
-    p, x = s.params, s.query
-    if s.cfg.kind == "pre-ln":
-        x = layer_norm(x, p["ln1.g"], p["ln1.b"], s.cfg.ln_eps)
-    v = p["attn.W_v"] @ x + p.get("attn.b_v", 0.0)
+    """[THEORY §10.7] Softmax attention on [x] is W_O (W_V x + b_V) + b_O (weight exactly 1; rotary and q/k norms
+    touch only the one logit)."""
+    p, cfg = s.params, s.cfg
+    x = attention_input(p, cfg, s.query)                                   # N1 x for the pre-norm kinds
+    v = (p["attn.W_v"] @ x + p.get("attn.b_v", 0.0)).reshape(cfg.kv_heads, cfg.head_dim)
+    v = np.repeat(v, cfg.n_heads // cfg.kv_heads, axis=0).reshape(-1)      # each key/value head serves its group
     want = p["attn.W_o"] @ v + p.get("attn.b_o", 0.0)
     got = attention(p, s.cfg, s.query[None])[0]
     return max_err(got, want), tol(want)
 
 
 def last_position_bias(s: Scenario):
-    """[P1 App. A, P2] At the last position Δz = 0, so Δb = ΔA for skip kinds (p1-skip, residual, pre-ln) and
-    Δb = 0 for plain; post-ln's Δb is the LN1 output difference Δh."""
+    """[P1 App. A, P2] At the last position Δz = 0, so Δb = ΔA for skip kinds (p1-skip, residual, pre-ln, gated,
+    parallel) and Δb = 0 for plain; post-ln's Δb is the LN1 output difference Δh."""
     upd = implicit_update(s.params, s.cfg, s.context, s.query)
     A_C = attention(s.params, s.cfg, s.Z)[-1]
     A_x = attention(s.params, s.cfg, s.query[None])[0]

@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from .blocks import check_context_query, head, sequence, taps
+from .blocks import check_context_query, head, kept_positions, sequence, taps
 from .config import BlockConfig
 from .update import Update, _check_norm, apply_update, update_from_taps
 from .validation import params_like
@@ -100,7 +100,8 @@ def trajectory(params: dict, cfg: BlockConfig, context, query) -> Trajectory:
     params = params_like(params, cfg)
     context, query = check_context_query(cfg, context, query)
     n = context.shape[0]
-    prefix_taps = [tuple(t[-1] for t in taps(params, cfg, sequence(context[:i], query))) for i in range(n + 1)]
+    prefix_taps = [tuple(t[-1] for t in taps(params, cfg, sequence(context[:i], query), kept_positions(range(i), n)))
+                   for i in range(n + 1)]                               # the query keeps its position n
     a_i = np.stack([t[0] for t in prefix_taps])                          # (n+1, D)
     r_i = np.stack([t[1] for t in prefix_taps])                          # (n+1, D)
     return trajectory_from_taps(params, cfg, a_i, r_i)
@@ -152,7 +153,8 @@ def factorised_update(params: dict, cfg: BlockConfig, context, query) -> dict:
     params = params_like(params, cfg)
     context, query = check_context_query(cfg, context, query)
     n = context.shape[0]
-    suffix_taps = [tuple(t[-1] for t in taps(params, cfg, sequence(context[i:], query))) for i in range(n + 1)]
+    suffix_taps = [tuple(t[-1] for t in taps(params, cfg, sequence(context[i:], query),
+                                             kept_positions(range(i, n), n))) for i in range(n + 1)]
     W = np.array(params["mlp.W"], dtype=np.float64)
     for i in range(1, n + 1):                      # step i removes c_i from c_i..c_n
         a_with, a_without = suffix_taps[i - 1][0], suffix_taps[i][0]

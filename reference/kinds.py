@@ -2,7 +2,8 @@
 
 Every kind is ``out = finish(r + MLP(a))`` and differs from the others in three places only:
 
-- :func:`attention_input`: what the contextual layer reads (``LN1 z`` for ``pre-ln``, ``z`` otherwise);
+- :func:`attention_input`: what the contextual layer reads (``N1 z`` for ``pre-ln``, ``gated`` and ``parallel``,
+  ``z`` otherwise; ``N`` is LayerNorm or RMSNorm, :func:`norm`);
 - :func:`taps_from_attention`: the *taps* given the attention output ``A``: ``a``, the vector the MLP's first
   matrix ``W`` reads (the paper's ``A(C, x)`` for a bare block), and ``r``, the residual stream added around the
   MLP (zero for ``plain``);
@@ -11,7 +12,7 @@ Every kind is ``out = finish(r + MLP(a))`` and differs from the others in three 
 
 The implicit update needs the taps and nothing else (``update.update_from_taps``). These functions use only what
 NumPy arrays and torch tensors share (``+``, ``@``, broadcasting) and the layer functions of an ``ops`` module,
-which each backend provides with the same names (``layer_norm``, ``mlp``, ``zeros_like``): ``reference.layers``
+which each backend provides with the same names (``layer_norm``, ``rms_norm``, ``mlp``, ``zeros_like``): ``reference.layers``
 for NumPy (the default), ``backends.torch_ops`` for torch. A new kind is one branch in each function here.
 """
 from __future__ import annotations
@@ -25,13 +26,26 @@ TAP_NAMES = {
     "residual": "a = x + A(C\\Y, x), the residual stream",
     "pre-ln": "a = LN2(x + A(LN1 ·)), the normalised residual stream",
     "post-ln": "a = LN1(x + A(C\\Y, x)), the normalised residual stream",
+    "gated": "a = N2(x + A(N1 ·)), the normalised residual stream",
+    "parallel": "a = N2(x), the normalised query (the MLP never sees the context)",
 }
+
+PRE_NORM = ("pre-ln", "gated", "parallel")       # the kinds whose attention reads N1 z
+
+
+def norm(params: dict, cfg, which: str, x, ops=numpy_ops):
+    """The block's norm ``which`` (``"ln1"``/``"ln2"``) of ``x``: LayerNorm ``g ⊙ (x − μ)/σ + b`` or RMSNorm
+    ``(offset + g) ⊙ x/rms(x)``, as ``cfg.norm_kind`` says."""
+    if cfg.norm_kind == "rms":
+        return ops.rms_norm(x, params[f"{which}.g"], cfg.ln_eps, cfg.norm_offset)
+    return ops.layer_norm(x, params[f"{which}.g"], params[f"{which}.b"], cfg.ln_eps)
 
 
 def attention_input(params: dict, cfg, Z, ops=numpy_ops):
-    """What the block's contextual layer reads, same shape as ``Z``: ``LN1 Z`` for ``pre-ln``, ``Z`` otherwise."""
-    if cfg.kind == "pre-ln":
-        return ops.layer_norm(Z, params["ln1.g"], params["ln1.b"], cfg.ln_eps)
+    """What the block's contextual layer reads, same shape as ``Z``: ``N1 Z`` for the pre-norm kinds, ``Z``
+    otherwise."""
+    if cfg.kind in PRE_NORM:
+        return norm(params, cfg, "ln1", Z, ops)
     return Z
 
 
@@ -44,12 +58,14 @@ def taps_from_attention(params: dict, cfg, Z, A, ops=numpy_ops):
     if cfg.kind == "residual":
         r = Z + A
         return r, r
-    if cfg.kind == "pre-ln":
+    if cfg.kind in ("pre-ln", "gated"):
         r = Z + A
-        return ops.layer_norm(r, params["ln2.g"], params["ln2.b"], cfg.ln_eps), r
+        return norm(params, cfg, "ln2", r, ops), r
     if cfg.kind == "post-ln":
-        h = ops.layer_norm(Z + A, params["ln1.g"], params["ln1.b"], cfg.ln_eps)
+        h = norm(params, cfg, "ln1", Z + A, ops)
         return h, h
+    if cfg.kind == "parallel":             # out = z + A + MLP(N2 z): the MLP reads z alone, A joins the residual
+        return norm(params, cfg, "ln2", Z + ops.zeros_like(A), ops), Z + A      # (Z broadcast to A's shape)
     raise ValueError(f"unknown block kind {cfg.kind!r}")
 
 
@@ -58,5 +74,5 @@ def head(params: dict, cfg, a, r, ops=numpy_ops, W=None, b_out=None):
     (updated weights; a ``W`` with leading batch dimensions applies one matrix per row of ``a``)."""
     out = r + ops.mlp(params, cfg, a, W=W, b_out=b_out)
     if cfg.kind == "post-ln":
-        out = ops.layer_norm(out, params["ln2.g"], params["ln2.b"], cfg.ln_eps)
+        out = norm(params, cfg, "ln2", out, ops)
     return out

@@ -49,16 +49,17 @@ def init_model(cfg: BlockConfig, n_blocks: int, seed: int = 0, **kw) -> list[dic
     return [init_block(cfg, seed + l, **kw) for l in range(n_blocks)]
 
 
-def model_forward(model_params, model_cfg, Z) -> list[np.ndarray]:
-    """Hidden states ``[H^0 = Z, H^1, …, H^L]``, each ``(T, d_model)``."""
+def model_forward(model_params, model_cfg, Z, positions=None) -> list[np.ndarray]:
+    """Hidden states ``[H^0 = Z, H^1, …, H^L]``, each ``(T, d_model)``; ``positions`` of the rows (default
+    ``0..T−1``, see ``block_output``)."""
     blocks, cfgs = normalise_stack(model_params, model_cfg)
     H = [as_array(Z, "tokens", (None, cfgs[0].d_model))]
     for p, c in zip(blocks, cfgs):
-        H.append(block(p, c, H[-1]))
+        H.append(block(p, c, H[-1], positions))
     return H
 
 
-def model_updates(model_params, model_cfg, tokens) -> list[Update]:
+def model_updates(model_params, model_cfg, tokens, positions=None) -> list[Update]:
     """The last-token update of every block (P2 block by block; their composition is ours, THEORY §3c).
 
     Block ℓ's update comes from its input ``H^{ℓ−1}`` (computed *with* context): context ``H^{ℓ−1}_{1..N}``,
@@ -69,8 +70,9 @@ def model_updates(model_params, model_cfg, tokens) -> list[Update]:
     tokens = as_array(tokens, "tokens", (None, cfgs[0].d_model))
     if tokens.shape[0] == 0:
         raise ValueError("tokens must hold at least the query, got shape (0, d_model)")
-    H = model_forward(blocks, cfgs, tokens)
-    return [implicit_update(p, c, H[l][:-1], H[l][-1]) for l, (p, c) in enumerate(zip(blocks, cfgs))]
+    H = model_forward(blocks, cfgs, tokens, positions)
+    return [implicit_update(p, c, H[l][:-1], H[l][-1], positions=positions)
+            for l, (p, c) in enumerate(zip(blocks, cfgs))]
 
 
 def apply_model_updates(model_params, updates: Sequence[Update]) -> list[dict]:

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from .blocks import check_context_query, sequence, taps
+from .blocks import check_context_query, check_positions, kept_positions, sequence, taps
 from .config import BlockConfig
 from .kinds import TAP_NAMES
 from .validation import ZeroNormError, as_array, check_remove, params_like
@@ -105,19 +105,22 @@ def _check_norm(a: np.ndarray, cfg: BlockConfig, where: str) -> None:
     check_norm((a * a).sum(-1), cfg.kind, where, indexed=True)
 
 
-def implicit_update(params: dict, cfg: BlockConfig, context, query, remove=None) -> Update:
+def implicit_update(params: dict, cfg: BlockConfig, context, query, remove=None, positions=None) -> Update:
     """The update that removes the tokens ``Y = context[remove]`` (default: all of C) at the query.
 
     P1 Thm 2.2: ``T_W(C, x) = T_{W+ΔW(Y)}(C\\Y, x)`` with ``ΔW(Y) = W ΔA(Y) A(C\\Y,x)ᵀ / ‖A(C\\Y,x)‖²``,
     generalised to every block kind through its taps (P1 App. A; P2, THEORY §3b): ``u = W(a_C − a_x)``,
-    ``a = a_x`` and ``Δb_out = r_C − r_x``.
+    ``a = a_x`` and ``Δb_out = r_C − r_x``. ``C\\Y`` keeps its tokens' positions (``positions`` of ``[C, x]``,
+    default ``0..n``): removal is a mask, which rotary and sliding-window blocks see.
     """
     params = params_like(params, cfg)
     context, query = check_context_query(cfg, context, query)
-    removed = check_remove(remove, context.shape[0])
-    kept = np.delete(context, removed, axis=0)                      # (n − |Y|, d_model), order kept
-    a_C, r_C = (t[-1] for t in taps(params, cfg, sequence(context, query)))
-    a_x, r_x = (t[-1] for t in taps(params, cfg, sequence(kept, query)))
+    n = context.shape[0]
+    if positions is not None:
+        positions = check_positions(positions, n + 1)
+    kept = np.delete(np.arange(n), check_remove(remove, n))         # indices of C \\ Y, order kept
+    a_C, r_C = (t[-1] for t in taps(params, cfg, sequence(context, query), positions))
+    a_x, r_x = (t[-1] for t in taps(params, cfg, sequence(context[kept], query), kept_positions(kept, n, positions)))
     _check_norm(a_x, cfg, "the query")
     return update_from_taps(params["mlp.W"], a_C, r_C, a_x, r_x)    # u (d_mlp,), a and delta_b (d_model,)
 

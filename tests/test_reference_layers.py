@@ -75,9 +75,12 @@ def test_taps_of_each_kind():
         a, r = taps(p, cfg, Z)
         A = attention(p, cfg, Z)
         ln = lambda v, i: layer_norm(v, p[f"ln{i}.g"], p[f"ln{i}.b"], cfg.ln_eps)
+        rms = lambda v, i: p[f"ln{i}.g"] * v / np.sqrt((v ** 2).sum(-1, keepdims=True) / v.shape[-1] + cfg.ln_eps)
         want = {"plain": (A, 0 * A), "p1-skip": (A, Z + A), "residual": (Z + A, Z + A),
                 "pre-ln": (ln(Z + A, 2) if kind == "pre-ln" else None, Z + A),
-                "post-ln": (ln(Z + A, 1) if kind == "post-ln" else None, ln(Z + A, 1) if kind == "post-ln" else None)}
+                "post-ln": (ln(Z + A, 1) if kind == "post-ln" else None, ln(Z + A, 1) if kind == "post-ln" else None),
+                "gated": (rms(Z + A, 2) if kind == "gated" else None, Z + A),
+                "parallel": (ln(Z, 2) if kind == "parallel" else None, Z + A)}
         np.testing.assert_allclose(a, want[kind][0], atol=1e-15)
         np.testing.assert_allclose(r, want[kind][1], atol=1e-15)
 
@@ -110,3 +113,65 @@ def test_torch_ops_match_reference_float64(kind, causal):
         for got, want in zip(torch_ops.taps(tp, cfg, tZ), taps(p, cfg, Z[i])):
             np.testing.assert_allclose(got[i].numpy(), want, atol=1e-13)
         np.testing.assert_allclose(torch_ops.block(tp, cfg, tZ)[i].numpy(), block(p, cfg, Z[i]), atol=1e-13)
+
+
+MODERN = {   # every feature of the modern kinds (THEORY §11), one config each
+    "llama-gqa-rotary": dict(kind="gated", activation="silu", n_heads=4, n_kv_heads=2, d_head=4, rope_theta=1e4),
+    "qwen3-qk-norm-bias": dict(kind="gated", activation="silu", n_heads=2, n_kv_heads=1, d_head=6, rope_theta=500.0,
+                               qk_norm=True, attn_bias=True),
+    "gemma-offset-window": dict(kind="gated", activation="gelu_tanh", n_heads=2, d_head=4, rope_theta=1e4,
+                                norm_offset=1.0, sliding_window=3),
+    "neox-partial-rotary": dict(kind="parallel", activation="gelu", n_heads=2, d_head=4, rope_theta=1e4,
+                                rotary_dim=2, attn_bias=True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MODERN))
+def test_torch_ops_match_reference_on_modern_blocks(name):
+    """The torch pieces of the modern kinds (rotary, grouped-query heads, q/k norm, sliding window, RMSNorm, gated
+    MLP, parallel residual) against the reference, tensor by tensor (float64, 1e-13), at the default positions and at
+    the positions of a sequence with tokens removed (a mask: the kept tokens keep their indices)."""
+    torch = pytest.importorskip("torch", reason="torch extra not installed")
+    from implicit_icl.backends import torch_ops
+
+    cfg = BlockConfig(d_model=6, d_mlp=10, **MODERN[name])
+    p = init_block(cfg, 0, bias_std=0.1, ln_std=0.1)
+    Z = np.random.default_rng(1).standard_normal((2, 9, 6))
+    tp = {k: torch.tensor(v) for k, v in p.items()}
+    for positions in (None, np.array([0, 2, 3, 6, 7, 8, 11, 12, 15])):
+        for i in range(2):
+            tpos = None if positions is None else torch.tensor(positions)
+            got = torch_ops.taps(tp, cfg, torch.tensor(Z), tpos)
+            for g, want in zip(got, taps(p, cfg, Z[i], positions)):
+                np.testing.assert_allclose(g[i].numpy(), want, atol=1e-13)
+    np.testing.assert_allclose(torch_ops.block(tp, cfg, torch.tensor(Z))[1].numpy(), block(p, cfg, Z[1]), atol=1e-13)
+
+
+def test_rotary_positions_matter_and_removal_keeps_them():
+    """Rotary attention depends on where the tokens sit: the same rows at other positions give another output, and
+    a removed token is a mask (the kept rows keep their indices), so T_W(C, x) = T_{W+ΔW(Y)}(C\\Y, x) holds with the
+    kept rows at their own positions and fails when they are re-indexed."""
+    from implicit_icl.reference import apply_update, block_output, implicit_update
+    from implicit_icl.reference.blocks import kept_positions, sequence
+
+    cfg = BlockConfig(d_model=6, d_mlp=10, **MODERN["llama-gqa-rotary"])
+    p = init_block(cfg, 2, bias_std=0.1, ln_std=0.1)
+    rng = np.random.default_rng(3)
+    C, x = rng.standard_normal((7, 6)), rng.standard_normal(6)
+    remove = np.array([1, 4])
+    kept = np.delete(np.arange(7), remove)
+    upd = implicit_update(p, cfg, C, x, remove=remove)
+    want = block_output(p, cfg, C, x)
+    new = apply_update(p, upd)
+    Zk = sequence(C[kept], x)
+    got_mask = head_at_last(new, cfg, Zk, kept_positions(kept, 7))
+    got_reindexed = head_at_last(new, cfg, Zk, None)
+    assert np.abs(got_mask - want).max() < 1e-12 * (1 + np.abs(want).max())
+    assert np.abs(got_reindexed - want).max() > 1e-6
+
+
+def head_at_last(params, cfg, Z, positions):
+    from implicit_icl.reference.blocks import head
+
+    a, r = taps(params, cfg, Z, positions)
+    return head(params, cfg, a[-1], r[-1])

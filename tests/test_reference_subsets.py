@@ -54,7 +54,7 @@ def test_prefix_trajectory_is_the_reference_trajectory(s):
 @given(s=scenarios())
 def test_marginal_updates_are_the_leave_one_out_updates(s):
     loo = marginal_updates(s.params, s.cfg, s.context, s.query)
-    assert loo.u.shape == (s.context.shape[0], s.cfg.d_mlp)
+    assert loo.u.shape == (s.context.shape[0], s.cfg.d_in)
     for j in range(s.context.shape[0]):
         want = implicit_update(s.params, s.cfg, s.context, s.query, remove=[j])
         for name in ("u", "a", "delta_b"):
