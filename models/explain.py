@@ -127,7 +127,7 @@ def format_layer(ex) -> str:
     if ex.transfer_ratio is not None and ex.transfer_ratio.size:
         lines += ["", *query_dependence_lines(ex)]
     if ex.baseline is not None and ex.marginal_norm.size:
-        from implicit_icl.models.minilm import top_share
+        from implicit_icl.models.analysis import top_share
 
         b = ex.baseline
         lines += [
@@ -250,7 +250,7 @@ def run(args) -> int:
             print(f"implicit-icl explain: {problem}", file=sys.stderr)
             return 2
     try:
-        from implicit_icl.models import minilm
+        from implicit_icl.models import analysis, minilm
 
         model = minilm.load_minilm(args.model_dir)
     except MissingExtraError as exc:
@@ -265,15 +265,15 @@ def run(args) -> int:
     texts = []
     try:
         if args.layer is not None:
-            ex = minilm.explain_layer(model, args.text, args.layer, args.position, pair=args.pair,
-                                      dynamics=not args.no_prefix,
-                                      baseline_seed=None if args.no_baseline else args.baseline_seed)
+            ex = analysis.explain_layer(model, args.text, args.layer, args.position, pair=args.pair,
+                                        dynamics=not args.no_prefix,
+                                        baseline_seed=None if args.no_baseline else args.baseline_seed)
             report["layer"] = ex.to_dict()
             texts.append(format_layer(ex))
             ok &= _ok(ex.identity_error, ex.output_scale)
         if args.all_layers:
-            ex_all = minilm.explain_all_layers(model, args.text, args.position, pair=args.pair,
-                                               baseline_seed=None if args.no_baseline else args.baseline_seed)
+            ex_all = analysis.explain_all_layers(model, args.text, args.position, pair=args.pair,
+                                                 baseline_seed=None if args.no_baseline else args.baseline_seed)
             report["all_layers"] = ex_all.to_dict()
             texts.append(format_model(ex_all))
             ok &= _ok(ex_all.composed_error, ex_all.output_scale) and all(

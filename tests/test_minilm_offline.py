@@ -15,7 +15,7 @@ from scipy.special import erf
 
 from implicit_icl.cli import main
 from implicit_icl.models import EXTRA_HINT, MissingExtraError
-from implicit_icl.models import minilm
+from implicit_icl.models import analysis, minilm
 from implicit_icl.models.errors import require
 from implicit_icl.reference import apply_update, block_output, implicit_update
 
@@ -194,7 +194,7 @@ def test_permutation_argument_holds(tiny):
     enc, H = minilm.encode(tiny, "the cat sat on the mat")
     for l in range(LAYERS):
         for p in range(len(enc)):
-            context, query, idx = minilm.split_query(H[l], p)
+            context, query, idx = analysis.split_query(H[l], p)
             assert list(idx) == [i for i in range(len(enc)) if i != p]
             out = block_output(tiny.blocks[l], tiny.cfg, context, query)
             np.testing.assert_allclose(out, H[l + 1][p], rtol=0, atol=TOL * (1 + np.abs(out).max()))
@@ -224,7 +224,7 @@ def test_marginal_is_the_leave_one_out_update(tiny):
     """‖ΔW({c_j})‖ reproduces the full-context output from C without c_j (P1 Thm 2.2, |Y| = 1)."""
     ex = minilm.explain_layer(tiny, "the cat sat on the mat", 1, 4)
     enc, H = minilm.encode(tiny, "the cat sat on the mat")
-    context, query, _ = minilm.split_query(H[1], 4)
+    context, query, _ = analysis.split_query(H[1], 4)
     for j in range(context.shape[0]):
         upd = implicit_update(tiny.blocks[1], tiny.cfg, context, query, remove=[j])
         assert float(upd.norm) == pytest.approx(ex.marginal_norm[j], rel=1e-12)
@@ -254,7 +254,7 @@ def test_all_layers_without_updates_differ(tiny):
 def test_matched_random_block_keeps_shapes_and_scale_not_the_weights(tiny):
     """The explain/walkthrough baseline: each array redrawn N(mean, std) of the trained one, seeded."""
     params = tiny.blocks[1]
-    a, b = minilm.matched_random_block(params, 0), minilm.matched_random_block(params, 1)
+    a, b = analysis.matched_random_block(params, 0), analysis.matched_random_block(params, 1)
     assert set(a) == set(params)
     for key, value in params.items():
         assert a[key].shape == value.shape and a[key].dtype == np.float64
@@ -262,15 +262,15 @@ def test_matched_random_block_keeps_shapes_and_scale_not_the_weights(tiny):
             assert abs(a[key].mean() - value.mean()) <= 5 * value.std() / np.sqrt(value.size) + 1e-12, key
             assert a[key].std() == pytest.approx(value.std(), rel=0.25), key
         assert not np.allclose(a[key], value) or value.std() == 0, key
-    np.testing.assert_array_equal(minilm.matched_random_block(params, 0)["mlp.W"], a["mlp.W"])   # seeded
+    np.testing.assert_array_equal(analysis.matched_random_block(params, 0)["mlp.W"], a["mlp.W"])   # seeded
     assert not np.array_equal(a["mlp.W"], b["mlp.W"])
 
 
 def test_explain_layer_baseline_is_the_same_computation_on_the_random_layer(tiny):
     ex = minilm.explain_layer(tiny, "the cat sat on the mat", 1, 4, baseline_seed=3)
     enc, H = minilm.encode(tiny, "the cat sat on the mat")
-    context, query, _ = minilm.split_query(H[1], 4)
-    random = minilm.matched_random_block(tiny.blocks[1], 3)
+    context, query, _ = analysis.split_query(H[1], 4)
+    random = analysis.matched_random_block(tiny.blocks[1], 3)
     assert ex.baseline.seed == 3 and ex.baseline.marginal_norm.shape == ex.marginal_norm.shape
     assert ex.baseline.delta_W_norm == pytest.approx(float(implicit_update(random, tiny.cfg, context, query).norm),
                                                      rel=1e-12)
@@ -296,7 +296,7 @@ def test_text_trajectory_layout(tiny):
 def test_transfer_ratio_is_the_query_update_applied_to_each_other_token(tiny):
     ex = minilm.explain_layer(tiny, "the cat sat on the mat", 1, 4)
     enc, H = minilm.encode(tiny, "the cat sat on the mat")
-    context, _, index = minilm.split_query(H[1], 4)
+    context, _, index = analysis.split_query(H[1], 4)
     upd = ex.update
     updated = apply_update(tiny.blocks[1], type(upd)(upd.u, upd.a, np.zeros_like(upd.delta_b)))   # ΔW only
     for k in (0, 2, len(context) - 1):
@@ -311,8 +311,8 @@ def test_all_layers_baseline_is_each_layers_random_twin(tiny):
     ex = minilm.explain_all_layers(tiny, "the cat sat on the mat", 3, baseline_seed=2)
     enc, H = minilm.encode(tiny, "the cat sat on the mat")
     for l, row in enumerate(ex.to_dict()["layers"]):
-        context, query, _ = minilm.split_query(H[l], 3)
-        random = minilm.matched_random_block(tiny.blocks[l], 2)
+        context, query, _ = analysis.split_query(H[l], 3)
+        random = analysis.matched_random_block(tiny.blocks[l], 2)
         want = float(implicit_update(random, tiny.cfg, context, query).norm) / np.linalg.norm(random["mlp.W"])
         assert row["baseline_relative_norm"] == pytest.approx(want, rel=1e-12) and row["baseline_seed"] == 2
     none = minilm.explain_all_layers(tiny, "the cat sat on the mat", 3, baseline_seed=None)
@@ -325,8 +325,8 @@ def test_text_trajectories_baseline_is_the_random_layers_dynamics(tiny):
     assert minilm.text_trajectories("the cat sat", 2, baseline_seed=None, model=tiny)[2] is None
     assert base.n == traj.n and not np.allclose(base.u, traj.u)
     enc, H = minilm.encode(tiny, "the cat sat")
-    context, query, _ = minilm.split_query(H[2], 3)
-    random = minilm.matched_random_block(tiny.blocks[2], 5)
+    context, query, _ = analysis.split_query(H[2], 3)
+    random = analysis.matched_random_block(tiny.blocks[2], 5)
     np.testing.assert_allclose(base.pred_context[-1], block_output(random, tiny.cfg, context, query), rtol=0,
                                atol=TOL * 10)
     assert np.max(base.prediction_error) <= TOL * 10                  # the identity holds for any weights
@@ -388,9 +388,9 @@ def test_a_baseline_seed_beyond_64_bits_draws_its_own_random_layer():
     """NumPy's seed streams take any non-negative integer (explain used to stop at 2**63 - 1 for no reason);
     two such seeds draw different random layers, and the same seed the same one."""
     params = {"W": np.arange(12.0).reshape(3, 4), "b": np.ones(3)}
-    big = minilm.matched_random_block(params, 2**80)
-    assert not np.allclose(big["W"], minilm.matched_random_block(params, 2**80 + 1)["W"])
-    np.testing.assert_array_equal(big["W"], minilm.matched_random_block(params, 2**80)["W"])
+    big = analysis.matched_random_block(params, 2**80)
+    assert not np.allclose(big["W"], analysis.matched_random_block(params, 2**80 + 1)["W"])
+    np.testing.assert_array_equal(big["W"], analysis.matched_random_block(params, 2**80)["W"])
 
 
 def test_cli_help_lists_explain(capsys):

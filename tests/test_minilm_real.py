@@ -30,7 +30,7 @@ pytest.importorskip("tokenizers", reason=REASON)
 pytest.importorskip("safetensors", reason=REASON)
 
 from implicit_icl.cli import main  # noqa: E402
-from implicit_icl.models import minilm  # noqa: E402
+from implicit_icl.models import analysis, minilm  # noqa: E402
 from implicit_icl.reference import (  # noqa: E402
     apply_update, block_output, implicit_update, model_forward,
 )
@@ -183,7 +183,7 @@ def test_query_row_taken_out_reproduces_the_bidirectional_layer(model):
     enc, H = minilm.encode(model, TEXTS[3])
     for layer in (0, 3, 5):
         for p in range(len(enc)):
-            context, query, _ = minilm.split_query(H[layer], p)
+            context, query, _ = analysis.split_query(H[layer], p)
             out = block_output(model.blocks[layer], model.cfg, context, query)
             np.testing.assert_allclose(out, H[layer + 1][p], rtol=0, atol=tol(np.abs(out).max()))
 
@@ -191,7 +191,7 @@ def test_query_row_taken_out_reproduces_the_bidirectional_layer(model):
 def test_leave_one_out_marginals_are_exact_updates(model):
     ex = minilm.explain_layer(model, TEXTS[0], 2)
     enc, H = minilm.encode(model, TEXTS[0])
-    context, query, _ = minilm.split_query(H[2], ex.position)
+    context, query, _ = analysis.split_query(H[2], ex.position)
     params = model.blocks[2]
     for j in (0, 4, len(context) - 1):
         upd = implicit_update(params, model.cfg, context, query, remove=[j])
@@ -253,10 +253,10 @@ def test_the_attention_sink_is_learned_not_generic(model):
     for layer in (1, 2, 3, 4):
         trained = minilm.explain_layer(model, TEXTS[0], layer, dynamics=False, baseline_seed=None)
         assert trained.tokens[trained.context_index[np.argmax(trained.marginal_norm)]] == "[CLS]", layer
-        share = minilm.top_share(trained.marginal_norm)
+        share = analysis.top_share(trained.marginal_norm)
         for seed in range(5):
             base = minilm.explain_layer(model, TEXTS[0], layer, dynamics=False, baseline_seed=seed).baseline
-            assert share > minilm.top_share(base.marginal_norm) + 0.05, (layer, seed)
+            assert share > analysis.top_share(base.marginal_norm) + 0.05, (layer, seed)
             assert 1 / 3 < trained.relative_norm / base.relative_norm < 3, (layer, seed)
 
 

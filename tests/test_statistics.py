@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from implicit_icl.experiments import statistics as S
-from implicit_icl.models import minilm
+from implicit_icl.models import analysis
 from implicit_icl.reference import BlockConfig, block, init_block, implicit_update, taps
 
 TOL = 1e-12
@@ -55,8 +55,8 @@ def test_alignment_is_the_signed_normalised_frobenius_product():
 
 
 def test_top_share_is_the_largest_marginal_over_their_sum():
-    check_top_share(minilm.top_share)
-    assert np.isnan(minilm.top_share(np.zeros(3)))
+    check_top_share(analysis.top_share)
+    assert np.isnan(analysis.top_share(np.zeros(3)))
 
 
 def test_decay_slope_is_fitted_against_log_i():
@@ -159,7 +159,7 @@ def test_explain_ratios_by_hand():
     H_out = block(params, cfg, H_in)
     upd = implicit_update(params, cfg, H_in[1:], H_in[0])
     assert np.allclose(upd.a, [1.0, 0.0]) and np.allclose(taps(params, cfg, H_in)[0], H_in.mean(0))
-    r = minilm._ratios(params, cfg, upd, H_in, H_out, np.array([1, 2]))
+    r = analysis.transfer_ratios(params, cfg, upd, H_in, H_out, np.array([1, 2]))
     np.testing.assert_allclose(r["transfer_ratio"], [0.0, 1.0], atol=1e-12)
     np.testing.assert_allclose(r["own_ratio"], [0.0, 0.0], atol=1e-12)
 
