@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("torch", reason="the benchmark measures the torch backend")
 
-from implicit_icl import bench  # noqa: E402
+from implicit_icl import bench, bench_baselines, bench_format, bench_report as report  # noqa: E402
 from implicit_icl.cli import main  # noqa: E402
 
 OPS = {"scan", "per_prefix_update", "prefix_forward", "numpy_reference"}
@@ -19,10 +19,13 @@ def test_quick_bench_writes_the_documented_json(tmp_path, capsys):
     assert main(["bench", "--quick", "--sizes", "64", "300", "--positions", "128", "--json", str(path)]) == 0
     captured = capsys.readouterr()
     assert "[bench] scan n=64" in captured.err and "[bench] scan n=64" not in captured.out   # progress: stderr
-    assert "targets" in captured.out and "scan(s)" in captured.out        # the result table: stdout
+    for header in ("figure", "floor (same run)", "ratio", "target", "met", "why not decided"):   # the tables: stdout
+        assert header in captured.out
+    assert "None" not in captured.out + captured.err and "{" not in captured.out + captured.err   # no raw dicts
     res = json.loads(path.read_text())
     assert res["schema"] == bench.SCHEMA and res["quick"] is True and res["complete"] is True
     assert res["config"]["sizes"] == [64, 300] and res["config"]["d_model"] == 64
+    assert res["config"]["positions"] == [128] and res["config"]["model"] == list(bench.QUICK_MODEL)
     rows = res["trajectory"]
     assert {(r["op"], r["n"]) for r in rows} == {(op, n) for op in OPS for n in (64, 300)}
     for r in rows:
@@ -31,26 +34,33 @@ def test_quick_bench_writes_the_documented_json(tmp_path, capsys):
         if r.get("estimated"):                                             # says so, with what it measured
             assert r["measured_prefixes"] and len(r["fit_abc"]) == 3 and "fitted" in r["method"]
     scan = [r for r in rows if r["op"] == "scan"]
-    assert all(r["extrapolated"] is False and r["finite"] for r in scan)
+    for r in scan:
+        assert r["extrapolated"] is False and r["finite"] and r["path"] in ("eager", "compiled")
+        assert set(r["floors"]) == {"kv_matmul", "read_write"} and all(f["wall_s"] > 0 for f in r["floors"].values())
+        assert r["input_bytes"] == r["n"] * 64 * 4 and r["extra_bytes"] >= 0
     for ratio in res["ratios"]:
         assert ratio["per_prefix_update_over_scan"] > 0 and "prefix_forward_extrapolated" in ratio
     err32 = res["float32_error"]
     assert err32["n"] == 300 and 0 <= err32["max_rel_err_delta_W_norm"] < 1e-4
     assert set(err32["float64_scan_vs_reference_update"]) == {"1", "300"}          # prefixes min(n, …)
     assert err32["float64_scan_vs_reference_max"] < 1e-12 and res["elapsed_s"] > 0
-    pos = res["position_updates"]
-    assert pos["T"] == 128 and pos["torch"]["ratio"] > 0 and pos["numpy"]["ratio"] > 0
-    assert set(res["targets"]) == {
-        "scan_vs_per_prefix_update_at_8k_ge_100x", "scan_1M_float32_under_10s", "scan_1M_float32_peak_rss_under_2GB",
-        "float32_rel_err_delta_W_norm_under_1e-4", "float64_scan_matches_reference_update_1e-10",
-        "position_updates_at_most_2x_block"}
-    assert res["targets"]["scan_1M_float32_under_10s"] is None                # not measured in this run: None
+    (pos,) = res["position_updates"]["Ts"]
+    assert pos["T"] == 128 and pos["torch"]["block_s"] > 0 and pos["torch"]["eager_block_s"] > 0
+    assert pos["numpy"]["position_updates_s"] > 0
+    model = res["model_updates"]
+    assert (model["layers"], model["batch"], model["T"]) == bench.QUICK_MODEL and model["forward_s"] > 0
+    assert set(res["targets"]) == {t.key for t in report.TARGETS}
+    for key, t in res["targets"].items():                                  # {value, target, met}, a reason if null
+        assert {"value", "target", "met", "path"} <= set(t) and (t["met"] is not None or t["reason"]), key
+    assert res["targets"]["trajectory_1M_within_3x_kv_matmul"]["reason"] == "not measured in this run"
+    assert "GPU target" in res["targets"]["position_updates_within_1.2x_forward_T256_to_65536"]["reason"]
+    assert res["targets"]["float32_rel_err_delta_W_norm_under_1e-4"]["met"] is True
 
 
 def test_fit_total_sums_the_fitted_quadratic():
     a, b, c, n = 1e-4, 2e-7, 3e-10, 1000
     points = [(L, a + b * L + c * L * L) for L in (1, 4, 16, 64, 256)]
-    total, coef = bench._fit_total(points, n)
+    total, coef = bench_baselines.fit_total(points, n)
     want = sum(a + b * L + c * L * L for L in range(1, n + 2))
     np.testing.assert_allclose(coef, [a, b, c], rtol=1e-6)
     assert total == pytest.approx(want, rel=1e-9)
@@ -58,8 +68,9 @@ def test_fit_total_sums_the_fitted_quadratic():
 
 @pytest.mark.parametrize("argv, message", [
     (["--sizes", "0"], "--sizes must be positive"),
-    (["--positions", "0"], "--positions must be a positive integer"),       # 0 used to mean the default
-    (["--positions", "-5"], "--positions must be a positive integer"),
+    (["--positions", "0"], "--positions must be positive integers"),        # 0 used to mean the default
+    (["--positions", "256", "-5"], "--positions must be positive integers"),
+    (["--model", "24", "0", "512"], "--model LAYERS BATCH T must be positive"),
     (["--threads", "0"], "--threads must be from 1 to"),
     (["--threads", "100000"], "--threads must be from 1 to"),              # crashed torch (exit 139)
     (["--budget", "-1"], "--budget must be a positive number"),
@@ -100,26 +111,187 @@ def test_a_failed_measurement_is_reported(capsys, monkeypatch):
     assert "FAILED scan n=8: RuntimeError: CUDA out of memory (simulated)" in capsys.readouterr().out
 
 
-def test_the_accuracy_figure_comes_right_after_the_scans(monkeypatch):
-    """A run cut short by a time limit (the GPU check gives the bench 160 s) must still hold the float32 error:
-    it is measured after the scans and before any budgeted baseline."""
+def test_the_accuracy_and_update_figures_come_right_after_the_scans(monkeypatch):
+    """A run cut short by a time limit (the GPU check gives the bench 160 s) must still hold the float32 error and
+    the update figures: they are measured after the scans and before any budgeted baseline."""
     order = []
 
     def fake_worker(spec):
         order.append(spec["op"])
-        return {"op": spec["op"], "n": spec.get("n"), "wall_s": 1.0, "extrapolated": False, "peak_rss_bytes": 1,
-                "max_rel_err_delta_W_norm": 0.0, "torch": {"ratio": 1.0}}
+        return {"op": spec["op"], "n": spec.get("n"), "wall_s": 1.0, "extrapolated": False}
 
     monkeypatch.setattr(bench, "worker", fake_worker)
-    bench.bench((64, 128), quick=True, budget=0.1, positions=16)
-    assert order[:3] == ["scan", "scan", "float32_error"]
-    assert order[-1] == "position_updates" and set(order[3:-1]) == OPS - {"scan"}
+    bench.bench((64, 128), quick=True, budget=0.1, positions=(16,), model=(1, 1, 8))
+    assert order[:5] == ["scan", "scan", "float32_error", "position_updates", "model_updates"]
+    assert set(order[5:]) == OPS - {"scan"}
 
 
-@pytest.mark.parametrize("device, expected", [("cpu", True), ("cuda", None)])
-def test_the_host_memory_target_is_a_cpu_target(device, expected):
-    """On a GPU the process's host memory is mostly the CUDA libraries: the 2 GB target is left unmeasured."""
-    res = {"config": {"device": device}, "trajectory": [{"op": "scan", "n": 1 << 20, "wall_s": 1.0,
-                                                          "peak_rss_bytes": 1 << 30}],
-           "ratios": [], "float32_error": {}, "position_updates": {}}
-    assert bench._targets(res)["scan_1M_float32_peak_rss_under_2GB"] is expected
+# ---- the report's logic, on made-up results: every figure below is computed by hand here, none is timed
+
+M = 1 << 20
+
+
+def _result(device="cpu", gpu=None, scans=(), Ts=(), model=None):
+    """A bench result with ``scans`` = [(n, wall_s, kv_matmul_s, read_write_s, extra_bytes)] and ``Ts`` =
+    [(T, position_updates_s, block_s, eager_block_s)]."""
+    res = {"config": {"device": device, "sizes": [s[0] for s in scans]}, "machine": {"gpu": gpu},
+           "trajectory": [{"op": "scan", "n": n, "wall_s": w, "path": "eager", "input_bytes": n * 256,
+                           "extra_bytes": extra, "floors": {"kv_matmul": {"wall_s": kv}, "read_write": {"wall_s": rw}}}
+                          for n, w, kv, rw, extra in scans],
+           "ratios": [], "float32_error": {}, "model_updates": model or {},
+           "position_updates": {"Ts": [{"T": T, "torch": {"position_updates_s": p, "block_s": b, "eager_block_s": e,
+                                                          "path": "eager"}} for T, p, b, e in Ts]}}
+    res["targets"] = report.targets(res)
+    return res
+
+
+def test_trajectory_targets_are_ratios_to_the_kv_matmul_decided_on_their_own_device():
+    scans = [(65536, 0.2, 0.1, 0.01, 5e6), (M, 3.0, 0.5, 0.04, 150e6)]
+    cpu = _result("cpu", scans=scans)["targets"]
+    assert cpu["trajectory_64k_within_3x_kv_matmul"]["value"] == pytest.approx(2.0)
+    assert cpu["trajectory_64k_within_3x_kv_matmul"]["met"] is True
+    assert cpu["trajectory_1M_within_3x_kv_matmul"]["value"] == pytest.approx(6.0)
+    assert cpu["trajectory_1M_within_3x_kv_matmul"]["met"] is False
+    gpu_target = cpu["trajectory_1M_within_5x_kv_matmul"]                 # measured here, decided on a GPU only
+    assert gpu_target["value"] == pytest.approx(6.0) and gpu_target["met"] is None
+    assert gpu_target["reason"] == "a GPU target; this run is on cpu"
+    assert cpu["trajectory_1M_extra_memory_at_most_100MB"]["value"] == pytest.approx(150.0)
+    assert cpu["trajectory_1M_extra_memory_at_most_100MB"]["met"] is False
+    assert cpu["trajectory_16M_within_5x_kv_matmul"] == {
+        "value": None, "target": 5, "op": "<=", "unit": "×", "met": None, "path": None,
+        "what": report.BY_KEY["trajectory_16M_within_5x_kv_matmul"].what, "reason": "not measured in this run"}
+    cuda = _result("cuda:0", scans=scans)["targets"]                      # "cuda:0" is a GPU run too
+    assert cuda["trajectory_1M_within_5x_kv_matmul"]["met"] is False
+    assert cuda["trajectory_1M_within_3x_kv_matmul"]["reason"] == "a CPU target; this run is on cuda"
+
+
+def test_updates_at_every_position_are_judged_at_their_worst_t_and_only_with_every_t():
+    Ts = [(T, 1.1e-3 * (1 + i / 10), 1e-3, 0.5e-3) for i, T in enumerate(report.GPU_POSITIONS)]
+    worst = max(p / b for _, p, b, _ in Ts)                                # 1.1 × 1.4 = 1.54
+    t = _result("cuda", Ts=Ts)["targets"]["position_updates_within_1.2x_forward_T256_to_65536"]
+    assert t["value"] == pytest.approx(worst) and t["met"] is False
+    fine = _result("cuda", Ts=[(T, 1e-3, 1e-3, 1e-3) for T in report.GPU_POSITIONS])["targets"]
+    assert fine["position_updates_within_1.2x_forward_T256_to_65536"]["met"] is True
+    short = _result("cuda", Ts=[(T, 1e-3, 1e-3, 1e-3) for T in report.GPU_POSITIONS[:-1]])["targets"]
+    assert short["position_updates_within_1.2x_forward_T256_to_65536"]["met"] is None
+    assert short["position_updates_within_1.2x_forward_T256_to_65536"]["reason"] == "not measured at T = 65,536"
+    forward = fine["block_forward_T1024_at_most_0.3ms"]                  # an absolute GPU time, in ms
+    assert forward["value"] == pytest.approx(1.0) and forward["unit"] == "ms" and forward["met"] is False
+
+
+def test_the_p2_comparison_needs_an_h200_and_its_three_sizes():
+    half = [(T, s / 2, s, s) for T, s in report.P2_JAX_H200_S.items()]   # ours at half of P2's times
+    t = _result("cuda", gpu="NVIDIA H200", Ts=half)["targets"]["position_updates_faster_than_p2_jax"]
+    assert t["value"] == pytest.approx(0.5) and t["met"] is True
+    other = _result("cuda", gpu="NVIDIA A100", Ts=half)["targets"]["position_updates_faster_than_p2_jax"]
+    assert other["met"] is None and "H200" in other["reason"] and "A100" in other["reason"]
+    some = _result("cuda", gpu="NVIDIA H200", Ts=half[:2])["targets"]["position_updates_faster_than_p2_jax"]
+    assert some["met"] is None and "every T" in some["reason"]
+
+
+def test_the_whole_model_target_on_a_gpu_is_at_the_issues_size():
+    small = {"layers": 2, "batch": 1, "T": 64, "updates_s": 2.6, "forward_s": 2.0, "path": "eager"}
+    assert _result("cpu", model=small)["targets"]["model_updates_within_1.3x_forward"]["met"] is True
+    t = _result("cuda", model=small)["targets"]["model_updates_within_1.3x_forward"]
+    assert t["value"] == pytest.approx(1.3) and t["met"] is None and "24 × 16 × 2,048" in t["reason"]
+    big = dict(small, layers=24, batch=16, T=2048, updates_s=3.0)
+    assert _result("cuda", model=big)["targets"]["model_updates_within_1.3x_forward"]["met"] is False
+
+
+def test_every_figure_is_its_value_over_its_floor_with_the_target_of_this_device():
+    res = _result("cpu", scans=[(65536, 0.2, 0.1, 0.01, 5e6)], Ts=[(4096, 0.05, 0.04, 0.02)],
+                  model={"layers": 24, "batch": 2, "T": 512, "updates_s": 0.6, "forward_s": 0.3})
+    figs = {(f["figure"], f["floor"]): f for f in report.figures(res)}
+    kv = figs[("trajectory, 65,536 tokens", "K/V matmul")]
+    assert kv["ratio"] == pytest.approx(2.0) and kv["target"] == "trajectory_64k_within_3x_kv_matmul"
+    assert kv["met"] is True
+    assert figs[("trajectory, 65,536 tokens", "read+write of C")]["ratio"] == pytest.approx(20.0)
+    assert figs[("trajectory's extra memory, 65,536 tokens", "its input")]["ratio"] == pytest.approx(5e6 / 65536 / 256)
+    pos = figs[("updates at every position, T = 4,096", "block forward")]
+    assert pos["ratio"] == pytest.approx(1.25) and pos["target"] is None   # a GPU target: none on this device
+    assert figs[("block forward (library), T = 4,096", "eager torch ops")]["ratio"] == pytest.approx(2.0)
+    model = figs[("updates, every layer and position (24 layers × 2 × 512)", "model forward")]
+    assert model["ratio"] == pytest.approx(2.0) and model["met"] is False
+    assert not any("compile time" in name for name, _ in figs)           # nothing compiled: no compile rows
+    res["trajectory"][0].update(path="compiled", compile_s=12.5)
+    assert any(f["figure"] == "compile time, trajectory (65,536 tokens)" and f["value"] == 12.5
+               for f in report.figures(res))
+
+
+def test_the_tables_are_aligned_columns_with_dashes_for_what_was_not_measured():
+    res = _result("cpu", scans=[(65536, 0.2, 0.1, 0.01, 5e6)])
+    res["ratios"] = [{"n": 65536}]
+    for text in (report.figures_table(res), report.targets_table(res), report.speedup_table(res)):
+        header, rule, *rows = text.splitlines()
+        starts = [i for i in range(len(rule)) if rule[i] == "-" and (i == 0 or rule[i - 1] == " ")]
+        for line in [header] + rows:                                      # every cell starts at its column
+            assert all(i == 0 or line[i - 2:i] == "  " for i in starts if i < len(line)), line
+        assert "None" not in text and "nan" not in text and "{" not in text
+    targets = report.targets_table(res)
+    row = next(line for line in targets.splitlines() if line.startswith("trajectory_64k"))
+    assert row.split()[1:5] == ["2×", "≤", "3×", "yes"]
+    row = next(line for line in targets.splitlines() if line.startswith("trajectory_16M"))
+    assert row.split()[1:4] == ["—", "≤", "5×"] and row.endswith("not measured in this run")
+    assert "—" in report.speedup_table(res)                                # no baseline measured at 64k
+
+
+@pytest.mark.parametrize("fn, value, text", [
+    (bench_format.seconds_text, 0.0236, "23.6 ms"), (bench_format.seconds_text, 2.04, "2.04 s"),
+    (bench_format.seconds_text, 1957.0, "33 min"), (bench_format.seconds_text, 515425.8, "143 h"),
+    (bench_format.seconds_text, 1.0138e9, "11,734 days"),
+    (bench_format.seconds_text, 3.55e-5, "35.5 µs"), (bench_format.seconds_text, None, "—"),
+    (bench_format.bytes_text, 841601024, "842 MB"), (bench_format.bytes_text, 1.41e9, "1.41 GB"),
+    (bench_format.ratio_text, 1183.6, "1,184×"), (bench_format.ratio_text, 0.9254, "0.925×"),
+    (bench_format.ratio_text, float("nan"), "—"), (bench_format.ratio_text, True, "—"),
+])
+def test_numbers_read_at_a_glance(fn, value, text):
+    assert fn(value) == text
+
+
+def test_plain_numbers_and_target_bounds():
+    assert bench_format.value_text(1e-4, "") == "1.0e-4" and bench_format.value_text(3.9e-7, "") == "3.9e-7"
+    assert bench_format.value_text(100, "MB") == "100 MB" and bench_format.value_text(0.3, "ms") == "0.3 ms"
+    assert report._target_text("trajectory_1M_extra_memory_at_most_100MB") == "≤ 100 MB"
+    assert report._target_text("scan_vs_per_prefix_update_at_8k_at_least_100x") == "≥ 100×"
+
+
+# ---- the measuring helpers, on facts they can be checked against
+
+def test_the_memory_a_call_adds_is_counted_from_the_resident_set_before_it():
+    import torch
+
+    from implicit_icl.bench_common import PeakMemory
+    memory = PeakMemory("cpu")
+    x = torch.ones(16 * M)                                               # 64 MiB, every page touched
+    extra = memory.extra_bytes()
+    del x
+    assert 64 * M <= extra < 64 * M + 32 * M
+
+
+def test_the_kv_floor_computes_the_k_and_v_projections():
+    import torch
+
+    from implicit_icl.bench_measure import _floors
+    g = torch.Generator().manual_seed(0)
+    P = {"attn.W_k": torch.randn(64, 64, generator=g), "attn.W_v": torch.randn(64, 64, generator=g)}
+    C = torch.randn(100, 64, generator=g)
+    floors = _floors(P, C, "cpu")
+    kv = floors["kv_matmul"]["_fn"]()
+    torch.testing.assert_close(kv, torch.cat([C @ P["attn.W_k"].T, C @ P["attn.W_v"].T], 1))
+    torch.testing.assert_close(floors["read_write"]["_fn"](), C)
+
+
+def test_the_path_is_the_backends_word_else_whether_dynamo_compiled_a_graph():
+    import torch
+
+    from implicit_icl.bench_common import path_of, start_measurement
+
+    class Declares:
+        path = "compiled (triton)"
+    assert path_of(Declares())[0] == "compiled (triton)"
+    start_measurement()
+    assert path_of(object())[0] == "eager"
+    torch.compile(lambda t: t * 2 + 1, backend="eager")(torch.ones(3))   # a graph compiled after the start
+    assert path_of(object()) == ("compiled", "graphs TorchDynamo compiled during the measurement")
+    start_measurement()
+    assert path_of(object())[0] == "eager"
