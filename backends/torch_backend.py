@@ -17,6 +17,7 @@ import torch
 
 from implicit_icl import reference as ref
 from implicit_icl.reference.checks import check_int
+from implicit_icl.reference.blocks import kept_positions
 from implicit_icl.reference.config import BlockConfig
 from implicit_icl.reference.model import normalise_stack
 from implicit_icl.reference.update import Update, update_from_taps
@@ -121,10 +122,11 @@ class TorchBackend:
         return out
 
     @staticmethod
-    def _query_taps(P, cfg, context, query):
-        """Taps ``(a, r)`` of the query (the last position of ``[C, x]``), ``(..., d_model)`` each, in O(n·d)."""
+    def _query_taps(P, cfg, context, query, positions=None):
+        """Taps ``(a, r)`` of the query (the last position of ``[C, x]``, the rows at ``positions``, default
+        ``0..n``), ``(..., d_model)`` each, in O(n·d)."""
         X = torch.cat([context, query[..., None, :]], dim=-2)                       # (..., n+1, D)
-        A = torch_ops.query_attention(P, cfg, torch_ops.attention_input(P, cfg, X))  # (..., D)
+        A = torch_ops.query_attention(P, cfg, torch_ops.attention_input(P, cfg, X), positions)  # (..., D)
         return torch_ops.taps_from_attention(P, cfg, query, A)
 
     def block_output(self, params, cfg, context, query) -> torch.Tensor:
@@ -143,12 +145,9 @@ class TorchBackend:
         n = context.shape[-2]
         if isinstance(remove, torch.Tensor):
             remove = remove.detach().cpu().numpy()
-        if remove is None:                       # Y = C: the query alone (no O(n log n) index arithmetic on the host)
-            kept = context[..., :0, :]
-        else:
-            keep = np.setdiff1d(np.arange(n), check_remove(remove, n))
-            kept = context.index_select(-2, torch.as_tensor(keep, dtype=torch.long, device=self.torch_device))
-        a_x, r_x = self._query_taps(P, cfg, kept, query)                             # (..., D) each
+        keep = np.zeros(0, np.int64) if remove is None else np.setdiff1d(np.arange(n), check_remove(remove, n))
+        kept = context.index_select(-2, torch.as_tensor(keep, dtype=torch.long, device=self.torch_device))
+        a_x, r_x = self._query_taps(P, cfg, kept, query, kept_positions(keep, n))     # (..., D) each: a mask
         self.check.norm(a_x, cfg, "the query")
         upd = update_from_taps(P["mlp.W"], *self._query_taps(P, cfg, context, query), a_x, r_x)
         self.check.finite("implicit_update", u=upd.u, delta_b=upd.delta_b)
@@ -259,6 +258,9 @@ class TorchBackend:
         if not all(c.causal for c in cfgs[:-1]):            # the last block's context states feed no block
             raise ValueError("model_cfg must be causal in every block but the last for a stack's prefix dynamics "
                              "(a non-causal block lets later tokens change the context's hidden states)")
+        if any(c.sliding_window is not None for c in cfgs):
+            raise ValueError("model_cfg has a sliding window, which the torch backend's model_trajectory does not "
+                             "compute yet; use the numpy backend's model_trajectory (O(n²)) for such a stack")
         context, query = self.check.context_query(cfgs[0], context, query)
         return prefix_updates(blocks, cfgs, context, query, self.check, elements)
 

@@ -125,16 +125,22 @@ def mlp(params: dict, cfg: BlockConfig, a: torch.Tensor, W=None, b_out=None) -> 
     W = params["mlp.W"] if W is None else W
     b_out = params["mlp.b_out"] if b_out is None else b_out
     if W.dim() == 2:
-        pre = F.linear(a, W, params["mlp.b"])                                           # (..., d_in)
-    else:
-        pre = torch.einsum("...md,...d->...m", W, a) + params["mlp.b"]                 # (..., d_in)
+        return mlp_from_pre(params, cfg, F.linear(a, W, params["mlp.b"]), b_out)
+    pre = torch.einsum("...md,...d->...m", W, a) + params["mlp.b"]                     # (..., d_in)
+    return hidden(cfg, pre) @ params["mlp.W_out"].T + b_out
+
+
+def hidden(cfg: BlockConfig, pre: torch.Tensor) -> torch.Tensor:
+    """The MLP's hidden units from its pre-activations ``W a + b``: ``σ(pre)``, or ``σ(gate) ⊙ up`` for the gated
+    MLP, ``(..., d_in) → (..., d_mlp)``."""
     if cfg.kind == "gated":
-        hidden = activation(cfg, pre[..., :cfg.d_mlp]) * pre[..., cfg.d_mlp:]           # (..., d_mlp)
-    else:
-        hidden = activation(cfg, pre)
-    if W.dim() == 2:
-        return F.linear(hidden, params["mlp.W_out"], b_out)                             # (..., d_model)
-    return hidden @ params["mlp.W_out"].T + b_out
+        return activation(cfg, pre[..., :cfg.d_mlp]) * pre[..., cfg.d_mlp:]
+    return activation(cfg, pre)
+
+
+def mlp_from_pre(params: dict, cfg: BlockConfig, pre: torch.Tensor, b_out: torch.Tensor) -> torch.Tensor:
+    """``W_out hidden(pre) + b_out``: the MLP after its first matrix, ``(..., d_in) → (..., d_model)``."""
+    return F.linear(hidden(cfg, pre), params["mlp.W_out"], b_out)
 
 
 zeros_like = torch.zeros_like

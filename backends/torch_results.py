@@ -11,8 +11,8 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import torch
-import torch.nn.functional as F
 
+from implicit_icl.reference import kinds
 from implicit_icl.reference.config import BlockConfig
 from implicit_icl.reference.update import Update
 
@@ -116,12 +116,9 @@ class Trajectory:
         P, cfg = self.params, self.cfg
 
         def slab(s, e):
-            pre = (self.a @ self.W0.T)[..., None, :] + self.delta[..., s:e, :] @ self.W0.T + P["mlp.b"]  # (..., S, M)
-            out = self.r[..., None, :] + F.linear(torch_ops.activation(cfg, pre), P["mlp.W_out"]) \
-                + P["mlp.b_out"] + self.delta_b[..., s:e, :]                                              # (..., S, D)
-            if cfg.kind == "post-ln":
-                out = torch_ops.layer_norm(out, P["ln2.g"], P["ln2.b"], cfg.ln_eps)
-            return out
+            pre = (self.a @ self.W0.T)[..., None, :] + self.delta[..., s:e, :] @ self.W0.T + P["mlp.b"]  # (..., S, d_in)
+            out = self.r[..., None, :] + torch_ops.mlp_from_pre(P, cfg, pre, P["mlp.b_out"] + self.delta_b[..., s:e, :])
+            return kinds.finish(P, cfg, out, torch_ops.OPS)                                           # (..., S, D)
         return self._slabbed(slab)
 
     @property

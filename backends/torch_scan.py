@@ -149,23 +149,36 @@ def prefix_softmax_means(s: torch.Tensor, v: torch.Tensor, carry, chunk: int = C
 def prefix_attention_scan(P: dict, cfg, x: torch.Tensor, context: torch.Tensor, slab: int):
     """Generator: first the query-alone attention output ``A_0`` (..., D), then for each slab of the context
     ``(s0, A, dA)``: the query's attention output over the prefixes ``s0+1 .. s0+S`` (..., S, D) and its exact
-    increments ``A_i − A_{i−1}`` (..., S, D). O(n·d) time, O(slab·d) working memory."""
-    H, dh, D = cfg.n_heads, cfg.head_dim, cfg.d_model
+    increments ``A_i − A_{i−1}`` (..., S, D). O(n·d) time, O(slab·d) working memory.
+
+    Positions follow the mask convention (``reference.blocks.kept_positions``): context token j sits at j and the
+    query at n for every prefix, so rotary logits and a sliding window are the same in every prefix."""
+    n, H, dh, D = context.shape[-2], cfg.n_heads, cfg.head_dim, cfg.d_model
+    at_n = torch.tensor([n], device=x.device)
     xn = torch_ops.attention_input(P, cfg, x)[..., None, :]                         # (..., 1, D)
-    q = torch_ops.heads(P, cfg, xn, "q")[..., 0, :] * (1.0 / math.sqrt(dh))         # (..., H, dh)
+    q = torch_ops.heads(P, cfg, xn, "q", at_n)[..., 0, :] * (1.0 / math.sqrt(dh))   # (..., H, dh)
     v_x = torch_ops.heads(P, cfg, xn, "v")[..., 0, :]                               # (..., H, dh)
-    s_x = (q * torch_ops.heads(P, cfg, xn, "k")[..., 0, :]).sum(-1)                 # (..., H): the query's own logit
-    # logits s_j = q_h·(W_k^h x_j + b_k^h) = (W_k^hᵀ q_h)·x_j + q_h·b_k^h: one (D × H) product per token
-    qk = (q[..., :, :, None] * P["attn.W_k"].reshape(H, dh, D)).sum(-2)             # (..., H, D)
-    qb = (q * P["attn.b_k"].reshape(H, dh)).sum(-1) if "attn.b_k" in P else None     # (..., H)
+    s_x = (q * torch_ops.heads(P, cfg, xn, "k", at_n)[..., 0, :]).sum(-1)          # (..., H): the query's own logit
+    linear_keys = not (cfg.rotary or cfg.qk_norm)       # then s_j = (W_k^hᵀ q_h)·x_j + q_h·b_k^h, one (D × H) product
+    if linear_keys:
+        W_k = P["attn.W_k"].reshape(cfg.kv_heads, dh, D).repeat_interleave(H // cfg.kv_heads, 0)     # (H, dh, D)
+        qk = (q[..., :, :, None] * W_k).sum(-2)                                     # (..., H, D)
+        b_k = P["attn.b_k"].reshape(cfg.kv_heads, dh).repeat_interleave(H // cfg.kv_heads, 0) \
+            if "attn.b_k" in P else None
+        qb = (q * b_k).sum(-1) if b_k is not None else None                        # (..., H)
     carry = (s_x, v_x, torch.ones_like(s_x))                                        # the query alone: o_0 = v_x
     o_prev = v_x                                                                    # (..., H, dh)
     yield torch_ops.merge_heads(P, cfg, v_x[..., None, :])[..., 0, :]               # (..., D)
-    for s0 in range(0, context.shape[-2], slab):
+    for s0 in range(0, n, slab):
         C = torch_ops.attention_input(P, cfg, context[..., s0:s0 + slab, :].to(x.dtype))   # (..., S, D)
-        s = (C @ qk.transpose(-1, -2)).transpose(-1, -2)                            # (..., H, S) logits
-        if qb is not None:
-            s = s + qb[..., None]
+        pos = torch.arange(s0, s0 + C.shape[-2], device=x.device)
+        if linear_keys:
+            s = (C @ qk.transpose(-1, -2)).transpose(-1, -2)                        # (..., H, S) logits
+            s = s + qb[..., None] if qb is not None else s
+        else:
+            s = (q[..., :, None, :] * torch_ops.heads(P, cfg, C, "k", pos)).sum(-1)  # (..., H, S)
+        if cfg.sliding_window is not None:                                          # the query at n sees n − j < w
+            s = torch.where(n - pos < cfg.sliding_window, s, -torch.inf)
         v = torch_ops.heads(P, cfg, C, "v")                                         # (..., H, S, dh)
         o, p, carry = prefix_softmax_means(s, v, carry)                             # (..., H, S, dh), (..., H, S)
         o_before = torch.cat([o_prev[..., None, :], o[..., :-1, :]], -2)           # o_{i−1}
@@ -177,13 +190,18 @@ def prefix_attention_scan(P: dict, cfg, x: torch.Tensor, context: torch.Tensor, 
 def tap_increments(P: dict, cfg, x: torch.Tensor, A: torch.Tensor, dA: torch.Tensor, pre_prev: torch.Tensor):
     """``a_i − a_{i−1}`` for every prefix of the slab from ``ΔA_i = A_i − A_{i−1}`` without subtracting taps.
 
-    Linear taps (plain, p1-skip, residual) move by ``ΔA``; LayerNorm taps by :func:`layer_norm_increment`.
+    Linear taps (plain, p1-skip, residual) move by ``ΔA``; LayerNorm taps by :func:`layer_norm_increment`, RMSNorm
+    taps by :func:`rms_norm_increment`; a parallel block's tap ``N2 x`` does not move.
     """
     if cfg.kind in ("plain", "p1-skip", "residual"):
         return dA
+    if cfg.kind == "parallel":
+        return torch.zeros_like(dA)
     pre = x[..., None, :] + A                                                       # (..., S, D): the LN input
     before = torch.cat([pre_prev[..., None, :], pre[..., :-1, :]], -2)
-    g = P["ln2.g"] if cfg.kind == "pre-ln" else P["ln1.g"]
+    g = P["ln1.g"] if cfg.kind == "post-ln" else P["ln2.g"]
+    if cfg.norm_kind == "rms":
+        return rms_norm_increment(before, dA, cfg.norm_offset + g, cfg.ln_eps)
     return layer_norm_increment(before, dA, g, cfg.ln_eps)
 
 
@@ -277,3 +295,15 @@ def scan_trajectory(P0: dict, cfg, context: torch.Tensor, query: torch.Tensor, s
         W0=P0["mlp.W"], delta=delta, delta_b=delta_b, relative_change=cast(relative_change), steps=steps,
         params=P0, cfg=cfg, **out)
 
+
+def rms_norm_increment(y: torch.Tensor, dy: torch.Tensor, g: torch.Tensor, eps: float) -> torch.Tensor:
+    """``RMS(y + dy) − RMS(y)`` without subtracting two RMSNorm outputs (gain ``g``, already offset).
+
+    With ``σ² = mean y² + eps`` and ``σ'² = σ² + 2 mean(y·dy) + mean(dy²)``:
+    ``RMS(y+dy) − RMS(y) = g ⊙ (dy/σ' + y (1/σ' − 1/σ))``, ``1/σ' − 1/σ = −(σ'² − σ²)/(σ σ' (σ + σ'))``: every term
+    is proportional to ``dy`` (relative round-off), as in :func:`layer_norm_increment` without the centring.
+    """
+    var = (y * y).mean(-1, keepdim=True) + eps                                       # σ²
+    dvar = 2 * (y * dy).mean(-1, keepdim=True) + (dy * dy).mean(-1, keepdim=True)    # σ'² − σ²
+    sd, sd_new = torch.sqrt(var), torch.sqrt(var + dvar)
+    return g * (dy / sd_new - y * dvar / (sd * sd_new * (sd + sd_new)))

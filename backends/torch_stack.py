@@ -44,11 +44,15 @@ def chunked_attention(q, k, v, offset: int, own=None, elements: int = ELEMENTS):
 
 
 def prefix_attention(P, cfg, Hc, Xq, elements):
-    """Attention output of query ``Xq_i`` over ``[Hc_1..Hc_i, Xq_i]`` for i = 0..n, ``(..., n+1, D)``."""
+    """Attention output of query ``Xq_i`` over ``[Hc_1..Hc_i, Xq_i]`` for i = 0..n, ``(..., n+1, D)``. Positions
+    follow the mask convention: context token j at j, every query at n (``reference.blocks.kept_positions``)."""
+    n = Hc.shape[-2]
     Xn, Cn = torch_ops.attention_input(P, cfg, Xq), torch_ops.attention_input(P, cfg, Hc)
-    o = chunked_attention(torch_ops.heads(P, cfg, Xn, "q"), torch_ops.heads(P, cfg, Cn, "k"),
+    at_n = torch.full((n + 1,), n, device=Xq.device)
+    o = chunked_attention(torch_ops.heads(P, cfg, Xn, "q", at_n), torch_ops.heads(P, cfg, Cn, "k"),
                           torch_ops.heads(P, cfg, Cn, "v"), offset=0,
-                          own=(torch_ops.heads(P, cfg, Xn, "k"), torch_ops.heads(P, cfg, Xn, "v")), elements=elements)
+                          own=(torch_ops.heads(P, cfg, Xn, "k", at_n), torch_ops.heads(P, cfg, Xn, "v")),
+                          elements=elements)
     return torch_ops.merge_heads(P, cfg, o)
 
 

@@ -21,6 +21,18 @@ from implicit_icl.reference.blocks import kept_positions
 from implicit_icl.reference.kinds import attention_input
 from implicit_icl.reference.subsets import marginal_updates, prefix_trajectory, subset_updates
 
+# the modern kinds with every feature of theirs switched on (THEORY §11), one config each (d_model 6, d_mlp 10):
+# what verify, the conformance suite and the layer tests run them with
+MODERN_CONFIGS = {
+    "llama-gqa-rotary": dict(kind="gated", activation="silu", n_heads=4, n_kv_heads=2, d_head=4, rope_theta=1e4),
+    "qwen3-qk-norm-bias": dict(kind="gated", activation="silu", n_heads=2, n_kv_heads=1, d_head=6, rope_theta=500.0,
+                               qk_norm=True, attn_bias=True),
+    "gemma-offset-window": dict(kind="gated", activation="gelu_tanh", n_heads=2, d_head=4, rope_theta=1e4,
+                                norm_offset=1.0, sliding_window=3),
+    "neox-partial-rotary": dict(kind="parallel", activation="gelu", n_heads=2, d_head=4, rope_theta=1e4,
+                                rotary_dim=2, attn_bias=True),
+}
+
 TOL_REL = 1e-12
 QUERY_GAP = 1e-6   # the smallest mismatch that counts as "x's update does not reproduce x′'s output"
 

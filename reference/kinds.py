@@ -72,7 +72,11 @@ def taps_from_attention(params: dict, cfg, Z, A, ops=numpy_ops):
 def head(params: dict, cfg, a, r, ops=numpy_ops, W=None, b_out=None):
     """The rest of the block after the taps: ``finish(r + MLP(a))``; ``W``/``b_out`` replace ``mlp.W``/``mlp.b_out``
     (updated weights; a ``W`` with leading batch dimensions applies one matrix per row of ``a``)."""
-    out = r + ops.mlp(params, cfg, a, W=W, b_out=b_out)
+    return finish(params, cfg, r + ops.mlp(params, cfg, a, W=W, b_out=b_out), ops)
+
+
+def finish(params: dict, cfg, out, ops=numpy_ops):
+    """The block's last step on ``r + MLP(a)``: ``LN2`` for ``post-ln``, nothing for the other kinds."""
     if cfg.kind == "post-ln":
-        out = norm(params, cfg, "ln2", out, ops)
+        return norm(params, cfg, "ln2", out, ops)
     return out

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from implicit_icl.identities import MODERN_CONFIGS
 from implicit_icl.reference import KINDS, BlockConfig, attention, block, gelu, init_block, layer_norm, softmax, taps
 
 
@@ -115,15 +116,7 @@ def test_torch_ops_match_reference_float64(kind, causal):
         np.testing.assert_allclose(torch_ops.block(tp, cfg, tZ)[i].numpy(), block(p, cfg, Z[i]), atol=1e-13)
 
 
-MODERN = {   # every feature of the modern kinds (THEORY §11), one config each
-    "llama-gqa-rotary": dict(kind="gated", activation="silu", n_heads=4, n_kv_heads=2, d_head=4, rope_theta=1e4),
-    "qwen3-qk-norm-bias": dict(kind="gated", activation="silu", n_heads=2, n_kv_heads=1, d_head=6, rope_theta=500.0,
-                               qk_norm=True, attn_bias=True),
-    "gemma-offset-window": dict(kind="gated", activation="gelu_tanh", n_heads=2, d_head=4, rope_theta=1e4,
-                                norm_offset=1.0, sliding_window=3),
-    "neox-partial-rotary": dict(kind="parallel", activation="gelu", n_heads=2, d_head=4, rope_theta=1e4,
-                                rotary_dim=2, attn_bias=True),
-}
+MODERN = MODERN_CONFIGS
 
 
 @pytest.mark.parametrize("name", sorted(MODERN))

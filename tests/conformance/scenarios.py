@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from implicit_icl import reference as ref
+from implicit_icl.identities import MODERN_CONFIGS
 from implicit_icl.reference import BlockConfig
 from implicit_icl.reference.tasks import regression_prompts
 
@@ -34,6 +35,9 @@ class Scenario:
     kwargs: dict = field(default_factory=dict)
 
 
+CLASSIC_KINDS = ("plain", "p1-skip", "residual", "pre-ln", "post-ln")   # the modern kinds have their own section
+
+
 def _rng(seed):
     return np.random.default_rng(seed)
 
@@ -42,7 +46,7 @@ def scenarios() -> list[Scenario]:
     """Every scenario: all block kinds × activations, heads, biases, causal or not; remove-subsets; positions;
     stacks; trajectories; the theorem itself."""
     out: list[Scenario] = []
-    for kind in ref.KINDS:
+    for kind in CLASSIC_KINDS:
         for act, heads, bias, causal in (("relu", 1, False, True), ("gelu", 2, True, True), ("gelu", 2, True, False)):
             cfg = BlockConfig(d_model=6, d_mlp=12, n_heads=heads, kind=kind, activation=act, causal=causal,
                               attn_bias=bias)
@@ -91,7 +95,7 @@ def scenarios() -> list[Scenario]:
     # bidirectional blocks: every position sees the whole sequence, but the query (the last position) sees the
     # same prefix either way, so the O(n) scan must still equal the reference's re-run of every prefix
     # (appended last so that the seeds, and the golden fixtures, of the scenarios above stay as they were)
-    for k, kind in enumerate(ref.KINDS):
+    for k, kind in enumerate(CLASSIC_KINDS):
         cfg = BlockConfig(d_model=6, d_mlp=12, n_heads=2, kind=kind, activation="gelu", causal=False, attn_bias=True)
         p = ref.init_block(cfg, seed=300 + k, bias_std=0.3, ln_std=0.3)
         r = _rng(300 + k)
@@ -137,6 +141,34 @@ def scenarios() -> list[Scenario]:
     out.append(Scenario("model_updates/pre-ln-dhead16", "model_updates", cfg, blocks, {"tokens": T}))
     out.append(Scenario("model_trajectory/pre-ln-dhead16", "model_trajectory", cfg, blocks,
                         {"context": T[:-1], "query": T[-1]}))
+    return out + modern_scenarios()
+
+
+def modern_scenarios() -> list[Scenario]:
+    """The modern kinds (THEORY §11), each with every feature of its own on (``identities.MODERN_CONFIGS``: rotary,
+    grouped-query heads, q/k norm, biases, Gemma's norm offset, a sliding window, partial rotary): every core
+    operation, a removed subset (a mask: the kept tokens keep their positions), and a two-block stack."""
+    out = []
+    for k, (name, kw) in enumerate(sorted(MODERN_CONFIGS.items())):
+        cfg = BlockConfig(d_model=6, d_mlp=10, **kw)
+        p = ref.init_block(cfg, seed=600 + k, bias_std=0.3, ln_std=0.3)
+        r = _rng(600 + k)
+        Z = r.standard_normal((8, 6))
+        cq = {"context": Z[:-1], "query": Z[-1]}
+        for op in ("attention", "block"):
+            out.append(Scenario(f"{op}/{name}", op, cfg, p, {"Z": Z}))
+        for op in ("block_output", "implicit_update", "identity"):
+            out.append(Scenario(f"{op}/{name}", op, cfg, p, cq))
+        out.append(Scenario(f"implicit_update-remove/{name}", "implicit_update", cfg, p, cq,
+                            {"remove": np.array([1, 4], dtype=np.int64)}))
+        for q in ("own", "last"):
+            out.append(Scenario(f"position_updates-{q}/{name}", "position_updates", cfg, p, {"Z": Z}, {"query": q}))
+        out.append(Scenario(f"trajectory/{name}", "trajectory", cfg, p,
+                            {"context": r.standard_normal((9, 6)), "query": r.standard_normal(6)}))
+        blocks = ref.init_model(cfg, 2, seed=650 + k, bias_std=0.2, ln_std=0.2)
+        out.append(Scenario(f"model_updates/{name}", "model_updates", cfg, blocks, {"tokens": Z}))
+        if cfg.sliding_window is None:        # the torch backend's chunked stack pass has no sliding window yet
+            out.append(Scenario(f"model_trajectory/{name}", "model_trajectory", cfg, blocks, cq))
     return out
 
 
