@@ -5,8 +5,11 @@
 - ``evaluate``: NumPy-only (float64 reference) validation of a checkpoint on its seeded validation prompts.
 - ``torch_model``: the model (one block or a stack) and its ΔW prediction as batched torch functions.
 - ``train`` / ``train_command``: the training loop with atomic, resumable checkpoints (``implicit-icl train``).
-- ``experiments``: E1–E6 as functions returning plain dicts; ``plots``: the figures; ``report``: ``report.md``
-  rendered from ``report.json``; ``reproduce`` / ``reproduce_command``: ``implicit-icl reproduce``.
+- ``e1_training`` … ``e6_rnn_steps``: one module per experiment, each with ``compute`` (its numbers, a plain dict),
+  ``plot`` (its figures) and ``section`` (its part of report.md), listed in ``registry``; ``study``: the models and
+  prompts they share in one run; ``statistics``, ``plots`` and ``text``: the statistics, plotting helpers and number
+  format they share; ``report``: ``report.md`` rendered from ``report.json``; ``reproduce`` /
+  ``reproduce_command``: ``implicit-icl reproduce``.
 
 Torch and matplotlib are imported only by the modules that need them; ``presets``, ``evaluate`` and ``report``
 need NumPy only, so the bundled checkpoint can be checked without torch.

@@ -1,8 +1,9 @@
 """The statistics the report and README print, one function each, NumPy only.
 
 Every one is tested against a hand-computed case in ``tests/test_statistics.py``, together with the known-bad
-variants (issue 19) those tests must catch. ``top_share`` (MiniLM's marginals) lives in
-``implicit_icl.models.minilm``, which ``explain`` uses; it is tested in the same file.
+variants (issue 19) those tests must catch. ``top_share`` (a model's marginals) lives in
+``implicit_icl.models.analysis``, which ``explain`` uses; it is tested in the same file. The tolerances, the table
+marks and the numerical rank the experiments share live here too.
 """
 from __future__ import annotations
 
@@ -11,6 +12,19 @@ import warnings
 import numpy as np
 
 QUARTILES = (25, 50, 75)
+# Tolerances for "agrees to round-off": outputs are O(1), so these are ~100 ulps of float32 and ~5000 of float64.
+TOL_F32 = 1e-5
+TOL_F64 = 1e-12
+
+
+def marks(last: int, start: int) -> list[int]:
+    """The indices a table shows: ``start``, 1, 5, 10, 25 where they exist, and ``last``."""
+    return sorted({k for k in (start, 1, 5, 10, 25) if start <= k < last} | {last})
+
+
+def numerical_rank(M: np.ndarray) -> int:
+    """Rank with NumPy's default tolerance ``σ_max · max(shape) · eps``."""
+    return int(np.linalg.matrix_rank(M))
 
 
 def bands(x: np.ndarray) -> dict:

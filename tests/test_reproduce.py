@@ -18,7 +18,12 @@ from implicit_icl.reference.tasks import regression_prompts
 
 torch = pytest.importorskip("torch", reason="reproduce needs the torch extra")
 
-from implicit_icl.experiments import experiments as E  # noqa: E402
+from implicit_icl.experiments import e2_convergence as E2  # noqa: E402
+from implicit_icl.experiments import e3_finetuning as E3  # noqa: E402
+from implicit_icl.experiments import e4_stack_identities as E4  # noqa: E402
+from implicit_icl.experiments import e5_thought_patch as E5  # noqa: E402
+from implicit_icl.experiments import e6_rnn_steps as E6  # noqa: E402
+from implicit_icl.experiments import statistics as S  # noqa: E402
 from implicit_icl.experiments.report import fmt, render  # noqa: E402
 from implicit_icl.experiments.reproduce import reproduce  # noqa: E402
 
@@ -59,7 +64,7 @@ def test_reproduce_results_state_the_papers_facts(quick_run):
     assert "bundled" in r["models"]["E2/E3/E5"]["description"] and r["models"]["E2/E3/E5"]["step"] == 4000
     assert e3["full_length_ratio_to_zero"] <= 0.1   # seeded: measured 0.057 on these 12 tasks
     assert e3["implicit_falls_with_i"]
-    assert e3["identity_max_abs_diff"] < E.TOL_F64
+    assert e3["identity_max_abs_diff"] < S.TOL_F64
     assert e3["loss"]["implicit"][0] == pytest.approx(e3["loss"]["sgd"][0], rel=1e-12)  # i = 0: both are W_0
     assert e3["sgd_lr"] in r["settings"]["sgd_lr_grid"]
     e2 = r["e2"]
@@ -68,7 +73,7 @@ def test_reproduce_results_state_the_papers_facts(quick_run):
     assert np.array(e4["alignment_prompt0"]).shape == (3, 13, 13)
     e5 = r["e5"]                                   # seeded: the patch fails at K = 1 and works from K = 2-3 on
     at = e5["mse_patch_to_context_at"]
-    assert e5["K"] == list(E.PATCH_K) and e5["n_prompts"] == 12 and e5["n_test"] == 20
+    assert e5["K"] == list(E5.PATCH_K) and e5["n_prompts"] == 12 and e5["n_test"] == 20
     assert at["1"] > 10 * at["50"] and e5["mse_no_update_to_context"] > 100 * at["50"]
     assert e5["calibration_rank"] == 2             # plain block, no attention bias: a(x) = W_o W_v (ξ, 0)
     assert e5["levels_at_K"] <= 10 and e5["per_query_alignment_median"] < 0.9
@@ -213,11 +218,11 @@ def test_thought_patch_of_one_query_is_its_implicit_update_for_every_kind():
         a_x, r_x = zip(*(tap(x[None]) for x in X))
         a_C, r_C, a_x, r_x = map(np.array, (a_C, r_C, a_x, r_x))
         u = (a_C - a_x) @ params["mlp.W"].T
-        dW, db = E.thought_patch(a_x[:1], u[:1], (r_C - r_x)[:1])
+        dW, db = E5.thought_patch(a_x[:1], u[:1], (r_C - r_x)[:1])
         exact = implicit_update(params, cfg, C, X[0])
         np.testing.assert_allclose(dW, exact.delta_W, atol=1e-13)
         np.testing.assert_allclose(db, exact.delta_b, atol=1e-13)
-        dW2, db2 = E.thought_patch(a_x, u, r_C - r_x)
+        dW2, db2 = E5.thought_patch(a_x, u, r_C - r_x)
         patched = dict(params, **{"mlp.W": params["mlp.W"] + dW2})
         for k in range(2):                                     # ΔW fits both queries' pre-activations exactly
             np.testing.assert_allclose(patched["mlp.W"] @ a_x[k], params["mlp.W"] @ a_C[k], atol=1e-12)
@@ -228,32 +233,30 @@ def test_thought_patch_of_one_query_is_its_implicit_update_for_every_kind():
 
 def test_rnn_contextual_layer_identity_and_prefix_taps():
     """The RNN's prefix taps equal running it on each prefix, and P1's identity holds for it (any contextual layer)."""
-    from implicit_icl.experiments import rnn
-
-    p = rnn.init_rnn(3, 5, 8, seed=0)
+    p = E6.init_rnn(3, 5, 8, seed=0)
     rng = np.random.default_rng(0)
     C, x = rng.standard_normal((6, 3)), rng.standard_normal(3)
-    taps = rnn.prefix_taps(p, C, x)
+    taps = E6.prefix_taps(p, C, x)
     for i in range(7):
         h = np.zeros(5)
         for z in list(C[:i]) + [x]:
             h = np.tanh(p["rnn.W_h"] @ h + p["rnn.W_z"] @ z + p["rnn.b_h"])
         np.testing.assert_allclose(taps[i], p["rnn.W_o"] @ h + p["rnn.b_o"], atol=1e-14)
     assert np.max(np.abs(np.linalg.eigvals(p["rnn.W_h"]))) == pytest.approx(0.9)
-    steps, err = rnn.step_norms(p, C, x)
+    steps, err = E6.step_norms(p, C, x)
     assert steps.shape == (6,) and err < 1e-13 and np.all(steps > 0)
 
 
 def test_levels_off_at_needs_every_larger_K_to_stay_close():
-    assert E.levels_off_at({1: 0.5, 2: 0.0015, 3: 0.01, 50: 0.001}, 2.0) == 50      # K = 3 is worse again
-    assert E.levels_off_at({1: 0.5, 2: 0.0015, 3: 0.0012, 50: 0.001}, 2.0) == 2
-    assert E.levels_off_at({1: 0.5, 50: float("nan")}, 2.0) is None
+    assert S.levels_off_at({1: 0.5, 2: 0.0015, 3: 0.01, 50: 0.001}, 2.0) == 50      # K = 3 is worse again
+    assert S.levels_off_at({1: 0.5, 2: 0.0015, 3: 0.0012, 50: 0.001}, 2.0) == 2
+    assert S.levels_off_at({1: 0.5, 50: float("nan")}, 2.0) is None
 
 
 def test_e5_needs_two_test_queries():
     cfg = BlockConfig(d_model=3, d_mlp=4)
     with pytest.raises(ValueError, match="n_test must be at least 2"):
-        E.e5(init_block(cfg, 0), cfg, regression_prompts(1, 4, 2, seed=0), n_test=1, seed=0)
+        E5.patch_errors(init_block(cfg, 0), cfg, regression_prompts(1, 4, 2, seed=0), n_test=1, seed=0)
 
 
 def test_sgd_step_matches_the_reference_gradient():
@@ -266,7 +269,7 @@ def test_sgd_step_matches_the_reference_gradient():
     params = init_block(cfg, seed=5, bias_std=0.3)
     prompts = regression_prompts(4, 3, 2, seed=9)
     lr = 0.1
-    pred, dW = E.sgd_runs(params, cfg, prompts, lr)
+    pred, dW = E3.sgd_runs(params, cfg, prompts, lr)
     for r in range(4):
         W = params["mlp.W"].copy()
         for j in range(3):
@@ -289,11 +292,11 @@ def test_e3_null_and_learning_rate_sweep_match_an_independent_computation():
     params = init_block(cfg, seed=2, bias_std=0.3)
     prompts, held_out = regression_prompts(4, 6, 2, seed=3), regression_prompts(3, 6, 2, seed=4)
     grid = (0.01, 0.3)
-    r = E.e3(params, cfg, prompts, E.trajectories(params, cfg, prompts), held_out, grid)
-    trs = E.trajectories(params, cfg, prompts)
+    r = E3.finetuning(params, cfg, prompts, E2.trajectories(params, cfg, prompts), held_out, grid)
+    trs = E2.trajectories(params, cfg, prompts)
     cos = lambda A, B: float(np.vdot(A, B) / (np.linalg.norm(A) * np.linalg.norm(B)))       # noqa: E731
     for lr in grid:
-        pred, dW = E.sgd_runs(params, cfg, prompts, lr)
+        pred, dW = E3.sgd_runs(params, cfg, prompts, lr)
         same = np.array([[cos(trs[t].delta_W(i), dW[t, i]) for i in range(1, 7)] for t in range(4)])
         null = np.array([[cos(trs[t].delta_W(i), dW[t - 1, i]) for i in range(1, 7)] for t in range(4)])
         row = r["sgd_lr_sweep"][f"{lr:g}"]
@@ -307,7 +310,7 @@ def test_e3_null_and_learning_rate_sweep_match_an_independent_computation():
             assert r["alignment_null_median_mean"] == row["alignment_null_median_mean"]
             assert r["alignment_null_at"]["6"] == pytest.approx(np.median(null[:, -1]), abs=1e-12)
             assert r["alignment_above_null"] == (row["alignment_median_mean"] - row["alignment_null_median_mean"]
-                                                 > E.NULL_MARGIN)
+                                                 > E3.NULL_MARGIN)
     assert list(r["sgd_lr_sweep"]) == ["0.01", "0.3"] and list(row["loss_at"]) == ["1", "5", "6"]
 
 
@@ -321,7 +324,7 @@ def test_e5_patch_errors_match_an_independent_computation():
     cfg = BlockConfig(d_model=3, d_mlp=8, n_heads=2, d_head=3, kind="residual", activation="gelu")
     params = init_block(cfg, seed=6, bias_std=0.3)
     prompts, K_grid, n_test, seed = regression_prompts(2, 4, 2, seed=5), (1, 2, 4), 3, 7
-    r = E.e5(params, cfg, prompts, n_test, seed, K_grid=K_grid)
+    r = E5.patch_errors(params, cfg, prompts, n_test, seed, K_grid=K_grid)
     rng = np.random.default_rng([seed, 5])
     patch_err, none_err = {K: [] for K in K_grid}, []
     for C in prompts.context:
@@ -332,7 +335,7 @@ def test_e5_patch_errors_match_an_independent_computation():
         y_none = np.array([block_output(params, cfg, C[:0], x)[-1] for x in X[4:]])
         none_err.append(np.mean((y_none - y_ctx) ** 2))
         for K in K_grid:
-            dW, db = E.thought_patch(a_x[:K], (a_C[:K] - a_x[:K]) @ params["mlp.W"].T, (r_C - r_x)[:K])
+            dW, db = E5.thought_patch(a_x[:K], (a_C[:K] - a_x[:K]) @ params["mlp.W"].T, (r_C - r_x)[:K])
             patched = dict(params, **{"mlp.W": params["mlp.W"] + dW, "mlp.b_out": params["mlp.b_out"] + db})
             y = np.array([block_output(patched, cfg, C[:0], x)[-1] for x in X[4:]])
             patch_err[K].append(np.mean((y - y_ctx) ** 2))
@@ -345,7 +348,7 @@ def test_e5_patch_errors_match_an_independent_computation():
 def test_e4_on_a_random_stack_meets_p2_identities():
     cfg = BlockConfig(d_model=3, d_mlp=8, n_heads=2, d_head=2, kind="pre-ln", activation="gelu")
     params = join_stack(init_model(cfg, 2, seed=1, bias_std=0.2, ln_std=0.2))
-    r = E.e4(params, cfg, 2, regression_prompts(2, 6, 2, seed=3))
+    r = E4.stack_identities(params, cfg, 2, regression_prompts(2, 6, 2, seed=3))
     assert r["agrees_f64"] and r["identity_error_overall"] < 1e-12 and r["composition_error_max"] < 1e-12
     assert r["rank_sum_delta_W_set"] == [1]
     align = np.array(r["alignment_prompt0"])
@@ -357,9 +360,9 @@ def test_e2_sees_the_generic_decay_in_two_random_blocks():
     """Two untrained blocks: the verdict must be 'the same rate' (THEORY §8.5: the decay is generic)."""
     cfg = BlockConfig(d_model=3, d_mlp=16, n_heads=2, d_head=4, kind="plain")
     prompts = regression_prompts(20, 30, 2, seed=2)
-    a = E.trajectories(init_block(cfg, seed=1), cfg, prompts)
-    b = E.trajectories(init_block(cfg, seed=2), cfg, prompts)
-    r = E.e2(a, b)
+    a = E2.trajectories(init_block(cfg, seed=1), cfg, prompts)
+    b = E2.trajectories(init_block(cfg, seed=2), cfg, prompts)
+    r = E2.convergence(a, b)
     assert r["trained"]["step_norm_slope"] < -0.5 and r["untrained"]["step_norm_slope"] < -0.5
     assert r["generic"]["verdict"] == "at the same rate"
 
@@ -370,15 +373,15 @@ mats = arrays(np.float64, (4, 3), elements=st.floats(-10, 10, allow_subnormal=Fa
 @settings(max_examples=50, deadline=None)
 @given(mats, mats, st.floats(0.1, 10))
 def test_normalised_inner_product_is_a_cosine(A, B, c):
-    v = E.normalised_inner(A, B)
+    v = S.normalised_inner(A, B)
     if not A.any() or not B.any():   # a zero matrix has no direction
         assert np.isnan(v)
         return
     assert -1 - 1e-12 <= v <= 1 + 1e-12
-    assert v == pytest.approx(E.normalised_inner(c * A, B), abs=1e-9)
-    assert v == pytest.approx(E.normalised_inner(B, A), abs=1e-12)
+    assert v == pytest.approx(S.normalised_inner(c * A, B), abs=1e-9)
+    assert v == pytest.approx(S.normalised_inner(B, A), abs=1e-12)
     if np.linalg.norm(A) > 1e-3:
-        assert E.normalised_inner(A, A) == pytest.approx(1.0, abs=1e-12)
+        assert S.normalised_inner(A, A) == pytest.approx(1.0, abs=1e-12)
 
 
 def test_cli_rejects_a_foreign_checkpoint_before_training(tmp_path):
@@ -446,7 +449,8 @@ def test_models_table_scores_every_model_on_the_same_prompts(quick_run):
 def test_quick_settings_keep_the_presets_validation_prompts():
     """--quick trains on shorter runs but validates on the full presets' prompts, those the bundled model used."""
     from implicit_icl.experiments.presets import get_preset
-    from implicit_icl.experiments.reproduce import SETTINGS, validation_set
+    from implicit_icl.experiments.reproduce import SETTINGS
+    from implicit_icl.experiments.study import validation_set
 
     for name in ("p1", "p2"):
         quick = get_preset(name).with_overrides(**SETTINGS["quick"]["train"][name])
@@ -469,8 +473,10 @@ def bare_stack_run(tmp_path_factory):
 
     before = torch.get_num_threads()
     with pytest.MonkeyPatch.context() as mp:
-        for name in ("trajectories", "e3", "e4", "e5", "e6"):
-            mp.setattr(E, name, recording(name, getattr(E, name)))
+        targets = {"trajectories": (E2, "trajectories"), "e3": (E3, "finetuning"), "e4": (E4, "stack_identities"),
+                   "e5": (E5, "patch_errors"), "e6": (E6, "rnn_contrast")}
+        for name, (module, attr) in targets.items():
+            mp.setattr(module, attr, recording(name, getattr(module, attr)))
         torch.set_num_threads(2)
         try:
             report = reproduce("p1", out / "run", quick=True, checkpoint=stack, settings=MICRO, progress=False,
@@ -600,13 +606,13 @@ def test_a_training_folder_with_other_settings_is_named_without_resume_advice(tm
     """reproduce has no --val-prompts to match a folder made by another version's --quick: the message names the
     differing settings and where they may come from, not train's "resume with the recorded values"."""
     from implicit_icl.experiments.presets import get_preset
-    from implicit_icl.experiments.reproduce import _train_or_resume
+    from implicit_icl.experiments.study import train_or_resume
     from implicit_icl.checkpoint import CheckpointError
 
     small = dict(steps=4, eval_every=2, checkpoint_every=2, n_points=5)
-    _train_or_resume(get_preset("p1").with_overrides(val_prompts=4, **small), tmp_path, 0, False, lambda m: None)
+    train_or_resume(get_preset("p1").with_overrides(val_prompts=4, **small), tmp_path, 0, False, lambda m: None)
     with pytest.raises(CheckpointError) as err:
-        _train_or_resume(get_preset("p1").with_overrides(val_prompts=8, **small), tmp_path, 0, False, lambda m: None)
+        train_or_resume(get_preset("p1").with_overrides(val_prompts=8, **small), tmp_path, 0, False, lambda m: None)
     message = str(err.value)
     assert "recorded 4, given 8" in message and "older implicit-icl" in message and "use another --out" in message
     assert "resume with" not in message

@@ -77,9 +77,9 @@ def _trajectories(scale: float, n: int = 30, prompts: int = 3):
 
 
 def test_e2_reports_the_known_slope_decay_ratio_and_scale():
-    from implicit_icl.experiments import experiments as E
+    from implicit_icl.experiments.e2_convergence import convergence
 
-    r = E.e2(_trajectories(2.0), _trajectories(0.5))
+    r = convergence(_trajectories(2.0), _trajectories(0.5))
     for name in ("trained", "untrained"):
         assert r[name]["step_norm_slope"] == pytest.approx(-1.0, abs=1e-10)
         assert r[name]["relative_change_slope"] == pytest.approx(-1.0, abs=1e-10)
@@ -112,13 +112,13 @@ def test_mean_of_medians_and_loss_curve_by_hand():
 
 def test_sgd_versus_implicit_gap_by_hand():
     """Two tasks, targets 1 and 2, i = 0..4: the losses are hand-computed means of squared errors."""
-    from implicit_icl.experiments import experiments as E
+    from implicit_icl.experiments.e3_finetuning import _loss_fields
 
     target = np.array([1.0, 2.0])
     preds = {"implicit": np.array([[0, 0, 0.5, 0.8, 1], [0, 1, 1.5, 2, 2]]),   # (1, 1, .25, .04, 0), (4, 1, .25, 0, 0)
              "sgd": np.array([[0, 1, 1, 1, 0], [0, 0, 0, 1, 2.0]]),          # (1, 0, 0, 0, 1), (4, 4, 4, 1, 0)
              "least_squares": np.array([[0, 1, 1, 1, 1], [0, 2, 2, 2, 2.0]])}
-    f = E._loss_fields(preds, target)
+    f = _loss_fields(preds, target)
     np.testing.assert_allclose(f["loss"]["implicit"], [2.5, 1.0, 0.25, 0.02, 0.0], atol=TOL)
     np.testing.assert_allclose(f["loss"]["sgd"], [2.5, 2.0, 2.0, 0.5, 0.5], atol=TOL)
     assert f["sgd_minus_implicit_at_n"] == pytest.approx(0.5, abs=TOL)
@@ -131,12 +131,12 @@ def test_sgd_versus_implicit_gap_by_hand():
 def test_thought_patch_by_hand():
     """ΔW a_k = u_k for K queries: with a = I the patch is Uᵀ; two queries with the same tap a = e1 but targets
     0 and 2 give their least-squares compromise 1 (and 0 on the unseen direction e2); Δb is the mean."""
-    from implicit_icl.experiments import experiments as E
+    from implicit_icl.experiments.e5_thought_patch import thought_patch
 
-    dW, db = E.thought_patch(np.eye(2), np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]), np.array([[1.0], [3.0]]))
+    dW, db = thought_patch(np.eye(2), np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]), np.array([[1.0], [3.0]]))
     np.testing.assert_allclose(dW, [[1, 4], [2, 5], [3, 6]], atol=TOL)
     np.testing.assert_allclose(db, [2.0], atol=TOL)
-    dW, _ = E.thought_patch(np.array([[1.0, 0.0], [1.0, 0.0]]), np.array([[0.0], [2.0]]), np.zeros((2, 1)))
+    dW, _ = thought_patch(np.array([[1.0, 0.0], [1.0, 0.0]]), np.array([[0.0], [2.0]]), np.zeros((2, 1)))
     np.testing.assert_allclose(dW, [[1.0, 0.0]], atol=TOL)
 
 
@@ -204,8 +204,9 @@ def test_known_bad_variants_are_caught(check, mutant):
 
 def test_known_bad_slope_is_caught_through_e2(monkeypatch):
     """The same mutant swapped into the module E2 calls: E2's reported slope leaves the known −1."""
-    from implicit_icl.experiments import experiments as E
+    from implicit_icl.experiments import e2_convergence as E2
+    from implicit_icl.experiments.e2_convergence import convergence
 
-    monkeypatch.setattr(E, "loglog_slope", _slope_log_i_plus_1)
-    slope = E.e2(_trajectories(2.0), _trajectories(0.5))["trained"]["step_norm_slope"]
+    monkeypatch.setattr(E2, "loglog_slope", _slope_log_i_plus_1)
+    slope = convergence(_trajectories(2.0), _trajectories(0.5))["trained"]["step_norm_slope"]
     assert abs(slope + 1.0) > 0.05, slope
