@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One prepared GPU check (issue 3): the conformance suite on CUDA (float64, float32, bfloat16) and the benchmark at
 # 1M and 16M context tokens with its floors and issue 16's targets, JSON written to $OUT (or the folder given as
-# $1). Meant to finish in under 5 minutes on one H200: each step has its own time limit (conformance 130 s, bench 160 s) and what it wrote is kept.
+# $1). Meant to finish in under 5 minutes on one H200: each step has its own time limit (conformance 130 s, bench
+# 160 s) and what it wrote is kept.
 #
 #   scripts/gpu_check.sh [OUTDIR]
 #
