@@ -194,3 +194,137 @@ def test_all_layer_updates_give_next_token_logits(saved, family):
     alone = model_forward(patched, list(ours.cfgs), H0[-1:])[-1][0]           # the query token's row of H0 only
     want = ours.logits(IDS)[-1]
     np.testing.assert_allclose(ours.logits_from(alone), want, rtol=0, atol=1e-10 * max(1, np.abs(want).max()))
+
+
+# ------------------------------------------------------------------------------ files: shards, bf16, tokenizer
+
+
+def test_sharded_checkpoint_loads_the_same(saved, tmp_path):
+    folder, model, _ = saved("llama")
+    model.save_pretrained(tmp_path, safe_serialization=True, max_shard_size="4KB")
+    assert (tmp_path / "model.safetensors.index.json").is_file() and not (tmp_path / "model.safetensors").exists()
+    np.testing.assert_array_equal(hf.load(tmp_path).logits(IDS), hf.load(folder).logits(IDS))
+
+
+def test_bfloat16_weights_widen_exactly(saved, tmp_path):
+    _, model, config = saved("qwen3")
+    bf = type(model)._from_config(config, dtype=torch.bfloat16)
+    bf.load_state_dict({k: v.to(torch.bfloat16) for k, v in model.state_dict().items()})
+    bf.save_pretrained(tmp_path, safe_serialization=True)
+    ours = hf.load(tmp_path)
+    want = bf.model.layers[1].mlp.up_proj.weight.detach().to(torch.float64).numpy()
+    np.testing.assert_array_equal(ours.blocks[1]["mlp.W"][config.intermediate_size:], want)
+    assert ours.blocks[1]["mlp.W"].dtype == np.float64
+
+
+def test_tokenizer_json_gives_tokenize_and_decode(saved, tmp_path):
+    tokenizers = pytest.importorskip("tokenizers")
+    folder, model, _ = saved("llama")
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    vocab = {w: i for i, w in enumerate(["[UNK]", "the", "cat", "sat", "on", "mat"])}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tok.decoder = tokenizers.decoders.WordPiece()
+    tok.save(str(tmp_path / "tokenizer.json"))
+    ours = hf.load(tmp_path)
+    ids, tokens = ours.tokenize("the cat sat on the mat")
+    assert list(ids) == [1, 2, 3, 4, 1, 5] and tokens[1] == "cat"
+    assert ours.decode(ids) == "the cat sat on the mat"
+    got_tokens, H = ours.text_hidden_states("the cat sat")
+    assert got_tokens == ["the", "cat", "sat"] and len(H) == 3 and ours.default_position(got_tokens) == 2
+    with pytest.raises(ValueError, match="no tokenizer.json"):
+        hf.load(folder).tokenize("the cat")
+
+
+def test_the_bundled_minilm_folder_loads_as_bert():
+    """all-MiniLM-L6-v2 (the extra ``real``) through ``hf.load``: the same hidden states as ``models.minilm``."""
+    from implicit_icl.models import minilm
+    try:
+        folder = minilm.model_dir()
+    except (ImportError, FileNotFoundError) as exc:
+        pytest.skip(f"all-MiniLM-L6-v2 not installed: {exc}")
+    ours, theirs = hf.load(folder), minilm.load_minilm(folder)
+    ids, tokens = ours.tokenize("France is to Paris as Japan is to")
+    assert tokens[0] == "[CLS]" and ours.lm_head is None and ours.default_position(tokens) == len(tokens) - 2
+    for a, b in zip(ours.hidden_states(ids), minilm.forward(theirs, ids)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="no language-model head"):
+        ours.logits(ids)
+
+
+# ------------------------------------------------------------------------------------------- bad folders
+
+
+def _copy(src, dst, config_edit=None, drop_weights=False):
+    import shutil
+    shutil.copytree(src, dst)
+    if config_edit is not None:
+        config = json.loads((dst / "config.json").read_text())
+        config_edit(config)
+        (dst / "config.json").write_text(json.dumps(config))
+    if drop_weights:
+        (dst / "model.safetensors").unlink()
+    return dst
+
+
+def _one_line(exc_info) -> str:
+    text = str(exc_info.value)
+    assert "\n" not in text, text
+    return text
+
+
+def test_missing_config_json_and_weights(saved, tmp_path):
+    folder = saved("llama")[0]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError) as err:
+        hf.load(empty)
+    assert "config.json" in _one_line(err) and isinstance(err.value, FileNotFoundError)
+    with pytest.raises(ValueError) as err:
+        hf.load(_copy(folder, tmp_path / "noweights", drop_weights=True))
+    assert "model.safetensors" in _one_line(err)
+    with pytest.raises(ValueError) as err:
+        hf.load(tmp_path / "nowhere")
+    assert "is not a folder" in _one_line(err)
+
+
+def test_wrong_shape_and_extra_tensors_are_named(saved, tmp_path):
+    from safetensors.numpy import load_file, save_file
+    folder = saved("llama")[0]
+    bad = _copy(folder, tmp_path / "shape")
+    state = load_file(str(bad / "model.safetensors"))
+    state["model.layers.1.mlp.up_proj.weight"] = state["model.layers.1.mlp.up_proj.weight"][:, :-1].copy()
+    save_file(state, str(bad / "model.safetensors"))
+    with pytest.raises(ValueError) as err:
+        hf.load(bad)
+    assert "'model.layers.1.mlp.up_proj.weight'" in _one_line(err) and "(24, 15)" in str(err.value)
+    state = load_file(str(folder / "model.safetensors"))
+    state["model.layers.0.post_feedforward_layernorm.weight"] = np.ones(16)
+    save_file(state, str(bad / "model.safetensors"))
+    with pytest.raises(ValueError) as err:
+        hf.load(bad)
+    assert "'model.layers.0.post_feedforward_layernorm.weight'" in _one_line(err)
+    (bad / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(ValueError) as err:
+        hf.load(bad)
+    assert "model.safetensors" in _one_line(err)
+
+
+@pytest.mark.parametrize("edit, named", [
+    (lambda c: c.update(model_type="mixtral"), "model_type 'mixtral'"),
+    (lambda c: c.update(model_type="gemma2"), "attn_logit_softcapping"),
+    (lambda c: c.pop("model_type"), "model_type None"),
+    (lambda c: c.update(num_local_experts=4), "'num_local_experts'"),
+    (lambda c: c.update(alibi=True), "'alibi'"),
+    (lambda c: c.update(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}), "'linear'"),
+    (lambda c: c.update(hidden_act="tanh"), "'hidden_act'"),
+    (lambda c: c.update(tie_word_embeddings="yes"), "'tie_word_embeddings'"),
+    (lambda c: c.update(pretraining_tp=2), "'pretraining_tp'"),
+    (lambda c: c.update(num_hidden_layers=3), "'model.layers.2."),
+    (lambda c: c.update(hidden_size=-16), "'hidden_size'"),
+])
+def test_unsupported_config_is_one_named_line(saved, tmp_path, edit, named):
+    bad = _copy(saved("llama")[0], tmp_path / "bad", config_edit=edit)
+    with pytest.raises(ValueError) as err:
+        hf.load(bad)
+    assert named in _one_line(err)
