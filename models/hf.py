@@ -55,11 +55,11 @@ __all__ = ["FAMILIES", "HFModel", "load"]
 class HFModel:
     """A loaded checkpoint in the reference's layout, the same for every family.
 
-    ``blocks`` / ``cfgs``: one params dict and one ``BlockConfig`` per layer; ``tokens`` ``(V, D)`` the token
-    embeddings, ``positions`` ``(P, D)`` learned absolute positions or ``None`` (rotary families), ``embed_scale``
-    (Gemma's √d), ``token_type`` / ``embed_norm`` (BERT); ``final_norm`` (``None`` for BERT), ``lm_head`` ``(V, D)``
-    (the embeddings themselves when tied; ``None`` when the checkpoint has no head), ``head_transform`` /
-    ``lm_head_bias`` (BERT's MLM head); ``tokenizer`` a ``tokenizers.Tokenizer`` or ``None``.
+    ``blocks`` / ``cfgs``: one params dict and one ``BlockConfig`` per layer; ``lm_head`` ``(V, D)``; the rest in
+    ``parts`` (``hf_families.Parts``): ``tokens`` ``(V, D)`` the token embeddings, ``positions`` ``(P, D)`` learned
+    absolute positions or ``None`` (rotary families), ``embed_scale`` (Gemma's √d), ``token_type`` /
+    ``embed_norm`` (BERT), ``final_norm`` (``None`` for BERT), ``head_transform`` / ``lm_head_bias`` (BERT's MLM
+    head). ``tokenizer``: a ``tokenizers.Tokenizer`` or ``None``; ``config``: ``config.json`` as read.
     """
 
     family: str
@@ -68,16 +68,25 @@ class HFModel:
     parts: Parts = field(repr=False)
     tokenizer: object = field(default=None, repr=False)
 
-    def __getattr__(self, name):                     # blocks, cfgs, tokens, positions, lm_head, … from ``parts``
-        parts = self.__dict__.get("parts")
-        if parts is not None and name in Parts.__dataclass_fields__:
-            return getattr(parts, name)
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+    @property
+    def blocks(self) -> tuple:
+        """One reference params dict per layer."""
+        return self.parts.blocks
+
+    @property
+    def cfgs(self) -> tuple:
+        """One ``BlockConfig`` per layer (they differ where the sliding window does)."""
+        return self.parts.cfgs
 
     @property
     def configs(self) -> tuple:
         """``cfgs`` under the name ``models.analysis`` reads."""
         return self.parts.cfgs
+
+    @property
+    def lm_head(self) -> np.ndarray | None:
+        """``(V, D)``; the token embeddings themselves when tied; ``None`` without a head (a bare encoder)."""
+        return self.parts.lm_head
 
     @property
     def n_layers(self) -> int:

@@ -23,6 +23,7 @@ INERT = frozenset({
     "attention_probs_dropout_prob", "classifier_dropout", "summary_activation", "summary_first_dropout",
     "summary_proj_to_labels", "summary_type", "summary_use_proj", "max_position_embeddings", "gradient_checkpointing",
     "finetuning_task", "tf_legacy_loss", "use_bfloat16", "torchscript", "pruned_heads", "tie_encoder_decoder",
+    "transformers.js_config", "output_past",
 })
 
 

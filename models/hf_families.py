@@ -118,9 +118,7 @@ def gated_family(config: dict, state: dict, dtype, family: str) -> Parts:
     Hkv = f.number("num_key_value_heads", f.get("num_key_value_heads", H))
     dh = f.number("head_dim", f.get("head_dim", D // H))
     gemma = family == "gemma"
-    act_table = dict(ACTIVATIONS, gelu="gelu_tanh") if gemma else ACTIVATIONS   # GemmaConfig: legacy "gelu" = tanh
-    activation = f.choose("hidden_activation" if gemma and "hidden_activation" in config else "hidden_act",
-                          act_table, "gelu_pytorch_tanh" if gemma else "silu")
+    activation = _activation(f, gemma)
     theta, partial = rope(f)
     if partial != 1.0:
         raise ValueError(f"config.json partial_rotary_factor = {partial} is not supported for {family}")
@@ -128,6 +126,8 @@ def gated_family(config: dict, state: dict, dtype, family: str) -> Parts:
     o_bias = attn_bias and family != "qwen2"                      # Qwen2Attention: o_proj has no bias
     mlp_bias = bool(f.get("mlp_bias", False)) if family == "llama" else False
     if family == "llama":
+        f.get("is_llama_config")                                  # SmolLM's marker, read by nothing
+        f.require("rope_interleaved", (None, False), "transformers' Llama rotates halves, not interleaved pairs")
         f.require("pretraining_tp", (None, 1), "only pretraining_tp = 1 (one matmul per projection) is computed")
     if gemma:
         f.require("use_bidirectional_attention", (None, False), "the reference's Gemma is causal")
@@ -152,6 +152,20 @@ def gated_family(config: dict, state: dict, dtype, family: str) -> Parts:
                   layer_name=f"{family}'s model.layers.<l>", embed_scale=float(np.sqrt(D)) if gemma else 1.0)
     t.refuse_unused()
     return parts
+
+
+def _activation(f: Fields, gemma: bool) -> str:
+    """``hidden_act`` (SiLU by default). Gemma: ``GemmaConfig`` maps the legacy ``"gelu"`` to the tanh form, and
+    older files also carry ``hidden_activation``, which must then agree."""
+    if not gemma:
+        return f.choose("hidden_act", ACTIVATIONS, "silu")
+    table = dict(ACTIVATIONS, gelu="gelu_tanh")
+    act = f.choose("hidden_act", table, "gelu_pytorch_tanh")
+    if f.config.get("hidden_activation") is not None and f.choose("hidden_activation", table, None) != act:
+        raise ValueError(f"config.json fields 'hidden_act' and 'hidden_activation' disagree "
+                         f"({f.config.get('hidden_act')!r} vs {f.config['hidden_activation']!r}): refusing to guess")
+    f.get("hidden_activation")
+    return act
 
 
 def _gated_block(t: Tensors, cfg: BlockConfig, p: str, attn_bias: bool, o_bias: bool, mlp_bias: bool) -> dict:

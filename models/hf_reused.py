@@ -26,6 +26,7 @@ def gpt2_family(config: dict, state: dict, dtype, family: str = "gpt2") -> Parts
     for name in ("activation_function", "n_inner", "layer_norm_epsilon", "scale_attn_weights",
                  "scale_attn_by_inverse_layer_idx"):
         f.get(name)                                   # checked by gpt2.config_from_gpt2
+    f.get("n_ctx")                                    # the old name of n_positions, read by nothing
     f.get("reorder_and_upcast_attn")                  # the same function, computed in float32 by transformers
     f.require("add_cross_attention", (None, False), "GPT-2 with cross-attention is an encoder-decoder")
     is_tied = tied(f, default=True)
@@ -56,6 +57,8 @@ def bert_family(config: dict, state: dict, dtype, family: str = "bert") -> Parts
     for name in ("hidden_act", "position_embedding_type", "hidden_size", "intermediate_size",
                  "num_attention_heads", "layer_norm_eps"):
         f.get(name)                                   # checked by minilm.config_from_json
+    for name in [k for k in config if k.startswith("pooler_")]:
+        f.get(name)                                   # the pooler (sentence head) is outside the hidden states
     f.require("is_decoder", (None, False), "the reference's BERT is the bidirectional encoder")
     f.require("add_cross_attention", (None, False), "BERT with cross-attention is an encoder-decoder")
     L, V, S = f.need("num_hidden_layers"), f.need("vocab_size"), f.need("type_vocab_size")

@@ -328,3 +328,25 @@ def test_unsupported_config_is_one_named_line(saved, tmp_path, edit, named):
     with pytest.raises(ValueError) as err:
         hf.load(bad)
     assert named in _one_line(err)
+
+
+def test_older_config_spellings_load_the_same(saved, tmp_path):
+    """transformers 4.x files (SmolLM's, TinyLlama's): ``rope_theta``/``rope_scaling: null`` at the top level,
+    SmolLM's ``is_llama_config``/``rope_interleaved: false``/``transformers.js_config``; GPT-NeoX's ``rotary_pct``/
+    ``rotary_emb_base``; Gemma's ``hidden_activation``. Same model, same logits."""
+    def old_rope(c):
+        c["rope_theta"], c["rope_scaling"] = c.pop("rope_parameters")["rope_theta"], None
+        c.update({"is_llama_config": True, "rope_interleaved": False, "transformers.js_config": {}})
+
+    def old_neox(c):
+        rope = c.pop("rope_parameters")
+        c.update(rotary_pct=rope["partial_rotary_factor"], rotary_emb_base=rope["rope_theta"])
+
+    for family, edit in (("llama", old_rope), ("gpt_neox", old_neox),
+                         ("gemma", lambda c: c.update(hidden_act="gelu", hidden_activation="gelu_pytorch_tanh"))):
+        folder = saved(family)[0]
+        old = hf.load(_copy(folder, tmp_path / family, config_edit=edit))
+        np.testing.assert_array_equal(old.logits(IDS), hf.load(folder).logits(IDS))
+    bad = _copy(saved("gemma")[0], tmp_path / "gemma-bad", config_edit=lambda c: c.update(hidden_activation="silu"))
+    with pytest.raises(ValueError, match="'hidden_act' and 'hidden_activation' disagree"):
+        hf.load(bad)
