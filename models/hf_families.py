@@ -122,8 +122,11 @@ def gated_family(config: dict, state: dict, dtype, family: str) -> Parts:
     theta, partial = rope(f)
     if partial != 1.0:
         raise ValueError(f"config.json partial_rotary_factor = {partial} is not supported for {family}")
-    attn_bias = bool(f.get("attention_bias", family == "qwen2"))
-    o_bias = attn_bias and family != "qwen2"                      # Qwen2Attention: o_proj has no bias
+    # Qwen2Attention: q/k/v biases always, none on o_proj; MistralAttention: none; the others: attention_bias on all
+    # four. A field the family's transformers module does not read is read here as inert.
+    read_bias = bool(f.get("attention_bias", False))
+    attn_bias = family == "qwen2" or (read_bias and family != "mistral")
+    o_bias = attn_bias and family != "qwen2"
     mlp_bias = bool(f.get("mlp_bias", False)) if family == "llama" else False
     if family == "llama":
         f.get("is_llama_config")                                  # SmolLM's marker, read by nothing
