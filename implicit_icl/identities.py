@@ -76,15 +76,20 @@ def make_scenario(cfg: BlockConfig, n: int, seed: int, n_blocks: int = 3, label:
     return Scenario(cfg, params, context, query, other, remove, label or f"{cfg.kind} d={cfg.d_model} heads={cfg.n_heads} n={n} seed={seed}", stack)
 
 
+def without_Y(s: Scenario) -> tuple:
+    """``(C\\Y, x, positions)`` for ``block_output``: the context without the scenario's subset Y, the query, and
+    their positions in ``[C, x]`` (removal is a mask: rotary and sliding-window blocks see where tokens were)."""
+    kept = np.delete(np.arange(len(s.context)), s.remove)
+    return s.context[kept], s.query, kept_positions(kept, len(s.context))
+
+
 # --- P1 §2: the theorem and what follows --------------------------------------------------------------------
 
 def thm_remove_subset(s: Scenario):
     """[P1 Thm 2.2] T_{W+ΔW(Y)}(C\\Y, x) = T_W(C, x) for the scenario's subset Y (with the bias update)."""
     upd = implicit_update(s.params, s.cfg, s.context, s.query, remove=s.remove)
-    kept = np.delete(np.arange(len(s.context)), s.remove)
     want = block_output(s.params, s.cfg, s.context, s.query)
-    got = block_output(apply_update(s.params, upd), s.cfg, s.context[kept], s.query,
-                       kept_positions(kept, len(s.context)))          # removal is a mask: positions are kept
+    got = block_output(apply_update(s.params, upd), s.cfg, *without_Y(s))
     return max_err(got, want), tol(want)
 
 
@@ -128,9 +133,8 @@ def minimum_norm(s: Scenario):
     N -= np.outer(N @ upd.a, upd.a) / (upd.a @ upd.a)                            # N a = 0
     moved = dict(apply_update(s.params, upd))
     moved["mlp.W"] = moved["mlp.W"] + N
-    kept = np.delete(s.context, s.remove, axis=0)
     want = block_output(s.params, s.cfg, s.context, s.query)
-    err = max(err, max_err(block_output(moved, s.cfg, kept, s.query), want))
+    err = max(err, max_err(block_output(moved, s.cfg, *without_Y(s)), want))
     return err, tol(lst, want)
 
 
@@ -228,7 +232,8 @@ def trajectory_matches_updates(s: Scenario):
     tr = trajectory(s.params, s.cfg, s.context, s.query)
     err = max_err(tr.pred_context, tr.pred_update)
     for i in range(0, tr.n + 1, max(1, tr.n // 7)):
-        upd = implicit_update(s.params, s.cfg, s.context[:i], s.query)
+        upd = implicit_update(s.params, s.cfg, s.context[:i], s.query,   # the query keeps its position n
+                              positions=kept_positions(range(i), tr.n))
         err = max(err, max_err(upd.u, tr.u[i]), max_err(upd.delta_b, tr.delta_b[i]))
     return err, tol(tr.pred_context, tr.u)
 

@@ -8,8 +8,10 @@ import time
 
 HELP = "check every identity of the theorem on random blocks of every kind (exit 1 if any fails)"
 DESCRIPTION = """\
-Build random blocks of every kind (plain, p1-skip, residual, pre-ln, post-ln) at several sizes, seeds and context
-lengths, with and without a removed subset Y, and check each identity of THEORY.md §10 in float64:
+Build random blocks of every kind (plain, p1-skip, residual, pre-ln, post-ln, and the modern gated and parallel
+kinds of THEORY §11 with rotary positions, grouped-query heads, q/k norms and sliding windows) at several sizes,
+seeds and context lengths, with and without a removed subset Y (a mask: kept tokens keep their positions), and check
+each identity of THEORY.md §10 in float64:
 
   T_{W+ΔW(Y)}(C\\Y, x) = T_W(C, x),   ΔW(Y) = W ΔA(Y) aᵀ/‖a‖²  (P1 Thm 2.2; P2's generalisation, THEORY §3b)
 
@@ -35,7 +37,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--force", action="store_true", help="let --json replace a file that is not a verify report")
     parser.add_argument("--seeds", type=int, default=2, metavar="N", help="random seeds per shape (default: 2)")
     parser.add_argument("--kind", action="append", metavar="KIND",
-                        help="only this block kind (repeatable; default: all five)")
+                        help="only this block kind (repeatable; default: all seven)")
     parser.add_argument("--all-rows", action="store_true", help="one row per scenario instead of per check × kind")
 
 
@@ -58,17 +60,22 @@ REPORT_KIND = ("a report of implicit-icl verify (a JSON object with 'checks' and
 
 
 def scenarios(kinds, seeds: int):
-    from implicit_icl.identities import make_scenario
+    from implicit_icl.identities import MODERN_CONFIGS, make_scenario
     from implicit_icl.reference import BlockConfig
+    from implicit_icl.reference.config import NORMED_KINDS
 
     for kind in kinds:
         for d, m, h, act, causal, bias, lengths in SHAPES:
-            if kind in ("pre-ln", "post-ln") and d == 1:
-                continue   # LayerNorm of a single feature is constant: a = LN(·) carries no context
+            if kind in NORMED_KINDS and d == 1:
+                continue   # the norm of a single feature is constant: a = N(·) carries no context
             cfg = BlockConfig(d_model=d, d_mlp=m, n_heads=h, kind=kind, activation=act, causal=causal, attn_bias=bias)
             for n in lengths:
                 for seed in range(seeds):
                     yield make_scenario(cfg, n, seed)
+        for name, kw in sorted(MODERN_CONFIGS.items()):      # rotary, grouped-query, q/k norm, windows (THEORY §11)
+            if kw["kind"] == kind:
+                for seed in range(seeds):
+                    yield make_scenario(BlockConfig(d_model=6, d_mlp=10, **kw), 11, seed, label=f"{name} seed={seed}")
 
 
 def run(args) -> int:

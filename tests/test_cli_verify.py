@@ -17,7 +17,10 @@ def test_verify_passes_and_writes_json(tmp_path, capsys):
     data = json.loads(out.read_text())
     assert data["ok"] is True and len(data["checks"]) > 100
     assert set(data["checks"][0]) >= {"name", "kind", "max_abs_err", "tol", "ok"}
-    assert {c["kind"] for c in data["checks"]} == {"plain", "p1-skip", "residual", "pre-ln", "post-ln"}
+    assert {c["kind"] for c in data["checks"]} == {"plain", "p1-skip", "residual", "pre-ln", "post-ln", "gated",
+                                                   "parallel"}
+    modern = {c["scenario"].split()[0] for c in data["checks"] if c["kind"] in ("gated", "parallel")}
+    assert set(identities.MODERN_CONFIGS) <= modern       # rotary, grouped-query, q/k norm, window, partial rotary
 
 
 def test_verify_says_it_checks_the_algebra_and_names_the_forward_checks(capsys):
