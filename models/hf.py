@@ -164,7 +164,8 @@ class HFModel:
         """The text of ``token_ids``."""
         return self._need_tokenizer().decode([int(i) for i in np.asarray(token_ids).ravel()])
 
-    # the interface of ``models.analysis``: text in, token strings and hidden states out
+    # what ``models.analysis`` reads (``configs``, ``layer_name``, ``default_position``), except that its
+    # ``hidden_states(text)`` is ``text_hidden_states`` here: ``hidden_states`` takes token ids (issue 15 item 3)
     @property
     def layer_name(self) -> str:
         return self.parts.layer_name

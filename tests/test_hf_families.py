@@ -350,3 +350,12 @@ def test_older_config_spellings_load_the_same(saved, tmp_path):
     bad = _copy(saved("gemma")[0], tmp_path / "gemma-bad", config_edit=lambda c: c.update(hidden_activation="silu"))
     with pytest.raises(ValueError, match="'hidden_act' and 'hidden_activation' disagree"):
         hf.load(bad)
+
+
+@pytest.mark.parametrize("ids, named", [([], "non-empty"), ([[1, 2]], "1-D"), ([1.5], "integers"),
+                                        ([0, 50], "0..49"), (list(range(17)), "at most 16")])
+def test_bad_token_ids_are_named(saved, ids, named):
+    ours = hf.load(saved("gpt2")[0])                  # 16 learned positions
+    with pytest.raises(ValueError, match="token_ids") as err:
+        ours.logits(ids)
+    assert named in _one_line(err)
