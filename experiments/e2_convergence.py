@@ -12,8 +12,8 @@ import numpy as np
 from implicit_icl.reference import trajectory
 
 from .plots import COLORS, median_band, pyplot, save
-from .statistics import bands, loglog_slope, marks
-from .text import fmt
+from .statistics import at_marks, bands, loglog_slope
+from .text import fmt, header
 
 KEY = "e2"
 PAPER = {"source": "P1 v1 Fig. 2; THEORY §5.2, §8.5, §10.12",
@@ -43,8 +43,7 @@ def _curves(trs: list, fit_from: int) -> dict:
         "step_norm": bands(step), "relative_change": bands(rel),
         "step_norm_slope": loglog_slope(i[fit], med_step[fit]),
         "relative_change_slope": loglog_slope(i[fit], med_rel[fit]),
-        "step_norm_at": {str(k): float(med_step[k]) for k in marks(step.shape[1] - 1, start=1)},
-        "relative_change_at": {str(k): float(med_rel[k]) for k in marks(step.shape[1] - 1, start=1)},
+        "step_norm_at": at_marks(med_step, start=1), "relative_change_at": at_marks(med_rel, start=1),
         "decay_ratio": float(med_step[-1] / med_step[1]),
         "final_delta_W_norm": float(np.median([t.delta_W_norm[-1] for t in trs])),
     }
@@ -108,7 +107,7 @@ def _table(e2: dict, pe2: dict, keys: list) -> list[str]:
     """Median step norm and relative change at the marks, trained and untrained, and THEORY's random block."""
     tr, un = e2["trained"], e2["untrained"]
     rb = pe2["random_block_step_norm_at"]
-    return ["| i | " + " | ".join(keys) + " | log-log slope |", "|---|" + "---|" * (len(keys) + 1),
+    return [*header("i", keys + ["log-log slope"]),
             "| step norm, trained | " + " | ".join(fmt(tr["step_norm_at"][k]) for k in keys)
             + f" | {fmt(tr['step_norm_slope'])} |",
             "| step norm, untrained (same architecture, its initial weights) | "

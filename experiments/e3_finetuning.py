@@ -12,8 +12,9 @@ import numpy as np
 from implicit_icl.reference.tasks import least_squares_predictions, prediction
 
 from .plots import COLORS, floored, median_band, pyplot, save
-from .statistics import bands, loss_curve, marks, mean_of_medians, normalised_inner, null_pairs, squared_loss
-from .text import fmt
+from .statistics import (at_marks, bands, loss_curve, marks, mean_of_medians, normalised_inner, null_pairs,
+                         squared_loss)
+from .text import fmt, header
 
 KEY = "e3"
 PAPER = {"source": "P1 v1 Fig. 3; THEORY §5.3",
@@ -95,10 +96,9 @@ def _sweep_rows(sweep: dict, scores: dict, target: np.ndarray, loss_zero: float)
     rows = {}
     for lr, (pred, align, null) in sweep.items():
         loss = np.mean(squared_loss(pred, target), axis=0)                        # (n+1,)
-        n = len(loss) - 1
         rows[f"{lr:g}"] = {
             "held_out_score": scores[f"{lr:g}"],
-            "loss_at": {str(k): float(loss[k]) for k in marks(n, start=1)},
+            "loss_at": at_marks(loss, start=1),
             "worse_than_zero_at_n": bool(not loss[-1] <= loss_zero),             # nan (diverged) counts as worse
             "alignment_median_mean": mean_of_medians(align[:, 1:]),
             "alignment_null_median_mean": mean_of_medians(null[:, 1:]),
@@ -131,7 +131,7 @@ def _loss_fields(preds: dict, target: np.ndarray) -> dict:
     loss_zero = float(np.mean(target ** 2))
     return {
         "i": list(range(n + 1)), "loss": curves, "loss_sem": sem, "loss_zero": loss_zero,
-        "loss_at": {name: {str(k): float(curves[name][k]) for k in marks(n, start=0)} for name in curves},
+        "loss_at": {name: at_marks(curves[name], start=0) for name in curves},
         "sgd_minus_implicit_at_n": float(sgd[-1] - implicit[-1]),
         "comparison": ("the implicit update's test loss is lower than SGD's" if implicit[-1] < sgd[-1] else
                        "online SGD's test loss is lower than the implicit update's"),
@@ -231,8 +231,7 @@ def section(r: dict) -> list[str]:
         "implicit ΔW_i is built for the one test query (a different ΔW for another query, THEORY §8.2). So SGD's "
         "lower loss, where it is lower, partly reflects a weakly trained block, not a better learner.")
     add("")
-    add("| test loss at i = | " + " | ".join(keys) + " |")
-    add("|---|" + "---|" * len(keys))
+    L += header("test loss at i =", keys)
     for name, label in (("implicit", "implicit ΔW_i (= in context)"),
                         ("sgd", f"online SGD on W, lr {fmt(e3['sgd_lr'])}"), ("least_squares", "least squares")):
         add(f"| {label} | " + " | ".join(fmt(la[name][k]) for k in keys) + " |")

@@ -10,7 +10,7 @@ import numpy as np
 
 from .plots import pyplot, save
 from .statistics import bands, levels_off_at, normalised_inner, numerical_rank
-from .text import fmt
+from .text import fmt, header
 
 KEY = "e5"
 PAPER = {"source": "the thought patch is Mazzawi et al. 2025 (arXiv 2510.08734); the K ≈ 10–25 figure is a later P1 "
@@ -195,7 +195,7 @@ def section(r: dict) -> list[str]:
             f"For each of {fmt(e5['n_prompts'])} contexts: fit one ΔW(C) by least squares to the exact per-query "
             f"updates of K calibration queries, then predict {fmt(e5['n_test'])} new queries run alone through "
             "W + ΔW(C). Median over contexts.", "",
-            "| mean squared error at K = | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys),
+            *header("mean squared error at K =", keys),
             "| patch vs the in-context prediction | " + " | ".join(fmt(at[k]) for k in keys) + " |",
             "| patch vs the true ⟨w, x⟩ | " + " | ".join(fmt(tt[k]) for k in keys) + " |", "",
             f"Without any update the query alone misses the in-context prediction by "

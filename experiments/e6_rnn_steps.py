@@ -24,8 +24,8 @@ from implicit_icl.reference.config import BlockConfig
 from implicit_icl.reference.layers import mlp
 
 from .plots import pyplot, save
-from .statistics import TOL_F64, bands, loglog_slope, marks
-from .text import fmt
+from .statistics import TOL_F64, at_marks, bands, loglog_slope
+from .text import fmt, header
 
 KEY = "e6"
 PAPER = {"source": "ours; a later P1 version reportedly uses an RNN as the contextual layer, as summarised by one "
@@ -110,7 +110,7 @@ def rnn_contrast(attention_untrained: list, prompts, d_mlp: int, seed: int, d_hi
         med = np.median(steps, axis=0)
         slope = loglog_slope(i[i >= fit_from], med[i >= fit_from])
         out[name] = {"step_norm": bands(steps), "step_norm_slope": slope, "decays": bool(slope <= DECAY_SLOPE),
-                     "step_norm_at": {str(k): float(med[k]) for k in marks(steps.shape[1] - 1, start=1)},
+                     "step_norm_at": at_marks(med, start=1),
                      "last_over_first": float(med[-1] / med[1])}                # step at i = n−1 over i = 1
     out["agrees_f64"] = bool(out["rnn_identity_max_abs_diff"] <= TOL_F64)
     return out
@@ -187,7 +187,7 @@ def section(r: dict) -> list[str]:
             f"Both untrained, on the same {fmt(e6['n_prompts'])} prompts: E2's attention block at its initial weights "
             f"and an Elman RNN ({fmt(e6['d_hidden'])} units, recurrent spectral radius {fmt(e6['spectral_radius'])}) "
             "read out at the query, each followed by an MLP. Median step norm:", "",
-            "| i | " + " | ".join(keys) + " | log-log slope |", "|---|" + "---|" * (len(keys) + 1),
+            *header("i", keys + ["log-log slope"]),
             "| softmax attention | " + " | ".join(fmt(at["step_norm_at"][k]) for k in keys)
             + f" | {fmt(at['step_norm_slope'])} |",
             "| RNN | " + " | ".join(fmt(rn["step_norm_at"][k]) for k in keys) + f" | {fmt(rn['step_norm_slope'])} |",

@@ -22,6 +22,11 @@ def marks(last: int, start: int) -> list[int]:
     return sorted({k for k in (start, 1, 5, 10, 25) if start <= k < last} | {last})
 
 
+def at_marks(values, start: int) -> dict:
+    """``values`` (indexed by i = 0..n) at the table's marks (``marks(n, start)``), keyed by i as a string (JSON)."""
+    return {str(k): float(values[k]) for k in marks(len(values) - 1, start)}
+
+
 def numerical_rank(M: np.ndarray) -> int:
     """Rank with NumPy's default tolerance ``σ_max · max(shape) · eps``."""
     return int(np.linalg.matrix_rank(M))

@@ -188,19 +188,20 @@ class Study:
         init_seed = self.seed if m.meta.get("seed") is None else m.meta["seed"]
         return {k: v.numpy().astype(np.float64) for k, v in init_params(m.cfg, 0, init_seed).items()}
 
+    def _block_tasks(self) -> tuple[int, int]:
+        """``(N, d)`` of the block's tasks: its prompt length and the width of x (its tokens are (x, y))."""
+        return n_points_of(self.block.meta, self.presets["p1"]), self.block.cfg.d_model - 1
+
     @cached_property
     def prompts(self):
         """E2's test prompts, which E3, E5 and E6 share, at the block's prompt length."""
-        m = self.block
-        return fresh_prompts(self.settings["e2_prompts"], n_points_of(m.meta, self.presets["p1"]),
-                             m.cfg.d_model - 1, self.seed)
+        return fresh_prompts(self.settings["e2_prompts"], *self._block_tasks(), self.seed)
 
     @cached_property
     def held_out(self):
         """E3's held-out tasks, on which SGD's learning rate is chosen (never the test tasks)."""
-        m = self.block
-        return regression_prompts(self.settings["e3_held_out"], n_points_of(m.meta, self.presets["p1"]),
-                                  m.cfg.d_model - 1, np.random.default_rng([self.seed, 4]))
+        return regression_prompts(self.settings["e3_held_out"], *self._block_tasks(),
+                                  np.random.default_rng([self.seed, 4]))
 
     @cached_property
     def trajectories(self) -> dict:

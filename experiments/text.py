@@ -22,3 +22,8 @@ def fmt(x, digits: int = 3) -> str:
 def span(pair) -> str:
     """A reported range ``[low, high]`` as ``low–high``."""
     return f"{fmt(pair[0])}–{fmt(pair[1])}"
+
+
+def header(label: str, columns: list) -> list[str]:
+    """A Markdown table's first two lines: ``label`` over the row labels, then ``columns``."""
+    return ["| " + " | ".join([label, *columns]) + " |", "|---|" + "---|" * len(columns)]
