@@ -164,7 +164,10 @@ class BlockConfig:
         return self.n_heads * self.head_dim
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields as a dict; the modern kinds' fields only where they differ from their defaults, so that a
+        classic block's record (checkpoint metadata, reports) reads as it did before they existed."""
+        d = asdict(self)
+        return {k: v for k, v in d.items() if k not in MODERN_DEFAULTS or v != MODERN_DEFAULTS[k]}
 
     @classmethod
     def from_dict(cls, d: dict) -> "BlockConfig":
@@ -173,6 +176,10 @@ class BlockConfig:
         if unknown:
             raise ValueError(f"unknown BlockConfig fields: {sorted(unknown)}")
         return cls(**d)
+
+
+MODERN_DEFAULTS = {"n_kv_heads": None, "norm": None, "norm_offset": 0.0, "rope_theta": None, "rotary_dim": None,
+                   "qk_norm": False, "sliding_window": None}
 
 
 def param_shapes(cfg: BlockConfig, include_attn_bias: bool | None = None) -> dict[str, tuple[int, ...]]:

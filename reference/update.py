@@ -66,6 +66,15 @@ class Update:
         return Update(self.u[i], self.a[i], self.delta_b[i])
 
 
+def reading_parts(update: Update, cfg: BlockConfig) -> dict:
+    """``u`` split by the matrices that read the tap ``a`` (THEORY §11): ``{"W": u}``, or for the gated MLP, whose
+    first matrix is stored stacked ``[W_gate; W_up]``, ``{"W_gate": u[:M], "W_up": u[M:]}``: every reading matrix gets
+    its own rank-1 update ``u_k aᵀ/‖a‖²`` with the same right factor. ``(..., d_mlp)`` each."""
+    if cfg.kind == "gated":
+        return {"W_gate": update.u[..., :cfg.d_mlp], "W_up": update.u[..., cfg.d_mlp:]}
+    return {"W": update.u}
+
+
 def update_from_taps(W, a_C, r_C, a_x, r_x) -> Update:
     """The one update formula (P1 Thm 2.2, P1 App. A, P2's generalisation: THEORY §3b), for every kind and backend.
 

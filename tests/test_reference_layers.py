@@ -168,3 +168,42 @@ def head_at_last(params, cfg, Z, positions):
 
     a, r = taps(params, cfg, Z, positions)
     return head(params, cfg, a[-1], r[-1])
+
+
+def test_a_gated_mlp_needs_both_reading_matrices_updated():
+    """THEORY §11: in W_down(act(W_gate a) ⊙ (W_up a)) both W_gate and W_up read a, so both get a rank-1 update
+    with the same right factor; patching only W_gate (the mistake of public sketches) misses T_W(C, x)."""
+    from implicit_icl.reference import apply_update, block_output, implicit_update
+    from implicit_icl.reference.update import reading_parts
+
+    cfg = BlockConfig(d_model=6, d_mlp=10, **MODERN_CONFIGS["llama-gqa-rotary"])
+    p = init_block(cfg, 4, bias_std=0.1, ln_std=0.1)
+    rng = np.random.default_rng(5)
+    C, x = rng.standard_normal((6, 6)), rng.standard_normal(6)
+    upd = implicit_update(p, cfg, C, x)
+    parts = reading_parts(upd, cfg)
+    assert set(parts) == {"W_gate", "W_up"} and all(u.shape == (10,) for u in parts.values())
+    assert np.linalg.norm(parts["W_up"]) > 1e-3                     # W_up's update is not zero here
+    want = block_output(p, cfg, C, x)
+    both = block_output(apply_update(p, upd), cfg, C[:0], x)
+    gate_only = dict(p, **{"mlp.W": p["mlp.W"] + np.concatenate([upd.delta_W[:10], np.zeros((10, 6))])})
+    gate_only["mlp.b_out"] = p["mlp.b_out"] + upd.delta_b
+    assert np.abs(both - want).max() < 1e-12 * (1 + np.abs(want).max())
+    assert np.abs(block_output(gate_only, cfg, C[:0], x) - want).max() > 1e-4
+
+
+def test_a_parallel_block_update_is_all_bias():
+    """THEORY §11: a parallel block's MLP reads N2 x alone, so u = 0 exactly (not round-off) and Δb = ΔA carries the
+    whole context."""
+    from implicit_icl.reference import apply_update, attention, block_output, implicit_update
+
+    cfg = BlockConfig(d_model=6, d_mlp=10, **MODERN_CONFIGS["neox-partial-rotary"])
+    p = init_block(cfg, 6, bias_std=0.1, ln_std=0.1)
+    rng = np.random.default_rng(7)
+    C, x = rng.standard_normal((6, 6)), rng.standard_normal(6)
+    upd = implicit_update(p, cfg, C, x)
+    assert np.all(upd.u == 0.0)
+    Z = np.vstack([C, x])
+    np.testing.assert_allclose(upd.delta_b, attention(p, cfg, Z)[-1] - attention(p, cfg, x[None])[0], atol=1e-14)
+    want = block_output(p, cfg, C, x)
+    assert np.abs(block_output(apply_update(p, upd), cfg, C[:0], x) - want).max() < 1e-12 * (1 + np.abs(want).max())
