@@ -105,13 +105,39 @@ def _child(spec: dict, timeout: float, isolate: bool = True) -> dict:
     except subprocess.TimeoutExpired:
         return {"op": spec["op"], "n": spec.get("n"), "error": f"timed out after {timeout:.0f} s"}
     if proc.returncode != 0:
-        last = proc.stderr.strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
-        return {"op": spec["op"], "n": spec.get("n"), "error": last[0]}
+        return {"op": spec["op"], "n": spec.get("n"), "error": _failure(proc.returncode, proc.stderr)}
     res = dict(json.loads(proc.stdout.strip().splitlines()[-1]), memory_isolated=True)
     timed = f", measured {seconds_text(res['wall_s'])}" if "wall_s" in res else ""
     print(f"[bench]   done in {time.perf_counter() - t0:.1f} s{timed}"
           f"{' (extrapolated)' if res.get('extrapolated') else ''}", file=sys.stderr, flush=True)
     return res
+
+
+def _failure(returncode: int, stderr: str) -> str:
+    """A failed child in one line: its last line of stderr, else how it ended (SIGKILL is what the kernel's
+    out-of-memory killer sends)."""
+    last = stderr.strip().splitlines()[-1:]
+    if last:
+        return last[0]
+    if returncode == -9:
+        return "killed by SIGKILL (signal 9): the kernel's out-of-memory killer, most likely"
+    return f"killed by signal {-returncode}" if returncode < 0 else f"exit code {returncode}"
+
+
+def _limit_host_memory(spec: dict) -> None:
+    """In a CPU child, cap the address space at the machine's memory, so that an allocation no machine here can hold
+    is a MemoryError with its size, not the kernel killing this process (or a neighbour's). Not on a GPU: CUDA maps
+    address space far beyond the host's memory."""
+    if not str(spec.get("device", "")).startswith("cpu"):
+        return
+    try:
+        import resource
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        if soft == resource.RLIM_INFINITY or soft > total:
+            resource.setrlimit(resource.RLIMIT_AS, (total, hard))
+    except (ImportError, ValueError, OSError):                # not Unix, or not allowed: run without the cap
+        pass
 
 
 def _machine(device: str) -> dict:
@@ -265,4 +291,6 @@ def run(args) -> int:
 
 
 if __name__ == "__main__":                                     # child process: one measurement
-    print(json.dumps(worker(json.loads(sys.argv[1]))))
+    _spec = json.loads(sys.argv[1])
+    _limit_host_memory(_spec)
+    print(json.dumps(worker(_spec)))

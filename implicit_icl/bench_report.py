@@ -96,6 +96,8 @@ def _positions_worst(res):
 
 
 def _beats_p2(res):
+    if not res["config"]["device"].startswith("cuda"):                 # host times against an H200's: no figure
+        return None, None, None
     rows = [p for p in _positions(res) if p["T"] in P2_JAX_H200_S]
     worst = max((p["torch"]["position_updates_s"] / P2_JAX_H200_S[p["T"]] for p in rows), default=None)
     gpu = (res.get("machine") or {}).get("gpu") or ""

@@ -187,6 +187,8 @@ def test_the_p2_comparison_needs_an_h200_and_its_three_sizes():
     assert other["met"] is None and "H200" in other["reason"] and "A100" in other["reason"]
     some = _result("cuda", gpu="NVIDIA H200", Ts=half[:2])["targets"]["position_updates_faster_than_p2_jax"]
     assert some["met"] is None and "every T" in some["reason"]
+    on_cpu = _result("cpu", Ts=half)["targets"]["position_updates_faster_than_p2_jax"]
+    assert on_cpu["value"] is None and on_cpu["met"] is None                # host times are not set against a GPU's
 
 
 def test_the_whole_model_target_on_a_gpu_is_at_the_issues_size():
@@ -295,3 +297,12 @@ def test_the_path_is_the_backends_word_else_whether_dynamo_compiled_a_graph():
     assert path_of(object()) == ("compiled", "graphs TorchDynamo compiled during the measurement")
     start_measurement()
     assert path_of(object())[0] == "eager"
+
+
+@pytest.mark.parametrize("returncode, stderr, says", [
+    (-9, "", "killed by SIGKILL (signal 9): the kernel's out-of-memory killer, most likely"),
+    (-11, "", "killed by signal 11"), (3, "", "exit code 3"),
+    (1, "Traceback …\nMemoryError: Unable to allocate 14.2 GiB\n", "MemoryError: Unable to allocate 14.2 GiB"),
+])
+def test_a_failed_child_is_one_line_saying_how_it_ended(returncode, stderr, says):
+    assert bench._failure(returncode, stderr) == says
