@@ -8,7 +8,9 @@ is taken for ``n_seeds`` seeds (each random layer drawn once per run). Per promp
 - ``top_share`` / ``top_share_random``: the largest marginal ``‖ΔW({c_j})‖`` over their sum, trained layer / mean
   over the random layers;
 - ``relative_norm`` / ``relative_norm_random``: ``‖ΔW‖/‖W‖``, trained / mean over the random layers;
-- ``transfer_ratio`` / ``own_ratio``: the medians over the context tokens of the two ratio columns (THEORY §8.2).
+- ``transfer_ratio`` / ``own_ratio``: the medians over the context tokens of the two ratio columns (THEORY §8.2);
+- ``top_is_first`` / ``top_is_first_random``: 1 when the largest marginal is row 0's (``[CLS]`` for BERT, the first
+  token for a causal model), else 0, trained / mean over the random layers: over prompts, how often it is.
 
 Each row of the result is the mean over prompts with a percentile bootstrap 95 % interval (:func:`bootstrap_ci`:
 prompts resampled with replacement, seeded; every statistic of a row resamples the same prompts). The model is any
@@ -25,7 +27,7 @@ from .analysis import baseline, explain_rows, matched_random_block, split_query,
 
 POSITIONS = ("first", "middle", "last")
 STATISTICS = ("top_share", "top_share_random", "relative_norm", "relative_norm_random", "transfer_ratio",
-              "own_ratio")
+              "own_ratio", "top_is_first", "top_is_first_random")
 N_BOOT, LEVEL = 2000, 0.95
 
 
@@ -72,9 +74,16 @@ def prompt_statistics(model, text: str, layers: Sequence[int], randoms: dict) ->
             bases = [ex.baseline, *others]
             values[i, k] = (top_share(ex.marginal_norm), np.mean([top_share(b.marginal_norm) for b in bases]),
                             ex.relative_norm, np.mean([b.relative_norm for b in bases]),
-                            np.median(ex.transfer_ratio), np.median(ex.own_ratio))
+                            np.median(ex.transfer_ratio), np.median(ex.own_ratio),
+                            _top_is_first(ex.marginal_norm, ex.context_index),
+                            np.mean([_top_is_first(b.marginal_norm, ex.context_index) for b in bases]))
             identity = max(identity, ex.identity_error / (1 + ex.output_scale))
     return values, identity
+
+
+def _top_is_first(marginal_norm: np.ndarray, context_index: np.ndarray) -> float:
+    """1.0 when the largest marginal belongs to row 0 of the text, else 0.0."""
+    return float(context_index[int(np.argmax(marginal_norm))] == 0)
 
 
 @dataclass(frozen=True)

@@ -15,24 +15,26 @@ from .prompts import PROMPTS
 TOLERANCE = 1e-12   # × (1 + output scale), as explain's: the identity behind every update of the run
 COLUMNS = (("top token's share", "top_share", "top_share_random", "pct1"),
            ("‖ΔW‖ / ‖W‖", "relative_norm", "relative_norm_random", "pct2"),
-           ("query dependence (median over tokens)", "transfer_ratio", "own_ratio", "ratio"))
-CELL = 19
+           ("query dependence (median over tokens)", "transfer_ratio", "own_ratio", "ratio"),
+           ("top token = [CLS]", "top_is_first", "top_is_first_random", "pct0"))
+WIDTH = {"pct1": 19, "pct2": 19, "ratio": 19, "pct0": 15}
 
 
 def _cell(mean: float, lo: float, hi: float, style: str) -> str:
     if style == "ratio":
         return f"{mean:.2f}× [{lo:.2f}, {hi:.2f}]"
-    digits = 1 if style == "pct1" else 2
+    digits = {"pct0": 0, "pct1": 1, "pct2": 2}[style]
     return f"{100 * mean:.{digits}f}% [{100 * lo:.{digits}f}, {100 * hi:.{digits}f}]"
 
 
 def format_corpus(stats) -> str:
     """The corpus table: one row per layer and query position, each cell ``mean [95 % interval]``."""
     seeds = f"{stats.seeds[0]}" if len(stats.seeds) == 1 else f"{stats.seeds[0]}..{stats.seeds[-1]}"
-    head = f"  {'':>5} {'':<8} " + " ".join(f"{title:<{2 * CELL + 1}}" for title, *_ in COLUMNS)
+    head = f"  {'':>5} {'':<8} " + " ".join(f"{title:<{2 * WIDTH[style] + 1}}" for title, _, _, style in COLUMNS)
     sub = f"  {'layer':>5} {'position':<8} " + " ".join(
-        f"{a:<{CELL}} {b:<{CELL}}" for a, b in (("trained", "random layers"), ("trained", "random layers"),
-                                                ("this query's ΔW", "own ΔW_j (control)")))
+        f"{a:<{WIDTH[style]}} {b:<{WIDTH[style]}}" for (a, b), (*_, style) in zip(
+            (("trained", "random layers"), ("trained", "random layers"), ("this query's ΔW", "own ΔW_j (control)"),
+             ("trained", "random")), COLUMNS))
     lines = [f"all-MiniLM-L6-v2 over the built-in corpus: {len(stats.prompts)} prompts, layers "
              f"{', '.join(map(str, stats.layers))}, query positions {'/'.join(POSITIONS)}, random layers of seeds "
              f"{seeds}",
@@ -43,8 +45,9 @@ def format_corpus(stats) -> str:
     for l, layer in enumerate(stats.layers):
         for k, position in enumerate(POSITIONS):
             row = stats.summary[l, k]
-            cells = [_cell(*row[index[name]], style) for _, a, b, style in COLUMNS for name in (a, b)]
-            lines.append((f"  {layer:>5} {position:<8} " + " ".join(f"{c:<{CELL}}" for c in cells)).rstrip())
+            cells = [f"{_cell(*row[index[name]], style):<{WIDTH[style]}}" for _, a, b, style in COLUMNS
+                     for name in (a, b)]
+            lines.append((f"  {layer:>5} {position:<8} " + " ".join(cells)).rstrip())
             above += row[index["top_share"], 1] > row[index["top_share_random"], 2]
     rows = len(stats.layers) * len(POSITIONS)
     ok = stats.identity_error <= TOLERANCE
@@ -54,6 +57,7 @@ def format_corpus(stats) -> str:
         f"above the random layers' in {above} of {rows} rows.",
         "query dependence: a ΔW (without Δb) applied to token j's row alone, its miss of token j's layer output over "
         "the miss with W unchanged; this query's ΔW against token j's own (THEORY §8.2).",
+        "top token = [CLS]: how often the largest marginal is [CLS]'s (row 0), over prompts.",
         "positions: first = the first token after [CLS], middle = halfway to the last, last = the last real token "
         "before [SEP] (explain's default query).",
         f"identity error over every update: max {stats.identity_error:.3g} × (1 + output scale)  "

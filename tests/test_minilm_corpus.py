@@ -80,7 +80,10 @@ def test_corpus_statistics_are_explain_layers_prompt_by_prompt(model):
             expected = [analysis.top_share(ex.marginal_norm),
                         np.mean([analysis.top_share(e.baseline.marginal_norm) for e in exs]),
                         ex.delta_W_norm / ex.W_norm, np.mean([e.baseline.relative_norm for e in exs]),
-                        np.median(ex.transfer_ratio), np.median(ex.own_ratio)]
+                        np.median(ex.transfer_ratio), np.median(ex.own_ratio),
+                        float(ex.tokens[ex.context_index[np.argmax(ex.marginal_norm)]] == "[CLS]"),
+                        np.mean([ex.tokens[ex.context_index[np.argmax(e.baseline.marginal_norm)]] == "[CLS]"
+                                 for e in exs])]
             np.testing.assert_allclose(stats.values[i, 0, k], expected, rtol=1e-12, atol=0)
     for k in range(3):
         for s in range(len(corpus.STATISTICS)):
