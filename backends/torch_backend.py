@@ -24,7 +24,8 @@ from implicit_icl.reference.update import Update, update_from_taps
 from implicit_icl.reference.validation import check_remove
 
 from . import torch_ops
-from .torch_checks import DTYPES, Checks, dtype_name, resolve_device, resolve_dtype  # noqa: F401 (re-exported)
+from .torch_checks import (  # noqa: F401 (DTYPES, resolve_* re-exported)
+    DTYPES, CheckedParams, Checks, dtype_name, resolve_device, resolve_dtype, synced)
 from .torch_results import Trajectory
 from .torch_scan import layer_norm_increment, prefix_attention_scan, scan_trajectory  # noqa: F401 (re-exported)
 from .torch_stack import ELEMENTS, prefix_updates
@@ -99,6 +100,12 @@ class TorchBackend:
     def _Z(self, Z, cfg: BlockConfig) -> torch.Tensor:
         return self.check.tensor(Z, "Z", (None, cfg.d_model))
 
+    @synced
+    def prepare(self, params, cfg: BlockConfig) -> CheckedParams:
+        """``params`` checked against ``cfg`` once and moved to this device and dtype: pass the result to every
+        call with this config and it is taken as it is (no per-call checks, no host syncs for them)."""
+        return CheckedParams(self.check.params(params, cfg), cfg, self.torch_device, self.torch_dtype)
+
     # the core API ----------------------------------------------------------------------------------------------
     def init_block(self, cfg: BlockConfig, seed: int = 0, **kw) -> dict:
         """The reference's random params (same numbers for the same seed), as tensors."""
@@ -107,14 +114,17 @@ class TorchBackend:
     def init_model(self, cfg: BlockConfig, n_blocks: int, seed: int = 0, **kw) -> list[dict]:
         return self.asarray(ref.init_model(cfg, n_blocks, seed, **kw))
 
+    @synced
     def attention(self, params, cfg, Z) -> torch.Tensor:
         """The block's contextual layer at every position, ``(..., T, d_model)`` (``A(LN1 Z)`` for pre-ln)."""
         return torch_ops.attention(self.check.params(params, cfg), cfg, self._Z(Z, cfg))
 
+    @synced
     def taps(self, params, cfg, Z):
         """``(a, r)`` at every position, each ``(..., T, d_model)``."""
         return torch_ops.taps(self.check.params(params, cfg), cfg, self._Z(Z, cfg))
 
+    @synced
     def block(self, params, cfg, Z) -> torch.Tensor:
         """The block output at every position, ``(..., T, d_model)``."""
         out = torch_ops.block(self.check.params(params, cfg), cfg, self._Z(Z, cfg))    # (..., T, D)
@@ -129,6 +139,7 @@ class TorchBackend:
         A = torch_ops.query_attention(P, cfg, torch_ops.attention_input(P, cfg, X), positions)  # (..., D)
         return torch_ops.taps_from_attention(P, cfg, query, A)
 
+    @synced
     def block_output(self, params, cfg, context, query) -> torch.Tensor:
         """``T_W(C, x)``: the block output at the query's position, ``(..., d_model)``; ``context`` may be empty."""
         P = self.check.params(params, cfg)
@@ -137,6 +148,7 @@ class TorchBackend:
         self.check.finite("block_output", output=out)
         return out
 
+    @synced
     def implicit_update(self, params, cfg, context, query, remove=None) -> Update:
         """P1 Thm 2.2 / App. A / P2 (``update_from_taps``), where ``x`` sees ``C \\ Y`` with
         ``Y = context[..., remove, :]`` (default: all of C)."""
@@ -168,6 +180,7 @@ class TorchBackend:
         new["mlp.b_out"] = new["mlp.b_out"] + update.delta_b
         return new
 
+    @synced
     def position_updates(self, params, cfg, Z, query: str = "own") -> Update:
         """P2 Thm 1, every position in one batched pass: ``u`` (..., T, d_mlp), ``a``/``delta_b`` (..., T, D).
 
@@ -191,6 +204,7 @@ class TorchBackend:
         return upd
 
     # the O(n·d) trajectory ---------------------------------------------------------------------------------
+    @synced
     def trajectory(self, params, cfg, context, query, *, slab: int | None = None) -> Trajectory:
         """P1 Prop. 3.1 over every prefix ``c_1..c_i`` (i = 0..n) of ``context`` for one ``query``, in O(n·d).
 
@@ -211,6 +225,7 @@ class TorchBackend:
             return self._slab
         return check_int("slab (context tokens per scan step)", slab, low=1)
 
+    @synced
     def prefix_attention(self, params, cfg, context, query, *, slab: int | None = None) -> torch.Tensor:
         """The query's attention output ``A(c_1..c_i, x)`` for every prefix i = 0..n, ``(..., n+1, d_model)``,
         by the O(n·d) scan (``A(LN1 ·)`` for pre-ln): what ``trajectory`` builds its taps from."""
@@ -225,6 +240,7 @@ class TorchBackend:
         blocks, cfgs = normalise_stack(model_params, model_cfg)
         return [self.check.params(p, c) for p, c in zip(blocks, cfgs)], cfgs
 
+    @synced
     def model_forward(self, model_params, model_cfg, Z) -> list[torch.Tensor]:
         """Hidden states ``[H^0 = Z, H^1, …, H^L]``, each ``(..., T, d_model)``."""
         blocks, cfgs = self._stack(model_params, model_cfg)
@@ -233,6 +249,7 @@ class TorchBackend:
             Hs.append(torch_ops.block(p, c, Hs[-1]))
         return Hs
 
+    @synced
     def model_updates(self, model_params, model_cfg, tokens) -> list[Update]:
         """The last-token update of every block (ours, THEORY §3c), from its input ``H^{ℓ−1}`` computed with
         context."""
@@ -250,6 +267,7 @@ class TorchBackend:
             raise ValueError(f"updates must hold one Update per block ({len(blocks)}), got {len(updates)}")
         return [self.apply_update(p, u) for p, u in zip(blocks, updates)]
 
+    @synced
     def model_trajectory(self, model_params, model_cfg, context, query, *, elements: int = ELEMENTS) -> list[Update]:
         """For a stack of causal blocks, block ℓ's last-token update on every prefix ``[c_1..c_i, x]``, i = 0..n:
         one stacked ``Update`` per block, ``u`` (..., n+1, d_mlp), ``a``/``delta_b`` (..., n+1, D) (``torch_stack``:

@@ -6,7 +6,9 @@ naming the argument. Results are checked with :meth:`Checks.finite`: one min/max
 """
 from __future__ import annotations
 
+import functools
 import re
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -39,12 +41,13 @@ def resolve_dtype(dtype) -> torch.dtype:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)} or a torch dtype, got {dtype!r}") from None
 
 
-def all_finite(t: torch.Tensor) -> bool:
-    """No nan or inf in ``t``: min and max propagate nan and show ±inf, in one pass without a temporary."""
+def finite_flag(t: torch.Tensor) -> torch.Tensor:
+    """No nan or inf in ``t``, as a boolean tensor on its device (no host sync): min and max propagate nan and show
+    ±inf, in one pass without a temporary."""
     if t.numel() == 0:
-        return True
+        return torch.ones((), dtype=torch.bool, device=t.device)
     lo, hi = torch.aminmax(t)
-    return bool(torch.isfinite(lo) & torch.isfinite(hi))
+    return torch.isfinite(lo) & torch.isfinite(hi)
 
 
 _DEVICE_FORM = re.compile(r"(cpu|cpu:0|cuda|cuda:(0|[1-9][0-9]{0,3})|mps|mps:0)")      # no "cuda:01", no 20-digit index
@@ -80,6 +83,15 @@ def resolve_device(device) -> torch.device:
     return dev
 
 
+def synced(method):
+    """A backend method whose checks settle in one host sync at its end (``Checks.one_sync``)."""
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        with self.check.one_sync():
+            return method(self, *args, **kwargs)
+    return call
+
+
 def overflow_error(what: str, dtype: torch.dtype) -> ValueError:
     """The error for a non-finite value that finite inputs produced: an overflow of ``dtype`` on the way."""
     return ValueError(f"{what} overflowed in {dtype_name(dtype)}: finite inputs gave nan or inf (a value beyond "
@@ -87,11 +99,56 @@ def overflow_error(what: str, dtype: torch.dtype) -> ValueError:
                       "small ones); rescale the inputs or use dtype='float64'")
 
 
+class CheckedParams(dict):
+    """A params dict already checked against ``cfg`` and converted to a backend's device and dtype
+    (``TorchBackend.prepare``): every call of that backend with this config takes it as it is, with no check and no
+    host sync. Read-only, so that it stays what was checked."""
+
+    def __init__(self, params: dict, cfg: BlockConfig, device: torch.device, dtype: torch.dtype):
+        super().__init__(params)
+        self.cfg, self.device, self.dtype = cfg, device, dtype
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError("prepared params are read-only: change a copy (dict(prepared)) and prepare it again")
+
+    __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = _refuse
+
+
 class Checks:
-    """User input → finite tensors on ``device`` in ``dtype``, or a ``ValueError`` that names the argument."""
+    """User input → finite tensors on ``device`` in ``dtype``, or a ``ValueError`` that names the argument.
+
+    Inside :meth:`one_sync` the finiteness and ``‖a‖²`` checks queue a flag on the device instead of reading it back
+    at once; the call reads them all in one host sync at its end and raises the first failed check's error (inputs
+    are queued first, so a bad input is named before what it caused)."""
 
     def __init__(self, device: torch.device, dtype: torch.dtype):
         self.device, self.dtype = device, dtype
+        self._pending: list | None = None
+
+    @contextmanager
+    def one_sync(self):
+        """Collect the checks of one backend call and settle them with a single host sync when it ends."""
+        if self._pending is not None:                  # nested: the outermost call settles
+            yield
+            return
+        self._pending = []
+        try:
+            yield
+            pending = self._pending
+            if pending:
+                flags = torch.stack([flag.reshape(()) for flag, _ in pending])
+                if not bool(flags.all()):
+                    raise pending[int((~flags).nonzero()[0, 0])][1]()
+        finally:
+            self._pending = None
+
+    def expect(self, flag: torch.Tensor, error) -> None:
+        """``error()`` (an exception) unless the boolean tensor ``flag`` is true: now, or at the end of ``one_sync``."""
+        if self._pending is None:
+            if not bool(flag):
+                raise error()
+        else:
+            self._pending.append((flag, error))
 
     def convert(self, name: str, x) -> torch.Tensor:
         """``x`` (a tensor or an array-like of real numbers) as a tensor on this device and dtype."""
@@ -119,13 +176,17 @@ class Checks:
             s is None or s == c for s, c in zip(shape, core))
         if not ok:
             raise ValueError(f"{name} must have shape {expected}, got {tuple(t.shape)}")
-        if not all_finite(t):
-            raise ValueError(f"{name} contains non-finite values (nan or inf)")
+        self.expect(finite_flag(t), lambda: ValueError(f"{name} contains non-finite values (nan or inf)"))
         return t
 
     def params(self, params, cfg: BlockConfig) -> dict:
-        """``params`` checked against ``cfg`` like the reference's (``reference.validation.params_like``), as tensors."""
-        return params_like(params, cfg, convert=self.convert, all_finite=all_finite)
+        """``params`` checked against ``cfg`` like the reference's (``reference.validation.params_like``), as tensors;
+        params this backend prepared for ``cfg`` (:class:`CheckedParams`) pass as they are."""
+        if isinstance(params, CheckedParams) and (params.cfg, params.device, params.dtype) == (cfg, self.device,
+                                                                                              self.dtype):
+            return params
+        return params_like(params, cfg, convert=self.convert,
+                           expect_finite=lambda t, problem: self.expect(finite_flag(t), lambda: ValueError(problem)))
 
     def context_query(self, cfg: BlockConfig, context, query):
         """``context`` (..., n, D) and ``query`` (..., D) checked and broadcast to one batch shape."""
@@ -141,23 +202,21 @@ class Checks:
     def finite(self, op: str, **results: torch.Tensor) -> None:
         """A ValueError if finite inputs gave a non-finite value in one of ``results`` (an overflow of this dtype:
         e.g. a LayerNorm variance past float32's 3.4e38, or float16's 65504); never a silent nan or inf. One
-        min/max pass per tensor (no temporary) and a single host sync for all of them."""
-        flags = []
-        for t in results.values():
-            if t.numel():
-                lo, hi = torch.aminmax(t)
-                flags.append(torch.isfinite(lo) & torch.isfinite(hi))
-        if not flags or bool(torch.stack(flags).all()):
-            return
-        bad = next(name for name, t in results.items() if not all_finite(t))
-        raise overflow_error(f"{op}'s {bad}", self.dtype)
+        min/max pass per tensor (no temporary)."""
+        for name, t in results.items():
+            self.expect(finite_flag(t), lambda name=name: overflow_error(f"{op}'s {name}", self.dtype))
 
-    @staticmethod
-    def norm(a: torch.Tensor, cfg: BlockConfig, where: str, indexed: bool = False) -> None:
+    def norm(self, a: torch.Tensor, cfg: BlockConfig, where: str, indexed: bool = False) -> None:
         """``reference.update.check_norm`` of the taps ``a`` (..., D), read back from the device only on failure."""
         dtype = a.dtype
         a = a.float() if a.dtype in (torch.bfloat16, torch.float16) else a      # float64 is not on every device
         nsq = (a * a).sum(-1)
-        if bool((~(torch.isfinite(nsq) & (nsq > 0))).any()):
-            check_norm(nsq.detach().cpu().double().numpy(), cfg.kind, where, indexed=indexed,
-                       overflow=lambda what: overflow_error(what, dtype))
+
+        def error():
+            try:
+                check_norm(nsq.detach().cpu().double().numpy(), cfg.kind, where, indexed=indexed,
+                           overflow=lambda what: overflow_error(what, dtype))
+            except ValueError as exc:
+                return exc
+            return AssertionError("‖a‖² flagged but check_norm found nothing")        # pragma: no cover
+        self.expect((torch.isfinite(nsq) & (nsq > 0)).all(), error)

@@ -73,16 +73,19 @@ def _numpy_param(name: str, value) -> np.ndarray:
     return arr
 
 
-def _numpy_finite(arr: np.ndarray) -> bool:
-    return bool(np.all(np.isfinite(arr)))
+def _numpy_finite(arr: np.ndarray, problem: str) -> None:
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(problem)
 
 
-def params_like(params: dict, cfg: BlockConfig, convert=_numpy_param, all_finite=_numpy_finite) -> dict:
+def params_like(params: dict, cfg: BlockConfig, convert=_numpy_param, expect_finite=_numpy_finite) -> dict:
     """``params`` checked against ``cfg`` and converted, the one params check of every backend.
 
     Every key the config needs must be there (the q/k/v/o biases may be left out: zero), no other key (a misspelt
     ``attn.b_V`` would silently drop a bias), every array of the expected shape and finite. ``convert(name, value)``
-    turns one value into the backend's array (NumPy for the reference) and raises a ``ValueError`` naming it.
+    turns one value into the backend's array (NumPy for the reference) and raises a ``ValueError`` naming it;
+    ``expect_finite(arr, problem)`` raises ``ValueError(problem)`` if ``arr`` holds a nan or inf (now, or, for a
+    backend that defers its device syncs, at the end of the call).
     """
     if not isinstance(cfg, BlockConfig):
         raise ValueError(f"cfg must be a BlockConfig, got {type(cfg).__name__}")
@@ -102,8 +105,7 @@ def params_like(params: dict, cfg: BlockConfig, convert=_numpy_param, all_finite
         arr = convert(f"params[{key!r}]", params[key])
         if tuple(arr.shape) != shape:
             raise ValueError(f"params[{key!r}] must have shape {shape}, got {tuple(arr.shape)}")
-        if not all_finite(arr):
-            raise ValueError(f"params[{key!r}] contains non-finite values")
+        expect_finite(arr, f"params[{key!r}] contains non-finite values")
         out[key] = arr
     return out
 

@@ -493,3 +493,42 @@ def test_bfloat16_trajectories_compute_in_float32(compute_in):
     got = b16.trajectory(pr, cfg, Cr, xr).delta_W_norm.double()
     err = ((got - want).abs().max() / want.abs().max()).item() / 2.0 ** -7          # in units of eps(bfloat16)
     assert (err <= 0.8) == (compute_in == "float32"), f"error {err:.2f}·eps with {compute_in} sums"
+
+
+def test_prepared_params_are_checked_once_and_every_call_reads_its_checks_back_once(monkeypatch):
+    """Issue 16's structural fix: ``prepare`` checks and converts a params dict once (read-only afterwards), and a
+    call settles all of its finiteness and ‖a‖² checks in one host read-back (a sync on a GPU) instead of one per
+    parameter and input. Counted on the CPU by the tensor→bool conversions each call makes."""
+    cfg = ref.BlockConfig(d_model=6, d_mlp=12, n_heads=2, kind="pre-ln", activation="gelu", attn_bias=True)
+    p = ref.init_block(cfg, 0, bias_std=0.1, ln_std=0.1)
+    C, x = np.random.default_rng(0).standard_normal((5, 6)), np.random.default_rng(1).standard_normal(6)
+    P = T64.prepare(p, cfg)
+    with pytest.raises(TypeError, match="read-only"):
+        P["mlp.W"] = P["mlp.W"] * 2
+    count = {"n": 0}
+    real_bool = torch.Tensor.__bool__
+
+    def counting(t):
+        count["n"] += 1
+        return real_bool(t)
+    monkeypatch.setattr(torch.Tensor, "__bool__", counting)
+    for op, args in (("implicit_update", (C, x)), ("block_output", (C, x)), ("position_updates", (np.vstack([C, x]),)),
+                     ("block", (np.vstack([C, x]),))):
+        for params, syncs in ((P, 1), (p, 1)):
+            count["n"] = 0
+            got = getattr(T64, op)(params, cfg, *args)
+            assert count["n"] == syncs, (op, count["n"])
+        want = getattr(ref, op)(p, cfg, *args)
+        for g, w in zip(*(flatten_update(v) for v in (T64.to_numpy(got), want))):
+            np.testing.assert_allclose(g, w, atol=1e-12)
+    monkeypatch.setattr(torch.Tensor, "__bool__", real_bool)
+    other = ref.BlockConfig(**dict(cfg.to_dict(), activation="relu"))
+    assert T64.check.params(P, other) is not P                   # another config: checked again, not waved through
+    nan_C = C.copy()
+    nan_C[1, 2] = np.nan
+    with pytest.raises(ValueError, match="context contains non-finite"):   # the input's error, though ‖a‖² is 0 too
+        T64.implicit_update(P, cfg, nan_C, np.zeros(6))
+
+
+def flatten_update(v):
+    return (v.u, v.a, v.delta_b) if hasattr(v, "u") else (v,)
