@@ -205,7 +205,7 @@ class TorchBackend:
 
     # the O(n·d) trajectory ---------------------------------------------------------------------------------
     @synced
-    def trajectory(self, params, cfg, context, query, *, slab: int | None = None) -> Trajectory:
+    def trajectory(self, params, cfg, context, query, *, slab: int | None = None, keep: bool = False) -> Trajectory:
         """P1 Prop. 3.1 over every prefix ``c_1..c_i`` (i = 0..n) of ``context`` for one ``query``, in O(n·d).
 
         The query's attention over prefix i is a running softmax mean (``torch_scan``); the taps follow
@@ -213,11 +213,14 @@ class TorchBackend:
         factored"); steps ``a_{i+1} − a_i`` come from the exact increment ``o_{i+1} − o_i = p_{i+1}(v_{i+1} − o_i)``
         (``p`` the new token's weight), pushed through ``W_o`` and, for LayerNorm taps, through an exact LN
         difference, so they carry no cancellation even when they are 1e-6 of ``a``.
+
+        The per-prefix vectors ``delta``, ``delta_b`` and ``steps`` (``O(n·d)``) are formed by a second scan when
+        first read, unless ``keep`` writes them during this one: a caller that reads the norms alone holds ``O(n)``.
         """
         slab = self._slab_size(slab)
         P0 = self.check.params(params, cfg)
         context, query = self.check.context_query(cfg, context, query)
-        return scan_trajectory(P0, cfg, context, query, slab, self.acc_dtype, self.check)
+        return scan_trajectory(P0, cfg, context, query, slab, self.acc_dtype, self.check, keep=keep)
 
     def _slab_size(self, slab) -> int:
         """``slab`` (context tokens per step of the scan) checked; ``None`` is the device's default."""

@@ -21,14 +21,18 @@ from . import torch_ops
 SLAB = 1 << 13          # prefixes per slab when the lazy fields are formed (bounds their temporaries)
 
 # the fields of a Trajectory that carry the batch dimensions in front (W0, params and cfg are shared)
-BATCHED_FIELDS = ("a", "delta", "delta_b", "delta_W_norm", "step_norm", "relative_change", "h", "loss", "grad_norm",
-                  "steps", "r")
+BATCHED_FIELDS = ("a", "delta_W_norm", "step_norm", "relative_change", "h", "loss", "grad_norm", "r")
+PER_PREFIX = ("delta", "delta_b", "steps")      # the (..., n(+1), D) fields: kept, or formed by a second scan
 
 
 @dataclass(frozen=True)
 class Trajectory:
-    """The reference's ``Trajectory`` (same fields and methods) with ``u``, ``grad_u``, ``pred_context`` and
-    ``pred_update`` computed lazily from the factors (``u_i = W_0 δ_i``), in slabs.
+    """The reference's ``Trajectory`` (same fields and methods) with its large fields formed only when read.
+
+    The norms, losses and step sizes (``O(n)`` numbers) are stored. The per-prefix vectors ``delta``, ``delta_b``
+    and ``steps`` (``O(n·d_model)``: 256 MB each at a million tokens in float32) are either kept by the scan
+    (``kept``) or formed by running the scan again on first access (``rescan``); ``u``, ``grad_u``,
+    ``pred_context`` and ``pred_update`` are formed from them (``u_i = W_0 δ_i``), in slabs.
 
     Extra fields: ``steps`` (..., n, D) = ``a_{i+1} − a_i`` computed without cancellation (the right factor of
     every step, ``ΔW_{i+1} − ΔW_i = W_0 steps_i aᵀ/‖a‖²``) and ``r`` (..., D), the residual tap of the query alone.
@@ -36,23 +40,41 @@ class Trajectory:
 
     W0: torch.Tensor
     a: torch.Tensor
-    delta: torch.Tensor
-    delta_b: torch.Tensor
     delta_W_norm: torch.Tensor
     step_norm: torch.Tensor
     relative_change: torch.Tensor
     h: torch.Tensor
     loss: torch.Tensor
     grad_norm: torch.Tensor
-    steps: torch.Tensor
     r: torch.Tensor
     params: dict = field(repr=False, default=None)
     cfg: BlockConfig | None = None
+    kept: dict | None = field(repr=False, default=None)
+    rescan: object = field(repr=False, default=None)
+
+    @cached_property
+    def _per_prefix(self) -> dict:
+        return self.kept if self.kept is not None else self.rescan()
+
+    @property
+    def delta(self) -> torch.Tensor:
+        """``a_i − a`` (..., n+1, D): the right-hand side of every ``u_i = W_0 δ_i``."""
+        return self._per_prefix["delta"]
+
+    @property
+    def delta_b(self) -> torch.Tensor:
+        """``r_i − r`` (..., n+1, D): the bias update of every prefix."""
+        return self._per_prefix["delta_b"]
+
+    @property
+    def steps(self) -> torch.Tensor:
+        """``a_{i+1} − a_i`` (..., n, D), without cancellation."""
+        return self._per_prefix["steps"]
 
     @property
     def n(self) -> int:
         """Context length (the number of steps)."""
-        return self.delta.shape[-2] - 1
+        return self.delta_W_norm.shape[-1] - 1
 
     @property
     def batch_shape(self) -> tuple[int, ...]:
@@ -67,7 +89,9 @@ class Trajectory:
         idx = index if isinstance(index, tuple) else (index,)
         if len(idx) > len(self.batch_shape) or any(i is Ellipsis or i is None for i in idx):
             raise IndexError(f"index must address the batch dimensions {self.batch_shape} only, got {index!r}")
-        return replace(self, **{f: getattr(self, f)[idx] for f in BATCHED_FIELDS})
+        kept = {k: v[idx] for k, v in self.kept.items()} if self.kept is not None else None
+        rescan = None if kept is not None else (lambda: {k: v[idx] for k, v in self._per_prefix.items()})
+        return replace(self, kept=kept, rescan=rescan, **{f: getattr(self, f)[idx] for f in BATCHED_FIELDS})
 
     @cached_property
     def u(self) -> torch.Tensor:
@@ -97,7 +121,7 @@ class Trajectory:
         return g[..., :, None] * self.a[..., None, :]
 
     def _slabbed(self, fn) -> torch.Tensor:
-        n1 = self.delta.shape[-2]
+        n1 = self.n + 1
         return torch.cat([fn(s, min(s + SLAB, n1)) for s in range(0, n1, SLAB)], dim=-2)
 
     @cached_property

@@ -235,11 +235,13 @@ def layer_norm_increment(y: torch.Tensor, dy: torch.Tensor, g: torch.Tensor, eps
 
 
 def scan_trajectory(P0: dict, cfg, context: torch.Tensor, query: torch.Tensor, slab: int, acc: torch.dtype,
-                    checks) -> Trajectory:
+                    checks, keep: bool = False) -> Trajectory:
     """The torch backend's ``trajectory`` on checked inputs (``P0`` params, ``context`` (..., n, D), ``query``
     (..., D) in the output dtype): the scan's attention, then the taps and every field of the Trajectory, slab by
     slab. ``acc`` is the dtype the scan accumulates in; ``checks`` (``torch_checks.Checks``) raises on a zero
-    ``‖a‖²`` or an overflow."""
+    ``‖a‖²`` or an overflow. With ``keep`` the per-prefix vectors (``delta``, ``delta_b``, ``steps``) are written as
+    the scan goes; without, the Trajectory forms them by scanning again when one is first read, so a caller that
+    reads the norms alone holds O(n) numbers, not O(n·d)."""
     out_dtype = query.dtype
     P = {k: v.to(acc) for k, v in P0.items()}
     x = query.to(acc)                                                            # (..., D)
@@ -254,14 +256,15 @@ def scan_trajectory(P0: dict, cfg, context: torch.Tensor, query: torch.Tensor, s
     G = W0.T @ W0                                                                # (D, D) Gram matrix
 
     # outputs, filled slab by slab (row 0 of delta/delta_b/dW_sq is the query alone: exactly 0)
-    delta = torch.empty(*batch, n + 1, D, dtype=out_dtype, device=x.device)
-    delta_b = torch.zeros_like(delta) if cfg.kind == "plain" else torch.empty_like(delta)
-    steps = torch.empty(*batch, n, D, dtype=out_dtype, device=x.device)
+    if keep:
+        delta = torch.empty(*batch, n + 1, D, dtype=out_dtype, device=x.device)
+        delta_b = torch.zeros_like(delta) if cfg.kind == "plain" else torch.empty_like(delta)
+        steps = torch.empty(*batch, n, D, dtype=out_dtype, device=x.device)
+        delta[..., 0, :] = 0
+        delta_b[..., 0, :] = 0
     dW_n = torch.empty(*batch, n + 1, dtype=acc, device=x.device)
     step_n = torch.empty(*batch, n, dtype=acc, device=x.device)
     loss = torch.empty(*batch, n, dtype=acc, device=x.device)
-    delta[..., 0, :] = 0
-    delta_b[..., 0, :] = 0
     dW_n[..., 0] = 0
     pre_prev = x + A0                                                            # LN input of the previous prefix
     a_prev = a0
@@ -271,10 +274,11 @@ def scan_trajectory(P0: dict, cfg, context: torch.Tensor, query: torch.Tensor, s
         pre_prev = x + A[..., -1, :]
         S = A.shape[-2]
         d = a - a0[..., None, :]
-        delta[..., s0 + 1:s0 + 1 + S, :] = d
-        if cfg.kind != "plain":                                                  # plain: r ≡ 0, Δb ≡ 0
-            delta_b[..., s0 + 1:s0 + 1 + S, :] = r - r0[..., None, :]
-        steps[..., s0:s0 + S, :] = da
+        if keep:
+            delta[..., s0 + 1:s0 + 1 + S, :] = d
+            if cfg.kind != "plain":                                              # plain: r ≡ 0, Δb ≡ 0
+                delta_b[..., s0 + 1:s0 + 1 + S, :] = r - r0[..., None, :]
+            steps[..., s0:s0 + S, :] = da
         dW_n[..., s0 + 1:s0 + 1 + S] = gram_norm(d, G)[0]                      # ‖u_i‖ = √(δ_iᵀ G δ_i)
         step_n[..., s0:s0 + S], daG = gram_norm(da, G)
         a_before = torch.cat([a_prev[..., None, :], a[..., :-1, :]], -2)         # a_i for step i → i+1
@@ -290,10 +294,14 @@ def scan_trajectory(P0: dict, cfg, context: torch.Tensor, query: torch.Tensor, s
            "loss": cast(loss), "grad_norm": cast(grad_norm), "h": cast(1.0 / a_norm_sq)}
     # in the output dtype (float16 overflows at 65504); relative_change is nan at i = 0 by definition, and a
     # plain block's delta_b is zero by construction
-    checks.finite("trajectory", **out, **({} if cfg.kind == "plain" else {"delta_b": delta_b}))
-    return Trajectory(
-        W0=P0["mlp.W"], delta=delta, delta_b=delta_b, relative_change=cast(relative_change), steps=steps,
-        params=P0, cfg=cfg, **out)
+    checks.finite("trajectory", **out, **({"delta_b": delta_b} if keep and cfg.kind != "plain" else {}))
+    if keep:
+        kept, rescan = {"delta": delta, "delta_b": delta_b, "steps": steps}, None
+    else:
+        kept = None
+        rescan = lambda: scan_trajectory(P0, cfg, context, query, slab, acc, checks, keep=True).kept  # noqa: E731
+    return Trajectory(W0=P0["mlp.W"], relative_change=cast(relative_change), params=P0, cfg=cfg, kept=kept,
+                      rescan=rescan, **out)
 
 
 def rms_norm_increment(y: torch.Tensor, dy: torch.Tensor, g: torch.Tensor, eps: float) -> torch.Tensor:

@@ -532,3 +532,22 @@ def test_prepared_params_are_checked_once_and_every_call_reads_its_checks_back_o
 
 def flatten_update(v):
     return (v.u, v.a, v.delta_b) if hasattr(v, "u") else (v,)
+
+
+def test_a_trajectory_forms_its_per_prefix_vectors_only_when_read():
+    """Issue 16: the norms are O(n) numbers; delta, delta_b and steps (O(n·d)) are not held unless read (then one
+    second scan forms them, equal bit for bit to the ones a keep=True scan writes), so a million-token trajectory
+    whose norms alone are read does not hold three (n × d) arrays."""
+    cfg = ref.BlockConfig(d_model=6, d_mlp=12, n_heads=2, kind="pre-ln", activation="gelu")
+    p = T64.prepare(ref.init_block(cfg, 1, bias_std=0.1, ln_std=0.1), cfg)
+    rng = np.random.default_rng(2)
+    C, x = rng.standard_normal((2, 40, 6)), rng.standard_normal((2, 6))
+    lazy, kept = T64.trajectory(p, cfg, C, x, slab=16), T64.trajectory(p, cfg, C, x, slab=16, keep=True)
+    assert lazy.kept is None and "_per_prefix" not in lazy.__dict__ and kept.kept is not None
+    assert torch.equal(lazy.delta_W_norm, kept.delta_W_norm) and torch.equal(lazy.step_norm, kept.step_norm)
+    assert "_per_prefix" not in lazy.__dict__                        # reading the norms formed nothing
+    for name in ("delta", "delta_b", "steps"):
+        assert torch.equal(getattr(lazy, name), getattr(kept, name)), name
+        assert torch.equal(getattr(lazy[1], name), getattr(kept[1], name)), name
+    np.testing.assert_allclose(lazy[0].u.numpy(), ref.trajectory(ref.init_block(cfg, 1, bias_std=0.1, ln_std=0.1),
+                                                                   cfg, C[0], x[0]).u, atol=1e-12)
