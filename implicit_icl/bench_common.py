@@ -62,6 +62,14 @@ def path_of(backend) -> tuple[str, str]:
     return ("compiled" if compiled else "eager"), "graphs TorchDynamo compiled during the measurement"
 
 
+def prepared(backend, params, cfg):
+    """``(params, how)``: checked and converted once with ``backend.prepare`` where the backend has it (what a user
+    who calls it repeatedly does), else converted with ``backend.asarray``."""
+    if callable(getattr(backend, "prepare", None)):
+        return backend.prepare(params, cfg), "prepared once (backend.prepare)"
+    return backend.asarray(params), "converted once (backend.asarray), checked on every call"
+
+
 def first_calls(fn, device, calls: int = 2) -> list[float]:
     """Run ``fn`` ``calls`` times, timing each (the first includes loading, allocation and any compilation)."""
     return [timed(fn, device) for _ in range(calls)]

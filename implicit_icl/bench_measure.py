@@ -20,7 +20,8 @@ from __future__ import annotations
 import time
 
 from .bench_baselines import float32_error, numpy_reference, per_prefix
-from .bench_common import PeakMemory, first_calls, peak_rss, setup, start_measurement, sync, timed, with_path
+from .bench_common import (PeakMemory, first_calls, peak_rss, prepared, setup, start_measurement, sync, timed,
+                           with_path)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -37,7 +38,8 @@ def scan(spec) -> dict:
     cfg, params, context, query = setup(spec)
     device = spec["device"]
     tb = get_backend("torch", device=device, dtype=spec["dtype"])
-    C, x, P = tb.asarray(context), tb.asarray(query), tb.asarray(params)
+    C, x = tb.asarray(context), tb.asarray(query)
+    P, how = prepared(tb, params, cfg)
     del context
 
     def run():
@@ -65,6 +67,7 @@ def scan(spec) -> dict:
            "dtype": spec["dtype"], "backend": "torch", "extrapolated": False, "finite": finite,
            "method": "O(n·d) scan (trajectory; only delta_W_norm read), best of reps",
            "input_bytes": C.numel() * C.element_size(), "extra_bytes": extra, "extra_memory": memory.what,
+           "params": how,
            "floors": {k: {"wall_s": min(f["times"]), "what": f["what"]} for k, f in floors.items()}}
     out.update(peak_rss_bytes=peak_rss())
     if str(device).startswith("cuda"):
@@ -131,13 +134,13 @@ def _position_updates_at(spec, T: int) -> dict:
             continue
         be = get_backend(name, device=device if name == "torch" else None,
                          dtype="float32" if name == "torch" else None)
-        P, Zb = be.asarray(params), be.asarray(Z)
+        (P, how), Zb = prepared(be, params, cfg), be.asarray(Z)
         r = reps if name == "torch" else max(1, reps // 5)
         pos, blk = (lambda: be.position_updates(P, cfg, Zb, query="own")), (lambda: be.block(P, cfg, Zb))
         warm = first_calls(pos, device) if name == "torch" else [0.0, 0.0]
         blk()
         entry = {"position_updates_s": best_of(pos, device, r), "block_s": best_of(blk, device, r), "reps": r,
-                 "dtype": be.dtype}
+                 "dtype": be.dtype, "params": how}
         if name == "torch":
             entry["eager_block_s"] = best_of(lambda: torch_ops.block(P, cfg, Zb), device, r)
             with_path(entry, be, warm[0] - entry["position_updates_s"])
@@ -157,7 +160,8 @@ def model_updates(spec) -> dict:
     cfg, _, _, _ = setup(dict(spec, n=0))
     layers, batch, T, device = spec["layers"], spec["batch"], spec["T"], spec["device"]
     tb = get_backend("torch", device=device, dtype="float32")
-    blocks = tb.asarray(ref.init_model(cfg, layers, 0, bias_std=0.1, ln_std=0.1))
+    blocks = [prepared(tb, p, cfg) for p in ref.init_model(cfg, layers, 0, bias_std=0.1, ln_std=0.1)]
+    how, blocks = blocks[0][1], [p for p, _ in blocks]
     g = torch.Generator(device=device).manual_seed(3)
     Z = torch.randn(batch, T, cfg.d_model, generator=g, dtype=torch.float32, device=device)
     fused = getattr(tb, "model_position_updates", None)
@@ -176,7 +180,7 @@ def model_updates(spec) -> dict:
         walls.append(timed(updates, device))
         fwds.append(timed(forward, device))
     out = {"layers": layers, "batch": batch, "T": T, "kind": cfg.kind, "updates_s": min(walls),
-           "forward_s": min(fwds), "reps": spec["reps"], "method": method}
+           "forward_s": min(fwds), "reps": spec["reps"], "method": method, "params": how}
     return with_path(out, tb, warm[0] - out["updates_s"])
 
 
