@@ -55,7 +55,7 @@ def memory_needed(preset: Preset) -> tuple[int, int]:
     """About how many bytes one training step and the validation need: float32 activations per prompt (H·T²
     attention weights, the MLP's hidden layer twice, the projections; measured ~0.1 MB per p1 prompt, estimated
     0.16 MB), doubled for the backward pass."""
-    cfg, T = preset.cfg, preset.n_points + 1
+    cfg, T = preset.cfg, getattr(preset, "seq_len", preset.n_points + 1)     # fewshot: 2 tokens a pair
     d_head = cfg.d_head or cfg.d_model // cfg.n_heads
     per_prompt = 4 * max(preset.n_blocks, 1) * (cfg.n_heads * T * T + 2 * T * cfg.d_mlp
                                                  + 4 * T * (cfg.n_heads * d_head + cfg.d_model))

@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import sys
 
-HELP = "train the in-context regression transformer (presets p1, p2); resumable"
+HELP = "train the in-context regression transformer (presets p1, p2) or the few-shot Llama LM (fewshot); resumable"
 DESCRIPTION = """\
 Train a preset on in-context linear regression (P1 §4): prompts (x_1, <w,x_1>), ..., (x_N, <w,x_N>), (x_q, 0) with
 w, x ~ N(0, I_d) fresh every batch; the prediction is the last coordinate at the query. Seeded and deterministic.
 
   p1  one 'plain' block (no skip, no LayerNorm, no positional encoding), causal, d=2, N=50, 8 heads x 4, MLP 128
   p2  a stack of 3 residual GELU blocks (P2), d=2, N=50, 4 heads x 4, MLP 32
+  fewshot  a Llama-architecture LM (2 gated blocks: RMSNorm, SwiGLU, rotary, 4 heads sharing 2 kv heads) on a
+           key -> value task with a fresh random mapping per prompt (--n-points pairs per sequence); OUT then holds a
+           Hugging Face folder (config.json, model.safetensors, tokenizer.json) instead of model.npz
 
 Writes OUT/checkpoint.npz (atomic, no pickle; model + Adam state), OUT/metrics.jsonl (one line per evaluation) and,
 when done, OUT/model.npz (the model with its float64 validation loss recorded). Interrupt at any time and rerun the
@@ -30,7 +33,8 @@ Exit status: 0 done; 1 training failed (diverged, or a checkpoint that cannot be
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--preset", default="p1", choices=("p1", "p2"), help="model and recipe (default p1)")
+    parser.add_argument("--preset", default="p1", choices=("p1", "p2", "fewshot"),
+                        help="model and recipe (default p1)")
     parser.add_argument("--out", required=True, help="run directory")
     parser.add_argument("--seed", type=int, default=0, help="init and data seed (default 0)")
     parser.add_argument("--resume", action="store_true", help="continue OUT/checkpoint.npz")
@@ -142,6 +146,9 @@ def run_reporting_errors(command: str, out, job) -> int:
 def run(args) -> int:
     from .train import train
 
+    if args.preset == "fewshot":
+        from .fewshot_train import train
+
     try:
         preset = preset_from_args(args)
         if problem := out_problem(args.out, args.resume, args.overwrite):
@@ -168,7 +175,11 @@ def interrupted_state(out) -> str:
 
     path = Path(out) / CHECKPOINT
     try:
-        step = load_checkpoint(path)[2].get("step")
+        try:
+            step = load_checkpoint(path)[2].get("step")
+        except CheckpointError:                   # the fewshot preset's training state
+            from .fewshot_train import load_state
+            step = load_state(path)[1].get("step")
     except CheckpointError:
         return (f"no checkpoint was written in {out} yet; rerun the same command without --resume to start over"
                 if not path.exists() else f"{path} is unreadable; start over into another --out")

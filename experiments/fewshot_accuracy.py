@@ -1,0 +1,92 @@
+"""Few-shot accuracy of the bundled learner against the number of shown pairs, with and without the context (ours;
+issue 15 item 4).
+
+For each ``k`` a seeded batch of ``fewshot_task.eval_prompts``: the model's greedy next token after the prompt
+("with context") and after the query key alone ("no context": the same query, the context removed) is compared
+with the value the prompt's mapping gives it. Chance is ``1/N_VALUES``; a model that reads nothing from the
+context can do no better than chance on average, whatever its weights.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import fewshot_model, fewshot_task
+
+KS = (0, 1, 2, 4, 8, 16)
+TABLE_SEED = 2_000_003          # the seed of the table's prompts (distinct from training and validation seeds)
+
+
+@torch.no_grad()
+def evaluate(params: dict, cfg, prompts: fewshot_task.Prompts) -> dict:
+    """``loss`` (cross-entropy of the target after the prompt), ``accuracy`` and ``accuracy_alone`` (the query key
+    alone) on one batch of prompts."""
+    target = torch.as_tensor(prompts.target)
+    with_context = fewshot_model.logits(params, cfg, torch.as_tensor(prompts.ids))[:, -1]
+    alone = fewshot_model.logits(params, cfg, torch.as_tensor(prompts.alone))[:, -1]
+    return {"loss": float(F.cross_entropy(with_context.to(torch.float64), target)),
+            "accuracy": float((with_context.argmax(-1) == target).double().mean()),
+            "accuracy_alone": float((alone.argmax(-1) == target).double().mean())}
+
+
+def accuracy_table(params: dict, cfg, ks=KS, n_prompts: int = 1000, seed: int = TABLE_SEED) -> list[dict]:
+    """One row per ``k``: ``k``, ``prompts``, ``accuracy``, ``accuracy_alone``, ``loss``; the prompts of each ``k``
+    are drawn from ``default_rng([seed, k])``."""
+    rows = []
+    for k in ks:
+        prompts = fewshot_task.eval_prompts(k, n_prompts, np.random.default_rng([seed, k]))
+        rows.append({"k": k, "prompts": n_prompts, **evaluate(params, cfg, prompts)})
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    """The table as Markdown."""
+    lines = ["| shown pairs k | accuracy with context | accuracy, query alone | loss with context (nats) |",
+             "|---:|---:|---:|---:|"]
+    lines += [f"| {r['k']} | {r['accuracy']:.3f} | {r['accuracy_alone']:.3f} | {r['loss']:.3f} |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def bundled_table(folder=None, n_prompts: int = 1000) -> dict:
+    """The table of the bundled model (or of the model in ``folder``), in float32 as trained, with its settings."""
+    folder = Path(folder) if folder is not None else bundled_folder()
+    params, cfg = fewshot_model.load_folder(folder, dtype=torch.float32)
+    return {"model": str(folder.name), "chance": 1 / fewshot_task.N_VALUES, "seed": TABLE_SEED,
+            "rows": accuracy_table(params, cfg, n_prompts=n_prompts)}
+
+
+def bundled_folder() -> Path:
+    """``implicit_icl/data/fewshot``: the bundled model (trained by ``implicit-icl train --preset fewshot``)."""
+    from implicit_icl.checkpoint import DATA_DIR
+
+    return DATA_DIR / "fewshot"
+
+
+def write_docs(table: dict, json_path, md_path) -> None:
+    """``table`` as JSON and as the Markdown page ``md_path`` (docs/fewshot.md)."""
+    Path(json_path).write_text(json.dumps(table, indent=2) + "\n")
+    rows = table["rows"]
+    n = rows[0]["prompts"]
+    Path(md_path).write_text(
+        "# The bundled few-shot learner\n\n"
+        "A Llama-architecture model (2 gated blocks: RMSNorm, SwiGLU, rotary, 4 query heads sharing 2 key/value "
+        "heads; d_model 64) trained by `implicit-icl train --preset fewshot` (seed 0) on a key → value task whose "
+        "mapping is drawn afresh in every prompt (`experiments/fewshot_task.py`), so only the context can tell a "
+        "key's value. Shipped in the Hugging Face format in `implicit_icl/data/fewshot/`.\n\n"
+        f"Greedy accuracy on {n} seeded prompts per row (`fewshot_accuracy.accuracy_table`, seed {table['seed']}): "
+        "k distinct (key, value) pairs, then a query among the shown keys. \"Query alone\" runs the same query "
+        f"key with the context removed. Chance is 1/16 = {table['chance']:.4f}.\n\n"
+        + markdown(rows) +
+        "\nRegenerate with `python -m implicit_icl.experiments.fewshot_accuracy` (writes this page and "
+        "`docs/fewshot.json`).\n")
+
+
+if __name__ == "__main__":
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    result = bundled_table()
+    write_docs(result, docs / "fewshot.json", docs / "fewshot.md")
+    print(markdown(result["rows"]), end="")
