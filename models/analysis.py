@@ -9,8 +9,9 @@ An object ``model`` with:
 
 - ``model.blocks``: a sequence of reference params dicts, one per layer (``blocks[l]["mlp.W"]`` is the paper's W);
 - ``model.configs``: a sequence of ``BlockConfig``, one per layer (the same object ``L`` times for most models);
-- ``model.hidden_states(text, pair=None) -> (tokens, H)``: the token strings ``(T,)`` and the hidden states
+- ``model.text_hidden_states(text) -> (tokens, H)``: the token strings ``(T,)`` and the hidden states
   ``H = [H^0, …, H^L]``, each ``(T, d_model)`` float64, ``H^0`` the input of layer 0 and ``H^{l+1} = block_l(H^l)``;
+  ``model.text_hidden_states(text, pair)`` is called only when a second segment is asked for (``--pair``);
 - ``model.default_position(tokens) -> int``: the query token used when none is given;
 - ``model.layer_name``: how the checkpoint names a layer, for error messages (e.g. ``"BERT's encoder.layer.<l>"``).
 
@@ -273,13 +274,18 @@ def baseline(random: dict, seed: int, cfg: BlockConfig, context, query, marginal
                     if marginals else np.zeros(0))
 
 
+def _text_hidden_states(model, text: str, pair: str | None):
+    """``model.text_hidden_states(text)``, or ``(text, pair)`` when a second segment is given."""
+    return model.text_hidden_states(text) if pair is None else model.text_hidden_states(text, pair)
+
+
 def explain_layer(model, text: str, layer: int, position: int | None = None, *, pair: str | None = None,
                   dynamics: bool = True, baseline_seed: int | None = 0) -> LayerExplanation:
     """The rank-1 update of layer ``layer``'s ``mlp.W`` (and the bias update) for the query token ``position``
     (default: ``model.default_position``); with ``baseline_seed`` (not ``None``) also on
     :func:`matched_random_block` of the layer, same inputs."""
     layer = check_layer(model, layer)
-    tokens, H = model.hidden_states(text, pair)
+    tokens, H = _text_hidden_states(model, text, pair)
     p = resolve_position(tokens, position, model.default_position(tokens))
     params = model.blocks[layer]
     random = None if baseline_seed is None else (matched_random_block(params, baseline_seed), baseline_seed)
@@ -361,7 +367,7 @@ def explain_all_layers(model, text: str, position: int | None = None, *,
                        pair: str | None = None, baseline_seed: int | None = 0) -> ModelExplanation:
     """Per-layer last-token updates (``model_updates``) with the query's row moved last, and their composition;
     with ``baseline_seed`` also each layer's update on its matched random layer (same input rows)."""
-    tokens, H = model.hidden_states(text, pair)
+    tokens, H = _text_hidden_states(model, text, pair)
     p = resolve_position(tokens, position, model.default_position(tokens))
     blocks, cfgs = list(model.blocks), list(model.configs)
     causal = {c.causal for c in cfgs}
@@ -396,7 +402,7 @@ def text_trajectories(model, text: str, layer: int, position: int | None = None,
     ``c_1..c_n`` in text order (step i of the trajectory adds ``token_strings[i-1]``), ``token_strings[-1]`` is the
     query token."""
     layer = check_layer(model, layer)
-    tokens, H = model.hidden_states(text)
+    tokens, H = model.text_hidden_states(text)
     p = resolve_position(tokens, position, model.default_position(tokens))
     params, cfg = model.blocks[layer], model.configs[layer]
     context, query, context_index = split_query(H[layer], p, cfg.causal)

@@ -58,7 +58,7 @@ def prompt_statistics(model, text: str, layers: Sequence[int], randoms: dict) ->
     """``(values, identity)``: ``values[l, k, s]`` is statistic ``STATISTICS[s]`` of layer ``layers[l]`` at query
     position ``POSITIONS[k]`` for this text; ``identity`` the largest relative identity error met (round-off).
     ``randoms[layer]`` lists ``(random_block, seed)`` pairs."""
-    tokens, H = model.hidden_states(text)
+    tokens, H = model.text_hidden_states(text)
     positions = query_positions(model.default_position(tokens))
     if positions["last"] < 3:
         raise ValueError(f"prompt {text!r} has too few tokens ({tokens}) for three distinct query positions")

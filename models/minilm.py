@@ -24,7 +24,7 @@ How the theorem reads on a bidirectional encoder (the choices this module makes)
   included. Removing a token "at layer ℓ" removes it from layer ℓ's attention only (THEORY §3c's convention for a
   stack of blocks); ``analysis.explain_all_layers`` gives one update per layer that composes through the encoder.
 - The analysis itself (``implicit-icl explain``) is model-independent and lives in ``analysis.py``; ``MiniLM``
-  offers the interface it reads (``blocks``, ``configs``, ``hidden_states``, ``default_position``,
+  offers the interface it reads (``blocks``, ``configs``, ``text_hidden_states``, ``default_position``,
   ``layer_name``). ``explain_layer`` and ``explain_all_layers`` are re-exported here.
 - The default query is the last real token before ``[SEP]`` (``France is to Paris as Japan is to`` → ``to``),
   the slot the paper's "next token" reading suggests; any position can be chosen.
@@ -159,7 +159,7 @@ class MiniLM:
     def configs(self) -> tuple:
         return (self.cfg,) * len(self.blocks)
 
-    def hidden_states(self, text: str, pair: str | None = None) -> tuple[list, list[np.ndarray]]:
+    def text_hidden_states(self, text: str, pair: str | None = None) -> tuple[list, list[np.ndarray]]:
         """``(tokens, [H^0..H^6])`` of :func:`encode`."""
         enc, H = encode(self, text, pair)
         return enc.tokens, H

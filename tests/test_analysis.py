@@ -23,8 +23,8 @@ class ToyCausalModel:
         self.blocks = tuple(init_block(c, seed + l) for l, c in enumerate(self.configs))
         self.vocab = {w: np.random.default_rng([seed, i]).standard_normal(8) for i, w in enumerate("abcdefgh")}
 
-    def hidden_states(self, text, pair=None):
-        tokens = text.split() + ([] if pair is None else pair.split())
+    def text_hidden_states(self, text):     # no second segment: the analysis passes pair only when given
+        tokens = text.split()
         return tokens, model_forward(list(self.blocks), list(self.configs), np.stack([self.vocab[t] for t in tokens]))
 
     def default_position(self, tokens):
@@ -47,7 +47,7 @@ def test_causal_context_is_the_rows_before_the_query():
 def test_explain_layer_on_a_causal_model(toy, layer, position):
     text = "a b c d e"
     ex = analysis.explain_layer(toy, text, layer, position)
-    tokens, H = toy.hidden_states(text)
+    tokens, H = toy.text_hidden_states(text)
     p = 4 if position is None else position
     assert (ex.position, ex.context_index.tolist()) == (p, list(range(p)))
     assert ex.identity_error <= TOL * (1 + ex.output_scale)

@@ -72,7 +72,7 @@ def test_corpus_statistics_are_explain_layers_prompt_by_prompt(model):
     stats = corpus.corpus_statistics(model, prompts, [layer], seeds=seeds, n_boot=500, boot_seed=2)
     assert stats.values.shape == (2, 1, 3, len(corpus.STATISTICS))
     for i, text in enumerate(prompts):
-        tokens, _ = model.hidden_states(text)
+        tokens, _ = model.text_hidden_states(text)
         d = model.default_position(tokens)
         for k, p in enumerate((1, (1 + d) // 2, d)):                # first, middle, last
             exs = [analysis.explain_layer(model, text, layer, p, dynamics=False, baseline_seed=s) for s in seeds]
