@@ -100,6 +100,7 @@ class NumpyBackend:
     trajectory = staticmethod(ref.trajectory)
     model_forward = staticmethod(ref.model_forward)
     model_updates = staticmethod(ref.model_updates)
+    model_position_updates = staticmethod(ref.model_position_updates)
     apply_model_updates = staticmethod(ref.apply_model_updates)
 
     apply_update = staticmethod(ref.apply_update)       # converts another backend's Update itself

@@ -20,7 +20,7 @@ from implicit_icl.reference.checks import check_int
 from implicit_icl.reference.blocks import kept_positions
 from implicit_icl.reference.config import BlockConfig
 from implicit_icl.reference.model import normalise_stack
-from implicit_icl.reference.update import Update, update_from_taps
+from implicit_icl.reference.update import Update, check_positions_input, update_from_taps
 from implicit_icl.reference.validation import check_remove
 
 from . import torch_ops
@@ -186,13 +186,12 @@ class TorchBackend:
 
         ``"own"``: position i's own token run alone (ours); ``"last"``: the last token (P2's convention).
         """
-        if query not in ("own", "last"):
-            raise ValueError(f"query must be 'own' or 'last', got {query!r}")
         P = self.check.params(params, cfg)
-        Z = self._Z(Z, cfg)
-        if Z.shape[-2] == 0:
-            raise ValueError("Z must hold at least one token, got shape (0, d_model)")
-        a, r = torch_ops.taps(P, cfg, Z)                                              # (..., T, D) each
+        Z = check_positions_input(self._Z(Z, cfg), query)
+        return self._position_updates(P, cfg, Z, *torch_ops.taps(P, cfg, Z), query)
+
+    def _position_updates(self, P, cfg, Z, a, r, query: str) -> Update:
+        """Every position's update from the block's taps ``(a, r)`` on ``Z`` (..., T, D)."""
         alone = Z if query == "own" else Z[..., -1:, :]
         a_x, r_x = torch_ops.taps_from_attention(P, cfg, alone, torch_ops.alone_attention(P, cfg, alone))
         if query == "own":
@@ -263,6 +262,20 @@ class TorchBackend:
         Hs = self.model_forward(blocks, cfgs, tokens)
         return [self.implicit_update(p, c, Hs[l][..., :-1, :], Hs[l][..., -1, :])
                 for l, (p, c) in enumerate(zip(blocks, cfgs))]
+
+    @synced
+    def model_position_updates(self, model_params, model_cfg, Z, query: str = "own") -> list[Update]:
+        """Every block's update at every position (P2 block by block, THEORY §3b), ``u`` (..., T, d_mlp) per block,
+        in one pass: each block's taps serve both its updates and the next block's input (one forward's work plus
+        the tokens run alone, ``W_o W_v z``, and ``u = W(a − a_x)``)."""
+        blocks, cfgs = self._stack(model_params, model_cfg)
+        H = check_positions_input(self.check.tensor(Z, "Z", (None, cfgs[0].d_model)), query)
+        updates = []
+        for P, cfg in zip(blocks, cfgs):
+            a, r = torch_ops.taps(P, cfg, H)                                          # (..., T, D) each
+            updates.append(self._position_updates(P, cfg, H, a, r, query))
+            H = torch_ops.head(P, cfg, a, r)                                          # the next block's input
+        return updates
 
     def apply_model_updates(self, model_params, updates) -> list[dict]:
         blocks = ref.split_stack(model_params) if isinstance(model_params, dict) else list(model_params)

@@ -8,7 +8,7 @@ import numpy as np
 
 from .blocks import block, init_block
 from .config import BlockConfig
-from .update import Update, apply_update, implicit_update
+from .update import Update, apply_update, implicit_update, position_updates
 from .validation import as_array
 
 
@@ -73,6 +73,14 @@ def model_updates(model_params, model_cfg, tokens, positions=None) -> list[Updat
     H = model_forward(blocks, cfgs, tokens, positions)
     return [implicit_update(p, c, H[l][:-1], H[l][-1], positions=positions)
             for l, (p, c) in enumerate(zip(blocks, cfgs))]
+
+
+def model_position_updates(model_params, model_cfg, Z, query: str = "own") -> list[Update]:
+    """Every block's update at every position (P2 block by block, THEORY §3b; ``query`` as in
+    ``position_updates``): block ℓ's from its input ``H^{ℓ−1}``. One stacked ``Update`` per block, ``u`` (T, d_mlp)."""
+    blocks, cfgs = normalise_stack(model_params, model_cfg)
+    H = model_forward(blocks, cfgs, Z)
+    return [position_updates(p, c, H[l], query) for l, (p, c) in enumerate(zip(blocks, cfgs))]
 
 
 def apply_model_updates(model_params, updates: Sequence[Update]) -> list[dict]:

@@ -38,8 +38,9 @@ class Update:
 
     @property
     def delta_W(self):
-        """The rank-1 matrix ``u aᵀ / ‖a‖²``, shape ``(..., d_mlp, d_model)``. Formed on request only."""
-        return self.u[..., :, None] * self.a[..., None, :] / self.a_norm_sq[..., None, None]
+        """The rank-1 matrix ``u aᵀ / ‖a‖²``, shape ``(..., d_mlp, d_model)``. Formed on request only, in one pass
+        over the matrix (``u/‖a‖²`` is formed on the vector first)."""
+        return (self.u / self.a_norm_sq[..., None])[..., :, None] * self.a[..., None, :]
 
     @property
     def norm(self):
@@ -156,6 +157,15 @@ def apply_update(params: dict, update: Update) -> dict:
     return new
 
 
+def check_positions_input(Z, query: str):
+    """``Z`` (..., T, d_model) and ``query`` checked for ``position_updates``: at least one token, and "own" or "last"."""
+    if query not in ("own", "last"):
+        raise ValueError(f"query must be 'own' or 'last', got {query!r}")
+    if Z.shape[-2] == 0:
+        raise ValueError("Z must hold at least one token, got shape (0, d_model)")
+    return Z
+
+
 def position_updates(params: dict, cfg: BlockConfig, Z, query: str = "own") -> Update:
     """One update per position of ``Z`` (P2, THEORY §3b), stacked: ``u`` ``(T, d_mlp)``, ``a``, ``delta_b`` ``(T, d)``.
 
@@ -163,12 +173,8 @@ def position_updates(params: dict, cfg: BlockConfig, Z, query: str = "own") -> U
     ``query="last"`` (P2's convention): it maps the last token ``x = Z_T`` run alone onto ``block(Z)_i``,
     so it also absorbs the swap ``Z_i → x`` (``Δz_i = Z_i − x`` enters the bias update).
     """
-    if query not in ("own", "last"):
-        raise ValueError(f"query must be 'own' or 'last', got {query!r}")
     params = params_like(params, cfg)
-    Z = as_array(Z, "Z", (None, cfg.d_model))
-    if Z.shape[0] == 0:
-        raise ValueError("Z must hold at least one token, got shape (0, d_model)")
+    Z = check_positions_input(as_array(Z, "Z", (None, cfg.d_model)), query)
     a, r = taps(params, cfg, Z)                                                     # (T, d) each
     if query == "own":
         alone = [taps(params, cfg, Z[i : i + 1]) for i in range(Z.shape[0])]       # T length-1 runs

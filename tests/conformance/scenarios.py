@@ -141,6 +141,12 @@ def scenarios() -> list[Scenario]:
     out.append(Scenario("model_updates/pre-ln-dhead16", "model_updates", cfg, blocks, {"tokens": T}))
     out.append(Scenario("model_trajectory/pre-ln-dhead16", "model_trajectory", cfg, blocks,
                         {"context": T[:-1], "query": T[-1]}))
+    for kind in ("pre-ln", "post-ln"):           # every block's update at every position in one pass (appended last)
+        cfg = BlockConfig(d_model=6, d_mlp=12, n_heads=3, kind=kind, activation="gelu")
+        blocks = ref.init_model(cfg, 3, seed=20, bias_std=0.2, ln_std=0.2)
+        for q in ("own", "last"):
+            out.append(Scenario(f"model_position_updates-{q}/{kind}", "model_position_updates", cfg, blocks,
+                                {"Z": _rng(21).standard_normal((6, 6))}, {"query": q}))
     return out + modern_scenarios()
 
 
@@ -167,6 +173,7 @@ def modern_scenarios() -> list[Scenario]:
                             {"context": r.standard_normal((9, 6)), "query": r.standard_normal(6)}))
         blocks = ref.init_model(cfg, 2, seed=650 + k, bias_std=0.2, ln_std=0.2)
         out.append(Scenario(f"model_updates/{name}", "model_updates", cfg, blocks, {"tokens": Z}))
+        out.append(Scenario(f"model_position_updates/{name}", "model_position_updates", cfg, blocks, {"Z": Z}))
         if cfg.sliding_window is None:        # the torch backend's chunked stack pass has no sliding window yet
             out.append(Scenario(f"model_trajectory/{name}", "model_trajectory", cfg, blocks, cq))
     return out
