@@ -81,12 +81,15 @@ def write_docs(table: dict, json_path, md_path) -> None:
         "k distinct (key, value) pairs, then a query among the shown keys. \"Query alone\" runs the same query "
         f"key with the context removed. Chance is 1/16 = {table['chance']:.4f}.\n\n"
         + markdown(rows) +
-        "\nRegenerate with `python -m implicit_icl.experiments.fewshot_accuracy` (writes this page and "
-        "`docs/fewshot.json`).\n")
+        "\nRegenerate from the repository root with `python -m implicit_icl.experiments.fewshot_accuracy` "
+        "(writes this page and `docs/fewshot.json`).\n")
 
 
-if __name__ == "__main__":
-    docs = Path(__file__).resolve().parent.parent / "docs"
+if __name__ == "__main__":           # python -m implicit_icl.experiments.fewshot_accuracy [DIR]  (default: docs)
+    import sys
+
+    docs = Path(sys.argv[1] if len(sys.argv) > 1 else "docs")
+    docs.mkdir(parents=True, exist_ok=True)
     result = bundled_table()
     write_docs(result, docs / "fewshot.json", docs / "fewshot.md")
     print(markdown(result["rows"]), end="")

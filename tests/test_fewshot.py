@@ -157,3 +157,18 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="--lr"):
         train(get_preset("fewshot").with_overrides(**TINY, lr=1e-3), tmp_path / "run", resume=True,
               progress=False, log=lambda m: None)
+
+
+def test_the_docs_table_is_the_bundled_model_s():
+    """docs/fewshot.json (and the page rendered from it) is what ``bundled_table`` computes today: accuracies
+    exactly (counts of 1000 greedy answers), losses to float32 round-off."""
+    from pathlib import Path
+
+    from implicit_icl.experiments.fewshot_accuracy import bundled_table
+
+    recorded = json.loads((Path(__file__).resolve().parent.parent / "docs" / "fewshot.json").read_text())
+    now = bundled_table()
+    assert [r["k"] for r in now["rows"]] == [r["k"] for r in recorded["rows"]]
+    for a, b in zip(now["rows"], recorded["rows"]):
+        assert (a["accuracy"], a["accuracy_alone"]) == (b["accuracy"], b["accuracy_alone"]), a["k"]
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-6)

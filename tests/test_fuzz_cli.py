@@ -165,7 +165,7 @@ TRAIN_BAD = st.one_of(
     st.tuples(st.just("--seed"), not_an_int | st.integers(max_value=-1).map(str)
               | st.integers(min_value=2**64, max_value=2**80).map(str)),
     st.tuples(st.just("--lr"), bad_float | not_a_float),
-    st.tuples(st.just("--preset"), odd_text.filter(lambda s: s not in ("p1", "p2"))),
+    st.tuples(st.just("--preset"), odd_text.filter(lambda s: s not in ("p1", "p2", "fewshot"))),
 )
 
 
