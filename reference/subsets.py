@@ -44,7 +44,7 @@ def query_taps(params: dict, cfg: BlockConfig, context, query, keep) -> tuple[np
     X = attention_input(params, cfg, Z)
     q, k, v = attention_projections(params, cfg, X)                       # (H, n+1, dh) each
     logits = np.einsum("hd,hjd->hj", q[:, -1], k) / np.sqrt(cfg.head_dim)  # (H, n+1): the query's row
-    logits = np.where(visible(cfg, np.arange(n + 1))[-1], logits, -np.inf)  # a sliding window hides old tokens
+    logits = np.where(visible(cfg, [n], np.arange(n + 1))[0], logits, -np.inf)  # a sliding window hides old tokens
     K, H = keep.shape[0], cfg.n_heads
     heads = np.empty((K, H, cfg.head_dim))                                # (K, H, dh)
     step = max(1, CHUNK_ENTRIES // (H * (n + 1)))

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from implicit_icl.cli import main
-from implicit_icl.theory_cmd import headings, section, theory_path
+from implicit_icl.commands.theory import headings, section, theory_path
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = theory_path().read_text(encoding="utf-8")

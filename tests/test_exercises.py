@@ -265,7 +265,8 @@ NO_EXTRAS = """
 import argparse, io, contextlib, sys
 for name in OPTIONAL:
     sys.modules[name] = None         # any `import torch` / `import pytest` now fails, as on a bare `pip install -e .`
-from implicit_icl import exercises_cmd, grading
+from implicit_icl import grading
+from implicit_icl.commands import exercises as exercises_cmd
 for n, folder in sorted(grading.find_exercises(sys.argv[1]).items()):
     results = grading.run_checks(folder, "solution")
     bad = [(r.name, r.message) for r in results if not r.passed]

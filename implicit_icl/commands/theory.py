@@ -6,6 +6,8 @@ import re
 import sys
 from pathlib import Path
 
+from implicit_icl.commands import fail
+
 HELP = "print THEORY.md, the mathematics the other commands cite (§8.2, §10.7, …), or one section of it"
 DESCRIPTION = """\
 The theory notes behind every command: definitions, the theorem and its proof, residual/LayerNorm blocks, the
@@ -29,9 +31,10 @@ def add_arguments(parser) -> None:
 
 def theory_path() -> Path:
     """THEORY.md: the checkout's ``docs/`` in an editable install, else the copy installed with the package."""
+    import implicit_icl
     from implicit_icl import shipped
 
-    return shipped(__file__, f"docs/{THEORY}", f"docs/{THEORY}")
+    return shipped(implicit_icl.__file__, f"docs/{THEORY}", f"docs/{THEORY}")
 
 
 def headings(text: str) -> list[tuple[int, str, str]]:
@@ -75,8 +78,7 @@ def section(text: str, key: str) -> str | None:
 def run(args) -> int:
     path = theory_path()
     if not path.is_file():
-        print(f"implicit-icl theory: {path} is missing (reinstall implicit-icl)", file=sys.stderr)
-        return 1
+        return fail("theory", f"{path} is missing (reinstall implicit-icl)", code=1)
     text = path.read_text(encoding="utf-8")
     if args.section is None:
         print(f"{path}\n")
@@ -90,8 +92,7 @@ def run(args) -> int:
     found = section(text, args.section)
     if found is None:
         keys = ", ".join(key for _, key, _ in headings(text))
-        print(f"implicit-icl theory: SECTION must be one of {keys}, an item such as 8.2, or 'all'; got "
-              f"{args.section!r}", file=sys.stderr)
-        return 2
+        return fail("theory", f"SECTION must be one of {keys}, an item such as 8.2, or 'all'; got "
+              f"{args.section!r}")
     print(found, end="")
     return 0

@@ -6,6 +6,8 @@ import os
 import sys
 from pathlib import Path
 
+from implicit_icl.commands import fail
+
 HELP = "course exercises: list them, or grade one (`implicit-icl exercises check N`)"
 DESCRIPTION = """\
 Course exercises, from softmax attention to the implicit weight update (exercises/README.md).
@@ -88,8 +90,7 @@ def _init(dest: str) -> int:
     try:
         copied, kept = grading.copy_course(dest)
     except (FileNotFoundError, FileExistsError, OSError) as exc:
-        print(f"implicit-icl exercises: {exc}", file=sys.stderr)
-        return 2
+        return fail("exercises", str(exc))
     print(f"copied {len(copied)} files into {dest}/" + (f"; kept {len(kept)} files you already had there "
                                                         f"(not overwritten)" if kept else ""))
     if Path(dest).name == "exercises":
@@ -105,9 +106,7 @@ def _solution(folder: Path, yes: bool) -> int:
 
     path = grading.answer_file(folder, "solution.py")
     if not path.is_file():
-        print(f"implicit-icl exercises: no solution for {folder.name} in the installed course ({path})",
-              file=sys.stderr)
-        return 2
+        return fail("exercises", f"no solution for {folder.name} in the installed course ({path})")
     if not yes:
         print(f"This shows the reference solution of {_title(folder)}. Stuck? `implicit-icl exercises check "
               f"{int(folder.name[:2])} --hint` gives one hint more each time.", file=sys.stderr)
@@ -129,7 +128,7 @@ def _hints(folder: Path) -> None:
     try:
         shown, total = grading.reveal_hint(folder)
     except OSError as exc:
-        print(f"implicit-icl exercises: cannot record the hints shown ({exc})", file=sys.stderr)
+        fail("exercises", f"cannot record the hints shown ({exc})")
         return
     if not total:
         print("\nthis exercise has no tiered hints: the failures above carry theirs")
@@ -147,13 +146,11 @@ def run(args) -> int:
     try:
         exercises = grading.find_exercises(args.dir)
     except FileNotFoundError as exc:
-        print(f"implicit-icl exercises: {exc}", file=sys.stderr)
-        return 2
+        return fail("exercises", str(exc))
     action = getattr(args, "exercises_action", None)
     if not exercises:
-        print(f"implicit-icl exercises: no exercises (NN_name/ folders with a grader) in {args.dir or 'the course'}; "
-              "`implicit-icl exercises init DIR` copies the course", file=sys.stderr)
-        return 2
+        return fail("exercises", f"no exercises (NN_name/ folders with a grader) in {args.dir or 'the course'}; "
+              "`implicit-icl exercises init DIR` copies the course")
     if action in (None, "list"):
         for n, folder in exercises.items():
             print(f"{n:2d}  {_title(folder)}    ({folder})")
@@ -164,8 +161,7 @@ def run(args) -> int:
                   file=sys.stderr)
         return 0
     if args.number not in exercises:
-        print(f"implicit-icl exercises: N must be one of {sorted(exercises)}, got {args.number}", file=sys.stderr)
-        return 2
+        return fail("exercises", f"N must be one of {sorted(exercises)}, got {args.number}")
     folder = exercises[args.number]
     if action == "solution":
         return _solution(folder, args.yes)
@@ -175,15 +171,12 @@ def run(args) -> int:
         print(f"note: no course here ({Path.cwd()}): grading the copy at {folder.parent}; pass --dir DIR to grade "
               "yours", file=sys.stderr)
     if args.target is None and grading.is_installed_copy(folder.parent):
-        print("implicit-icl exercises: these are the course's installed originals, not your copy: run `implicit-icl exercises init` "
-              "once, edit exercises/NN_*/exercise.py there, and grade it from the folder that holds exercises/",
-              file=sys.stderr)
-        return 2
+        return fail("exercises", "these are the course's installed originals, not your copy: run `implicit-icl exercises init` "
+              "once, edit exercises/NN_*/exercise.py there, and grade it from the folder that holds exercises/")
     try:
         path = grading.resolve_target(folder, args.target)
     except FileNotFoundError as exc:
-        print(f"implicit-icl exercises: {exc}", file=sys.stderr)
-        return 2
+        return fail("exercises", str(exc))
     plots = getattr(args, "plots", None)
     if plots is None and args.target is None and not os.environ.get(grading.ENV_TARGET):
         plots = folder / "plots"                                   # the student's own file: figures beside it
@@ -191,8 +184,7 @@ def run(args) -> int:
         results = grading.grade(folder, path, title=_title(folder), plots=plots,
                                 timeout=getattr(args, "timeout", None) or grading.DEFAULT_TIMEOUT)
     except grading.GradingInterrupted as exc:
-        print(f"implicit-icl exercises: {exc}", file=sys.stderr)
-        return 130
+        return fail("exercises", str(exc), code=130)
     if getattr(args, "hint", False):
         _hints(folder)
     return 0 if results and all(r.passed for r in results) else 1

@@ -6,6 +6,8 @@ import sys
 import textwrap
 import time
 
+from implicit_icl.commands import fail
+
 HELP = "check every identity of the theorem on random blocks of every kind (exit 1 if any fails)"
 DESCRIPTION = """\
 Build random blocks of every kind (plain, p1-skip, residual, pre-ln, post-ln, and the modern gated and parallel
@@ -85,17 +87,14 @@ def run(args) -> int:
     kinds = args.kind or list(KINDS)
     bad = [k for k in kinds if k not in KINDS]
     if bad:
-        print(f"implicit-icl verify: --kind must be one of {', '.join(KINDS)}; got {', '.join(bad)}", file=sys.stderr)
-        return 2
+        return fail("verify", f"--kind must be one of {', '.join(KINDS)}; got {', '.join(bad)}")
     if args.seeds < 1:
-        print("implicit-icl verify: --seeds must be >= 1", file=sys.stderr)
-        return 2
+        return fail("verify", "--seeds must be >= 1")
     if args.json is not None and args.json != "-":
         from implicit_icl.checkpoint import output_path_problem
         problem = output_path_problem(args.json, "--json", REPORT_KIND, force=args.force)
         if problem:
-            print(f"implicit-icl verify: {problem}", file=sys.stderr)
-            return 2
+            return fail("verify", problem)
     out = sys.stderr if args.json == "-" else sys.stdout   # `--json -`: stdout holds the JSON alone
     t0 = time.perf_counter()
     rows, n_scenarios = [], 0
@@ -139,8 +138,7 @@ def run(args) -> int:
             try:
                 atomic_write_bytes(args.json, lambda f: f.write(text.encode("utf-8")))
             except OSError as exc:
-                print(f"implicit-icl verify: --json: cannot write {args.json}: {exc}", file=sys.stderr)
-                return 2
+                return fail("verify", f"--json: cannot write {args.json}: {exc}")
     return 0 if ok else 1
 
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import sys
 
+from implicit_icl.commands import fail
+
 HELP = "reproduce the papers' experiments E1-E6 (figures, report.json, report.md)"
 DESCRIPTION = """\
 Train and run the experiments of P1 (Dherin et al.) and P2 (Innocenti & Achour) on in-context linear regression:
@@ -49,8 +51,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from .reproduce import checkpoint_problem, reproduce
-    from .train_command import run_reporting_errors, seed_problem
+    from implicit_icl.experiments.reproduce import checkpoint_problem, reproduce
+    from implicit_icl.experiments.train_command import run_reporting_errors, seed_problem
 
     from implicit_icl.checkpoint import output_dir_problem
 
@@ -61,8 +63,7 @@ def run(args) -> int:
         if why := checkpoint_problem(args.checkpoint, args.preset, args.quick):
             problem = f"--checkpoint: {why}"
     if problem:
-        print(f"implicit-icl reproduce: error: {problem}", file=sys.stderr)
-        return 2
+        return fail("reproduce", f"error: {problem}")
     command = " ".join(["implicit-icl", "reproduce"] + sys.argv[2:]) if sys.argv[1:2] == ["reproduce"] else None
     return run_reporting_errors("reproduce", args.out, lambda: reproduce(
         args.preset, args.out, quick=args.quick, checkpoint=args.checkpoint, seed=args.seed,
