@@ -250,18 +250,18 @@ def split_query(H: np.ndarray, p: int, causal: bool = False) -> tuple[np.ndarray
     return H[context_index], H[p], context_index
 
 
-def matched_random_block(params: dict, seed: int = 0) -> dict:
+def matched_random_block(params: dict, seed: int | tuple = 0) -> dict:
     """A random layer of the same shapes and scale: every array redrawn i.i.d. ``N(mean, std)`` of the trained one.
 
     The baseline that tells learned structure from what any layer of these shapes and weight scales does to the
     same inputs (THEORY §8.1: the identity itself holds for every weight). LayerNorm gains (mean ≈ 1) keep their
-    level; each array gets its own stream ``default_rng([seed, k])`` (k = the key's rank), so the draw depends only
-    on the seed.
+    level; each array gets its own stream ``default_rng([seed, k])`` (k = the key's rank; a tuple ``seed`` is spread:
+    ``[*seed, k]``), so the draw depends only on the seed.
     """
     out = {}
     for k, key in enumerate(sorted(params)):
         value = np.asarray(params[key], dtype=np.float64)
-        rng = np.random.default_rng([seed, k])
+        rng = np.random.default_rng([*np.atleast_1d(seed).tolist(), k])
         out[key] = rng.normal(float(value.mean()), float(value.std()), size=value.shape)
     return out
 
