@@ -16,7 +16,7 @@ from implicit_icl.commands import fail, missing_extra
 # command name -> module; the order is the order of `implicit-icl --help`.
 COMMANDS = {
     "verify": "implicit_icl.commands.verify",
-    "bench": "implicit_icl.bench",
+    "bench": "implicit_icl.commands.bench",
     "walkthrough": "implicit_icl.tui.command",
     "train": "implicit_icl.experiments.train_command",
     "reproduce": "implicit_icl.commands.reproduce",

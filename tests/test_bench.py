@@ -8,7 +8,8 @@ import pytest
 
 pytest.importorskip("torch", reason="the benchmark measures the torch backend")
 
-from implicit_icl import bench, bench_baselines, bench_format, bench_report as report  # noqa: E402
+from implicit_icl.bench import baselines as bench_baselines, format as bench_format, report  # noqa: E402
+from implicit_icl.commands import bench  # noqa: E402
 from implicit_icl.cli import main  # noqa: E402
 
 OPS = {"scan", "per_prefix_update", "prefix_forward", "numpy_reference"}
@@ -262,7 +263,7 @@ def test_plain_numbers_and_target_bounds():
 def test_the_memory_a_call_adds_is_counted_from_the_resident_set_before_it():
     import torch
 
-    from implicit_icl.bench_common import PeakMemory
+    from implicit_icl.bench.common import PeakMemory
     memory = PeakMemory("cpu")
     x = torch.ones(16 * M)                                               # 64 MiB, every page touched
     extra = memory.extra_bytes()
@@ -273,7 +274,7 @@ def test_the_memory_a_call_adds_is_counted_from_the_resident_set_before_it():
 def test_the_kv_floor_computes_the_k_and_v_projections():
     import torch
 
-    from implicit_icl.bench_measure import _floors
+    from implicit_icl.bench.measure import _floors
     g = torch.Generator().manual_seed(0)
     P = {"attn.W_k": torch.randn(64, 64, generator=g), "attn.W_v": torch.randn(64, 64, generator=g)}
     C = torch.randn(100, 64, generator=g)
@@ -286,7 +287,7 @@ def test_the_kv_floor_computes_the_k_and_v_projections():
 def test_the_path_is_the_backends_word_else_whether_dynamo_compiled_a_graph():
     import torch
 
-    from implicit_icl.bench_common import path_of, start_measurement
+    from implicit_icl.bench.common import path_of, start_measurement
 
     class Declares:
         path = "compiled (triton)"

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import time
 
-from .bench_baselines import float32_error, numpy_reference, per_prefix
-from .bench_common import (PeakMemory, first_calls, peak_rss, prepared, setup, start_measurement, sync, timed,
+from .baselines import float32_error, numpy_reference, per_prefix
+from .common import (PeakMemory, first_calls, peak_rss, prepared, setup, start_measurement, sync, timed,
                            with_path)
 
 

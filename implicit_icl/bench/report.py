@@ -8,7 +8,7 @@ import operator
 from dataclasses import dataclass
 from typing import Callable
 
-from .bench_format import ratio_text, table, value_text
+from .format import ratio_text, table, value_text
 
 M = 1 << 20
 P2_JAX_H200_S = {1024: 0.9e-3, 4096: 1.7e-3, 16384: 7.6e-3}   # issue 16: P2's XLA-compiled updates on one H200

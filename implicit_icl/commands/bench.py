@@ -4,8 +4,8 @@ model's updates against one forward of the model, float32 against float64 — ea
 with the targets of issue 16 as ``{value, target, met}``.
 
 This module is the command (arguments, the plan, the JSON, the printed report). Every measurement runs in its own
-child process (``python -m implicit_icl.bench <spec>``, ``bench_measure.worker``), so its memory figures are that
-process's own; ``bench_report`` turns the results into ratios, targets and tables.
+child process (``python -m implicit_icl.bench <spec>``, ``implicit_icl.bench.measure.worker``), so its memory
+figures are that process's own; ``implicit_icl.bench.report`` turns the results into ratios, targets and tables.
 """
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ import subprocess
 import sys
 import time
 
-from .bench_format import seconds_text
-from .bench_measure import worker
-from .bench_report import GPU_MODEL, GPU_POSITIONS, ratios, summary, targets
+from implicit_icl.bench.format import seconds_text
+from implicit_icl.bench.measure import worker
+from implicit_icl.bench.report import GPU_MODEL, GPU_POSITIONS, ratios, summary, targets
+from implicit_icl.commands import fail
 
 HELP = "benchmark the O(n) prefix scan and the updates against their floors, with issue 16's targets (JSON with --json)"
 DESCRIPTION = """\
@@ -49,7 +50,7 @@ SCHEMA = "implicit-icl-bench/2"
 FULL_SIZES = (1024, 8192, 65536, 1 << 20)
 QUICK_SIZES = (256, 1024)
 CPU_POSITIONS, QUICK_POSITIONS = (256, 4096), (256,)
-CPU_MODEL, QUICK_MODEL = (24, 2, 512), (2, 1, 64)      # layers, batch, tokens (the GPU's: bench_report.GPU_MODEL)
+CPU_MODEL, QUICK_MODEL = (24, 2, 512), (2, 1, 64)      # layers, batch, tokens (the GPU's: bench.report.GPU_MODEL)
 
 
 def add_arguments(parser) -> None:
@@ -122,22 +123,6 @@ def _failure(returncode: int, stderr: str) -> str:
     if returncode == -9:
         return "killed by SIGKILL (signal 9): the kernel's out-of-memory killer, most likely"
     return f"killed by signal {-returncode}" if returncode < 0 else f"exit code {returncode}"
-
-
-def _limit_host_memory(spec: dict) -> None:
-    """In a CPU child, cap the address space at the machine's memory, so that an allocation no machine here can hold
-    is a MemoryError with its size, not the kernel killing this process (or a neighbour's). Not on a GPU: CUDA maps
-    address space far beyond the host's memory."""
-    if not str(spec.get("device", "")).startswith("cpu"):
-        return
-    try:
-        import resource
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-        if soft == resource.RLIM_INFINITY or soft > total:
-            resource.setrlimit(resource.RLIMIT_AS, (total, hard))
-    except (ImportError, ValueError, OSError):                # not Unix, or not allowed: run without the cap
-        pass
 
 
 def _machine(device: str) -> dict:
@@ -255,8 +240,7 @@ def _check_args(args) -> str | None:
 def run(args) -> int:
     problem = _check_args(args)
     if problem:
-        print(f"implicit-icl bench: {problem}", file=sys.stderr)
-        return 2
+        return fail("bench", problem)
     sizes = tuple(args.sizes) if args.sizes else (QUICK_SIZES if args.quick else FULL_SIZES)
     budget = args.budget if args.budget is not None else (0.5 if args.quick else 20.0)
     gpu = not args.device.startswith("cpu")
@@ -289,8 +273,3 @@ def run(args) -> int:
                                                                        "model_updates")] if "error" in r]
     return 1 if failed else 0
 
-
-if __name__ == "__main__":                                     # child process: one measurement
-    _spec = json.loads(sys.argv[1])
-    _limit_host_memory(_spec)
-    print(json.dumps(worker(_spec)))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from .bench_common import path_of, peak_rss, setup, sync
+from .common import path_of, peak_rss, setup, sync
 
 
 def fit_total(points, n):
