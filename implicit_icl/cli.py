@@ -18,7 +18,7 @@ COMMANDS = {
     "verify": "implicit_icl.commands.verify",
     "bench": "implicit_icl.commands.bench",
     "walkthrough": "implicit_icl.tui.command",
-    "train": "implicit_icl.experiments.train_command",
+    "train": "implicit_icl.commands.train",
     "reproduce": "implicit_icl.commands.reproduce",
     "exercises": "implicit_icl.commands.exercises",
     "explain": "implicit_icl.models.explain",

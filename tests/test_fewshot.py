@@ -149,7 +149,7 @@ def _safetensors(path) -> tuple[dict, dict]:
 def test_resume_with_other_settings_is_refused(tmp_path):
     from implicit_icl.checkpoint import CheckpointError
 
-    from implicit_icl.experiments.train_command import interrupted_state
+    from implicit_icl.commands.train import interrupted_state
 
     _train(tmp_path / "run", stop_after=5)
     assert "(step 5) is kept" in interrupted_state(tmp_path / "run")          # what Ctrl-C prints

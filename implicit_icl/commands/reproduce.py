@@ -52,7 +52,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from implicit_icl.experiments.reproduce import checkpoint_problem, reproduce
-    from implicit_icl.experiments.train_command import run_reporting_errors, seed_problem
+    from implicit_icl.commands.train import run_reporting_errors, seed_problem
 
     from implicit_icl.checkpoint import output_dir_problem
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import sys
 
+from implicit_icl.commands import fail
+
 HELP = "train the in-context regression transformer (presets p1, p2) or the few-shot Llama LM (fewshot); resumable"
 DESCRIPTION = """\
 Train a preset on in-context linear regression (P1 §4): prompts (x_1, <w,x_1>), ..., (x_N, <w,x_N>), (x_q, 0) with
@@ -41,7 +43,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="start over in an OUT that is not empty: replaces the run's checkpoint.npz, "
                              "metrics.jsonl and model.npz there (without it OUT must be new or empty)")
-    from .presets import PRESETS
+    from implicit_icl.experiments.presets import PRESETS
 
     def preset_values(field: str) -> str:          # "(the presets': p1 4000, p2 2000)", "(the presets': 64)"
         values = {name: getattr(p, field) for name, p in PRESETS.items()}
@@ -66,11 +68,11 @@ def add_arguments(parser) -> None:
 
 def preset_from_args(args):
     """The preset with the command line's overrides; ``ValueError`` (its message names the option) if one is bad."""
-    from .presets import get_preset
+    from implicit_icl.experiments.presets import get_preset
 
     from implicit_icl.options import threads_problem
 
-    from .train import LR_MAX, memory_problem
+    from implicit_icl.experiments.train import LR_MAX, memory_problem
 
     for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "val_prompts", "n_points"):
         value = getattr(args, name, None)
@@ -95,7 +97,7 @@ def out_problem(out: str, resume: bool, overwrite: bool) -> str | None:
 
     from implicit_icl.checkpoint import output_dir_problem
 
-    from .train import CHECKPOINT, METRICS, MODEL
+    from implicit_icl.experiments.train import CHECKPOINT, METRICS, MODEL
 
     if problem := output_dir_problem(out, "--out"):
         return problem
@@ -116,7 +118,7 @@ def out_problem(out: str, resume: bool, overwrite: bool) -> str | None:
 
 def seed_problem(seed: int) -> str | None:
     """Why ``--seed`` is unusable, or None: numpy's seed streams need it non-negative, torch.manual_seed 64 bits."""
-    from .presets import seed_ok
+    from implicit_icl.experiments.presets import seed_ok
 
     return None if seed_ok(seed) else f"--seed must be from 0 to 2**64 - 1, got {seed}"
 
@@ -124,38 +126,33 @@ def seed_problem(seed: int) -> str | None:
 def run_reporting_errors(command: str, out, job) -> int:
     """Run ``job()`` and turn the errors a user can cause into one line on stderr and exit status 1."""
     from implicit_icl.checkpoint import CheckpointError
-
-    from .train import TrainingError
+    from implicit_icl.experiments.train import TrainingError
 
     try:
         job()
     except (CheckpointError, TrainingError) as exc:
-        print(f"implicit-icl {command}: error: {exc}", file=sys.stderr)
-        return 1
+        return fail(command, f"error: {exc}", code=1)
     except MemoryError as exc:          # what memory_problem's estimate did not foresee
         hint = "; use a smaller --batch-size, --n-points or --val-prompts" if command == "train" else ""
-        print(f"implicit-icl {command}: error: out of memory ({exc or 'no details'}){hint}", file=sys.stderr)
-        return 1
+        return fail(command, f"error: out of memory ({exc or 'no details'}){hint}", code=1)
     except OSError as exc:              # the run exists (no --resume), or --out cannot be created or written
         where = "" if exc.filename is None else f"--out {out}: {exc.filename}: "
-        print(f"implicit-icl {command}: error: {where}{exc.strerror if where else exc}", file=sys.stderr)
-        return 1
+        return fail(command, f"error: {where}{exc.strerror if where else exc}", code=1)
     return 0
 
 
 def run(args) -> int:
-    from .train import train
+    from implicit_icl.experiments.train import train
 
     if args.preset == "fewshot":
-        from .fewshot_train import train
+        from implicit_icl.experiments.fewshot_train import train
 
     try:
         preset = preset_from_args(args)
         if problem := out_problem(args.out, args.resume, args.overwrite):
             raise ValueError(problem)
     except ValueError as exc:            # a bad argument: exit status 2, as argparse gives
-        print(f"implicit-icl train: error: {exc}", file=sys.stderr)
-        return 2
+        return fail("train", f"error: {exc}")
     try:
         return run_reporting_errors("train", args.out, lambda: train(
             preset, args.out, seed=args.seed, resume=args.resume, progress=not args.no_progress,
@@ -171,14 +168,14 @@ def interrupted_state(out) -> str:
 
     from implicit_icl.checkpoint import CheckpointError, load_checkpoint
 
-    from .train import CHECKPOINT
+    from implicit_icl.experiments.train import CHECKPOINT
 
     path = Path(out) / CHECKPOINT
     try:
         try:
             step = load_checkpoint(path)[2].get("step")
         except CheckpointError:                   # the fewshot preset's training state
-            from .fewshot_train import load_state
+            from implicit_icl.experiments.fewshot_train import load_state
             step = load_state(path)[1].get("step")
     except CheckpointError:
         return (f"no checkpoint was written in {out} yet; rerun the same command without --resume to start over"
