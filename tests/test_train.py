@@ -266,7 +266,7 @@ def test_train_refuses_sizes_that_cannot_fit_in_memory_before_any_file(tmp_path,
 def test_threads_has_an_upper_bound(tmp_path, capsys, monkeypatch, command):
     """Issue 17 item 5: `--threads 100000` crashed torch (exit 139, no message) in train and bench."""
     from implicit_icl.cli import main
-    from implicit_icl.options import threads_limit
+    from implicit_icl.commands.options import threads_limit
 
     monkeypatch.chdir(tmp_path)
     assert main([*command, "--threads", "100000"]) == 2

@@ -216,7 +216,7 @@ def _check_args(args) -> str | None:
         return f"--positions must be positive integers, got {list(args.positions)}"
     if args.model is not None and any(k < 1 for k in args.model):
         return f"--model LAYERS BATCH T must be positive integers, got {list(args.model)}"
-    from implicit_icl.options import threads_problem
+    from implicit_icl.commands.options import threads_problem
     if problem := threads_problem(args.threads):
         return problem
     if args.budget is not None and not 0 < args.budget < float("inf"):

@@ -70,7 +70,7 @@ def preset_from_args(args):
     """The preset with the command line's overrides; ``ValueError`` (its message names the option) if one is bad."""
     from implicit_icl.experiments.presets import get_preset
 
-    from implicit_icl.options import threads_problem
+    from implicit_icl.commands.options import threads_problem
 
     from implicit_icl.experiments.train import LR_MAX, memory_problem
 
