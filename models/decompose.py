@@ -210,14 +210,14 @@ class Transfer:
         out = {name: _mean_reads(reads) for name, reads in methods.items()}
         known = [t for t in range(Q) if self.targets[t] is not None]
         out["with_context"] = {"kl": 0.0, "p_top": float(np.mean([np.exp(log_softmax(r).max()) for r in
-                                                                self.reference])), "agrees": 1.0,
+                                                                self.reference])), "rank_top": 1.0, "agrees": 1.0,
                                "correct": float(np.mean([np.argmax(self.reference[t]) == self.targets[t]
                                                          for t in known])) if known else None}
         return out
 
 
 def _mean_reads(reads: list[dict]) -> dict:
-    keys = ("kl", "p_top", "agrees", "correct")
+    keys = ("kl", "p_top", "rank_top", "agrees", "correct")
     return {k: float(np.mean([r[k] for r in reads])) if reads and k in reads[0] else None for k in keys} | {
         "n": len(reads)}
 

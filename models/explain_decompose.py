@@ -1,0 +1,92 @@
+"""``implicit-icl explain --decompose``: the options read into ``models.decompose_report`` calls (no maths here).
+
+The transfer's queries are ``--queries`` (space-separated tokens), else the bundled few-shot model's shown keys
+(every other token of the context, from the first), else the context tokens that occur before the last context
+token (so that the token after them is the induction answer), each once, the prompt's own query first. With
+``--model fewshot`` the figures are also averaged over ``--prompts N`` random prompts of its task
+(``experiments.fewshot_task.eval_prompts``, as many pairs as TEXT shows, seeded by ``--baseline-seed``).
+"""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+KL_TOLERANCE = 1e-10   # nats: the full-update distribution against the prompt's own, float64 round-off
+KS = (1, 2, 4)         # patch sizes (each below the number of queries)
+
+
+def _ids(model, text: str) -> tuple[np.ndarray, list]:
+    ids, tokens = model.tokenize(text)
+    if ids.size < 2:
+        raise ValueError(f"TEXT must hold a context and a query (at least 2 tokens), got {tokens}")
+    return ids, tokens
+
+
+def default_queries(model_name: str, ids: np.ndarray) -> list[int]:
+    """The transfer's queries for the prompt ``ids`` (module docstring), the prompt's own query first."""
+    context, query = [int(i) for i in ids[:-1]], int(ids[-1])
+    pool = context[0::2] if model_name == "fewshot" else context[:-1]
+    out = [query]
+    for t in pool:
+        if t not in out:
+            out.append(t)
+    return out
+
+
+def _queries(args, model, ids) -> list[int]:
+    if args.queries is None:
+        return default_queries(args.model, ids)
+    out = [int(ids[-1])]
+    for word in args.queries.split():
+        q, toks = model.tokenize(word)
+        if q.size != 1:
+            raise ValueError(f"--queries: {word!r} is {q.size} tokens {toks}, not one token")
+        if int(q[0]) not in out:
+            out.append(int(q[0]))
+    return out
+
+
+def task_prompts(n: int, n_pairs: int, seed: int) -> tuple[list, str]:
+    """``n`` random prompts of the few-shot task with ``n_pairs`` shown pairs, each ``(ids, its shown keys with its
+    query first)``, and a description."""
+    from implicit_icl.experiments import fewshot_task
+
+    p = fewshot_task.eval_prompts(n_pairs, n, np.random.default_rng([seed, 15]))
+    prompts = [(ids, default_queries("fewshot", ids)) for ids in p.ids]
+    return prompts, (f"{n_pairs} distinct key→value pairs and a query among them, a fresh mapping each, "
+                     f"eval_prompts seeded [{seed}, 15]")
+
+
+def explain_decompose(args, model) -> tuple[dict, list, bool]:
+    """``(report, texts, ok)`` for ``explain --decompose`` (``ok``: the full-update KL is round-off, trained and
+    untrained, for the prompt)."""
+    from .bundled import describe
+    from .decompose import check_causal_lm
+    from .decompose_report import one_prompt, over_prompts, text, write_report
+
+    check_causal_lm(model)
+    name = describe(model, args.model)
+    ids, tokens = _ids(model, args.text)
+    queries = _queries(args, model, ids)
+    result = one_prompt(model, ids, queries, seed=args.baseline_seed)
+    report = {"model": name, "path": str(model.path), "text": args.text, "tokens": tokens,
+              "query_tokens": [model.decode([q]) for q in queries], "prompt": result, "task": None,
+              "kl_tolerance": KL_TOLERANCE}
+    texts = [text(result, f"{name} · {args.text!r} · next token after {tokens[-1]!r}")]
+    if args.model == "fewshot":
+        n = args.prompts or 50
+        prompts, what = task_prompts(n, (len(ids) - 1) // 2, args.baseline_seed)
+        print(f"explain --decompose: {n} random prompts of the task …", file=sys.stderr, flush=True)
+        report["task"] = over_prompts(model, prompts, seed=args.baseline_seed) | {"what": what}
+        texts.append(text(report["task"], f"means over {n} random prompts of the task ({what})"))
+    kls = [result[m]["decomposition"]["variants"]["all"]["kl"] for m in ("trained", "untrained")]
+    ok = all(abs(k) <= KL_TOLERANCE for k in kls)
+    report["ok"] = bool(ok)
+    if args.report:
+        try:
+            written = write_report(args.report, report)
+        except OSError as exc:
+            raise ValueError(f"--report: cannot write {args.report}: {exc}") from None
+        print("wrote " + ", ".join(map(str, written)), file=sys.stderr)
+    return report, texts, ok
