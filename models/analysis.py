@@ -37,6 +37,7 @@ from implicit_icl.reference import (
     model_forward, model_updates, position_updates,
 )
 from implicit_icl.reference.blocks import head, taps
+from implicit_icl.reference.checks import is_int
 from implicit_icl.reference.subsets import marginal_updates, prefix_trajectory
 
 __all__ = ["Baseline", "LayerExplanation", "ModelExplanation", "check_layer", "explain_all_layers", "explain_layer",
@@ -231,14 +232,14 @@ def resolve_position(tokens, position: int | None, default: int) -> int:
     T = len(tokens)
     if position is None:
         return default
-    if isinstance(position, bool) or not isinstance(position, (int, np.integer)) or not -T <= position < T:
+    if not is_int(position) or not -T <= position < T:
         raise ValueError(f"position must be an int in [-{T}, {T}) for these {T} tokens {tokens}, got {position!r}")
     return int(position) % T
 
 
 def check_layer(model, layer) -> int:
     L = len(model.blocks)
-    if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer < L:
+    if not is_int(layer) or not 0 <= layer < L:
         raise ValueError(f"layer must be an int in [0, {L}) ({model.layer_name}), got {layer!r}")
     return int(layer)
 

@@ -23,6 +23,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from implicit_icl.reference.checks import check_int
+
 from .analysis import baseline, explain_rows, matched_random_block, split_query, top_share
 
 POSITIONS = ("first", "middle", "last")
@@ -39,8 +41,7 @@ def bootstrap_ci(values, n_boot: int = N_BOOT, seed: int = 0, level: float = LEV
     values = np.asarray(values, dtype=float)
     if values.ndim != 1 or values.size == 0:
         raise ValueError(f"values must be a non-empty 1-D array, got shape {values.shape}")
-    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
-        raise ValueError(f"n_boot must be a positive int, got {n_boot!r}")
+    check_int("n_boot", n_boot, low=1)
     if not 0 < level < 1:
         raise ValueError(f"level must lie in (0, 1), got {level!r}")
     index = np.random.default_rng(seed).integers(0, values.size, size=(n_boot, values.size))   # (B, P)

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from implicit_icl.reference import BlockConfig, Trajectory, init_block
+from implicit_icl.reference.checks import is_int
 from implicit_icl.reference.subsets import prefix_trajectory
 from implicit_icl.reference.tasks import least_squares_predictions, regression_prompts
 
@@ -223,7 +224,7 @@ def curve_series(t: Trajectory, which: str) -> np.ndarray:
 
 def check_tokens(n_tokens) -> int:
     """``--tokens`` must be an int in ``1..MAX_TOKENS``."""
-    if isinstance(n_tokens, bool) or not isinstance(n_tokens, (int, np.integer)) or not 1 <= n_tokens <= MAX_TOKENS:
+    if not is_int(n_tokens) or not 1 <= n_tokens <= MAX_TOKENS:
         raise WalkthroughError(f"--tokens must be an integer from 1 to {MAX_TOKENS} (context tokens), got {n_tokens!r}")
     return int(n_tokens)
 
