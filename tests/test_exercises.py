@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from implicit_icl import grading
+from implicit_icl import grading, grading_course
 
 ROOT = Path(__file__).resolve().parents[1]
 EXERCISES = ROOT / "exercises"
@@ -480,12 +480,12 @@ def test_exercises_init_into_a_file_is_refused_by_name(tmp_path, capsys):
 
 
 def _fake_install(tmp_path, monkeypatch) -> Path:
-    """The layout of a regular `pip install`: site/implicit_icl/grading.py beside site/implicit_icl/course/, and no
+    """The layout of a regular `pip install`: site/implicit_icl/grading_course.py beside site/implicit_icl/course/, and no
     pyproject.toml above it (an unrelated top-level exercises/ folder in site/ must not be taken for the course)."""
     site = tmp_path / "site"
     grading.copy_course(site / "implicit_icl" / "course", answers=True)
     (site / "exercises" / "01_other_package").mkdir(parents=True)
-    monkeypatch.setattr(grading, "__file__", str(site / "implicit_icl" / "grading.py"))
+    monkeypatch.setattr(grading_course, "__file__", str(site / "implicit_icl" / "grading_course.py"))
     return site / "implicit_icl" / "course"
 
 
@@ -540,7 +540,7 @@ def test_a_course_made_by_init_is_graded_from_wherever_the_student_stands(tmp_pa
         assert f"grading {tmp_path / 'course' / '03_rank1_update' / 'exercise.py'}" in captured.out
         assert "note:" not in captured.err, captured.err
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(grading, "installed_course", lambda: ROOT / "exercises")   # an editable install's fallback
+    monkeypatch.setattr(grading_course, "installed_course", lambda: ROOT / "exercises")   # an editable install's fallback
     main(["exercises", "check", "1"])
     err = capsys.readouterr().err
     assert "note: no course here" in err and "pass --dir DIR" in err and str(ROOT / "exercises") in err
