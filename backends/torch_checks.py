@@ -15,7 +15,7 @@ import torch
 
 from implicit_icl.reference.config import BlockConfig
 from implicit_icl.reference.update import check_norm
-from implicit_icl.reference.validation import params_like, real_dtype_problem
+from implicit_icl.reference.validation import params_like, real_array, real_dtype_problem
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16,
           "double": torch.float64, "float": torch.float32, "float16": torch.float16, "half": torch.float16}
@@ -156,13 +156,7 @@ class Checks:
             if x.dtype == torch.bool or x.is_complex():
                 raise ValueError(real_dtype_problem(name, x.dtype))
             return x.to(device=self.device, dtype=self.dtype)
-        try:
-            arr = np.asarray(x)
-        except (TypeError, ValueError) as exc:          # ragged nested lists, objects NumPy cannot read
-            raise ValueError(f"{name} must be an array, got {type(x).__name__} ({exc})") from None
-        problem = real_dtype_problem(name, arr.dtype)
-        if problem:
-            raise ValueError(problem)
+        arr = real_array(name, x)
         return torch.as_tensor(np.ascontiguousarray(arr, dtype=np.float64)).to(self.device, self.dtype)
 
     def tensor(self, x, name: str, shape: tuple, batch: bool = True) -> torch.Tensor:

@@ -80,14 +80,8 @@ def train(preset, out_dir, seed: int = 0, resume: bool = False, progress: bool =
     out_dir = Path(out_dir)
     if threads is None:
         threads = _recorded_threads(out_dir / T.CHECKPOINT) if resume else 1
-    previous = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True)
-    try:
-        return _train(torch, preset, out_dir, seed, resume, progress, stop_after, threads, log, overwrite)
-    finally:
-        torch.set_num_threads(previous[0])
-        torch.use_deterministic_algorithms(previous[1])
+    return T.deterministic(threads, lambda: _train(torch, preset, out_dir, seed, resume, progress, stop_after,
+                                                   threads, log, overwrite))
 
 
 def _recorded_threads(path: Path) -> int:

@@ -151,11 +151,20 @@ def train(preset: Preset, out_dir, seed: int = 0, resume: bool = False, progress
     log = log or (lambda msg: print(msg, file=sys.stderr))
     if threads is None:
         threads = _recorded_threads(Path(out_dir) / CHECKPOINT) if resume else 1
+    return deterministic(threads, lambda: _train(torch, preset, out_dir, seed, resume, progress, stop_after, threads,
+                                                 log, overwrite))
+
+
+def deterministic(threads: int, job):
+    """``job()`` with torch on ``threads`` CPU threads and deterministic algorithms (so that a run and its resume
+    are bit-identical), both settings restored afterwards."""
+    import torch
+
     previous = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True)
     try:
-        return _train(torch, preset, out_dir, seed, resume, progress, stop_after, threads, log, overwrite)
+        return job()
     finally:
         torch.set_num_threads(previous[0])
         torch.use_deterministic_algorithms(previous[1])

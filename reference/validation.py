@@ -59,10 +59,9 @@ def real_dtype_problem(name: str, dtype) -> str | None:
     return f"{name} must be a real floating-point (or integer) array, got dtype {dtype}"
 
 
-def _numpy_param(name: str, value) -> np.ndarray:
-    if _is_tensor(value):
-        raise ValueError(f"{name} is a torch tensor: the reference computes in NumPy float64; convert the dict first "
-                         "(get_backend('numpy').asarray(params), or the torch backend's to_numpy)")
+def real_array(name: str, value) -> np.ndarray:
+    """``value`` (an array-like of real numbers: nested lists too) as a NumPy array of its own dtype, or a
+    ``ValueError`` naming it: every backend reads array-likes through this."""
     try:
         arr = np.asarray(value)
     except (TypeError, ValueError) as exc:          # ragged nested lists, objects NumPy cannot read
@@ -71,6 +70,13 @@ def _numpy_param(name: str, value) -> np.ndarray:
     if problem:
         raise ValueError(problem)
     return arr
+
+
+def _numpy_param(name: str, value) -> np.ndarray:
+    if _is_tensor(value):
+        raise ValueError(f"{name} is a torch tensor: the reference computes in NumPy float64; convert the dict first "
+                         "(get_backend('numpy').asarray(params), or the torch backend's to_numpy)")
+    return real_array(name, value)
 
 
 def _numpy_finite(arr: np.ndarray, problem: str) -> None:
