@@ -208,14 +208,23 @@ def tap_increments(P: dict, cfg, x: torch.Tensor, A: torch.Tensor, dA: torch.Ten
 def gram_norm(y: torch.Tensor, G: torch.Tensor):
     """``(‖W y‖, G y)`` rowwise from the Gram matrix ``G = WᵀW`` (``‖W y‖² = yᵀ G y``), never forming ``W y``.
 
-    Each row is scaled by its largest entry first, so tiny rows (steps of 1e-23 in float32) do not underflow
-    when squared. ``y`` (..., D) → (...), (..., D).
+    Rows whose ``yᵀ G y`` is safely inside the dtype's range take the direct product; the rest (tiny steps of
+    1e-23 in float32 that would underflow when squared, or huge ones that would overflow) are recomputed with each
+    row scaled by its largest entry first. ``y`` (..., D) → (...), (..., D).
     """
-    s = y.abs().amax(-1, keepdim=True)                                              # (..., 1)
-    s = torch.where(s > 0, s, 1)
-    z = y / s
-    zG = z @ G                                                                      # (..., D)
-    return torch.sqrt((zG * z).sum(-1).clamp_min(0)) * s[..., 0], zG * s
+    yG = y @ G                                                                      # (..., D)
+    q = (yG * y).sum(-1)                                                            # (...)
+    norm = torch.sqrt(q.clamp_min(0))
+    info = torch.finfo(q.dtype)
+    bad = ~((q > info.tiny / info.eps) & (q < info.max * info.eps))                 # zero rows land here too
+    if bool(bad.any()):                                                             # rare: rescale those rows only
+        idx = bad.nonzero(as_tuple=True)
+        s = y[idx].abs().amax(-1, keepdim=True)                                     # (K, 1)
+        z = y[idx] / torch.where(s > 0, s, 1)
+        zG = z @ G                                                                  # (K, D)
+        norm[idx] = torch.sqrt((zG * z).sum(-1).clamp_min(0)) * s[..., 0]
+        yG[idx] = zG * s
+    return norm, yG
 
 
 def layer_norm_increment(y: torch.Tensor, dy: torch.Tensor, g: torch.Tensor, eps: float) -> torch.Tensor:

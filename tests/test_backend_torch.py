@@ -551,3 +551,19 @@ def test_a_trajectory_forms_its_per_prefix_vectors_only_when_read():
         assert torch.equal(getattr(lazy[1], name), getattr(kept[1], name)), name
     np.testing.assert_allclose(lazy[0].u.numpy(), ref.trajectory(ref.init_block(cfg, 1, bias_std=0.1, ln_std=0.1),
                                                                    cfg, C[0], x[0]).u, atol=1e-12)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-25, 1e-36, 1e20, 0.0])
+def test_gram_norm_is_exact_for_tiny_huge_and_zero_rows_in_float32(scale):
+    """‖W y‖ from G = WᵀW: the direct product for ordinary rows, a rescaled one where yᵀGy would underflow (steps of
+    1e-25 or 1e-36) or overflow (1e20) in float32; within 1e-5 relative of float64's ‖W y‖ either way."""
+    from implicit_icl.backends.torch_scan import gram_norm
+
+    rng = np.random.default_rng(0)
+    W, y = rng.standard_normal((12, 6)), rng.standard_normal((5, 6))
+    y[2] *= 1e-3                                                    # rows of mixed size in one call
+    want = np.linalg.norm((y * scale) @ W.T, axis=-1)               # float64, from W itself
+    got, yG = gram_norm(torch.tensor(y * scale, dtype=torch.float32), torch.tensor(W.T @ W, dtype=torch.float32))
+    assert np.all(np.isfinite(got.numpy()))
+    np.testing.assert_allclose(got.double().numpy(), want, rtol=1e-5, atol=0)
+    np.testing.assert_allclose(yG.double().numpy(), (y * scale) @ (W.T @ W), rtol=1e-4, atol=1e-45 * scale)
