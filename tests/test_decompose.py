@@ -242,3 +242,18 @@ def test_bundled_fewshot_decomposes_exactly_and_answers():
     dec = D.decompose(model, _ids(model, prompt), target=fewshot_task.VOCAB.index("7"))
     assert abs(dec.read("all")["kl"]) <= TOL and dec.read("all")["correct"]        # with context it answers "7"
     json.dumps(dec.to_dict())
+
+
+def test_walkthrough_on_a_folder_says_parallel_and_checks_round_off(tiny, tmp_path, capsys):
+    pytest.importorskip("textual")
+    from implicit_icl.tui.data import text_data
+
+    data = text_data(str(tiny["gpt_neox"][0]), PROMPT)
+    assert data.layer == 1 and data.n_layers == 2 and data.n == 8                # the last layer, 8 context tokens
+    assert np.all(data.trajectory.delta_W_norm == 0) and "ΔW = 0 exactly" in data.notes[0]
+    llama = text_data(str(tiny["llama"][0]), PROMPT, layer=0)
+    assert llama.notes == () and llama.trajectory.delta_W_norm[-1] > 0
+    assert max(llama.output_error(i) for i in range(llama.n + 1)) < 1e-12 * (1 + llama.output_norms(llama.n)[0])
+    out = tmp_path / "w.txt"
+    assert main(["walkthrough", "--model", str(tiny["gpt_neox"][0]), PROMPT, "--export", str(out)]) == 0
+    assert "ΔW = 0 exactly" in out.read_text()

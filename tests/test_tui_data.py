@@ -147,7 +147,7 @@ def test_text_hook_reports_missing_loader():
     except ImportError:
         with pytest.raises(wdata.WalkthroughError, match="not available"):
             wdata.text_data("minilm", "a b c")
-    with pytest.raises(wdata.WalkthroughError, match="--model must be 'minilm'"):
+    with pytest.raises(wdata.WalkthroughError, match="--model gpt9: gpt9 is not a folder"):     # a name or a path
         wdata.text_data("gpt9", "a b c")
 
 

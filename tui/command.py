@@ -162,11 +162,10 @@ def check_arguments(args) -> None:
 def prepare(args):
     """The ``WalkthroughData`` the arguments ask for, once ``check_arguments`` has passed them (raises
     ``ValueError`` with a clear message)."""
-    from .data import DEFAULT_LAYER, default_data, text_data
+    from .data import default_data, text_data
 
     if args.model is not None:
-        return text_data(args.model, args.text, layer=DEFAULT_LAYER if args.layer is None else args.layer,
-                         position=args.position)
+        return text_data(args.model, args.text, layer=args.layer, position=args.position)
     backend = get_backend(args.backend)
     return default_data(n_tokens=args.tokens, seed=0 if args.seed is None else args.seed, random=args.random,
                         checkpoint=args.checkpoint, backend=backend)

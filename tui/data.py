@@ -9,8 +9,8 @@ Builders:
 
 - ``regression_data``: a block (trained checkpoint or random) on one in-context regression prompt (P1 §4).
 - ``default_data``: the bundled trained checkpoint if it exists, else a seeded random ``plain`` block.
-- ``text_data``: a real pretrained model through ``implicit_icl.models.minilm.text_trajectories`` (a hook; the
-  loader lives elsewhere).
+- ``text_data``: a real pretrained model (``minilm``, ``fewshot`` or a model folder) through
+  ``implicit_icl.models.analysis.text_trajectories`` (the loaders live in ``models``).
 
 The NumPy trajectories come from ``reference.subsets.prefix_trajectory`` (the query's attention row over every
 prefix in one masked pass, O(n²·d)), equal to ``reference.trajectory`` (which re-runs the block on each prefix,
@@ -361,47 +361,58 @@ def default_data(*, n_tokens: int | None = None, seed: int = 0, random: bool = F
     return random_data(n_tokens=n, seed=seed, reason=f"no bundled checkpoint at {bundled.name}", backend=backend)
 
 
-#: The layer ``--model minilm`` opens on: the one the README's ``implicit-icl explain`` example uses.
+#: The layer ``--model minilm`` opens on: the one the README's ``implicit-icl explain`` example uses. Other models
+#: open on their last layer (``default_layer``).
 DEFAULT_LAYER = 3
 
 
-def text_data(model: str, text: str, *, layer: int = DEFAULT_LAYER, position: int | None = None) -> WalkthroughData:
-    """A real pretrained model on ``text``: ``implicit_icl.models.<model>.text_trajectories(text, layer, position)``
-    returns ``(token_strings, Trajectory, baseline Trajectory)``, the baseline on a random layer of the same shapes
-    and weight scale; the context is the other tokens in text order. ``explain_layer`` (what ``implicit-icl explain``
-    shows) gives the tokens that move W most and ``‖ΔW‖/‖W‖`` against the random layer. Each layer is built once."""
-    if model != "minilm":
-        raise WalkthroughError(f"--model must be 'minilm', got {model!r}")
+def default_layer(model: str, n_layers: int) -> int:
+    """The layer a model opens on: ``DEFAULT_LAYER`` for minilm, else the last one."""
+    return DEFAULT_LAYER if model == "minilm" else n_layers - 1
+
+
+def text_data(model: str, text: str, *, layer: int | None = None, position: int | None = None) -> WalkthroughData:
+    """A real pretrained model (``models.bundled.load_model``: ``minilm``, ``fewshot`` or a Hugging Face folder) on
+    ``text``: ``models.analysis.text_trajectories`` gives ``(token_strings, Trajectory, baseline Trajectory)``, the
+    baseline on a random layer of the same shapes and weight scale; the context is the tokens the query attends to
+    in text order. ``analysis.explain_layer`` (what ``implicit-icl explain`` shows) gives the tokens that move W most
+    and ``‖ΔW‖/‖W‖`` against the random layer. ``layer`` ``None``: :func:`default_layer`. Each layer is built once."""
     return _text_layer(model, text, layer, position)
 
 
-@functools.lru_cache(maxsize=16)
-def _text_layer(model: str, text: str, layer: int, position: int | None) -> WalkthroughData:
-    import importlib
-
+def _load(model: str):
     try:
-        module = importlib.import_module("implicit_icl.models.minilm")
-        text_trajectories, explain_layer, load = module.text_trajectories, module.explain_layer, module.load_minilm
-    except (ImportError, AttributeError) as exc:
-        raise WalkthroughError(
-            f"--model minilm needs implicit_icl.models.minilm.text_trajectories, which is not available here ({exc})"
-        ) from None
+        from implicit_icl.models import analysis
+        from implicit_icl.models.bundled import describe, load_model
+    except ImportError as exc:
+        raise WalkthroughError(f"--model needs implicit_icl.models, which is not available here ({exc})") from None
     try:
-        tokens, traj, baseline = text_trajectories(text, layer, position, baseline_seed=0)
-        loaded = load()
-        explanation = explain_layer(loaded, text, layer, position, dynamics=False, baseline_seed=0)
+        loaded = load_model(model)
     except ImportError as exc:                                        # a missing optional extra: say what to install
         raise WalkthroughError(str(exc)) from None
     except OSError as exc:      # a model folder without its files (IMPLICIT_ICL_MINILM_DIR), or one that cannot be read
         raise WalkthroughError(f"--model {model}: {exc}") from None
+    return analysis, loaded, describe(loaded, model)
+
+
+@functools.lru_cache(maxsize=16)
+def _text_layer(model: str, text: str, layer: int | None, position: int | None) -> WalkthroughData:
+    analysis, loaded, label = _load(model)
+    layer = default_layer(model, len(loaded.blocks)) if layer is None else layer
+    tokens, traj, baseline = analysis.text_trajectories(loaded, text, layer, position, baseline_seed=0)
+    explanation = analysis.explain_layer(loaded, text, layer, position, dynamics=False, baseline_seed=0)
     tokens = [str(t) for t in tokens]
     n = traj.n
     if len(tokens) < n:
         raise WalkthroughError(f"text_trajectories returned {len(tokens)} token strings for {n} context tokens")
     query = tokens[n] if len(tokens) > n else "(query)"
+    cfg = loaded.configs[layer]
+    notes = (("ΔW = 0 exactly: this parallel-residual block's MLP reads the query's own vector, which the context "
+              "never touches (THEORY §11); the whole effect of the context is Δb.",) if cfg.kind == "parallel" else ())
+    short = model if model in ("minilm", "fewshot") else label
     return WalkthroughData(
-        title=f"{model} layer {layer} · {text[:40]!r}",
-        source=f"pretrained {model}, layer {layer}, query token {query!r}, the other {n} tokens as context "
+        title=f"{short} layer {layer} · {text[:40]!r}",
+        source=f"pretrained {short}, layer {layer}, query token {query!r}, the other {n} tokens as context "
                "in text order · numpy reference (float64)",
         token_labels=tuple(tokens[:n]),
         token_values=tuple(f"token {t!r} ({k} of {n} context tokens, text order)" for k, t in enumerate(tokens[:n], 1)),
@@ -410,11 +421,12 @@ def _text_layer(model: str, text: str, layer: int, position: int | None) -> Walk
         baseline=baseline,
         baseline_label="random layer of the same shapes and weight scale (each array redrawn N(mean, std), seed 0)",
         baseline_short="random layer",
-        model_label=f"{model} layer {layer}",
+        model_label=f"{short} layer {layer}",
         readout=None,
-        residual=True,                                                # BERT layers are post-LN blocks
+        residual=cfg.kind != "plain",                 # every real block has a residual (Δb) around its MLP
+        notes=notes,
         explanation=explanation,
         layer=layer,
-        n_layers=loaded.n_layers,
+        n_layers=len(loaded.blocks),
         switch_layer=functools.partial(text_data, model, text, position=position),
     )

@@ -285,6 +285,8 @@ class MovedPanel(Widget):
                 text.append("  random layer ", style="dim")
                 text.append(f"{random:.2%}", style=BASELINE_COLOUR)
             text.append("\n")
+        for note in data.notes:                     # e.g. a parallel block: ΔW = 0 exactly, said rather than drawn
+            text.append(note + "\n", style="bold")
         moved = data.moved_tokens()
         top = moved[0][1] if moved else 0.0
         bar_w = max(width - 12 - 8, 4)
