@@ -78,7 +78,10 @@ def explain_decompose(args, model) -> tuple[dict, list, bool]:
         n = args.prompts or 50
         prompts, what = task_prompts(n, (len(ids) - 1) // 2, args.baseline_seed)
         print(f"explain --decompose: {n} random prompts of the task …", file=sys.stderr, flush=True)
-        report["task"] = over_prompts(model, prompts, seed=args.baseline_seed) | {"what": what}
+        from .explain_corpus import _one_blas_thread
+
+        with _one_blas_thread():                     # small products: one BLAS thread is faster on a shared machine
+            report["task"] = over_prompts(model, prompts, seed=args.baseline_seed) | {"what": what}
         texts.append(text(report["task"], f"means over {n} random prompts of the task ({what})"))
     kls = [result[m]["decomposition"]["variants"]["all"]["kl"] for m in ("trained", "untrained")]
     ok = all(abs(k) <= KL_TOLERANCE for k in kls)
