@@ -21,10 +21,7 @@ def as_array(x, name: str, shape: tuple, *, allow_batch: bool = False) -> np.nda
     With ``allow_batch`` any number of leading dimensions is accepted in front of ``shape``.
     """
     expected = "(" + ", ".join("n" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
-    arr = np.asarray(from_tensor(x))
-    problem = real_dtype_problem(name, arr.dtype)
-    if problem:
-        raise ValueError(problem)
+    arr = real_array(name, from_tensor(x))
     core = arr.shape[arr.ndim - len(shape):] if arr.ndim >= len(shape) else None
     ok = core is not None and (arr.ndim == len(shape) or allow_batch) and all(
         s is None or s == c for s, c in zip(shape, core))
