@@ -39,6 +39,7 @@ MISTAKE_CAUGHT_BY = {
         "test_identity_real_layer"},
     9: {"test_patch_fits_every_calibration_query", "test_patch_is_minimum_norm_least_squares",
         "test_patch_misses_vanish_on_the_calibration_queries"},
+    10: {"test_decay_slope", "test_report_numbers_are_recomputed"},
 }
 
 
@@ -46,8 +47,8 @@ def _failures(results):
     return {r.name: r.message for r in results if not r.passed}
 
 
-def test_the_nine_exercises_are_complete():
-    assert sorted(FOLDERS) == list(range(1, 10))
+def test_the_ten_exercises_are_complete():
+    assert sorted(FOLDERS) == list(range(1, 11))
     for n, folder in FOLDERS.items():
         for name in ("README.md", "exercise.py", "solution.py", "mistake.py"):
             assert (folder / name).is_file(), f"exercise {n}: {name} is missing"
@@ -217,10 +218,10 @@ def test_cli_check_list_and_exit_status(capsys, monkeypatch):
     capsys.readouterr()
     assert main(["exercises", "check", "2", "--file", "no/such/file.py"]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert main(["exercises", "check", "10"]) == 2
+    assert main(["exercises", "check", "11"]) == 2
     assert main(["exercises", "list"]) == 0
     out = capsys.readouterr().out
-    assert out.count("\n") == 9 and "Softmax attention" in out
+    assert out.count("\n") == 10 and "Softmax attention" in out
 
 
 def _pytest_outcomes(target_args, tmp_path, tag):
@@ -428,7 +429,8 @@ def _course_files(answers: bool = True) -> list[Path]:
     """The course's files (``answers=False``: what a student gets, without solution.py and the mistake files)."""
     return sorted(p.relative_to(EXERCISES) for p in EXERCISES.rglob("*")
                   if p.is_file() and "__pycache__" not in p.parts and "plots" not in p.parts
-                  and not p.name.startswith(".") and (answers or not grading.is_answer(p)))
+                  and not p.name.startswith(".") and (answers or not grading.is_answer(p))
+                  and "run" not in p.parts and p.name != "report.json")      # exercise 10's output, if run here
 
 
 def test_every_course_file_is_packaged_and_copied():
@@ -653,3 +655,111 @@ def test_no_array_dumps_in_the_feedback(n):
         for name, message in _failures(grading.run_checks(FOLDERS[n], target)).items():
             lines = message.splitlines()
             assert len(lines) <= 7 and max(map(len, lines)) <= 240, (n, target, name, message)
+
+
+# ----------------------------------------------------------------------- the final project (issue 18, item 4)
+
+
+def _final_project(tmp_path, exercise: str = "solution.py") -> Path:
+    """A student's copy of exercise 10: its grader, and ``exercise`` (of the checkout's folder) as exercise.py."""
+    folder = tmp_path / "course" / FOLDERS[10].name
+    folder.mkdir(parents=True)
+    for name in (grading.grader_path(FOLDERS[10]).name, "README.md"):
+        (folder / name).write_text((FOLDERS[10] / name).read_text(encoding="utf-8"), encoding="utf-8")
+    (folder / "exercise.py").write_text((FOLDERS[10] / exercise).read_text(encoding="utf-8"), encoding="utf-8")
+    return folder
+
+
+def _write_report(folder: Path, made_by: str = "solution.py", edit=None) -> None:
+    """``report.json`` beside the copy's exercise.py, as ``made_by``'s measure() writes it for the bundled model,
+    then changed by ``edit(report)``: what a student who types numbers in (or forgets to rerun) hands in."""
+    import json
+
+    from implicit_icl.checkpoint import default_checkpoint_path
+
+    report = grading.load_implementation(FOLDERS[10] / made_by).measure(default_checkpoint_path())
+    if edit:
+        edit(report)
+    (folder / "report.json").write_text(json.dumps(report), encoding="utf-8")
+
+
+def _nudge(report):
+    report["untrained"]["slope"] += 1e-3                 # 1000 × the tolerance of a slope
+    report["trained"]["median_step_norm"][7] *= 1.001    # 1000 × the relative tolerance of a norm
+    report["verdict"] = "faster"
+
+
+def test_the_final_project_grades_an_honest_report_and_says_which_model_and_report(tmp_path):
+    folder = _final_project(tmp_path)
+    _write_report(folder)
+    results = grading.run_checks(folder)
+    assert _failures(results) == {}
+    notes = [n for r in results for n in r.notes]
+    assert any(n.startswith(f"report: your report {folder / 'report.json'}") for n in notes), notes
+    assert any("the bundled p1 model" in n and "there is no" in n for n in notes), notes   # no run/ in the copy
+    assert any("the report measures the bundled model, not one you trained" in n for n in notes), notes
+
+
+@pytest.mark.parametrize("edit, check, phrases", [
+    (_nudge, "test_report_numbers_are_recomputed",
+     ["3 disagree: trained.median_step_norm[7], untrained.slope, verdict",
+      "trained.median_step_norm[7]: reported", "untrained.slope: reported"]),
+    (lambda r: r.update(scale_ratio=r["scale_ratio"] * (1 + 1e-5)), "test_report_numbers_are_recomputed",
+     ["1 disagree: scale_ratio", "scale_ratio: reported"]),
+    (lambda r: r.update(train_steps=300), "test_report_states_its_protocol",
+     ["train_steps is the checkpoint's own step count", "expected: 4000", "got:      300"]),
+    (lambda r: r.update(n_points=20), "test_report_states_its_protocol",
+     ["n_points is the length of the prompts the model was trained on"]),
+    (lambda r: r["trained"].pop("slope"), "test_report_states_its_protocol", ["the report's 'slope' is a float"]),
+], ids=["numbers", "ten-times-the-tolerance", "train-steps", "n-points", "missing-key"])
+def test_the_final_project_names_each_number_its_report_gets_wrong(tmp_path, edit, check, phrases):
+    folder = _final_project(tmp_path)
+    _write_report(folder, edit=edit)
+    failures = _failures(grading.run_checks(folder))
+    assert check in failures, failures
+    for phrase in phrases:
+        assert phrase in failures[check], (phrase, failures[check])
+    assert set(failures) <= {"test_report_states_its_protocol", "test_report_numbers_are_recomputed"}, failures
+
+
+def test_the_final_project_recognises_a_stale_report_fitted_against_log_i_plus_1(tmp_path):
+    """A report written by the mistake (slopes against log(i + 1)) and then a corrected file: the code passes its
+    checks, the report does not, and the hint names the fit."""
+    folder = _final_project(tmp_path)
+    _write_report(folder, made_by="mistake.py")
+    failures = _failures(grading.run_checks(folder))
+    assert set(failures) == {"test_report_numbers_are_recomputed"}, failures
+    message = failures["test_report_numbers_are_recomputed"]
+    assert "3 disagree: trained.slope, untrained.slope, slope_gap" in message
+    assert "your slopes are fitted against log(i + 1)" in message
+
+
+def test_the_final_project_measures_the_students_own_run_when_there_is_one(tmp_path):
+    """A model in run/model.npz beside the grader is the one the checks use and the report measures (here the
+    bundled file copied there, so that no training is needed), and no note calls it the bundled model."""
+    from implicit_icl.checkpoint import default_checkpoint_path
+
+    folder = _final_project(tmp_path)
+    (folder / "run").mkdir()
+    (folder / "run" / "model.npz").write_bytes(default_checkpoint_path().read_bytes())
+    results = grading.run_checks(folder)
+    assert _failures(results) == {}
+    notes = [n for r in results for n in r.notes]
+    assert any(f"model: your model {folder / 'run' / 'model.npz'} (4000 training steps)" in n for n in notes), notes
+    assert not any("bundled" in n for n in notes), notes
+
+
+def test_the_final_project_end_to_end_with_implicit_icl_train(tmp_path):
+    """The student's path: train a tiny p1 model with the real command, run exercise.py, grade it with the CLI."""
+    pytest.importorskip("torch", reason="`implicit-icl train` needs the torch extra")
+    from implicit_icl.cli import main
+
+    folder = _final_project(tmp_path)
+    assert main(["train", "--preset", "p1", "--out", str(folder / "run"), "--steps", "20", "--val-prompts", "16",
+                 "--no-progress"]) == 0
+    subprocess.run([sys.executable, str(folder / "exercise.py")], check=True, capture_output=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "implicit_icl.cli", "exercises", "check", "10", "--dir",
+                           str(folder.parent)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "All 5 checks passed" in proc.stdout and f"report: your report {folder / 'report.json'}" in proc.stdout
+    assert "20 training steps: log-log slope" in proc.stdout
