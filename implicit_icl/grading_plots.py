@@ -1,6 +1,6 @@
-"""The figures a grader draws (``save_plot``): written into the folder ``exercises check`` names (``$IMPLICIT_ICL_PLOTS``,
-the ``plots/`` folder beside the student's file), never under pytest or the tests. ``implicit_icl.grading``
-re-exports every public name here."""
+"""The figures a grader draws (``save_plot``): written into the folder ``exercises check`` names
+(``$IMPLICIT_ICL_PLOTS``, the ``plots/`` folder beside the student's file), never under pytest or the tests.
+``implicit_icl.grading`` re-exports every public name here."""
 from __future__ import annotations
 
 import os

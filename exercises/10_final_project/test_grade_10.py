@@ -167,7 +167,9 @@ def test_report_states_its_protocol(student):
     n_points = meta.get("preset", {}).get("n_points")
     check_true(report["n_points"] == n_points, "n_points is the length of the prompts the model was trained on",
                expected=str(n_points), got=str(report["n_points"]), hint='take it from meta["preset"]["n_points"]')
-    check_true(report["n_prompts"] >= 8, "the medians are over at least 8 prompts", got=str(report["n_prompts"]))
+    check_true(8 <= report["n_prompts"] <= 512, "the medians are over 8 to 512 prompts", got=str(report["n_prompts"]))
+    check_true(min(report["prompt_seed"], report["untrained_seed"]) >= 0, "the seeds are whole numbers >= 0",
+               got=f"prompt_seed {report['prompt_seed']}, untrained_seed {report['untrained_seed']}")
     check_true(1 <= report["fit_from"] <= n_points - 3, f"fit_from leaves at least 3 steps to fit (1..{n_points - 3})",
                got=str(report["fit_from"]))
     if path.resolve() == default_checkpoint_path().resolve():
