@@ -17,11 +17,11 @@ from implicit_icl.commands import fail, missing_extra
 COMMANDS = {
     "verify": "implicit_icl.commands.verify",
     "bench": "implicit_icl.commands.bench",
-    "walkthrough": "implicit_icl.tui.command",
+    "walkthrough": "implicit_icl.commands.walkthrough",
     "train": "implicit_icl.commands.train",
     "reproduce": "implicit_icl.commands.reproduce",
     "exercises": "implicit_icl.commands.exercises",
-    "explain": "implicit_icl.models.explain",
+    "explain": "implicit_icl.commands.explain",
     "theory": "implicit_icl.commands.theory",
 }
 

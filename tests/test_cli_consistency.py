@@ -22,7 +22,7 @@ def places(tmp_path):
     (["exercises", "--dir", "EX", "check", "1", "--file", "P/adir"], "adir, is a folder (give a .py file)"),
     (["exercises", "--dir", "P/afile", "list"], "afile is a file, not a folder"),
     (["exercises", "--dir", "P/adir", "list"], "no exercises (NN_name/ folders with a grader) in"),
-    (["exercises", "--dir", "EX", "check", "0"], "N must be one of [1, 2, 3, 4, 5, 6, 7, 8, 9], got 0"),
+    (["exercises", "--dir", "EX", "check", "0"], "N must be one of [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], got 0"),
     (["walkthrough", "--checkpoint", "P/adir", "--export", "P/w.txt"], "is a folder, not an .npz file"),
     (["train", "--out", "P/afile"], "--out: "),
     (["reproduce", "--quick", "--out", "P/o", "--checkpoint", "P/adir"], "--checkpoint: checkpoint"),

@@ -68,7 +68,7 @@ def test_a_commands_own_output_is_replaced_without_force(tmp_path, capsys, argv,
 def test_explain_recognises_its_own_report(tmp_path):
     import json
 
-    from implicit_icl.models.explain import REPORT_KIND
+    from implicit_icl.commands.explain import REPORT_KIND
 
     path = tmp_path / "r.json"
     path.write_text(json.dumps({"model": "all-MiniLM-L6-v2", "path": "x", "text": "t", "pair": None,    # run()'s keys

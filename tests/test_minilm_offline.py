@@ -436,7 +436,7 @@ def test_own_ratio_is_each_tokens_own_update_on_its_own_row(tiny):
 
 
 def test_the_table_shows_the_control_beside_the_query_ratio(tiny):
-    from implicit_icl.models.explain import format_layer
+    from implicit_icl.models.explain_text import format_layer
 
     ex = minilm.explain_layer(tiny, "the cat sat on the mat", 1, 4)
     text = format_layer(ex)
@@ -454,7 +454,7 @@ def test_the_table_shows_the_control_beside_the_query_ratio(tiny):
     (0.95, 1.02, ["says nothing about query dependence"]),
 ])
 def test_the_verdict_reads_the_query_ratio_against_the_control(query, own, says):
-    from implicit_icl.models.explain import transfer_verdict
+    from implicit_icl.models.explain_text import transfer_verdict
 
     verdict = transfer_verdict(query, own)
     for phrase in says:

@@ -166,7 +166,7 @@ def test_explain_ratios_by_hand():
 
 def test_transfer_verdict_reads_the_gain_against_the_control():
     """gain = (1 − query)/(1 − own): 0.1/0.4 = 25 % (little carries over), 0.3/0.4 = 75 % (about as well)."""
-    from implicit_icl.models.explain import transfer_verdict
+    from implicit_icl.models.explain_text import transfer_verdict
 
     low = transfer_verdict(0.9, 0.6)
     assert "25% of what the own ΔW gains" in low and "belongs to its query" in low

@@ -19,7 +19,7 @@ def pretend_terminal(request, monkeypatch):
     (tests named ``test_no_terminal*`` keep the real check). No test here reaches ``app.run()`` without
     ``--export``: each fails on an argument first."""
     if not request.node.name.startswith("test_no_terminal"):
-        from implicit_icl.tui import command
+        from implicit_icl.commands import walkthrough as command
         monkeypatch.setattr(command, "interactive_terminal", lambda: True, raising=False)
 
 
@@ -192,7 +192,7 @@ def test_model_minilm_export(capsys, tmp_path):
 
 def test_export_path_is_checked_before_any_work(capsys, tmp_path, monkeypatch):
     """A bad --export path is reported before the trajectory is computed (which can take a while)."""
-    from implicit_icl.tui import command
+    from implicit_icl.commands import walkthrough as command
 
     def no_work(args):
         raise AssertionError("prepare() ran before the --export path was checked")
@@ -306,7 +306,7 @@ def test_model_minilm_check_names_the_bias_update(capsys, tmp_path):
 
 def test_no_terminal_still_names_a_bad_option_first(capsys, monkeypatch):
     """Without a terminal, a wrong option is still reported as such (checked before the terminal and any work)."""
-    from implicit_icl.tui import command
+    from implicit_icl.commands import walkthrough as command
     monkeypatch.setattr(command, "interactive_terminal", lambda: False, raising=False)
     code, _, err = call(capsys, "--random", "--backend", "jax")
     assert code == 2 and "--backend must be one of" in err and "'jax'" in err
@@ -317,7 +317,7 @@ def test_no_terminal_still_names_a_bad_option_first(capsys, monkeypatch):
 @pytest.mark.parametrize("stdin_tty, stdout_tty, raises, expected", [
     (True, True, False, True), (False, True, False, False), (True, False, False, False), (True, True, True, False)])
 def test_no_terminal_unless_both_streams_are_one(monkeypatch, stdin_tty, stdout_tty, raises, expected):
-    from implicit_icl.tui import command
+    from implicit_icl.commands import walkthrough as command
 
     class Stream:
         def __init__(self, tty):

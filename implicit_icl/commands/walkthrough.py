@@ -8,6 +8,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from implicit_icl import commands
+
 HELP = "step through a prompt token by token and watch each weight delta ΔW_i (terminal UI)"
 DESCRIPTION = """\
 Open a terminal walkthrough of the implicit dynamics (Dherin et al. 2025, §3): a block reads a prompt c_1..c_n
@@ -41,7 +43,7 @@ MAX_EXPORT_SIZE = (400, 200)      # --size at most (columns, lines): larger rend
 
 
 def add_arguments(parser) -> None:
-    from .data import MAX_TOKENS          # NumPy and the reference only: --help still never imports textual
+    from implicit_icl.tui.data import MAX_TOKENS          # NumPy and the reference only: --help still never imports textual
 
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--checkpoint", metavar="PATH",
@@ -75,12 +77,12 @@ def add_arguments(parser) -> None:
 
 
 def fail(message: str) -> int:
-    print(f"implicit-icl walkthrough: {message}", file=sys.stderr)
-    return 2
+    """The walkthrough's error line (exit 2): ``commands.fail`` for this command."""
+    return commands.fail("walkthrough", message)
 
 
 def parse_size(text: str | None) -> tuple[int, int]:
-    from .app import COMPACT_MIN, MIN_SIZE
+    from implicit_icl.tui.app import COMPACT_MIN, MIN_SIZE
 
     if text is None:
         return DEFAULT_EXPORT_SIZE
@@ -132,7 +134,7 @@ def get_backend(name: str | None):
 
 def check_arguments(args) -> None:
     """Every check of the arguments that needs no computation (raises ``ValueError`` naming the option)."""
-    from .data import check_tokens
+    from implicit_icl.tui.data import check_tokens
 
     check_backend_name(args.backend)                                   # checked whatever the source
     if args.tokens is not None:
@@ -162,7 +164,7 @@ def check_arguments(args) -> None:
 def prepare(args):
     """The ``WalkthroughData`` the arguments ask for, once ``check_arguments`` has passed them (raises
     ``ValueError`` with a clear message)."""
-    from .data import default_data, text_data
+    from implicit_icl.tui.data import default_data, text_data
 
     if args.model is not None:
         return text_data(args.model, args.text, layer=args.layer, position=args.position)
@@ -175,7 +177,7 @@ def export(app, path: Path, size: tuple[int, int]) -> None:
     """Render the app headless at ``size`` and write an SVG (or, for ``.txt``, plain text) screenshot.
 
     Raises ``OSError`` when ``path`` cannot be written (after the app has closed)."""
-    from .app import screen_text
+    from implicit_icl.tui.app import screen_text
 
     shot: list[str] = []
 
@@ -216,7 +218,7 @@ def interactive_terminal() -> bool:
 def run(args) -> int:
     from implicit_icl.checkpoint import CheckpointError, output_path_problem
 
-    from .app import COMPACT_MIN, MIN_SIZE
+    from implicit_icl.tui.app import COMPACT_MIN, MIN_SIZE
 
     export_path = Path(args.export) if args.export is not None else None
     try:
@@ -243,7 +245,7 @@ def run(args) -> int:
     if not 0 <= args.step <= data.n:
         return fail(f"--step must be from 0 to {data.n} (the context length), got {args.step}")
 
-    from .app import WalkthroughApp
+    from implicit_icl.tui.app import WalkthroughApp
 
     app = WalkthroughApp(data, start=args.step)
     if export_path is not None:

@@ -8,6 +8,8 @@ import sys
 
 import numpy as np
 
+from implicit_icl.commands import fail
+
 HELP = "show the implicit rank-1 update of a real pretrained model's MLP (MiniLM, fewshot or a folder) for one token"
 DESCRIPTION = """\
 Run TEXT through all-MiniLM-L6-v2 (a 6-layer post-LN BERT, float64 NumPy reference, no network) and, for one
@@ -67,11 +69,11 @@ argument (an empty TEXT, layer, position, a text longer than 512 tokens, a --mod
 folder that cannot be read, a --json path that cannot be written; missing folders of --json are created).
 """
 
-from .prompts import PROMPTS
+from implicit_icl.models.prompts import PROMPTS
 
 TASK_PROMPTS, MAX_TASK_PROMPTS = 50, 2000   # --decompose --model fewshot: random prompts of its task
 SEEDS, MAX_SEEDS = 3, 100   # --corpus: random layers per layer (each is one draw of the layer's ~2.4M numbers)
-from .explain_text import NOTE, TOLERANCE, _ok, format_layer, format_model, labels_for, transfer_verdict  # noqa: F401
+from implicit_icl.models.explain_text import NOTE, TOLERANCE, _ok, format_layer, format_model, labels_for, transfer_verdict  # noqa: F401
 
 
 def add_arguments(parser) -> None:
@@ -177,12 +179,10 @@ def _load(args):
 
         return load_model(args.model, args.model_dir), None
     except MissingExtraError as exc:
-        print(f"implicit-icl explain: {exc}", file=sys.stderr)
-        return None, 1
+        return None, fail("explain", str(exc), code=1)
     except (OSError, ValueError) as exc:          # the message names IMPLICIT_ICL_MINILM_DIR when it came from there
         option = "--model-dir: " if args.model_dir else "" if args.model == "minilm" else "--model: "
-        print(f"implicit-icl explain: {option}{exc}", file=sys.stderr)
-        return None, 2
+        return None, fail("explain", f"{option}{exc}")
 
 
 def _explain_text(args, model) -> tuple[dict, list, bool]:
@@ -219,27 +219,25 @@ def _explain_text(args, model) -> tuple[dict, list, bool]:
 def run(args) -> int:
     problem = _problem(args)
     if problem:
-        print(f"implicit-icl explain: {problem}", file=sys.stderr)
-        return 2
+        return fail("explain", problem)
     model, code = _load(args)
     if model is None:
         return code
     try:
         if args.corpus:
-            from .explain_corpus import explain_corpus
+            from implicit_icl.models.explain_corpus import explain_corpus
 
             report, texts, ok = explain_corpus(args, model)
         elif args.decompose:
-            from .explain_decompose import explain_decompose
+            from implicit_icl.models.explain_decompose import explain_decompose
 
             report, texts, ok = explain_decompose(args, model)
         else:
             report, texts, ok = _explain_text(args, model)
     except ValueError as exc:
-        from .errors import as_option
+        from implicit_icl.models.errors import as_option
 
-        print(f"implicit-icl explain: {as_option(exc)}", file=sys.stderr)
-        return 2
+        return fail("explain", as_option(exc))
     if args.json == "-":
         print(json.dumps(report, indent=2))
     else:
@@ -250,7 +248,6 @@ def run(args) -> int:
             try:
                 atomic_write_bytes(args.json, lambda f: f.write(json.dumps(report, indent=2).encode()))
             except OSError as exc:
-                print(f"implicit-icl explain: --json: cannot write {args.json}: {exc}", file=sys.stderr)
-                return 2
+                return fail("explain", f"--json: cannot write {args.json}: {exc}")
             print(f"wrote {args.json}", file=sys.stderr)      # a status line: stdout holds the text alone
     return 0 if ok else 1
