@@ -41,6 +41,11 @@ from implicit_icl.reference.tasks import regression_prompts
 
 from .evaluate import validate, validation_prompts
 from .presets import Preset, is_count
+from .progress import progress_bar  # noqa: F401 (the one progress display: fewshot_train and reproduce use it)
+from .train_resume import (  # noqa: F401 (re-exported for fewshot_train and the tests)
+    ABSENT, FREE_ON_RESUME, OPTION_NAMES, STATE_DTYPE, SettingsMismatch, _check_arrays, _check_meta_fields,
+    _check_metrics, _check_resumable, _check_settings, _flat, _setting_changes, optim_key,
+)
 
 CHECKPOINT = "checkpoint.npz"
 METRICS = "metrics.jsonl"
@@ -48,7 +53,6 @@ MODEL = "model.npz"
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 LR_MAX = 1.0            # Adam moves every weight by about lr per step: above 1 a run diverges at once (1e39 overflowed)
-STATE_DTYPE = np.float32    # what a training checkpoint stores (the model and Adam's moments)
 
 
 def memory_needed(preset: Preset) -> tuple[int, int]:
@@ -83,14 +87,6 @@ def memory_problem(preset: Preset) -> str | None:
                     f"{what} would need about {needed / 2**30:.3g} GiB of memory, more than this machine's "
                     f"{total / 2**30:.3g} GiB; lower {option} or --n-points")
     return None
-
-
-def optim_key(name: str, slot: str) -> str:
-    """Where Adam's ``slot`` for the param ``name`` lives in the checkpoint (stack-compatible; ``is_optim_key``)."""
-    if name.startswith("blocks."):
-        _, l, rest = name.split(".", 2)
-        return f"blocks.{l}.optim.{slot}.{rest}"
-    return f"optim.{slot}.{name}"
 
 
 def model_only(params: dict) -> dict:
@@ -182,163 +178,201 @@ def _recorded_threads(path: Path) -> int:
 
 def _train(torch, preset: Preset, out_dir, seed: int, resume: bool, progress: bool, stop_after, threads: int,
            log, overwrite: bool) -> TrainResult:
-    from . import torch_model as TM
-
-    out_dir = Path(out_dir)
-    ckpt_path, metrics_path = out_dir / CHECKPOINT, out_dir / METRICS
-    cfg, L = preset.cfg, preset.n_blocks
-
-    params = {k: v.requires_grad_(True) for k, v in TM.init_params(cfg, L, seed).items()}
-    names = sorted(params)
-    opt = torch.optim.Adam([params[k] for k in names], lr=preset.lr, betas=ADAM_BETAS, eps=ADAM_EPS, foreach=False)
-    step, acc_sum, acc_count = 0, 0.0, 0
+    run = _Run(torch, preset, Path(out_dir), seed, threads, log)
     if resume:
+        run.resume()
+    else:
+        run.start_over(overwrite)
+    made_out_dir = not run.out_dir.exists()
+    run.out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    try:
+        run.loop(progress, stop_after)
+    except BaseException as exc:
+        if run.kept_step is None:                  # a failed start: leave nothing behind
+            run.remove_what_it_wrote(made_out_dir)
+        if isinstance(exc, TrainingError):
+            kept = (f"the last checkpoint in {run.out_dir} (step {run.kept_step}) is kept" if run.kept_step is not None
+                    else f"no training step was checkpointed, so the run's files were removed from {run.out_dir}")
+            raise TrainingError(f"{exc}. {kept[0].upper()}{kept[1:]}") from None
+        raise
+    return run.finish(time.perf_counter() - t0)
+
+
+class _Run:
+    """One training run: the params, Adam, the step and the train-loss accumulator, the metrics, and the files it
+    wrote (a failed start removes them)."""
+
+    def __init__(self, torch, preset: Preset, out_dir: Path, seed: int, threads: int, log):
+        from . import torch_model as TM
+
+        self.torch, self.TM, self.preset, self.out_dir, self.seed, self.threads, self.log = \
+            torch, TM, preset, out_dir, seed, threads, log
+        self.ckpt_path, self.metrics_path = out_dir / CHECKPOINT, out_dir / METRICS
+        self.cfg, self.L = preset.cfg, preset.n_blocks
+        self.params = {k: v.requires_grad_(True) for k, v in TM.init_params(self.cfg, self.L, seed).items()}
+        self.names = sorted(self.params)
+        self.opt = torch.optim.Adam([self.params[k] for k in self.names], lr=preset.lr, betas=ADAM_BETAS,
+                                    eps=ADAM_EPS, foreach=False)
+        self.step, self.acc_sum, self.acc_count = 0, 0.0, 0
+        self.metrics: list[dict] = []
+        self.kept_step = None                         # the step of the checkpoint a failure keeps; None: none yet
+        self.wrote: set[Path] = set()                 # the files this run wrote (removed again after a failed start)
+
+    def resume(self) -> None:
+        """Load the checkpoint (checked first), Adam's state and the metrics up to its step."""
+        torch, names, preset, ckpt_path = self.torch, self.names, self.preset, self.ckpt_path
         arrays, ck_cfg, meta = load_checkpoint(ckpt_path)
-        _check_resumable(ckpt_path, arrays, meta, preset, seed, {k: tuple(params[k].shape) for k in names},
-                         stored_dtypes(ckpt_path))
+        _check_resumable(ckpt_path, arrays, meta, preset, self.seed,
+                         {k: tuple(self.params[k].shape) for k in names}, stored_dtypes(ckpt_path))
         with torch.no_grad():
             for k in names:
-                params[k].copy_(torch.from_numpy(arrays[k].astype(np.float32)))
+                self.params[k].copy_(torch.from_numpy(arrays[k].astype(np.float32)))
         if meta["adam_step"] > 0:
-            opt.load_state_dict({"state": {i: {
+            self.opt.load_state_dict({"state": {i: {
                 "step": torch.tensor(float(meta["adam_step"])),
                 "exp_avg": torch.from_numpy(arrays[optim_key(k, "exp_avg")].astype(np.float32)),
                 "exp_avg_sq": torch.from_numpy(arrays[optim_key(k, "exp_avg_sq")].astype(np.float32)),
-            } for i, k in enumerate(names)}, "param_groups": opt.state_dict()["param_groups"]})
-        step, acc_sum, acc_count = meta["step"], meta["train_loss_sum"], meta["train_loss_count"]
-        metrics = _read_metrics(metrics_path, step)
-        _check_metrics(metrics_path, metrics, step, meta["preset"]["steps"], preset.eval_every)
-        log(f"resuming {ckpt_path} at step {step}/{preset.steps} on {threads} torch thread(s)")
+            } for i, k in enumerate(names)}, "param_groups": self.opt.state_dict()["param_groups"]})
+        self.step, self.acc_sum, self.acc_count = meta["step"], meta["train_loss_sum"], meta["train_loss_count"]
+        self.metrics = _read_metrics(self.metrics_path, self.step)
+        _check_metrics(self.metrics_path, self.metrics, self.step, meta["preset"]["steps"], preset.eval_every)
+        self.kept_step = self.step
+        self.log(f"resuming {ckpt_path} at step {self.step}/{preset.steps} on {self.threads} torch thread(s)")
         for note in _setting_changes(meta["preset"], preset):
-            log(note)
+            self.log(note)
+        self._thread_note(meta)
+
+    def _thread_note(self, meta: dict) -> None:
         if "threads" not in meta:
-            log(f"note: {ckpt_path} does not record its torch thread count (written by an older version): resuming "
-                f"on {threads}; on another count than the run began with, the result may differ from an "
-                "uninterrupted run in the last bits")
-        elif meta["threads"] != threads:
-            log(f"note: {ckpt_path} was written on {meta['threads']} torch thread(s), this run uses {threads}: "
-                "the result may differ from an uninterrupted run in the last bits (resume without --threads to "
-                "keep the recorded count)")
-    else:
-        if ckpt_path.exists() and not overwrite:
-            raise FileExistsError(f"{ckpt_path} exists: pass --resume to continue it, or choose another --out")
+            self.log(f"note: {self.ckpt_path} does not record its torch thread count (written by an older version): "
+                     f"resuming on {self.threads}; on another count than the run began with, the result may differ "
+                     "from an uninterrupted run in the last bits")
+        elif meta["threads"] != self.threads:
+            self.log(f"note: {self.ckpt_path} was written on {meta['threads']} torch thread(s), this run uses "
+                     f"{self.threads}: the result may differ from an uninterrupted run in the last bits (resume "
+                     "without --threads to keep the recorded count)")
+
+    def start_over(self, overwrite: bool) -> None:
+        if self.ckpt_path.exists() and not overwrite:
+            raise FileExistsError(f"{self.ckpt_path} exists: pass --resume to continue it, or choose another --out")
         if overwrite:
             for name in (CHECKPOINT, METRICS, MODEL):
-                (out_dir / name).unlink(missing_ok=True)
-        metrics = []
-    made_out_dir = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    kept_step = step if resume else None          # the step of the checkpoint a failure keeps; None: none yet
-    wrote: set[Path] = set()                      # the files this run wrote (removed again after a failed start)
+                (self.out_dir / name).unlink(missing_ok=True)
 
-    def numpy_params() -> dict:
-        return {k: params[k].detach().numpy().copy() for k in names}
+    def numpy_params(self) -> dict:
+        return {k: self.params[k].detach().numpy().copy() for k in self.names}
 
-    def evaluate(train_loss):
-        with torch.no_grad():
-            pred = TM.predict(params, cfg, L, Zv)
-            pred_dw = TM.predict_via_update(params, cfg, L, Zv)
-        ref = validate({k: v.astype(np.float64) for k, v in numpy_params().items()}, cfg, L, val)
+    def evaluate(self, train_loss) -> dict:
+        with self.torch.no_grad():
+            pred = self.TM.predict(self.params, self.cfg, self.L, self.Zv)
+            pred_dw = self.TM.predict_via_update(self.params, self.cfg, self.L, self.Zv)
+        ref = validate({k: v.astype(np.float64) for k, v in self.numpy_params().items()}, self.cfg, self.L, self.val)
+        yv = self.yv
         return {
-            "step": step, "train_loss": train_loss,
+            "step": self.step, "train_loss": train_loss,
             "val_loss": float(((pred - yv) ** 2).mean()), "val_loss_via_update": float(((pred_dw - yv) ** 2).mean()),
             "max_abs_diff_f32": float((pred - pred_dw).abs().max()),
             "val_loss_f64": ref.loss, "val_loss_via_update_f64": ref.loss_via_update,
             "max_abs_diff_f64": ref.max_abs_diff, "val_loss_zero": ref.loss_zero,
         }
 
-    def write_metrics():
-        _write_metrics(metrics_path, metrics)
-        wrote.add(metrics_path)
+    def write_metrics(self) -> None:
+        _write_metrics(self.metrics_path, self.metrics)
+        self.wrote.add(self.metrics_path)
 
-    def save():
-        nonlocal kept_step
-        arrays = numpy_params()
-        state = opt.state_dict()["state"]
+    def save(self) -> None:
+        arrays = self.numpy_params()
+        state = self.opt.state_dict()["state"]
         adam_step = int(state[0]["step"]) if state else 0
-        for i, k in enumerate(names):
+        for i, k in enumerate(self.names):
             if state:
                 arrays[optim_key(k, "exp_avg")] = state[i]["exp_avg"].numpy()
                 arrays[optim_key(k, "exp_avg_sq")] = state[i]["exp_avg_sq"].numpy()
-        write_metrics()
-        wrote.add(ckpt_path)
-        save_checkpoint(ckpt_path, arrays, cfg, preset=preset.to_dict(), seed=seed, step=step, adam_step=adam_step,
-                        train_loss_sum=acc_sum, train_loss_count=acc_count, torch_version=torch.__version__,
-                        threads=threads,
-                        rng={"scheme": "numpy default_rng([seed, 1, step]) per batch", "seed": seed,
-                             "next_step": step})
-        if step > 0:
-            kept_step = step
+        self.write_metrics()
+        self.wrote.add(self.ckpt_path)
+        save_checkpoint(self.ckpt_path, arrays, self.cfg, preset=self.preset.to_dict(), seed=self.seed, step=self.step,
+                        adam_step=adam_step, train_loss_sum=self.acc_sum, train_loss_count=self.acc_count,
+                        torch_version=self.torch.__version__, threads=self.threads,
+                        rng={"scheme": "numpy default_rng([seed, 1, step]) per batch", "seed": self.seed,
+                             "next_step": self.step})
+        if self.step > 0:
+            self.kept_step = self.step
 
-    t0, done_here = time.perf_counter(), 0
-    try:
-        val = validation_prompts(preset.val_prompts, preset.n_points, preset.d, preset.val_seed)
-        Zv = torch.tensor(val.Z, dtype=torch.float32)
-        yv = torch.tensor(val.target, dtype=torch.float32)
-        if step == 0 and not metrics:
-            metrics.append(evaluate(None))
-            if not all(math.isfinite(metrics[0][k]) for k in ("val_loss", "val_loss_f64")):
-                raise TrainingError(f"the validation loss of the initial model is not finite ({metrics[0]['val_loss']}"
-                                    f" in float32, {metrics[0]['val_loss_f64']} in float64): there is nothing to "
+    def loop(self, progress: bool, stop_after) -> None:
+        """Evaluate the initial model (a new run), then train up to ``preset.steps`` (or ``stop_after`` steps)."""
+        torch, preset = self.torch, self.preset
+        self.val = validation_prompts(preset.val_prompts, preset.n_points, preset.d, preset.val_seed)
+        self.Zv = torch.tensor(self.val.Z, dtype=torch.float32)
+        self.yv = torch.tensor(self.val.target, dtype=torch.float32)
+        if self.step == 0 and not self.metrics:
+            self.metrics.append(self.evaluate(None))
+            first = self.metrics[0]
+            if not all(math.isfinite(first[k]) for k in ("val_loss", "val_loss_f64")):
+                raise TrainingError(f"the validation loss of the initial model is not finite ({first['val_loss']}"
+                                    f" in float32, {first['val_loss_f64']} in float64): there is nothing to "
                                     "train from")
-            save()
-        with progress_bar(preset.steps, step, f"train {preset.name}", progress) as bar:
-            while step < preset.steps and (stop_after is None or done_here < stop_after):
-                prompts = batch(preset, seed, step)
-                Z = torch.tensor(prompts.Z, dtype=torch.float32)              # (B, N+1, d+1)
-                y = torch.tensor(prompts.target, dtype=torch.float32)         # (B,)
-                try:
-                    loss = ((TM.predict(params, cfg, L, Z) - y) ** 2).mean()
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if preset.grad_clip:
-                        torch.nn.utils.clip_grad_norm_([params[k] for k in names], preset.grad_clip)
-                    opt.step()
-                except RuntimeError as exc:           # torch's own errors (an overflowing lr, memory): one line
-                    raise TrainingError(f"training failed at step {step + 1} (Adam lr {preset.lr:g}): "
-                                        f"{str(exc).strip().splitlines()[0]}") from None
-                step += 1
+            self.save()
+        done_here = 0
+        with progress_bar(preset.steps, self.step, f"train {preset.name}", progress) as bar:
+            while self.step < preset.steps and (stop_after is None or done_here < stop_after):
+                loss_value = self.train_step()
                 done_here += 1
-                loss_value = float(loss.detach())
-                if not math.isfinite(loss_value) or not all(bool(torch.isfinite(params[k]).all()) for k in names):
-                    # Never evaluate or checkpoint a diverged state: the last checkpoint stays the last good one.
-                    raise TrainingError(f"training diverged at step {step}: the loss or the weights are no longer "
-                                        f"finite (Adam lr {preset.lr:g}); lower --lr")
-                acc_sum += loss_value
-                acc_count += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)      # shown at the bar's next redraw
-                if step % preset.eval_every == 0 or step == preset.steps:
-                    rec = evaluate(acc_sum / acc_count)
-                    metrics.append(rec)
-                    acc_sum, acc_count = 0.0, 0
+                if self.step % preset.eval_every == 0 or self.step == preset.steps:
+                    rec = self.evaluate(self.acc_sum / self.acc_count)
+                    self.metrics.append(rec)
+                    self.acc_sum, self.acc_count = 0.0, 0
                     bar.set_postfix(loss=f"{rec['train_loss']:.4f}", val=f"{rec['val_loss']:.4f}", refresh=False)
-                    write_metrics()
-                if step % preset.checkpoint_every == 0 or step == preset.steps:
-                    save()
-    except BaseException as exc:
-        if kept_step is None:                      # a failed start: leave nothing behind
-            for path in wrote:
-                path.unlink(missing_ok=True)
-            if made_out_dir and not any(out_dir.iterdir()):
-                out_dir.rmdir()
-        if isinstance(exc, TrainingError):
-            kept = (f"the last checkpoint in {out_dir} (step {kept_step}) is kept" if kept_step is not None else
-                    f"no training step was checkpointed, so the run's files were removed from {out_dir}")
-            raise TrainingError(f"{exc}. {kept[0].upper()}{kept[1:]}") from None
-        raise
-    seconds = time.perf_counter() - t0
-    final = numpy_params()
-    result_val = None
-    if step == preset.steps:
-        result_val = validate({k: v.astype(np.float64) for k, v in final.items()}, cfg, L, val)
-        save_model(out_dir / MODEL, final, preset, seed, step, result_val)
-        log(f"done: {step} steps; validation loss {result_val.loss:.4g} (predicting 0: {result_val.loss_zero:.4g}); "
-            f"model in {out_dir / MODEL}")
-    else:
-        save()
-        log(f"stopped at step {step}/{preset.steps}; continue with --resume")
-    return TrainResult(out_dir=out_dir, step=step, params=final, validation=result_val, seconds=seconds)
+                    self.write_metrics()
+                if self.step % preset.checkpoint_every == 0 or self.step == preset.steps:
+                    self.save()
+
+    def train_step(self) -> float:
+        """One Adam step on the step's batch; the loss, or a TrainingError (torch's own, or a diverged state)."""
+        torch, preset, params = self.torch, self.preset, self.params
+        prompts = batch(preset, self.seed, self.step)
+        Z = torch.tensor(prompts.Z, dtype=torch.float32)              # (B, N+1, d+1)
+        y = torch.tensor(prompts.target, dtype=torch.float32)         # (B,)
+        try:
+            loss = ((self.TM.predict(params, self.cfg, self.L, Z) - y) ** 2).mean()
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if preset.grad_clip:
+                torch.nn.utils.clip_grad_norm_([params[k] for k in self.names], preset.grad_clip)
+            self.opt.step()
+        except RuntimeError as exc:           # torch's own errors (an overflowing lr, memory): one line
+            raise TrainingError(f"training failed at step {self.step + 1} (Adam lr {preset.lr:g}): "
+                                f"{str(exc).strip().splitlines()[0]}") from None
+        self.step += 1
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value) or not all(bool(torch.isfinite(params[k]).all()) for k in self.names):
+            # Never evaluate or checkpoint a diverged state: the last checkpoint stays the last good one.
+            raise TrainingError(f"training diverged at step {self.step}: the loss or the weights are no longer "
+                                f"finite (Adam lr {preset.lr:g}); lower --lr")
+        self.acc_sum += loss_value
+        self.acc_count += 1
+        return loss_value
+
+    def remove_what_it_wrote(self, made_out_dir: bool) -> None:
+        for path in self.wrote:
+            path.unlink(missing_ok=True)
+        if made_out_dir and not any(self.out_dir.iterdir()):
+            self.out_dir.rmdir()
+
+    def finish(self, seconds: float) -> TrainResult:
+        """The final model (``model.npz`` with its float64 validation) at the last step, else a checkpoint."""
+        final, result_val, preset, out_dir = self.numpy_params(), None, self.preset, self.out_dir
+        if self.step == preset.steps:
+            result_val = validate({k: v.astype(np.float64) for k, v in final.items()}, self.cfg, self.L, self.val)
+            save_model(out_dir / MODEL, final, preset, self.seed, self.step, result_val)
+            self.log(f"done: {self.step} steps; validation loss {result_val.loss:.4g} (predicting 0: "
+                     f"{result_val.loss_zero:.4g}); model in {out_dir / MODEL}")
+        else:
+            self.save()
+            self.log(f"stopped at step {self.step}/{preset.steps}; continue with --resume")
+        return TrainResult(out_dir=out_dir, step=self.step, params=final, validation=result_val, seconds=seconds)
 
 
 def save_model(path, params: dict, preset: Preset, seed: int, step: int, validation) -> Path:
@@ -355,201 +389,3 @@ def save_model(path, params: dict, preset: Preset, seed: int, step: int, validat
 
 # Options a resume may change: neither alters the weights, the metrics or what the run's end writes (see
 # _check_settings for --steps, which may only be raised).
-FREE_ON_RESUME = ("checkpoint_every",)
-OPTION_NAMES = {"name": "--preset", "steps": "--steps", "batch_size": "--batch-size", "lr": "--lr",
-                "eval_every": "--eval-every", "checkpoint_every": "--checkpoint-every",
-                "val_prompts": "--val-prompts", "n_points": "--n-points"}
-ABSENT = "(absent)"         # how a setting one side does not record is shown
-
-
-def _check_resumable(path: Path, arrays: dict, meta: dict, preset: Preset, seed: int, shapes: dict,
-                     dtypes: dict | None = None) -> None:
-    """Raise ``CheckpointError`` (naming ``path``) unless the training state in ``path`` continues ``preset``.
-
-    Checked before anything is loaded into the model: the meta fields and their types, the settings (only
-    ``--checkpoint-every`` may differ, and ``--steps`` may be raised), the seed, and, once Adam has stepped, its two
-    moments for every parameter (present, of the parameter's shape, finite, the second one non-negative); with
-    ``dtypes`` (the file's stored dtypes, ``stored_dtypes``) every one of those arrays stored as float32 (or
-    wider, holding float32 values: a lossless copy).
-    """
-    _check_meta_fields(path, meta)
-    _check_settings(path, meta["preset"], preset, meta["step"])
-    if meta["seed"] != seed:
-        raise CheckpointError(f"checkpoint {path}: was written with seed {meta['seed']}, not {seed}")
-    _check_arrays(path, arrays, shapes, adam_started=meta["adam_step"] > 0)
-    for key, dtype in sorted((dtypes or {}).items()):
-        if key not in shapes and not is_optim_key(key):
-            continue
-        what = "Adam's state" if is_optim_key(key) else "the parameter"
-        if dtype.kind != "f" or dtype.itemsize < np.dtype(STATE_DTYPE).itemsize:
-            problem = f"is stored as {dtype}"               # float16: the trained values lost their last bits
-        elif dtype != STATE_DTYPE and not np.array_equal(arrays[key].astype(STATE_DTYPE), arrays[key]):
-            problem = f"is stored as {dtype} with values that are not {np.dtype(STATE_DTYPE)} numbers"
-        else:
-            continue                                        # float32, or wider holding float32 values exactly
-        raise CheckpointError(f"checkpoint {path}: {what} {key!r} {problem}, expected {np.dtype(STATE_DTYPE)} (what "
-                              "train writes; a copy re-saved in another dtype cannot continue the run exactly): "
-                              "start a new run into another --out")
-
-
-def _check_metrics(path: Path, metrics: list[dict], step: int, recorded_steps, eval_every: int) -> None:
-    """The metrics file holds every evaluation up to ``step`` (written before each checkpoint, so a resume that
-    finds one missing would silently lose E1's curve): at step 0, each ``eval_every`` and a finished run's end."""
-    if step == 0:                                   # a checkpoint of step 0 alone: its evaluation is made again
-        return
-    expected = {0, *range(eval_every, step + 1, eval_every)} | ({step} if step == recorded_steps else set())
-    missing = sorted(expected - {rec.get("step") for rec in metrics})
-    if missing:
-        what = "is missing" if not path.exists() else \
-            f"lacks the evaluations at step{'s' if len(missing) > 1 else ''} " + \
-            ", ".join(map(str, missing[:5])) + (", …" if len(missing) > 5 else "")
-        raise CheckpointError(f"metrics file {path} {what}: the checkpoint at step {step} needs the evaluations "
-                              "written before it (E1's curve would silently lose them); restore the file, or start "
-                              "a new run with --overwrite or into another --out")
-
-
-def _check_meta_fields(path: Path, meta: dict) -> None:
-    """The training fields of the meta record: present, of the right types, and consistent."""
-    needed = ("preset", "seed", "step", "adam_step", "train_loss_sum", "train_loss_count")
-    missing = [k for k in needed if k not in meta]
-    if missing:
-        raise CheckpointError(f"checkpoint {path}: not a training checkpoint (its meta lacks {missing})")
-
-    def bad(field, expected):
-        raise CheckpointError(f"checkpoint {path}: its meta '{field}' must be {expected}, got {meta[field]!r}; the "
-                              "file is damaged: start a new run into another --out")
-
-    if not isinstance(meta["preset"], dict):
-        bad("preset", "a record of the training settings (a JSON object)")
-    for field in ("seed", "step", "adam_step", "train_loss_count"):
-        if not is_count(meta[field]):
-            bad(field, "a whole number >= 0")
-    loss_sum = meta["train_loss_sum"]
-    if isinstance(loss_sum, bool) or not isinstance(loss_sum, (int, float)) or not math.isfinite(loss_sum):
-        bad("train_loss_sum", "a finite number")
-    if "threads" in meta and not is_count(meta["threads"], 1):
-        bad("threads", "a whole number >= 1")
-    if meta["adam_step"] != meta["step"]:
-        raise CheckpointError(f"checkpoint {path}: its meta 'adam_step' {meta['adam_step']} differs from 'step' "
-                              f"{meta['step']} (Adam steps once per training step); the file is damaged")
-    if meta["train_loss_count"] > meta["step"]:
-        bad("train_loss_count", f"at most the step, {meta['step']}")
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    """``{"cfg": {"d_mlp": 32}}`` as ``{"cfg.d_mlp": 32}`` (one level is all a preset nests)."""
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def _stderr_is_terminal() -> bool:
-    try:
-        return sys.stderr.isatty()
-    except (AttributeError, ValueError):          # a closed or replaced stream
-        return False
-
-
-class _Lines:
-    """A stream for tqdm that turns each redraw (``\\r`` + the bar) into a line of its own: for a log file."""
-
-    def __init__(self, stream):
-        self.stream = stream
-        self.encoding = getattr(stream, "encoding", None)
-
-    def write(self, text: str) -> None:
-        line = text.replace("\r", "").rstrip()
-        if line:
-            self.stream.write(line + "\n")
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-
-def progress_bar(total: int, initial: int, desc: str, enabled: bool):
-    """A tqdm bar on stderr: redrawn in place on a terminal; anywhere else (a file, a pipe) a plain line at the start,
-    every 10 s and at the end, never a carriage return. Every progress display of the project is this one."""
-    from tqdm import tqdm
-
-    terminal = _stderr_is_terminal()
-    return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, unit="step",
-                file=sys.stderr if terminal else _Lines(sys.stderr), dynamic_ncols=terminal,
-                ncols=None if terminal else 100, mininterval=0.1 if terminal else 10.0)
-
-
-class SettingsMismatch(CheckpointError):
-    """A training checkpoint written with other settings; ``shown`` lists them, recorded against given."""
-
-    def __init__(self, message: str, shown: str = ""):
-        super().__init__(message)
-        self.shown = shown
-
-
-def _check_settings(path: Path, recorded: dict, preset: Preset, step: int) -> None:
-    """The given settings continue the recorded ones exactly as an uninterrupted run with the given ones would."""
-    given = _flat(preset.to_dict())
-    rec = _flat(recorded)
-    differ = sorted(k for k in set(given) | set(rec) if rec.get(k, ABSENT) != given.get(k, ABSENT)
-                    and k not in FREE_ON_RESUME + ("steps",))
-    if differ:
-        shown = "; ".join(f"{OPTION_NAMES.get(k, k)}: recorded {rec.get(k, ABSENT)!r}, given {given.get(k, ABSENT)!r}"
-                          for k in differ)
-        raise SettingsMismatch(f"checkpoint {path}: was written for a different preset/settings ({shown}); resume "
-                               "with the recorded values (on resume only --checkpoint-every may change, and --steps "
-                               "may be raised)", shown)
-    old_steps = rec.get("steps")
-    if not is_count(old_steps, 1) or step > old_steps:
-        raise CheckpointError(f"checkpoint {path}: its recorded preset has steps {old_steps!r} but the state is at "
-                              f"step {step}; the file is damaged")
-    if preset.steps < old_steps:
-        raise CheckpointError(f"checkpoint {path}: --steps: recorded {old_steps}, given {preset.steps}: --steps can be "
-                              f"raised on resume, not lowered (a {preset.steps}-step run ends with an evaluation at "
-                              "its last step that this run did not make); train the shorter run into another --out")
-    if preset.steps > old_steps and step == old_steps and old_steps % preset.eval_every:
-        raise CheckpointError(
-            f"checkpoint {path}: --steps: recorded {old_steps}, given {preset.steps}: this run ended at step "
-            f"{old_steps} with a final evaluation off the --eval-every {preset.eval_every} grid, which an "
-            f"uninterrupted {preset.steps}-step run would not make (its metrics would differ); train the longer "
-            "run into another --out")
-
-
-def _setting_changes(recorded: dict, preset: Preset) -> list[str]:
-    """Notes for the settings a resume changes (those ``_check_settings`` lets through)."""
-    notes = []
-    if preset.steps != recorded["steps"]:
-        notes.append(f"extending the run from {recorded['steps']} to {preset.steps} steps (the same as an "
-                     f"uninterrupted {preset.steps}-step run: the learning rate does not depend on the total)")
-    for k in FREE_ON_RESUME:
-        if recorded.get(k) != getattr(preset, k):
-            notes.append(f"{OPTION_NAMES[k]} {getattr(preset, k)} from now on (recorded {recorded.get(k)!r}); "
-                         "the weights do not depend on it")
-    return notes
-
-
-def _check_arrays(path: Path, arrays: dict, shapes: dict, adam_started: bool) -> None:
-    """Every parameter present with its shape; once Adam has stepped, both of its moments per parameter too."""
-    for name, shape in shapes.items():
-        if name not in arrays or arrays[name].shape != shape:
-            got = "missing" if name not in arrays else f"of shape {arrays[name].shape}"
-            raise CheckpointError(f"checkpoint {path}: the parameter {name!r} is {got}, expected shape {shape}")
-        if not adam_started:
-            continue
-        for slot in ("exp_avg", "exp_avg_sq"):
-            key = optim_key(name, slot)
-            value = arrays.get(key)
-            if value is None:
-                problem = "is missing"
-            elif value.shape != shape:
-                problem = f"has shape {value.shape}"
-            elif not np.all(np.isfinite(value)):
-                problem = "holds non-finite values"
-            elif slot == "exp_avg_sq" and np.any(value < 0):
-                problem = "holds negative values (a running mean of squares cannot)"
-            else:
-                continue
-            raise CheckpointError(f"checkpoint {path}: Adam's state {key!r} {problem}, expected finite values of "
-                                  f"shape {shape}; the file is damaged: start a new run into another --out")
