@@ -47,7 +47,7 @@ class Backend(Protocol):
     def block(self, params, cfg, Z): """``(…, T, d_model)`` block output at every position."""
     def block_output(self, params, cfg, context, query): """``T_W(C, x)``, ``(…, d_model)``."""
     def implicit_update(self, params, cfg, context, query, remove=None): """P1 Thm 2.2: ``Update(u, a, delta_b)``."""
-    def apply_update(self, params, update) -> dict: """``mlp.W += ΔW``, ``mlp.b_out += Δb``."""
+    def apply_update(self, params, update) -> dict: """``mlp.W += ΔW``, ``Δb`` on the bias ``bias_key`` names."""
     def position_updates(self, params, cfg, Z, query: str = "own"): """P2 (THEORY §3b): one update per position."""
     def trajectory(self, params, cfg, context, query): """P1 Prop. 3.1 over every prefix: a ``Trajectory``."""
     def model_forward(self, model_params, model_cfg, Z) -> list: """Hidden states ``[H^0 … H^L]``."""

@@ -20,7 +20,7 @@ from implicit_icl.reference.checks import check_int
 from implicit_icl.reference.blocks import kept_positions
 from implicit_icl.reference.config import BlockConfig
 from implicit_icl.reference.model import normalise_stack
-from implicit_icl.reference.update import Update, check_positions_input, update_from_taps
+from implicit_icl.reference.update import Update, bias_key, check_positions_input, update_from_taps
 from implicit_icl.reference.validation import check_remove
 
 from . import torch_ops
@@ -166,7 +166,8 @@ class TorchBackend:
         return upd
 
     def apply_update(self, params, update) -> dict:
-        """New params with ``mlp.W += ΔW`` and ``mlp.b_out += Δb`` (the input dict is not modified)."""
+        """New params with ``mlp.W += ΔW`` and ``Δb`` on the block's bias (``reference.update.bias_key``: ``mlp.b_out``,
+        or ``mlp.b_post`` after a post-MLP norm); the input dict is not modified."""
         if not isinstance(update, Update):
             raise ValueError(f"update must be an Update, got {type(update).__name__}")
         update = self.asarray(update)
@@ -177,7 +178,8 @@ class TorchBackend:
                 f"update must be a single Update with u ({M},), a and delta_b ({D},); got u {tuple(update.u.shape)}, "
                 f"a {tuple(update.a.shape)}, delta_b {tuple(update.delta_b.shape)} (index a batch first)")
         new["mlp.W"] = new["mlp.W"] + update.delta_W
-        new["mlp.b_out"] = new["mlp.b_out"] + update.delta_b
+        key = bias_key(new)
+        new[key] = new[key] + update.delta_b
         return new
 
     @synced

@@ -74,8 +74,27 @@ def self_attention(params: dict, cfg: BlockConfig, X: torch.Tensor, positions=No
     q, k, v = (heads(params, cfg, X, key, positions) for key in "qkv")               # (B, H, T, dh)
     pos = positions_of(X, positions)
     mask = visible(cfg, pos, pos, cfg.causal)
-    o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=cfg.causal and mask is None)
+    o = attend(cfg, q, k, v, mask, is_causal=cfg.causal and mask is None)
     return merge_heads(params, cfg, o).reshape(*batch, T, cfg.d_model)               # (..., T, d_model)
+
+
+def softcap(s: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """``cap · tanh(s/cap)`` (``cap=None``: ``s``), as ``reference.layers.softcap``."""
+    return s if cap is None else cap * torch.tanh(s / cap)
+
+
+def attend(cfg: BlockConfig, q, k, v, mask=None, is_causal: bool = False) -> torch.Tensor:
+    """``softmax(softcap(q·k · logit_scale))`` over the visible keys, times ``v``: ``(..., H, Tq, dh)``.
+    ``scaled_dot_product_attention`` (with ``cfg.attn_scale`` as its ``scale``) where the logits are not capped; an
+    explicit softmax where they are (the fused kernels have no soft-cap), which forms the ``Tq × Tk`` logits."""
+    if cfg.attn_softcap is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=cfg.attn_scale)
+    s = softcap(q @ k.transpose(-1, -2) * cfg.logit_scale, cfg.attn_softcap)          # (..., H, Tq, Tk)
+    if is_causal:
+        mask = torch.ones(s.shape[-2:], dtype=torch.bool, device=s.device).tril()
+    if mask is not None:
+        s = s.masked_fill(~mask, -torch.inf)
+    return torch.softmax(s, -1) @ v
 
 
 def query_attention(params: dict, cfg: BlockConfig, X: torch.Tensor, positions=None) -> torch.Tensor:
@@ -85,7 +104,7 @@ def query_attention(params: dict, cfg: BlockConfig, X: torch.Tensor, positions=N
     q = heads(params, cfg, X[..., -1:, :], "q", pos[-1:])                           # (..., H, 1, dh)
     k, v = heads(params, cfg, X, "k", pos), heads(params, cfg, X, "v", pos)          # (..., H, T, dh)
     mask = visible(cfg, pos[-1:], pos, causal=True)
-    return merge_heads(params, cfg, F.scaled_dot_product_attention(q, k, v, attn_mask=mask))[..., 0, :]
+    return merge_heads(params, cfg, attend(cfg, q, k, v, mask))[..., 0, :]
 
 
 def alone_attention(params: dict, cfg: BlockConfig, X: torch.Tensor) -> torch.Tensor:
@@ -167,9 +186,10 @@ def taps(params: dict, cfg: BlockConfig, Z: torch.Tensor, positions=None):
     return taps_from_attention(params, cfg, Z, attention(params, cfg, Z, positions))
 
 
-def head(params: dict, cfg: BlockConfig, a, r, W=None, b_out=None) -> torch.Tensor:
-    """``finish(r + MLP(a))`` with optional replacement ``W`` / ``b_out``: ``reference.kinds``."""
-    return kinds.head(params, cfg, a, r, OPS, W=W, b_out=b_out)
+def head(params: dict, cfg: BlockConfig, a, r, W=None, b_out=None, delta_b=None) -> torch.Tensor:
+    """``finish(r + MLP(a))`` with optional replacement ``W`` / ``b_out`` and a bias update ``delta_b``:
+    ``reference.kinds``."""
+    return kinds.head(params, cfg, a, r, OPS, W=W, b_out=b_out, delta_b=delta_b)
 
 
 def block(params: dict, cfg: BlockConfig, Z: torch.Tensor) -> torch.Tensor:

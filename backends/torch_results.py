@@ -133,7 +133,8 @@ class Trajectory:
 
     @cached_property
     def pred_update(self) -> torch.Tensor:
-        """``T_{W_i}(x)`` (..., n+1, D): the query alone through ``W_i = W_0 + ΔW_i``, ``b_out + Δb_i``.
+        """``T_{W_i}(x)`` (..., n+1, D): the query alone through ``W_i = W_0 + ΔW_i`` and the bias ``+ Δb_i`` (on
+        ``mlp.b_out``, or after the post-MLP norm: ``kinds.mlp_branch``).
 
         ``W_i a = W_0 a + u_i`` (``ΔW_i a = u_i aᵀa/‖a‖² = u_i``), so no ``(M, D)`` matrix per prefix is formed.
         """
@@ -141,7 +142,8 @@ class Trajectory:
 
         def slab(s, e):
             pre = (self.a @ self.W0.T)[..., None, :] + self.delta[..., s:e, :] @ self.W0.T + P["mlp.b"]  # (..., S, d_in)
-            out = self.r[..., None, :] + torch_ops.mlp_from_pre(P, cfg, pre, P["mlp.b_out"] + self.delta_b[..., s:e, :])
+            m = torch_ops.mlp_from_pre(P, cfg, pre, P["mlp.b_out"])                                  # (..., S, D)
+            out = self.r[..., None, :] + kinds.mlp_branch(P, cfg, m, torch_ops.OPS, self.delta_b[..., s:e, :])
             return kinds.finish(P, cfg, out, torch_ops.OPS)                                           # (..., S, D)
         return self._slabbed(slab)
 

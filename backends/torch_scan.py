@@ -17,9 +17,9 @@ round-off of float32 sums at ``~ log_B(n)·B·eps`` in the worst case instead of
 """
 from __future__ import annotations
 
-import math
-
 import torch
+
+from implicit_icl.reference import kinds
 
 from . import torch_ops
 from .torch_results import Trajectory
@@ -156,9 +156,10 @@ def prefix_attention_scan(P: dict, cfg, x: torch.Tensor, context: torch.Tensor, 
     n, H, dh, D = context.shape[-2], cfg.n_heads, cfg.head_dim, cfg.d_model
     at_n = torch.tensor([n], device=x.device)
     xn = torch_ops.attention_input(P, cfg, x)[..., None, :]                         # (..., 1, D)
-    q = torch_ops.heads(P, cfg, xn, "q", at_n)[..., 0, :] * (1.0 / math.sqrt(dh))   # (..., H, dh)
+    q = torch_ops.heads(P, cfg, xn, "q", at_n)[..., 0, :] * cfg.logit_scale         # (..., H, dh)
     v_x = torch_ops.heads(P, cfg, xn, "v")[..., 0, :]                               # (..., H, dh)
     s_x = (q * torch_ops.heads(P, cfg, xn, "k", at_n)[..., 0, :]).sum(-1)          # (..., H): the query's own logit
+    s_x = torch_ops.softcap(s_x, cfg.attn_softcap)
     linear_keys = not (cfg.rotary or cfg.qk_norm)       # then s_j = (W_k^hᵀ q_h)·x_j + q_h·b_k^h, one (D × H) product
     if linear_keys:
         W_k = P["attn.W_k"].reshape(cfg.kv_heads, dh, D).repeat_interleave(H // cfg.kv_heads, 0)     # (H, dh, D)
@@ -177,6 +178,7 @@ def prefix_attention_scan(P: dict, cfg, x: torch.Tensor, context: torch.Tensor, 
             s = s + qb[..., None] if qb is not None else s
         else:
             s = (q[..., :, None, :] * torch_ops.heads(P, cfg, C, "k", pos)).sum(-1)  # (..., H, S)
+        s = torch_ops.softcap(s, cfg.attn_softcap)                                  # Gemma 2's capped logits
         if cfg.sliding_window is not None:                                          # the query at n sees n − j < w
             s = torch.where(n - pos < cfg.sliding_window, s, -torch.inf)
         v = torch_ops.heads(P, cfg, C, "v")                                         # (..., H, S, dh)
@@ -187,18 +189,25 @@ def prefix_attention_scan(P: dict, cfg, x: torch.Tensor, context: torch.Tensor, 
         yield s0, torch_ops.merge_heads(P, cfg, o), torch_ops.merge_heads(P, cfg, inc, bias=False)
 
 
-def tap_increments(P: dict, cfg, x: torch.Tensor, A: torch.Tensor, dA: torch.Tensor, pre_prev: torch.Tensor):
-    """``a_i − a_{i−1}`` for every prefix of the slab from ``ΔA_i = A_i − A_{i−1}`` without subtracting taps.
+def tap_increments(P: dict, cfg, x: torch.Tensor, A: torch.Tensor, dA: torch.Tensor, A_prev: torch.Tensor):
+    """``a_i − a_{i−1}`` for every prefix of the slab from ``ΔA_i = A_i − A_{i−1}`` without subtracting taps
+    (``A_prev``: the attention output of the prefix before the slab).
 
     Linear taps (plain, p1-skip, residual) move by ``ΔA``; LayerNorm taps by :func:`layer_norm_increment`, RMSNorm
-    taps by :func:`rms_norm_increment`; a parallel block's tap ``N2 x`` does not move.
+    taps by :func:`rms_norm_increment`; a parallel block's tap ``N2 x`` does not move. With ``post_norms`` the
+    residual moves by the increment of ``ln_post_attn(A)`` first (the same exact form).
     """
     if cfg.kind in ("plain", "p1-skip", "residual"):
         return dA
     if cfg.kind == "parallel":
         return torch.zeros_like(dA)
-    pre = x[..., None, :] + A                                                       # (..., S, D): the LN input
-    before = torch.cat([pre_prev[..., None, :], pre[..., :-1, :]], -2)
+    A_before = torch.cat([A_prev[..., None, :], A[..., :-1, :]], -2)                # A_{i−1}: (..., S, D)
+    if cfg.post_norms:
+        g_post = cfg.norm_offset + P["ln_post_attn.g"]
+        dA = rms_norm_increment(A_before, dA, g_post, cfg.ln_eps) if cfg.norm_kind == "rms" \
+            else layer_norm_increment(A_before, dA, P["ln_post_attn.g"], cfg.ln_eps)
+        A_before = kinds.norm(P, cfg, "ln_post_attn", A_before, torch_ops.OPS)
+    before = x[..., None, :] + A_before                                             # the LN input of prefix i − 1
     g = P["ln1.g"] if cfg.kind == "post-ln" else P["ln2.g"]
     if cfg.norm_kind == "rms":
         return rms_norm_increment(before, dA, cfg.norm_offset + g, cfg.ln_eps)
@@ -275,12 +284,12 @@ def scan_trajectory(P0: dict, cfg, context: torch.Tensor, query: torch.Tensor, s
     step_n = torch.empty(*batch, n, dtype=acc, device=x.device)
     loss = torch.empty(*batch, n, dtype=acc, device=x.device)
     dW_n[..., 0] = 0
-    pre_prev = x + A0                                                            # LN input of the previous prefix
+    A_prev = A0                                                                  # the previous prefix's attention
     a_prev = a0
     for s0, A, dA in scan:
         a, r = torch_ops.taps_from_attention(P, cfg, x[..., None, :].expand_as(A), A)
-        da = tap_increments(P, cfg, x, A, dA, pre_prev)                         # (..., S, D)
-        pre_prev = x + A[..., -1, :]
+        da = tap_increments(P, cfg, x, A, dA, A_prev)                           # (..., S, D)
+        A_prev = A[..., -1, :]
         S = A.shape[-2]
         d = a - a0[..., None, :]
         if keep:

@@ -7,8 +7,6 @@ of about ``elements`` logits so that memory stays O(n·d).
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
@@ -19,23 +17,24 @@ from . import torch_ops
 ELEMENTS = 1 << 23      # logits per chunk of the chunked causal attention
 
 
-def chunked_attention(q, k, v, offset: int, own=None, elements: int = ELEMENTS):
+def chunked_attention(cfg, q, k, v, offset: int, own=None, elements: int = ELEMENTS):
     """Row i of ``q`` (..., H, Tq, dh) attends to keys ``j < i + offset`` of ``k, v`` (..., H, Tk, dh) plus,
     if given, its own extra key/value ``own = (k_own, v_own)`` (..., H, Tq, dh); chunks of query rows
-    keep the logits at about ``elements`` numbers. Returns (..., H, Tq, dh)."""
+    keep the logits at about ``elements`` numbers. Logits scaled by ``cfg.logit_scale`` and soft-capped by
+    ``cfg.attn_softcap`` (``torch_ops.attend``). Returns (..., H, Tq, dh)."""
     Tq, Tk = q.shape[-2], k.shape[-2]
     rows = max(1, elements // max(1, Tk * int(np.prod(q.shape[:-2]))))
-    scale = 1.0 / math.sqrt(q.shape[-1])
+    scale, cap = cfg.logit_scale, cfg.attn_softcap
     outs = []
     for i0 in range(0, Tq, rows):
         i1 = min(Tq, i0 + rows)
         kmax = max(0, min(Tk, i1 - 1 + offset))                                  # keys any row here can see
-        logits = q[..., i0:i1, :] @ k[..., :kmax, :].transpose(-1, -2) * scale    # (..., H, R, K)
+        logits = torch_ops.softcap(q[..., i0:i1, :] @ k[..., :kmax, :].transpose(-1, -2) * scale, cap)  # (..., H, R, K)
         seen = (torch.arange(kmax, device=q.device)[None, :]
                 < (torch.arange(i0, i1, device=q.device)[:, None] + offset))       # (R, K)
         logits = torch.where(seen, logits, -torch.inf)
         if own is not None:
-            s_own = (q[..., i0:i1, :] * own[0][..., i0:i1, :]).sum(-1, keepdim=True) * scale  # (..., H, R, 1)
+            s_own = torch_ops.softcap((q[..., i0:i1, :] * own[0][..., i0:i1, :]).sum(-1, keepdim=True) * scale, cap)
             w = torch.softmax(torch.cat([logits, s_own], -1), -1)                # (..., H, R, K+1)
             outs.append(w[..., :kmax] @ v[..., :kmax, :] + w[..., kmax:] * own[1][..., i0:i1, :])
         else:
@@ -49,7 +48,7 @@ def prefix_attention(P, cfg, Hc, Xq, elements):
     n = Hc.shape[-2]
     Xn, Cn = torch_ops.attention_input(P, cfg, Xq), torch_ops.attention_input(P, cfg, Hc)
     at_n = torch.full((n + 1,), n, device=Xq.device)
-    o = chunked_attention(torch_ops.heads(P, cfg, Xn, "q", at_n), torch_ops.heads(P, cfg, Cn, "k"),
+    o = chunked_attention(cfg, torch_ops.heads(P, cfg, Xn, "q", at_n), torch_ops.heads(P, cfg, Cn, "k"),
                           torch_ops.heads(P, cfg, Cn, "v"), offset=0,
                           own=(torch_ops.heads(P, cfg, Xn, "k", at_n), torch_ops.heads(P, cfg, Xn, "v")),
                           elements=elements)
@@ -62,7 +61,7 @@ def causal_block(P, cfg, Hc, elements):
         return Hc
     X = torch_ops.attention_input(P, cfg, Hc)
     q, k, v = (torch_ops.heads(P, cfg, X, key) for key in "qkv")                  # (..., H, T, dh)
-    A = torch_ops.merge_heads(P, cfg, chunked_attention(q, k, v, offset=1, elements=elements))
+    A = torch_ops.merge_heads(P, cfg, chunked_attention(cfg, q, k, v, offset=1, elements=elements))
     return torch_ops.head(P, cfg, *torch_ops.taps_from_attention(P, cfg, Hc, A))
 
 

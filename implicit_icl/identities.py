@@ -18,7 +18,8 @@ from implicit_icl.reference import (
     trajectory,
 )
 from implicit_icl.reference.blocks import kept_positions
-from implicit_icl.reference.kinds import attention_input
+from implicit_icl.reference.kinds import attention_input, norm
+from implicit_icl.reference.update import bias_key
 from implicit_icl.reference.subsets import marginal_updates, prefix_trajectory, subset_updates
 
 # the modern kinds with every feature of theirs switched on (THEORY §11), one config each (d_model 6, d_mlp 10):
@@ -31,6 +32,9 @@ MODERN_CONFIGS = {
                                 norm_offset=1.0, sliding_window=3),
     "neox-partial-rotary": dict(kind="parallel", activation="gelu", n_heads=2, d_head=4, rope_theta=1e4,
                                 rotary_dim=2, attn_bias=True),
+    "gemma2-softcap-post-norms": dict(kind="gated", activation="gelu_tanh", n_heads=2, n_kv_heads=1, d_head=4,
+                                      rope_theta=1e4, norm_offset=1.0, post_norms=True,
+                                      attn_softcap=1.5, attn_scale=0.3),
 }
 
 TOL_REL = 1e-12
@@ -139,13 +143,14 @@ def minimum_norm(s: Scenario):
 
 
 def preactivations_equal(s: Scenario):
-    """[P1 §2] Only W (and b_out) change; the first-layer pre-activations are equal as vectors."""
+    """[P1 §2] Only W and the bias Δb goes to (b_out, or b_post after a post-MLP norm) change; the first-layer
+    pre-activations are equal as vectors."""
     upd = implicit_update(s.params, s.cfg, s.context, s.query)
     a_C = taps(s.params, s.cfg, s.Z)[0][-1]
     new = apply_update(s.params, upd)
     want = s.params["mlp.W"] @ a_C + s.params["mlp.b"]
     got = new["mlp.W"] @ upd.a + new["mlp.b"]
-    untouched = max(max_err(new[k], s.params[k]) for k in s.params if k not in ("mlp.W", "mlp.b_out"))
+    untouched = max(max_err(new[k], s.params[k]) for k in s.params if k not in ("mlp.W", bias_key(s.params)))
     return max(max_err(got, want), untouched), tol(want)
 
 
@@ -163,7 +168,8 @@ def attention_of_one_token(s: Scenario):
 
 def last_position_bias(s: Scenario):
     """[P1 App. A, P2] At the last position Δz = 0, so Δb = ΔA for skip kinds (p1-skip, residual, pre-ln, gated,
-    parallel) and Δb = 0 for plain; post-ln's Δb is the LN1 output difference Δh."""
+    parallel) and Δb = 0 for plain; post-ln's Δb is the LN1 output difference Δh, a post-norm block's the
+    difference of N1'(A) (its contextual layer's output)."""
     upd = implicit_update(s.params, s.cfg, s.context, s.query)
     A_C = attention(s.params, s.cfg, s.Z)[-1]
     A_x = attention(s.params, s.cfg, s.query[None])[0]
@@ -172,6 +178,8 @@ def last_position_bias(s: Scenario):
     elif s.cfg.kind == "post-ln":
         g, b, eps = s.params["ln1.g"], s.params["ln1.b"], s.cfg.ln_eps
         want = layer_norm(s.query + A_C, g, b, eps) - layer_norm(s.query + A_x, g, b, eps)
+    elif s.cfg.post_norms:                           # Gemma 2: the contextual layer ends with ln_post_attn
+        want = norm(s.params, s.cfg, "ln_post_attn", A_C) - norm(s.params, s.cfg, "ln_post_attn", A_x)
     else:
         want = A_C - A_x
     return max_err(upd.delta_b, want), tol(want)
@@ -195,7 +203,8 @@ def gd_recursion(s: Scenario):
     W, err = tr.W0.copy(), 0.0
     for i in range(tr.n + 1):
         err = max(err, max_err(W, tr.W(i)))
-        p = dict(s.params, **{"mlp.W": W, "mlp.b_out": s.params["mlp.b_out"] + tr.delta_b[i]})
+        key = bias_key(s.params)
+        p = dict(s.params, **{"mlp.W": W, key: s.params[key] + tr.delta_b[i]})
         err = max(err, max_err(block_output(p, s.cfg, s.context[:0], s.query), tr.pred_context[i]))
         if i < tr.n:
             W_next = W - tr.h * tr.gradient(i)

@@ -9,12 +9,13 @@ from .layers import gelu, layer_norm, relu, softmax
 from .model import (
     apply_model_updates, init_model, join_stack, model_forward, model_position_updates, model_updates, split_stack,
 )
-from .update import Update, apply_update, implicit_update, position_updates
+from .update import Update, apply_update, bias_key, implicit_update, position_updates
 from .validation import ZeroNormError
 
 __all__ = [
     "ACTIVATIONS", "KINDS", "BlockConfig", "Trajectory", "Update", "ZeroNormError",
-    "apply_model_updates", "apply_update", "attention", "block", "block_output", "factorised_update", "gelu",
+    "apply_model_updates", "apply_update", "attention", "bias_key", "block", "block_output", "factorised_update",
+    "gelu",
     "implicit_update", "init_block", "init_model", "join_stack", "layer_norm", "model_forward", "model_position_updates",
     "model_updates",
     "param_shapes", "position_updates", "relu", "softmax", "split_stack", "taps", "trajectory",

@@ -12,6 +12,8 @@ residual   ``r = z + A(z)``, ``out = r + MLP(r)``              ``r``            
 pre-ln     ``r = z + A(LN1 z)``, ``out = r + MLP(LN2 r)``      ``LN2 r``          ``Δr`` on b_out
 post-ln    ``h = LN1(z + A(z))``, ``out = LN2(h + MLP(h))``    ``h``              ``Δh`` on b_out
 gated      ``r = z + A(N1 z)``, ``out = r + GLU(N2 r)``       ``N2 r``           ``Δr`` on b_out
+gated +    ``r = z + N1'(A(N1 z))``,                           ``N2 r``           ``Δr`` on b_post
+post_norms ``out = r + N2'(GLU(N2 r)) + b_post``
 parallel   ``out = z + A(N1 z) + MLP(N2 z)``                  ``N2 z``           ``ΔA`` on b_out
 ========== ================================================ ================= ====================
 
@@ -23,6 +25,10 @@ stacked as the one first matrix ``mlp.W = [W_gate; W_up]`` ``(2·d_mlp, d_model)
 the one update ``u = W(a_C − a_x)`` then gives both ``u_gate`` and ``u_up`` with the same right factor
 ``a_x/‖a_x‖²``, and ``mlp.W_out`` is ``W_down``. ``parallel`` is GPT-NeoX / Pythia: attention and MLP read the same
 input, so the MLP never sees the context: ``ΔW = 0`` exactly and the whole effect of the context is ``Δb``.
+Gemma 2 (``post_norms``) adds a norm after the attention (``ln_post_attn``, part of the contextual layer) and one
+after the MLP (``ln_post_mlp``); ``mlp.b_out`` then sits inside that norm, so the block gets a bias after it,
+``mlp.b_post`` (zero in a checkpoint), where ``Δb`` goes (THEORY §11); its attention logits may be soft-capped
+(``attn_softcap``) and scaled by ``attn_scale`` instead of ``1/√d_head``.
 """
 from __future__ import annotations
 
@@ -35,6 +41,7 @@ KINDS = ("plain", "p1-skip", "residual", "pre-ln", "post-ln", "gated", "parallel
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu")
 NORMS = ("layer", "rms")
 NORMED_KINDS = ("pre-ln", "post-ln", "gated", "parallel")    # the kinds with two norms, ln1 and ln2
+POST_NORMS = ("ln_post_attn", "ln_post_mlp")     # Gemma 2's norms after the attention and after the MLP
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,11 @@ class BlockConfig:
     rotary_dim: how many leading dimensions of each head rotate (GPT-NeoX's ``rotary_pct``); default ``d_head``.
     qk_norm:    RMSNorm of every query and key head before the rotation (Qwen3), gains ``attn.q_norm.g``/``k_norm.g``.
     sliding_window: a token attends to the ``sliding_window`` latest positions only, itself included (Mistral).
+    post_norms: (``gated`` only) Gemma 2's norms after the attention and after the MLP, ``ln_post_attn``/
+                ``ln_post_mlp``, and the bias ``mlp.b_post`` after the latter (where ``Δb`` goes).
+    attn_softcap: attention logits become ``cap · tanh(s/cap)`` before the mask and softmax (Gemma 2).
+    attn_scale: the attention logits' scale ``q·k · attn_scale``; default ``1/√d_head`` (Gemma 2:
+                ``query_pre_attn_scalar^(−1/2)``).
     """
 
     d_model: int
@@ -79,11 +91,14 @@ class BlockConfig:
     rotary_dim: int | None = None
     qk_norm: bool = False
     sliding_window: int | None = None
+    post_norms: bool = False
+    attn_softcap: float | None = None
+    attn_scale: float | None = None
 
     def __post_init__(self):
         for name in ("d_model", "d_mlp", "n_heads"):
             check_int(f"BlockConfig.{name}", getattr(self, name), low=1)
-        for name in ("causal", "attn_bias", "qk_norm"):
+        for name in ("causal", "attn_bias", "qk_norm", "post_norms"):
             check_bool(f"BlockConfig.{name}", getattr(self, name))
         if self.kind not in KINDS:
             raise ValueError(f"BlockConfig.kind must be one of {KINDS}, got {self.kind!r}")
@@ -125,11 +140,21 @@ class BlockConfig:
             raise ValueError(f"BlockConfig.d_head must be even for rotary positions, got {self.head_dim}")
         if self.sliding_window is not None:
             check_int("BlockConfig.sliding_window", self.sliding_window, low=1)
+        for name in ("attn_softcap", "attn_scale"):
+            if getattr(self, name) is not None:
+                check_positive_float(f"BlockConfig.{name}", getattr(self, name))
+        if self.post_norms and self.kind != "gated":
+            raise ValueError(f"BlockConfig.post_norms needs kind='gated' (Gemma 2's block), got kind={self.kind!r}")
 
     @property
     def norm_kind(self) -> str:
         """``"layer"`` or ``"rms"``: the norm of ``ln1``/``ln2`` (``norm``, or the kind's default)."""
         return self.norm or ("rms" if self.kind == "gated" else "layer")
+
+    @property
+    def logit_scale(self) -> float:
+        """What ``q·k`` is multiplied by: ``attn_scale``, default ``1/√d_head``."""
+        return self.attn_scale if self.attn_scale is not None else 1.0 / math.sqrt(self.head_dim)
 
     @property
     def kv_heads(self) -> int:
@@ -179,7 +204,8 @@ class BlockConfig:
 
 
 MODERN_DEFAULTS = {"n_kv_heads": None, "norm": None, "norm_offset": 0.0, "rope_theta": None, "rotary_dim": None,
-                   "qk_norm": False, "sliding_window": None}
+                   "qk_norm": False, "sliding_window": None, "post_norms": False, "attn_softcap": None,
+                   "attn_scale": None}
 
 
 def param_shapes(cfg: BlockConfig, include_attn_bias: bool | None = None) -> dict[str, tuple[int, ...]]:
@@ -194,8 +220,10 @@ def param_shapes(cfg: BlockConfig, include_attn_bias: bool | None = None) -> dic
     if cfg.qk_norm:
         shapes.update({"attn.q_norm.g": (cfg.head_dim,), "attn.k_norm.g": (cfg.head_dim,)})
     if cfg.kind in NORMED_KINDS:
-        for ln in ("ln1", "ln2"):
+        for ln in ("ln1", "ln2") + (POST_NORMS if cfg.post_norms else ()):
             shapes[f"{ln}.g"] = (D,)
             if cfg.norm_kind == "layer":
                 shapes[f"{ln}.b"] = (D,)
+    if cfg.post_norms:
+        shapes["mlp.b_post"] = (D,)
     return shapes

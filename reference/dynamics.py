@@ -14,7 +14,7 @@ import numpy as np
 
 from .blocks import check_context_query, head, kept_positions, sequence, taps
 from .config import BlockConfig
-from .update import Update, _check_norm, apply_update, update_from_taps
+from .update import Update, _check_norm, apply_update, bias_key, update_from_taps
 from .validation import params_like
 
 
@@ -163,5 +163,6 @@ def factorised_update(params: dict, cfg: BlockConfig, context, query) -> dict:
         W = W + np.outer(W @ (a_with - a_without), a_without) / (a_without @ a_without)
     new = dict(params)
     new["mlp.W"] = W
-    new["mlp.b_out"] = np.asarray(params["mlp.b_out"]) + (suffix_taps[0][1] - suffix_taps[n][1])
+    key = bias_key(params)
+    new[key] = np.asarray(params[key]) + (suffix_taps[0][1] - suffix_taps[n][1])
     return new

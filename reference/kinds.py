@@ -10,6 +10,11 @@ Every kind is ``out = finish(r + MLP(a))`` and differs from the others in three 
 - :func:`head`: the rest of the block after the taps, ``finish(r + MLP(a))`` (``finish`` is ``LN2`` for
   ``post-ln``, the identity otherwise).
 
+Gemma 2's ``post_norms`` (a ``gated`` block): the contextual layer ends with ``N1' = ln_post_attn``, so
+``r = z + N1'(A)``; the MLP's output goes through ``N2' = ln_post_mlp`` and then the bias ``mlp.b_post``
+(:func:`mlp_branch`). ``Δb`` is added after ``N2'`` (on ``mlp.b_post``): on ``mlp.b_out``, inside ``N2'``, it would
+be normalised with the MLP's output and the identity would fail.
+
 The implicit update needs the taps and nothing else (``update.update_from_taps``). These functions use only what
 NumPy arrays and torch tensors share (``+``, ``@``, broadcasting) and the layer functions of an ``ops`` module,
 which each backend provides with the same names (``layer_norm``, ``rms_norm``, ``mlp``, ``zeros_like``): ``reference.layers``
@@ -59,7 +64,7 @@ def taps_from_attention(params: dict, cfg, Z, A, ops=numpy_ops):
         r = Z + A
         return r, r
     if cfg.kind in ("pre-ln", "gated"):
-        r = Z + A
+        r = Z + (norm(params, cfg, "ln_post_attn", A, ops) if cfg.post_norms else A)
         return norm(params, cfg, "ln2", r, ops), r
     if cfg.kind == "post-ln":
         h = norm(params, cfg, "ln1", Z + A, ops)
@@ -69,10 +74,21 @@ def taps_from_attention(params: dict, cfg, Z, A, ops=numpy_ops):
     raise ValueError(f"unknown block kind {cfg.kind!r}")
 
 
-def head(params: dict, cfg, a, r, ops=numpy_ops, W=None, b_out=None):
+def head(params: dict, cfg, a, r, ops=numpy_ops, W=None, b_out=None, delta_b=None):
     """The rest of the block after the taps: ``finish(r + MLP(a))``; ``W``/``b_out`` replace ``mlp.W``/``mlp.b_out``
-    (updated weights; a ``W`` with leading batch dimensions applies one matrix per row of ``a``)."""
-    return finish(params, cfg, r + ops.mlp(params, cfg, a, W=W, b_out=b_out), ops)
+    (updated weights; a ``W`` with leading batch dimensions applies one matrix per row of ``a``); ``delta_b`` is a
+    bias update added where the block's bias is (:func:`mlp_branch`)."""
+    return finish(params, cfg, r + mlp_branch(params, cfg, ops.mlp(params, cfg, a, W=W, b_out=b_out), ops, delta_b),
+                  ops)
+
+
+def mlp_branch(params: dict, cfg, m, ops=numpy_ops, delta_b=None):
+    """What the MLP's output ``m`` adds to the residual: ``m``, or ``N2'(m) + b_post`` for ``post_norms``; plus the
+    bias update ``delta_b`` where given. Adding it here equals adding it to the block's bias
+    (``update.bias_key``): ``mlp.b_out`` enters ``m`` linearly, ``mlp.b_post`` comes after ``N2'``."""
+    if cfg.post_norms:
+        m = norm(params, cfg, "ln_post_mlp", m, ops) + params["mlp.b_post"]
+    return m if delta_b is None else m + delta_b
 
 
 def finish(params: dict, cfg, out, ops=numpy_ops):

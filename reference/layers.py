@@ -104,10 +104,22 @@ def visible(cfg: BlockConfig, q_pos: np.ndarray, k_pos: np.ndarray) -> np.ndarra
     return seen
 
 
+def softcap(s: np.ndarray, cap: float | None) -> np.ndarray:
+    """Soft-capping ``cap · tanh(s/cap)`` (Gemma 2's attention and final logits); ``cap=None``: ``s`` unchanged."""
+    return s if cap is None else cap * np.tanh(s / cap)
+
+
+def attention_logits(cfg: BlockConfig, q: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """``softcap(q·k · logit_scale)``: ``q`` ``(H, Tq, dh)``, ``k`` ``(H, Tk, dh)`` → ``(H, Tq, Tk)``; the scale is
+    ``1/√d_head`` unless ``cfg.attn_scale`` says otherwise, the cap ``cfg.attn_softcap`` (before any mask)."""
+    return softcap(q @ k.transpose(0, 2, 1) * cfg.logit_scale, cfg.attn_softcap)
+
+
 def self_attention(params: dict, cfg: BlockConfig, X: np.ndarray, positions=None) -> np.ndarray:
     """Multi-head softmax self-attention at every position.
 
-    ``A(X)_i = W_o concat_h( Σ_{j} softmax_j(q_i·k_j / √d_head) v_j ) + b_o`` with ``j ≤ i`` when causal.
+    ``A(X)_i = W_o concat_h( Σ_{j} softmax_j(q_i·k_j / √d_head) v_j ) + b_o`` with ``j ≤ i`` when causal (the
+    logits through :func:`attention_logits`: Gemma 2's scale and soft-cap).
     ``X`` is ``(T, d_model)``; a length-1 sequence gives ``A([x]) = W_o (W_v x + b_v) + b_o`` (THEORY §10.7).
     ``positions`` (default ``0..T−1``) are the tokens' indices in the full sequence: rotary and the sliding window
     read them, so removing tokens keeps the others' positions (a mask, not a re-indexing).
@@ -115,7 +127,7 @@ def self_attention(params: dict, cfg: BlockConfig, X: np.ndarray, positions=None
     T = X.shape[0]
     positions = np.arange(T) if positions is None else np.asarray(positions)
     q, k, v = attention_projections(params, cfg, X, positions)             # (H, T, dh) each
-    logits = q @ k.transpose(0, 2, 1) / np.sqrt(cfg.head_dim)              # (H, T, T)
+    logits = attention_logits(cfg, q, k)                                   # (H, T, T)
     logits = np.where(visible(cfg, positions, positions), logits, -np.inf)
     heads = softmax(logits, axis=-1) @ v                                   # (H, T, dh)
     return merge_heads(params, cfg, heads.transpose(1, 0, 2))              # (T, d_model)

@@ -1,7 +1,8 @@
 """The query's taps for many context subsets at once: every prefix, every leave-one-out (P1 Thm 2.2 for any Y).
 
 The query ``x`` sits last, so whatever the mask, its attention over ``[C_S, x]`` (``C_S`` the kept context rows, in
-order) is one softmax over the logits ``q_x·k_j/√d_head`` of ``j ∈ S ∪ {x}`` (THEORY §8.5: a softmax-weighted mean
+order) is one softmax over the logits ``q_x·k_j/√d_head`` (``layers.attention_logits``: scaled and soft-capped as
+the block says) of ``j ∈ S ∪ {x}`` (THEORY §8.5: a softmax-weighted mean
 of the values). Projecting every row once and masking that one row of logits per subset gives the query's taps
 ``a(C_S, x)``, ``r(C_S, x)`` for K subsets in ``O(K·n·d_attn)`` time, instead of re-running the whole block
 (``O(n²·d)`` per subset) as :func:`implicit_update` and :func:`trajectory` do on purpose (they are the ground
@@ -20,7 +21,7 @@ from .blocks import check_context_query
 from .kinds import attention_input, taps_from_attention
 from .config import BlockConfig
 from .dynamics import Trajectory, trajectory_from_taps
-from .layers import attention_projections, merge_heads, softmax, visible
+from .layers import attention_logits, attention_projections, merge_heads, softmax, visible
 from .update import Update, _check_norm, update_from_taps
 from .validation import params_like
 
@@ -43,7 +44,7 @@ def query_taps(params: dict, cfg: BlockConfig, context, query, keep) -> tuple[np
     Z = np.concatenate([context, query[None, :]], axis=0)                 # (n+1, D)
     X = attention_input(params, cfg, Z)
     q, k, v = attention_projections(params, cfg, X)                       # (H, n+1, dh) each
-    logits = np.einsum("hd,hjd->hj", q[:, -1], k) / np.sqrt(cfg.head_dim)  # (H, n+1): the query's row
+    logits = attention_logits(cfg, q[:, -1:], k)[:, 0]                    # (H, n+1): the query's row
     logits = np.where(visible(cfg, [n], np.arange(n + 1))[0], logits, -np.inf)  # a sliding window hides old tokens
     K, H = keep.shape[0], cfg.n_heads
     heads = np.empty((K, H, cfg.head_dim))                                # (K, H, dh)

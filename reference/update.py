@@ -135,8 +135,15 @@ def implicit_update(params: dict, cfg: BlockConfig, context, query, remove=None,
     return update_from_taps(params["mlp.W"], a_C, r_C, a_x, r_x)    # u (d_mlp,), a and delta_b (d_model,)
 
 
+def bias_key(params: dict) -> str:
+    """Where ``Δb`` goes: ``"mlp.b_post"`` in a block that has it (Gemma 2's ``post_norms``: the bias after the
+    post-MLP norm, THEORY §11), else ``"mlp.b_out"``. The one choice of every backend and caller."""
+    return "mlp.b_post" if "mlp.b_post" in params else "mlp.b_out"
+
+
 def apply_update(params: dict, update: Update) -> dict:
-    """New params with ``mlp.W += ΔW`` and ``mlp.b_out += Δb`` (the input dict is not modified).
+    """New params with ``mlp.W += ΔW`` and ``Δb`` added to the block's bias (:func:`bias_key`: ``mlp.b_out``, or
+    ``mlp.b_post`` after a post-MLP norm); the input dict is not modified.
 
     An ``Update`` of another backend (torch tensors) or any object with ``u``, ``a`` and ``delta_b`` is read as
     float64 NumPy first."""
@@ -153,7 +160,8 @@ def apply_update(params: dict, update: Update) -> dict:
         )
     new = dict(params)
     new["mlp.W"] = W + update.delta_W
-    new["mlp.b_out"] = np.asarray(params["mlp.b_out"]) + update.delta_b
+    key = bias_key(params)
+    new[key] = np.asarray(params[key]) + update.delta_b
     return new
 
 
