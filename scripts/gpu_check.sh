@@ -125,8 +125,9 @@ status=$?
 set -e
 if [ $status -ne 0 ]; then log "FAIL: $DEVICE is not available to torch on this machine"; exit 3; fi
 
-# 3. conformance on CUDA: scenarios, golden fixtures, and the torch backend's own tests (its CUDA test included)
-CONFORMANCE_TESTS="tests/conformance/test_conformance.py tests/conformance/test_golden.py tests/test_backend_torch.py"
+# 3. conformance on CUDA: scenarios, golden fixtures, the torch backend's own tests (its CUDA test included) and a
+# loaded model on torch (tests/test_hf_torch.py: the bundled few-shot model and a tiny gpt_neox, float32 and bfloat16)
+CONFORMANCE_TESTS="tests/conformance/test_conformance.py tests/conformance/test_golden.py tests/test_backend_torch.py tests/test_hf_torch.py"
 log "conformance suite on $DEVICE"
 set +e
 # shellcheck disable=SC2086  # CONFORMANCE_TESTS is a list of paths

@@ -1,0 +1,136 @@
+"""``check_against_float64(tmodel, token_ids, positions)``: a ``TorchModel`` (``models.hf_torch``) against the
+float64 NumPy reference (``HFModel``) at a few positions, with tolerances ``K · eps(dtype) · scale``.
+
+As in the conformance suite (``tests/conformance/tolerances.py``), the reference runs on the *same inputs*: every
+array of the model rounded to the torch model's dtype and read back in float64 (``rounded``), so that the weights'
+quantisation is not counted as an arithmetic error. ``scale`` is the magnitude of what a quantity is computed from
+(``SCALES``), and ``K`` grows with depth: each block rounds like one conformance scenario (``K_BLOCK``: 64, 16 for
+bfloat16, whose eps is already 1/128) and hands its error on to the next through a residual stream whose Jacobian
+is the identity plus a small term, so the errors of ``L`` blocks add: ``K = K_BLOCK · (L + 1)`` (the ``+ 1``: the
+embeddings and the head). For a causal model the reference runs only the tokens up to the last position asked for
+(a causal model's rows there do not depend on later tokens), so a few early positions of a long prompt are cheap.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from implicit_icl.reference import position_updates
+
+from .hf import HFModel
+from .hf_torch import TorchModel, to_dtype
+
+__all__ = ["Agreement", "K_BLOCK", "SCALES", "check_against_float64", "rounded"]
+
+K_BLOCK = {"float64": 64, "float32": 64, "bfloat16": 16, "float16": 64}
+
+SCALES = {
+    "hidden": "max |H^ℓ| over every layer ℓ = 0..L and the positions",
+    "logits": "max over the vocabulary of Σ_d |final(H^L)_d| |W_head[v, d]| (a dot product's round-off scale)",
+    "u": "max over the layers of |W| |a_x| (|u = W(a_C − a_x)| carries the round-off of its operands)",
+    "delta_b": "max over the layers of |H^ℓ| and |Δb| (Δb = r_C − r_x is a difference of residual streams)",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Agreement:
+    """One quantity's largest error against float64 and its tolerance ``K · eps · scale``."""
+
+    name: str
+    error: float
+    scale: float
+    tolerance: float
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.error <= self.tolerance)
+
+    @property
+    def fraction(self) -> float:
+        """``error / tolerance``: how much of its tolerance the quantity used."""
+        return self.error / self.tolerance if self.tolerance > 0 else float(self.error > 0) * np.inf
+
+
+def rounded(model: HFModel, dtype) -> HFModel:
+    """``model`` with every array rounded to the torch ``dtype`` and back to float64 (the reference's inputs)."""
+    def rnd(x):
+        if isinstance(x, np.ndarray):
+            return to_dtype(x, dtype, "cpu").double().numpy()
+        if isinstance(x, dict):
+            return {k: rnd(v) for k, v in x.items()}
+        if isinstance(x, tuple):
+            return tuple(rnd(v) for v in x)
+        if dataclasses.is_dataclass(x):
+            return dataclasses.replace(x, **{f.name: rnd(getattr(x, f.name)) for f in dataclasses.fields(x)
+                                             if isinstance(getattr(x, f.name), np.ndarray)})
+        return x
+
+    parts = model.parts
+    new = {f.name: rnd(getattr(parts, f.name)) for f in dataclasses.fields(parts) if f.name != "cfgs"}
+    return dataclasses.replace(model, parts=dataclasses.replace(parts, **new))
+
+
+def _positions(positions, T: int) -> np.ndarray:
+    pos = np.atleast_1d(np.asarray(positions))
+    if pos.ndim != 1 or pos.size == 0 or not np.issubdtype(pos.dtype, np.integer):
+        raise ValueError(f"positions must be a non-empty 1-D sequence of integers, got {positions!r}")
+    if pos.min() < -T or pos.max() >= T:
+        raise ValueError(f"positions must lie in -{T}..{T - 1} (the prompt has {T} tokens), got {pos.tolist()}")
+    return np.unique(pos % T)
+
+
+def _reference(model: HFModel, ids: np.ndarray, pos: np.ndarray) -> dict:
+    """The float64 values at ``pos`` of one prompt ``ids`` ``(T,)``, with what their scales are computed from."""
+    if model.causal:
+        ids = ids[: pos.max() + 1]
+    H = model.hidden_states(ids)
+    ups = [position_updates(p, c, h) for p, c, h in zip(model.blocks, model.cfgs, H)]
+    out = {"hidden": np.stack([h[pos] for h in H]),
+           "u": np.stack([u.u[pos] for u in ups]), "delta_b": np.stack([u.delta_b[pos] for u in ups]),
+           "scale": {"hidden": max(np.abs(h[pos]).max() for h in H),
+                     "u": max((np.abs(u.a[pos]) @ np.abs(p["mlp.W"]).T).max() for u, p in zip(ups, model.blocks)),
+                     "delta_b": max(max(np.abs(h[pos]).max(), np.abs(u.delta_b[pos]).max())
+                                    for u, h in zip(ups, H))}}
+    if model.lm_head is not None:
+        out["logits"] = model.logits_from(H[-1][pos])
+        out["scale"]["logits"] = (np.abs(model.final(H[-1][pos])) @ np.abs(model.lm_head).T).max()
+    return out
+
+
+def _torch_values(tmodel: TorchModel, ids: np.ndarray, pos: np.ndarray) -> dict:
+    """The torch model's values at ``pos`` for the batch ``ids`` ``(B, T)``, as float64 NumPy ``(B, …)``."""
+    def np64(t):
+        return t.detach().cpu().double().numpy()
+
+    H = tmodel.hidden_states(ids)
+    ups = tmodel.position_updates(ids)
+    out = {"hidden": np.stack([np64(h[:, pos]) for h in H], 1),
+           "u": np.stack([np64(u.u[:, pos]) for u in ups], 1),
+           "delta_b": np.stack([np64(u.delta_b[:, pos]) for u in ups], 1)}
+    if tmodel.source.lm_head is not None:
+        out["logits"] = np64(tmodel.logits_from(H[-1][:, pos]))
+    return out
+
+
+def check_against_float64(tmodel: TorchModel, token_ids, positions) -> dict[str, Agreement]:
+    """The largest error of ``tmodel`` against the float64 reference at ``positions`` of each prompt of
+    ``token_ids`` (``(T,)`` or ``(B, T)``), per quantity (``SCALES``: every hidden state, the logits, and every
+    layer's position update ``u`` and ``Δb``), each with its tolerance ``K · eps · scale`` (module docstring)."""
+    if not isinstance(tmodel, TorchModel):
+        raise ValueError(f"tmodel must be a TorchModel (models.hf_torch), got {type(tmodel).__name__}")
+    ids = tmodel.check_ids(token_ids).cpu().numpy()
+    ids = ids.reshape(-1, ids.shape[-1])                                                    # (B, T)
+    pos = _positions(positions, ids.shape[-1])
+    K = K_BLOCK[str(tmodel.dtype).removeprefix("torch.")] * (tmodel.n_layers + 1)
+    eps = torch.finfo(tmodel.dtype).eps
+    reference = rounded(tmodel.source, tmodel.dtype)
+    refs = [_reference(reference, row, pos) for row in ids]
+    got = _torch_values(tmodel, ids, pos)
+    out = {}
+    for name in got:
+        want = np.stack([r[name] for r in refs])
+        scale = float(max(r["scale"][name] for r in refs))
+        out[name] = Agreement(name, float(np.abs(got[name] - want).max()), scale, K * eps * scale)
+    return out
