@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from implicit_icl.reference import Update, apply_update, model_forward, model_updates
+from implicit_icl.reference import Update, apply_update, bias_key, model_forward, model_updates
 
 from .analysis import matched_random_block
 
@@ -175,7 +175,7 @@ def fit_patch(updates: list[list[Update]]) -> list[Update]:
 
 def run_patched(model, x0: np.ndarray, patch: list) -> np.ndarray:
     """:func:`run_alone` with full matrices ``(ΔW, Δb)`` per layer (a fitted patch)."""
-    blocks = [dict(b, **{"mlp.W": b["mlp.W"] + dW, "mlp.b_out": b["mlp.b_out"] + db})
+    blocks = [dict(b, **{"mlp.W": b["mlp.W"] + dW, bias_key(b): b[bias_key(b)] + db})    # b_post after a post norm
               for b, (dW, db) in zip(model.blocks, patch)]
     return model.logits_from(model_forward(blocks, list(model.cfgs), x0[None, :])[-1][0])
 

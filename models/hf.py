@@ -13,12 +13,14 @@ mistral      ``gated``                                              a sliding wi
 qwen2        ``gated``                                              q/k/v biases, per-layer sliding windows
 qwen3        ``gated``                                              q/k RMSNorm per head
 gemma        ``gated``                                              RMSNorm ``1 + g``, embeddings × √d, GeGLU
+gemma2       ``gated`` with ``post_norms``                          Gemma's, norms after attention and MLP, soft-capped
+                                                                    attention and final logits, alternating windows
 gpt_neox     ``parallel`` (or ``pre-ln`` with rotary)               partial rotary, fused per-head q/k/v
 bert         ``post-ln``, bidirectional, learned positions          embedding LayerNorm, optional MLM head
 ============ ===================================================== ==============================================
 
 Anything else, and any config field or tensor the reference does not compute, is refused with one line naming it
-(``gemma2``: its extra norms and soft-capping). Nothing here touches the network. The weights are read into
+(``gemma3``: its rotary base per layer type). Nothing here touches the network. The weights are read into
 ``dtype`` (float64 by default: the reference's precision); ``hidden_states`` and ``logits`` run the NumPy
 reference (``reference.model_forward``).
 """
@@ -31,21 +33,22 @@ from pathlib import Path
 import numpy as np
 
 from implicit_icl.reference import layer_norm, model_forward
-from implicit_icl.reference.layers import ACTIVATION_FNS, rms_norm
+from implicit_icl.reference.layers import ACTIVATION_FNS, rms_norm, softcap
 
 from .hf_families import Norm, Parts, gated_family, gpt_neox
 from .hf_files import MissingFileError, read_config, read_tokenizer, read_weights
 from .hf_reused import bert_family, gpt2_family
 
 FAMILIES = {"gpt2": gpt2_family, "llama": gated_family, "mistral": gated_family, "qwen2": gated_family,
-            "qwen3": gated_family, "gemma": gated_family, "gpt_neox": gpt_neox, "bert": bert_family}
+            "qwen3": gated_family, "gemma": gated_family, "gemma2": gated_family, "gpt_neox": gpt_neox,
+            "bert": bert_family}
 
 #: families recognised but refused, and what the reference lacks for them
 REFUSED = {
-    "gemma2": "its post_attention_layernorm/post_feedforward_layernorm (norms after attention and after the MLP), "
-              "attn_logit_softcapping and final_logit_softcapping are not computed by the reference yet",
-    "gemma3": "its post-attention/post-feedforward norms, query_pre_attn_scalar and local/global rotary are not "
-              "computed by the reference yet",
+    "gemma3": "its rope_parameters per layer type (a local rotary base for sliding layers, often linear-scaled "
+              "global layers) are not read by the loader yet, and 'gemma3' wraps a vision tower",
+    "gemma3_text": "its rope_parameters per layer type (a local rotary base for sliding layers, often linear-scaled "
+                   "global layers) are not read by the loader yet",
 }
 
 __all__ = ["FAMILIES", "HFModel", "load"]
@@ -140,7 +143,8 @@ class HFModel:
             tr = p.head_transform
             h = apply_norm(tr["norm"], ACTIVATION_FNS[tr["activation"]](h @ tr["W"].T + tr["b"]))
         logits = h @ p.lm_head.T                                                          # (…, V)
-        return logits + p.lm_head_bias if p.lm_head_bias is not None else logits
+        logits = logits + p.lm_head_bias if p.lm_head_bias is not None else logits
+        return softcap(logits, p.final_softcap)                                           # Gemma 2: cap·tanh(·/cap)
 
     def logits(self, token_ids) -> np.ndarray:
         """``(T, V)`` logits at every position."""

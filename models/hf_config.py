@@ -111,23 +111,27 @@ def rope(fields: Fields, default_partial: float = 1.0) -> tuple[float, float]:
     return theta, float(partial)
 
 
-def sliding_windows(fields: Fields, n_layers: int, every_layer: bool) -> list:
+def sliding_windows(fields: Fields, n_layers: int, every_layer: bool, alternating: bool = False) -> list:
     """The sliding window of each layer (``None``: full attention). Mistral (``every_layer``): ``sliding_window``
     for all. Qwen2/3: ``layer_types`` (``"sliding_attention"`` layers get ``sliding_window`` when
     ``use_sliding_window``), as transformers' ``Qwen2Attention`` reads them; without ``layer_types``, layers from
-    ``max_window_layers`` on (``Qwen2Config.__post_init__``)."""
+    ``max_window_layers`` on (``Qwen2Config.__post_init__``). Gemma 2 (``alternating``): ``layer_types`` always
+    applies; without it layers 0, 2, 4, … slide (``Gemma2Config.__post_init__``)."""
     window = fields.get("sliding_window")
     if window is not None:
         window = fields.number("sliding_window", window)
     if every_layer:
         return [window] * n_layers
-    if not fields.get("use_sliding_window", False):
+    if not alternating and not fields.get("use_sliding_window", False):
         window = None
     types = fields.get("layer_types")
-    first = fields.get("max_window_layers", n_layers)
-    if types is None:
-        types = ["sliding_attention" if window is not None and i >= first else "full_attention"
-                 for i in range(n_layers)]
+    if alternating:
+        default = ["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(n_layers)]
+    else:
+        first = fields.get("max_window_layers", n_layers)
+        default = ["sliding_attention" if window is not None and i >= first else "full_attention"
+                   for i in range(n_layers)]
+    types = default if types is None else types
     if not isinstance(types, list) or len(types) != n_layers:
         raise ValueError(f"config.json field 'layer_types' must list {n_layers} layers, got {_short(types)}")
     bad = [t for t in types if t not in ("full_attention", "sliding_attention")]

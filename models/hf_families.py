@@ -42,6 +42,7 @@ class Parts:
     embed_norm: Norm | None = None          # BERT: LayerNorm of the embeddings
     head_transform: dict | None = None      # BERT's MLM transform: W, b, activation, norm
     lm_head_bias: np.ndarray | None = None  # BERT's decoder bias
+    final_softcap: float | None = None      # Gemma 2: logits become cap · tanh(logits/cap)
 
 
 class Tensors:
@@ -109,16 +110,20 @@ def _linear(t: Tensors, name: str, out: int, inp: int, bias: bool) -> tuple:
 def gated_family(config: dict, state: dict, dtype, family: str) -> Parts:
     """Llama (transformers ``models/llama/modeling_llama.py``), Mistral (``mistral``: a sliding window in every
     layer), Qwen2 (``qwen2``: q/k/v biases, per-layer windows), Qwen3 (``qwen3``: q/k RMSNorm over each head before
-    the rotation) and Gemma (``gemma``: RMSNorm ``(1 + g)``, embeddings × √d, GeGLU ``gelu_pytorch_tanh``). Each
-    layer is ``r = z + A(N1 z)``, ``out = r + W_down(act(W_gate N2 r) ⊙ W_up N2 r)``; the reference's ``mlp.W`` is
-    ``[W_gate; W_up]`` and ``mlp.b_out`` a new zero bias (where the implicit update's Δb goes)."""
+    the rotation), Gemma (``gemma``: RMSNorm ``(1 + g)``, embeddings × √d, GeGLU ``gelu_pytorch_tanh``) and Gemma 2
+    (``gemma2``, ``models/gemma2/modeling_gemma2.py``: Gemma's plus :func:`_gemma2`). Each layer is
+    ``r = z + A(N1 z)``, ``out = r + W_down(act(W_gate N2 r) ⊙ W_up N2 r)``; the reference's ``mlp.W`` is
+    ``[W_gate; W_up]`` and ``mlp.b_out`` a new zero bias (where the implicit update's Δb goes; Gemma 2: ``mlp.b_post``
+    after the post-MLP norm)."""
     f = Fields(config, family)
     D, M, L = f.need("hidden_size"), f.need("intermediate_size"), f.need("num_hidden_layers")
     H, V = f.need("num_attention_heads"), f.need("vocab_size")
     Hkv = f.number("num_key_value_heads", f.get("num_key_value_heads", H))
     dh = f.number("head_dim", f.get("head_dim", D // H))
-    gemma = family == "gemma"
-    activation = _activation(f, gemma)
+    gemma = family in ("gemma", "gemma2")
+    extra = _gemma2(f) if family == "gemma2" else {}
+    final_softcap = extra.pop("final_softcap", None)
+    activation = _activation(f, family)
     theta, partial = rope(f)
     if partial != 1.0:
         raise ValueError(f"config.json partial_rotary_factor = {partial} is not supported for {family}")
@@ -128,14 +133,9 @@ def gated_family(config: dict, state: dict, dtype, family: str) -> Parts:
     attn_bias = family == "qwen2" or (read_bias and family != "mistral")
     o_bias = attn_bias and family != "qwen2"
     mlp_bias = bool(f.get("mlp_bias", False)) if family == "llama" else False
-    if family == "llama":
-        f.get("is_llama_config")                                  # SmolLM's marker, read by nothing
-        f.require("rope_interleaved", (None, False), "transformers' Llama rotates halves, not interleaved pairs")
-        f.require("pretraining_tp", (None, 1), "only pretraining_tp = 1 (one matmul per projection) is computed")
-    if gemma:
-        f.require("use_bidirectional_attention", (None, False), "the reference's Gemma is causal")
-    windows = sliding_windows(f, L, every_layer=family == "mistral") if family != "llama" and not gemma \
-        else [None] * L
+    _refusals(f, family)
+    windows = sliding_windows(f, L, every_layer=family == "mistral", alternating=family == "gemma2") \
+        if family not in ("llama", "gemma") else [None] * L
     eps = f.number("rms_norm_eps", f.get("rms_norm_eps", 1e-6), float)
     offset = 1.0 if gemma else 0.0
     is_tied = tied(f, default=gemma)
@@ -145,22 +145,48 @@ def gated_family(config: dict, state: dict, dtype, family: str) -> Parts:
     for l in range(L):
         cfg = BlockConfig(d_model=D, d_mlp=M, n_heads=H, kind="gated", activation=activation, causal=True,
                           ln_eps=eps, d_head=dh, attn_bias=attn_bias, n_kv_heads=Hkv, norm="rms", norm_offset=offset,
-                          rope_theta=theta, qk_norm=family == "qwen3", sliding_window=windows[l])
+                          rope_theta=theta, qk_norm=family == "qwen3", sliding_window=windows[l], **extra)
         cfgs.append(cfg)
         blocks.append(_gated_block(t, cfg, f"layers.{l}.", attn_bias, o_bias, mlp_bias))
     tokens = t.take("embed_tokens.weight", (V, D))
     parts = Parts(cfgs=tuple(cfgs), blocks=tuple(blocks), tokens=tokens,
                   final_norm=Norm("rms", t.take("norm.weight", (D,)), None, eps, offset),
                   lm_head=lm_head(t, tokens, "lm_head.weight", is_tied),
-                  layer_name=f"{family}'s model.layers.<l>", embed_scale=float(np.sqrt(D)) if gemma else 1.0)
+                  layer_name=f"{family}'s model.layers.<l>", embed_scale=float(np.sqrt(D)) if gemma else 1.0,
+                  final_softcap=final_softcap)
     t.refuse_unused()
     return parts
 
 
-def _activation(f: Fields, gemma: bool) -> str:
+def _refusals(f: Fields, family: str) -> None:
+    """The fields a family reads only to refuse the values the reference does not compute."""
+    if family == "llama":
+        f.get("is_llama_config")                                  # SmolLM's marker, read by nothing
+        f.require("rope_interleaved", (None, False), "transformers' Llama rotates halves, not interleaved pairs")
+        f.require("pretraining_tp", (None, 1), "only pretraining_tp = 1 (one matmul per projection) is computed")
+    if family in ("gemma", "gemma2"):
+        f.require("use_bidirectional_attention", (None, False), "the reference's Gemma is causal")
+
+
+def _gemma2(f: Fields) -> dict:
+    """Gemma 2's fields: norms after the attention and the MLP (``post_norms``), the attention logits scaled by
+    ``query_pre_attn_scalar^(−1/2)`` and soft-capped by ``attn_logit_softcapping``, the final logits soft-capped by
+    ``final_logit_softcapping`` (``Gemma2ForCausalLM.forward``); either cap may be null (none)."""
+    caps = {}
+    for name in ("attn_logit_softcapping", "final_logit_softcapping"):
+        value = f.get(name)
+        caps[name] = None if value is None else f.number(name, value, float)
+    return dict(post_norms=True, attn_scale=f.need("query_pre_attn_scalar", float) ** -0.5,
+                attn_softcap=caps["attn_logit_softcapping"], final_softcap=caps["final_logit_softcapping"])
+
+
+def _activation(f: Fields, family: str) -> str:
     """``hidden_act`` (SiLU by default). Gemma: ``GemmaConfig`` maps the legacy ``"gelu"`` to the tanh form, and
-    older files also carry ``hidden_activation``, which must then agree."""
-    if not gemma:
+    older files also carry ``hidden_activation``, which must then agree. Gemma 2: ``Gemma2MLP`` reads
+    ``hidden_activation`` as it is (``"gelu"`` there is the erf form)."""
+    if family == "gemma2":
+        return f.choose("hidden_activation", ACTIVATIONS, "gelu_pytorch_tanh")
+    if family != "gemma":
         return f.choose("hidden_act", ACTIVATIONS, "silu")
     table = dict(ACTIVATIONS, gelu="gelu_tanh")
     act = f.choose("hidden_act", table, "gelu_pytorch_tanh")
@@ -173,8 +199,14 @@ def _activation(f: Fields, gemma: bool) -> str:
 
 def _gated_block(t: Tensors, cfg: BlockConfig, p: str, attn_bias: bool, o_bias: bool, mlp_bias: bool) -> dict:
     D, M, Hd, K = cfg.d_model, cfg.d_mlp, cfg.d_attn, cfg.d_kv
-    params = {"ln1.g": t.take(p + "input_layernorm.weight", (D,)),
-              "ln2.g": t.take(p + "post_attention_layernorm.weight", (D,))}
+    params = {"ln1.g": t.take(p + "input_layernorm.weight", (D,))}
+    if cfg.post_norms:                         # Gemma 2: post_attention_layernorm is the norm after the attention
+        params.update({"ln2.g": t.take(p + "pre_feedforward_layernorm.weight", (D,)),
+                       "ln_post_attn.g": t.take(p + "post_attention_layernorm.weight", (D,)),
+                       "ln_post_mlp.g": t.take(p + "post_feedforward_layernorm.weight", (D,)),
+                       "mlp.b_post": np.zeros(D, dtype=t.dtype)})
+    else:
+        params["ln2.g"] = t.take(p + "post_attention_layernorm.weight", (D,))
     for name, rows in (("q", Hd), ("k", K), ("v", K)):
         params[f"attn.W_{name}"], b = _linear(t, f"{p}self_attn.{name}_proj", rows, D, attn_bias)
         if b is not None:

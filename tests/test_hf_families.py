@@ -5,8 +5,9 @@ last-token updates reproduce the next-token logits from the query token alone. T
 
 transformers computes RMSNorm, the rotary cos/sin and (eager) the softmax in float32 even in a float64 model; the
 reference computes them in float64. The oracle therefore replaces those forwards by the same formulas in float64
-(``float64_oracle``) and uses ``sdpa`` attention (float64 throughout on the CPU); one test compares with the
-unpatched model at a tolerance that float32 round-off explains.
+(``float64_oracle``) and uses ``sdpa`` attention (float64 throughout on the CPU); Gemma 2, which has no ``sdpa``
+(soft-capped logits), gets ``float64_eager``: transformers' eager attention with the softmax in float64. One test
+compares with the unpatched model at a tolerance that float32 round-off explains.
 """
 from __future__ import annotations
 
@@ -45,6 +46,10 @@ FAMILIES = {
                       T.Qwen3ForCausalLM),
     "gemma": lambda: (T.GemmaConfig(intermediate_size=24, num_key_value_heads=2, head_dim=4, **SMALL),
                       T.GemmaForCausalLM),          # hidden_size 16: √d = 4 exactly (transformers rounds it to f32)
+    # logits reach ~5 and attention logits ~2 here, so both caps bend them; 8^(−1/2) is not 1/√head_dim
+    "gemma2": lambda: (T.Gemma2Config(intermediate_size=24, num_key_value_heads=2, head_dim=4, query_pre_attn_scalar=8,
+                                      sliding_window=3, attn_logit_softcapping=2.0, final_logit_softcapping=5.0,
+                                      **SMALL), T.Gemma2ForCausalLM),
     "gpt_neox": lambda: (T.GPTNeoXConfig(intermediate_size=24, rope_parameters={"rope_type": "default",
                          "rope_theta": 500.0, "partial_rotary_factor": 0.5}, **_neox()), T.GPTNeoXForCausalLM),
     "gpt_neox-serial": lambda: (T.GPTNeoXConfig(intermediate_size=24, use_parallel_residual=False, **_neox()),
@@ -91,6 +96,21 @@ def float64_oracle(model, theta: float):
     return model
 
 
+def float64_eager(module, query, key, value, attention_mask, dropout=0.0, scaling=None, softcap=None, **kwargs):
+    """transformers' ``eager_attention_forward`` (Gemma 2's: scaled, soft-capped, masked) with the softmax in the
+    inputs' float64 instead of float32."""
+    from transformers.models.gemma2.modeling_gemma2 import repeat_kv
+    k, v = (repeat_kv(t, module.num_key_value_groups) for t in (key, value))
+    w = query @ k.transpose(2, 3) * scaling
+    w = w if softcap is None else softcap * torch.tanh(w / softcap)
+    w = torch.softmax(w if attention_mask is None else w + attention_mask, dim=-1)
+    return (w @ v).transpose(1, 2).contiguous(), w
+
+
+T.AttentionInterface.register("float64_eager", float64_eager)
+T.masking_utils.AttentionMaskInterface.register("float64_eager", T.masking_utils.eager_mask)   # additive masks
+ATTENTION = {"gemma2": "float64_eager"}          # every other family: sdpa
+
 _SAVED: dict = {}
 
 
@@ -101,7 +121,8 @@ def saved(tmp_path_factory):
         if family not in _SAVED:
             torch.manual_seed(0)
             config, cls = FAMILIES[family]()
-            model = cls._from_config(config, attn_implementation="sdpa", dtype=torch.float64).eval()
+            model = cls._from_config(config, attn_implementation=ATTENTION.get(family, "sdpa"),
+                                     dtype=torch.float64).eval()
             randomise(model, seed=len(_SAVED))
             folder = tmp_path_factory.mktemp(family)
             model.save_pretrained(folder, safe_serialization=True)
@@ -312,7 +333,7 @@ def test_wrong_shape_and_extra_tensors_are_named(saved, tmp_path):
 
 @pytest.mark.parametrize("edit, named", [
     (lambda c: c.update(model_type="mixtral"), "model_type 'mixtral'"),
-    (lambda c: c.update(model_type="gemma2"), "attn_logit_softcapping"),
+    (lambda c: c.update(model_type="gemma3"), "rope_parameters per layer type"),
     (lambda c: c.pop("model_type"), "model_type None"),
     (lambda c: c.update(num_local_experts=4), "'num_local_experts'"),
     (lambda c: c.update(alibi=True), "'alibi'"),
@@ -350,6 +371,24 @@ def test_older_config_spellings_load_the_same(saved, tmp_path):
     bad = _copy(saved("gemma")[0], tmp_path / "gemma-bad", config_edit=lambda c: c.update(hidden_activation="silu"))
     with pytest.raises(ValueError, match="'hidden_act' and 'hidden_activation' disagree"):
         hf.load(bad)
+
+
+def test_gemma2_config_fields_reach_the_blocks(saved, tmp_path):
+    """Gemma 2's fields as the blocks hold them: windows on layers 0, 2, … (``layer_types``, or Gemma2Config's
+    default without it: same logits), scale ``query_pre_attn_scalar^(−1/2)``, both caps; a missing
+    ``query_pre_attn_scalar`` and a stray ``hidden_act`` are refused by name."""
+    folder = saved("gemma2")[0]
+    ours = hf.load(folder)
+    assert [c.sliding_window for c in ours.cfgs] == [3, None] and all(c.post_norms for c in ours.cfgs)
+    assert {(c.attn_scale, c.attn_softcap) for c in ours.cfgs} == {(8 ** -0.5, 2.0)}
+    assert ours.parts.final_softcap == 5.0 and np.abs(ours.logits(IDS)).max() < 5.0
+    old = hf.load(_copy(folder, tmp_path / "types", config_edit=lambda c: c.pop("layer_types")))
+    np.testing.assert_array_equal(old.logits(IDS), ours.logits(IDS))
+    for edit, named in ((lambda c: c.pop("query_pre_attn_scalar"), "'query_pre_attn_scalar'"),
+                        (lambda c: c.update(hidden_act="gelu"), "'hidden_act'")):
+        with pytest.raises(ValueError) as err:
+            hf.load(_copy(folder, tmp_path / named.strip("'"), config_edit=edit))
+        assert named in _one_line(err)
 
 
 @pytest.mark.parametrize("ids, named", [([], "non-empty"), ([[1, 2]], "1-D"), ([1.5], "integers"),
