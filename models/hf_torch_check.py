@@ -9,6 +9,10 @@ bfloat16, whose eps is already 1/128) and hands its error on to the next through
 is the identity plus a small term, so the errors of ``L`` blocks add: ``K = K_BLOCK · (L + 1)`` (the ``+ 1``: the
 embeddings and the head). For a causal model the reference runs only the tokens up to the last position asked for
 (a causal model's rows there do not depend on later tokens), so a few early positions of a long prompt are cheap.
+
+Each row (one prompt, layer and position) has its own scale: a model's rows differ by 100× (the bundled few-shot
+model's first row reaches |H²| = 459 where the others stay near 5), and one global scale would let the small rows
+err by 100× more than their own round-off. Each quantity's ``Agreement`` is the row that used most of its tolerance.
 """
 from __future__ import annotations
 
@@ -26,17 +30,19 @@ __all__ = ["Agreement", "K_BLOCK", "SCALES", "check_against_float64", "rounded"]
 
 K_BLOCK = {"float64": 64, "float32": 64, "bfloat16": 16, "float16": 64}
 
+#: each quantity's scale, one per row (prompt, layer ℓ, position)
 SCALES = {
-    "hidden": "max |H^ℓ| over every layer ℓ = 0..L and the positions",
+    "hidden": "max_d |H^ℓ_d| of the row, every layer ℓ = 0..L",
     "logits": "max over the vocabulary of Σ_d |final(H^L)_d| |W_head[v, d]| (a dot product's round-off scale)",
-    "u": "max over the layers of |W| |a_x| (|u = W(a_C − a_x)| carries the round-off of its operands)",
-    "delta_b": "max over the layers of |H^ℓ| and |Δb| (Δb = r_C − r_x is a difference of residual streams)",
+    "u": "max over W's rows of Σ_d |W_d| |a_x,d| (u = W(a_C − a_x) carries the round-off of its operands)",
+    "delta_b": "max_d of |H^ℓ_d| and |Δb_d| (Δb = r_C − r_x is a difference of residual streams)",
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class Agreement:
-    """One quantity's largest error against float64 and its tolerance ``K · eps · scale``."""
+    """One quantity's row that used most of its tolerance: its largest error against float64 ``error``, its
+    ``scale`` and its tolerance ``K · eps · scale``."""
 
     name: str
     error: float
@@ -50,7 +56,7 @@ class Agreement:
     @property
     def fraction(self) -> float:
         """``error / tolerance``: how much of its tolerance the quantity used."""
-        return self.error / self.tolerance if self.tolerance > 0 else float(self.error > 0) * np.inf
+        return self.error / self.tolerance if self.tolerance > 0 else (np.inf if self.error > 0 else 0.0)
 
 
 def rounded(model: HFModel, dtype) -> HFModel:
@@ -82,21 +88,26 @@ def _positions(positions, T: int) -> np.ndarray:
 
 
 def _reference(model: HFModel, ids: np.ndarray, pos: np.ndarray) -> dict:
-    """The float64 values at ``pos`` of one prompt ``ids`` ``(T,)``, with what their scales are computed from."""
+    """``name → (values, scales)`` at ``pos`` of one prompt ``ids`` ``(T,)`` in float64: values ``(…, P, n)`` and
+    one scale per row ``(…, P, 1)`` (``SCALES``)."""
     if model.causal:
         ids = ids[: pos.max() + 1]
-    H = model.hidden_states(ids)
-    ups = [position_updates(p, c, h) for p, c, h in zip(model.blocks, model.cfgs, H)]
-    out = {"hidden": np.stack([h[pos] for h in H]),
-           "u": np.stack([u.u[pos] for u in ups]), "delta_b": np.stack([u.delta_b[pos] for u in ups]),
-           "scale": {"hidden": max(np.abs(h[pos]).max() for h in H),
-                     "u": max((np.abs(u.a[pos]) @ np.abs(p["mlp.W"]).T).max() for u, p in zip(ups, model.blocks)),
-                     "delta_b": max(max(np.abs(h[pos]).max(), np.abs(u.delta_b[pos]).max())
-                                    for u, h in zip(ups, H))}}
+    H_all = model.hidden_states(ids)
+    ups = [position_updates(p, c, h).map(lambda x: x[pos]) for p, c, h in zip(model.blocks, model.cfgs, H_all)]
+    H = [h[pos] for h in H_all]                                                           # (P, D) each
+    out = {"hidden": (np.stack(H), np.stack([row_max(h) for h in H])),
+           "u": (np.stack([u.u for u in ups]),
+                 np.stack([row_max(np.abs(u.a) @ np.abs(p["mlp.W"]).T) for u, p in zip(ups, model.blocks)])),
+           "delta_b": (np.stack([u.delta_b for u in ups]),
+                       np.stack([np.maximum(row_max(h), row_max(u.delta_b)) for u, h in zip(ups, H)]))}
     if model.lm_head is not None:
-        out["logits"] = model.logits_from(H[-1][pos])
-        out["scale"]["logits"] = (np.abs(model.final(H[-1][pos])) @ np.abs(model.lm_head).T).max()
+        out["logits"] = model.logits_from(H[-1]), row_max(np.abs(model.final(H[-1])) @ np.abs(model.lm_head).T)
     return out
+
+
+def row_max(x: np.ndarray) -> np.ndarray:
+    """``max |x|`` over the last axis, kept: ``(…, n) → (…, 1)``."""
+    return np.abs(x).max(-1, keepdims=True)
 
 
 def _torch_values(tmodel: TorchModel, ids: np.ndarray, pos: np.ndarray) -> dict:
@@ -130,7 +141,11 @@ def check_against_float64(tmodel: TorchModel, token_ids, positions) -> dict[str,
     got = _torch_values(tmodel, ids, pos)
     out = {}
     for name in got:
-        want = np.stack([r[name] for r in refs])
-        scale = float(max(r["scale"][name] for r in refs))
-        out[name] = Agreement(name, float(np.abs(got[name] - want).max()), scale, K * eps * scale)
+        want = np.stack([r[name][0] for r in refs])
+        scale = np.stack([r[name][1] for r in refs]) * np.ones_like(want[..., :1])
+        err = np.abs(got[name] - want).max(-1, keepdims=True)                           # (B, …, P, 1)
+        tol = K * eps * scale
+        used = np.divide(err, tol, out=np.where(err > 0, np.inf, 0.0), where=tol > 0)
+        worst = np.unravel_index(np.argmax(used), used.shape)
+        out[name] = Agreement(name, float(err[worst]), float(scale[worst]), float(tol[worst]))
     return out
