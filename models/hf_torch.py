@@ -28,6 +28,7 @@ import types
 import numpy as np
 
 from .errors import MissingExtraError
+from .hf import HFModel
 
 try:
     import torch
@@ -75,9 +76,12 @@ class TorchModel:
     """``model`` (an ``HFModel``) on torch in ``dtype`` over ``devices`` (module docstring)."""
 
     def __init__(self, model, dtype="float32", devices=None):
+        if not isinstance(model, HFModel):
+            raise ValueError(f"model must be a model that models.hf.load returned (an HFModel), got "
+                             f"{type(model).__name__}")
         parts = model.parts
         unknown = [f.name for f in dataclasses.fields(parts)
-                   if f.name not in KNOWN_PARTS and getattr(parts, f.name) not in (None, f.default)]
+                   if f.name not in KNOWN_PARTS and not _unset(getattr(parts, f.name), f.default)]
         if unknown:
             raise ValueError(f"{model.path}: the {model.family} model's {', '.join(unknown)} is not computed on "
                              f"torch yet (models.hf_torch)")
@@ -245,6 +249,11 @@ class TorchModel:
         new.blocks = tuple(self.backend(l).prepare(self.backend(l).apply_update(P, u), c)
                            for l, (P, c, u) in enumerate(zip(self.blocks, self.cfgs, updates)))
         return new
+
+
+def _unset(value, default) -> bool:
+    """A ``Parts`` field left at ``None`` or its default (an array is never taken for a default)."""
+    return value is None or value is default or (not isinstance(value, np.ndarray) and value == default)
 
 
 def to_dtype(arr: np.ndarray, dtype: torch.dtype, device) -> torch.Tensor:

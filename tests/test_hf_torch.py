@@ -192,21 +192,25 @@ def test_bad_input_is_refused_by_name(models):
                        ([1, 50], r"token_ids must lie in 0..49"), ([], "token_ids must be")):
         with pytest.raises(ValueError, match=match):
             tm.logits(bad)
+    with pytest.raises(ValueError, match="model must be a model that models.hf.load returned"):
+        TorchModel(model.parts)
     with pytest.raises(ValueError, match="updates must hold one Update per layer"):
         tm.with_updates([])
     with pytest.raises(ValueError, match=r"positions must lie in -9..8"):
         check_against_float64(tm, NEOX_IDS, [9])
 
 
-def test_a_part_it_does_not_compute_is_refused_by_name(models):
-    """A family added later with a part this module does not compute (here a made-up logit soft-cap) is refused
-    with its field's name rather than dropped."""
+@pytest.mark.parametrize("value", [30.0, np.ones(3)], ids=["number", "array"])
+def test_a_part_it_does_not_compute_is_refused_by_name(models, value):
+    """A family added later with a part this module does not compute (here a made-up logit soft-cap, a number or
+    an array) is refused with its field's name rather than dropped; left at its default it is not in the way."""
     model, _ = _get(models, "gpt_neox")
     Extra = dataclasses.make_dataclass("Extra", [("final_logit_softcap", object, dataclasses.field(default=None))],
                                        bases=(Parts,), frozen=True)
-    parts = Extra(**{f.name: getattr(model.parts, f.name) for f in dataclasses.fields(Parts)}, final_logit_softcap=30.)
+    known = {f.name: getattr(model.parts, f.name) for f in dataclasses.fields(Parts)}
     with pytest.raises(ValueError, match="final_logit_softcap is not computed on torch yet"):
-        TorchModel(dataclasses.replace(model, parts=parts))
+        TorchModel(dataclasses.replace(model, parts=Extra(**known, final_logit_softcap=value)))
+    TorchModel(dataclasses.replace(model, parts=Extra(**known)))
 
 
 @pytest.mark.parametrize("dtype", [pytest.param(d, id=f"hf-cuda-{d}", marks=pytest.mark.skipif(
