@@ -19,11 +19,18 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import torch
 
 from implicit_icl.reference import position_updates
 
+from .errors import MissingExtraError
 from .hf import HFModel
+
+try:
+    import torch
+except ImportError as exc:
+    raise MissingExtraError("implicit_icl.models.hf_torch_check needs torch, which is not installed: "
+                            "pip install 'implicit-icl[torch]'") from exc
+
 from .hf_torch import TorchModel, to_dtype
 
 __all__ = ["Agreement", "K_BLOCK", "SCALES", "check_against_float64", "rounded"]

@@ -228,3 +228,17 @@ def test_cuda_model_within_K_eps_scale_and_split_over_cpu_and_cuda(models, name,
     got, want = split.logits(ids), tm.logits(ids)
     assert got.device.type == "cpu" and want.device.type == "cuda"
     assert float((got.double() - want.double().cpu()).abs().max()) <= report["logits"].tolerance
+
+
+@pytest.mark.parametrize("module", ["implicit_icl.models.hf_torch", "implicit_icl.models.hf_torch_check"])
+def test_without_torch_the_import_names_the_extra(monkeypatch, module):
+    import importlib
+    import sys
+
+    from implicit_icl.models import MissingExtraError
+
+    monkeypatch.setitem(sys.modules, "torch", None)            # `import torch` fails, as without the extra
+    for name in ("implicit_icl.models.hf_torch", "implicit_icl.models.hf_torch_check"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    with pytest.raises(MissingExtraError, match=r"implicit-icl\[torch\]"):
+        importlib.import_module(module)
