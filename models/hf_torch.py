@@ -45,7 +45,7 @@ __all__ = ["TorchModel", "place"]
 #: the ``Parts`` fields this module computes; any other field that is set (a family added later, e.g. a final logit
 #: soft-cap) is refused by name rather than dropped
 KNOWN_PARTS = {"cfgs", "blocks", "tokens", "final_norm", "lm_head", "layer_name", "positions", "embed_scale",
-               "token_type", "embed_norm", "head_transform", "lm_head_bias"}
+               "token_type", "embed_norm", "head_transform", "lm_head_bias", "final_softcap"}
 
 
 def place(n_layers: int, devices=None) -> list[torch.device]:
@@ -103,7 +103,7 @@ class TorchModel:
         self._head = types.SimpleNamespace(
             norm=self._norm(parts.final_norm, last),
             W=self._embed.tokens if tied else self._tensor(parts.lm_head, last),
-            bias=self._tensor(parts.lm_head_bias, last),
+            bias=self._tensor(parts.lm_head_bias, last), softcap=parts.final_softcap,
             transform=None if tr is None else dict(W=self._tensor(tr["W"], last), b=self._tensor(tr["b"], last),
                                                    activation=tr["activation"], norm=self._norm(tr["norm"], last)))
 
@@ -207,7 +207,8 @@ class TorchModel:
             act = torch_ops.activation(types.SimpleNamespace(activation=tr["activation"]), h @ tr["W"].T + tr["b"])
             h = norm(tr["norm"], act)
         logits = h @ head.W.T                                                                # (..., V)
-        return logits + head.bias if head.bias is not None else logits
+        logits = logits + head.bias if head.bias is not None else logits
+        return torch_ops.softcap(logits, head.softcap)                                      # Gemma 2's cap
 
     def logits(self, token_ids) -> torch.Tensor:
         """``(..., T, V)`` logits at every position."""

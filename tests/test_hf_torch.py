@@ -1,9 +1,9 @@
 """``models.hf_torch`` (issue 15 item 6): a loaded model run on the torch backend layer by layer, batched, in float64,
 float32 and bfloat16, placed over a list of devices; ``models.hf_torch_check`` against the float64 reference.
 
-Two models: the bundled few-shot Llama (gated: RMSNorm, rotary, GQA, SwiGLU) and a random tiny GPT-NeoX (parallel,
-partial rotary, LayerNorm) built with transformers and saved with ``save_pretrained`` (``test_hf_families``' config
-and weights). Tolerances: float64 torch equals the NumPy model to ``1e-12 · scale`` (the conformance suite's float64
+Three models: the bundled few-shot Llama (gated: RMSNorm, rotary, GQA, SwiGLU), and a random tiny GPT-NeoX (parallel,
+partial rotary, LayerNorm) and Gemma 2 (post-norms, attention and final soft-caps, a sliding window, √d embeddings)
+built with transformers and saved with ``save_pretrained`` (``test_hf_families``' configs and weights). Tolerances: float64 torch equals the NumPy model to ``1e-12 · scale`` (the conformance suite's float64
 target, relative to the values' magnitude); float32 and bfloat16 within ``hf_torch_check``'s ``K · eps · scale``.
 """
 from __future__ import annotations
@@ -27,14 +27,15 @@ from implicit_icl.reference import model_updates, position_updates  # noqa: E402
 # fewshot's task, "a 3 c 7 f 1 h 12 b 9 k 0 m 5 d 2 c" (key → value pairs, then a query key) through its tokenizer:
 # ids here, so that the CUDA case needs neither tokenizers nor transformers on the GPU machine
 FEWSHOT_IDS = [1, 20, 3, 24, 6, 18, 8, 29, 2, 26, 11, 17, 13, 22, 4, 19, 3]
-NEOX_IDS = np.array([[3, 17, 0, 42, 8, 8, 25, 11, 30], [49, 2, 2, 7, 13, 40, 1, 0, 21]])
+TINY_IDS = np.array([[3, 17, 0, 42, 8, 8, 25, 11, 30], [49, 2, 2, 7, 13, 40, 1, 0, 21]])
+MODELS = ["fewshot", "gpt_neox", "gemma2"]
 CUDA_MISSING = "CUDA is not available on this machine (run scripts/gpu_check.sh on a GPU machine)"
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """``name → (HFModel, (B, T) ids)``: the bundled fewshot model (weights and config only) and a tiny random
-    gpt_neox, each where this install can have it."""
+    gpt_neox and gemma2, each where this install can have it."""
     out = {}
     if (fewshot_dir() / "config.json").is_file():
         folder = tmp_path_factory.mktemp("fewshot")
@@ -44,20 +45,21 @@ def models(tmp_path_factory):
     if importlib.util.find_spec("transformers") is not None:
         from test_hf_families import FAMILIES, randomise
 
-        torch.manual_seed(0)
-        config, cls = FAMILIES["gpt_neox"]()
-        model = cls._from_config(config, attn_implementation="sdpa", dtype=torch.float64).eval()
-        randomise(model, seed=7)
-        folder = tmp_path_factory.mktemp("gpt_neox")
-        model.save_pretrained(folder, safe_serialization=True)
-        out["gpt_neox"] = hf.load(folder), NEOX_IDS
+        for name in ("gpt_neox", "gemma2"):
+            torch.manual_seed(0)
+            config, cls = FAMILIES[name]()
+            model = cls._from_config(config, attn_implementation="eager", dtype=torch.float64).eval()
+            randomise(model, seed=7)
+            folder = tmp_path_factory.mktemp(name)
+            model.save_pretrained(folder, safe_serialization=True)
+            out[name] = hf.load(folder), TINY_IDS
     return out
 
 
 def _get(models, name):
     if name not in models:
         pytest.skip("the bundled few-shot model is not in this install (implicit-icl train --preset fewshot)"
-                    if name == "fewshot" else "transformers is not installed (it builds the tiny gpt_neox)")
+                    if name == "fewshot" else f"transformers is not installed (it builds the tiny {name})")
     return models[name]
 
 
@@ -72,7 +74,7 @@ def close(got, want, what: str, rel: float = 1e-12):
     assert err <= rel * scale, f"{what}: error {err:.3e} > {rel:g} × scale {scale:.3g}"
 
 
-@pytest.mark.parametrize("name", ["fewshot", "gpt_neox"])
+@pytest.mark.parametrize("name", MODELS)
 def test_float64_torch_equals_the_numpy_model(models, name):
     """Every hidden state, the logits, each layer's last-token and every-position updates, per prompt of a batch."""
     model, ids = _get(models, name)
@@ -95,7 +97,7 @@ def test_float64_torch_equals_the_numpy_model(models, name):
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32", "bfloat16"])
-@pytest.mark.parametrize("name", ["fewshot", "gpt_neox"])
+@pytest.mark.parametrize("name", MODELS)
 def test_check_against_float64_within_K_eps_scale(models, name, dtype):
     """Each dtype's hidden states, logits and position updates at the first, a middle and the last position are
     within ``K · eps · scale``; the errors are real round-off (not zero) below float64."""
@@ -121,7 +123,7 @@ def test_the_check_fails_a_model_that_computes_something_else(models):
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("name", ["fewshot", "gpt_neox"])
+@pytest.mark.parametrize("name", MODELS)
 def test_a_batch_equals_its_prompts_one_by_one(models, name, dtype):
     """A (B, T) batch and each (T,) prompt alone: the same numbers to round-off (a batched matmul may sum in
     another order: 64 eps of the values' scale)."""
@@ -138,7 +140,7 @@ def test_a_batch_equals_its_prompts_one_by_one(models, name, dtype):
             close(x[b], np64(y), f"{name} {dtype} prompt {b} {what}", rel)
 
 
-@pytest.mark.parametrize("name", ["fewshot", "gpt_neox"])
+@pytest.mark.parametrize("name", MODELS)
 def test_placement_over_a_list_of_devices_gives_identical_results(models, name):
     """``devices=["cpu", "cpu"]``: layer 0 in one run, layer 1 in the next, the hidden state handed on with
     ``Tensor.to`` between them; bit-for-bit what one device gives (same operations, same device)."""
@@ -171,7 +173,7 @@ def test_place_splits_layers_evenly_in_order(monkeypatch):
         place(2, ["gpu"])
 
 
-@pytest.mark.parametrize("name", ["fewshot", "gpt_neox"])
+@pytest.mark.parametrize("name", MODELS)
 def test_every_layers_update_reproduces_the_next_token_logits(models, name):
     """float64 on torch: each prompt's last-token updates put into every layer at once; the query token run alone
     gives that prompt's next-token logits (THEORY §3c) to 1e-12 of their scale."""
@@ -197,7 +199,7 @@ def test_bad_input_is_refused_by_name(models):
     with pytest.raises(ValueError, match="updates must hold one Update per layer"):
         tm.with_updates([])
     with pytest.raises(ValueError, match=r"positions must lie in -9..8"):
-        check_against_float64(tm, NEOX_IDS, [9])
+        check_against_float64(tm, TINY_IDS, [9])
 
 
 @pytest.mark.parametrize("value", [30.0, np.ones(3)], ids=["number", "array"])
@@ -215,7 +217,7 @@ def test_a_part_it_does_not_compute_is_refused_by_name(models, value):
 
 @pytest.mark.parametrize("dtype", [pytest.param(d, id=f"hf-cuda-{d}", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason=CUDA_MISSING)) for d in ("float32", "bfloat16")])
-@pytest.mark.parametrize("name", ["fewshot", "gpt_neox"])
+@pytest.mark.parametrize("name", MODELS)
 def test_cuda_model_within_K_eps_scale_and_split_over_cpu_and_cuda(models, name, dtype):
     """On CUDA (scripts/gpu_check.sh): the check against float64 passes, and the model split over ["cuda", "cpu"]
     (layer 0 on the GPU, layer 1 on the CPU: the hidden state crosses devices) agrees with it to K·eps·scale."""
