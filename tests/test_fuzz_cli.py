@@ -134,7 +134,8 @@ def refused(tmp: Path, argv: list[str]) -> str:
     lines = text.splitlines()
     assert code == 2, f"{argv!r}: exit {code}, stderr {text!r}"
     assert "Traceback" not in text, text
-    errors = [line for line in lines if line.startswith(f"implicit-icl {command}: ")]
+    errors = [line for line in lines if line.startswith((f"implicit-icl {command}: ", f"implicit-icl {command} "))
+              and ": " in line]                     # a subcommand's own parser: "implicit-icl exercises check: …"
     assert len(errors) == 1 and lines[-1] == errors[0], f"{argv!r}: stderr {text!r}"
     assert all(line.startswith(("usage:", " ")) for line in lines[:-1]), f"{argv!r}: stderr {text!r}"
     assert _snapshot(tmp, DATA_DIR) == before, f"{argv!r} wrote or changed a file"
@@ -225,7 +226,8 @@ def test_bench_refuses_bad_json_paths(workdir, make):
 @fuzz
 @given(bad=st.one_of(st.tuples(st.just("--seeds"), bad_count()),
                      st.tuples(st.just("--kind"), odd_text.filter(lambda s: s not in ("plain", "p1-skip", "residual",
-                                                                                        "pre-ln", "post-ln")))))
+                                                                                        "pre-ln", "post-ln", "gated",
+                                                                                        "parallel")))))
 def test_verify_refuses_bad_values(workdir, bad):
     option, value = bad
     refused(_fresh(workdir), ["verify", f"{option}={value}"])
@@ -286,3 +288,42 @@ def test_explain_refuses_an_empty_text(workdir, text):
 def test_explain_refuses_bad_json_paths(workdir, make):
     tmp = _fresh(workdir)
     assert "--json" in refused(tmp, [*EXPLAIN, "--json", make(tmp, ".json")])
+
+
+# ---- walkthrough (--export: rendered and exit, never the app; all refused before any rendering)
+WALK = ["walkthrough", "--random", "--export", "out.txt"]
+
+
+@fuzz
+@given(bad=st.one_of(
+    st.tuples(st.sampled_from(["--tokens"]), bad_count(also_huge=True)),
+    st.tuples(st.just("--seed"), not_an_int | st.integers(max_value=-1).map(str)),
+    st.tuples(st.just("--step"), not_an_int | st.integers(max_value=-1).map(str)),
+    st.tuples(st.just("--size"), odd_text.filter(lambda s: "x" not in s) | st.sampled_from(
+        ["0x0", "3000x3000", "100000x100000", "-80x24", "80x", "x24", "80x24x3", "1e3x24"])),
+    st.tuples(st.just("--backend"), odd_text.filter(lambda s: s not in ("numpy", "torch"))),
+))
+def test_walkthrough_refuses_bad_values(workdir, bad):
+    option, value = bad
+    refused(_fresh(workdir), [*WALK, f"{option}={value}"])
+
+
+@fuzz
+@given(make=st.sampled_from([_foreign_file, _under_a_file, _inside_package, _a_folder]))
+def test_walkthrough_refuses_bad_export_paths(workdir, make):
+    tmp = _fresh(workdir)
+    assert "--export" in refused(tmp, ["walkthrough", "--random", "--export", make(tmp, ".txt")])
+
+
+# ---- exercises and theory
+@fuzz
+@given(number=st.one_of(not_an_int, st.integers(max_value=0).map(str), st.integers(min_value=11).map(str)))
+def test_exercises_refuse_bad_numbers(workdir, number):
+    refused(_fresh(workdir), ["exercises", "check", number])
+
+
+@fuzz
+@given(section=odd_text.filter(lambda s: s.strip() and s.strip().lower() != "all" and not s.strip()[:1].isdigit()))
+def test_theory_refuses_unknown_sections(workdir, section):
+    line = refused(_fresh(workdir), ["theory", section])
+    assert "SECTION" in line or (section.startswith("-") and "unrecognized arguments" in line)   # read as an option

@@ -48,7 +48,7 @@ def add_arguments(parser) -> None:
     for action in (init, listing, check, solution):   # `check 1 --dir course` as well as `--dir course check 1`
         action.add_argument("--dir", metavar="DIR", default=argparse.SUPPRESS, help=DIR_HELP)
     for action in (check, solution):
-        action.add_argument("number", type=int, metavar="N", help="the exercise number, 1..9")
+        action.add_argument("number", type=int, metavar="N", help="the exercise number, 1..10")
     solution.add_argument("--yes", action="store_true", help="do not ask (for scripts)")
     check.add_argument("--hint", action="store_true",
                        help="after grading, show one hint more than the last time (a small file in your course "

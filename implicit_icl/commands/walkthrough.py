@@ -49,11 +49,13 @@ def add_arguments(parser) -> None:
     source.add_argument("--checkpoint", metavar="PATH",
                         help="a single-block checkpoint (.npz, e.g. from implicit-icl train)")
     source.add_argument("--random", action="store_true", help="a seeded random (untrained) plain block")
-    source.add_argument("--model", metavar="NAME", help="a real pretrained model ('minilm') on TEXT")
+    source.add_argument("--model", metavar="NAME_OR_PATH",
+                        help="a real model on TEXT: 'minilm', 'fewshot' (the bundled few-shot Llama) or the folder "
+                             "of any checkpoint implicit_icl.models.hf.load reads (config.json + safetensors)")
     parser.add_argument("text", nargs="?", metavar="TEXT", help="the text to read with --model")
     parser.add_argument("--layer", type=int, default=None, metavar="L",
-                        help="with --model: the layer to open on, 0..5 for minilm (default: 3, as in the README; "
-                             "[ and ] switch layers in the app)")
+                        help="with --model: the layer to open on (default: 3 for minilm, as in the README; the last "
+                             "layer for a decoder; [ and ] switch layers in the app)")
     parser.add_argument("--position", type=int, default=None, metavar="P",
                         help="with --model: the query token's index in the token list ([CLS] is 0; negative "
                              "counts from the end, so -1 is the final [SEP]); default: the last real token "
