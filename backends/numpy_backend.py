@@ -6,17 +6,16 @@ prefix: the O(n²) oracle that the torch backend's chunked pass is checked again
 """
 from __future__ import annotations
 
-from dataclasses import fields
-
 import numpy as np
 
 from implicit_icl import reference as ref
 from implicit_icl.reference.blocks import check_context_query, kept_positions
 from implicit_icl.reference.model import normalise_stack
+from implicit_icl.reference.trajectories import FIELDS
 from implicit_icl.reference.validation import check_params, from_tensor
 
 UPDATE_FIELDS = ("u", "a", "delta_b")
-TRAJECTORY_FIELDS = tuple(f.name for f in fields(ref.Trajectory))
+TRAJECTORY_FIELDS = FIELDS
 
 
 def _check_numpy_dtype(dtype) -> None:
@@ -38,7 +37,7 @@ def _update_like(x) -> bool:
 def _trajectory_like(x) -> bool:
     """Another backend's ``Trajectory``: every field of the reference's (checked before ``_update_like``: a
     trajectory has ``u``, ``a`` and ``delta_b`` too)."""
-    return not isinstance(x, (ref.Trajectory, np.ndarray)) and all(hasattr(x, f) for f in TRAJECTORY_FIELDS)
+    return not isinstance(x, np.ndarray) and all(hasattr(x, f) for f in TRAJECTORY_FIELDS)
 
 
 class NumpyBackend:
@@ -66,7 +65,7 @@ class NumpyBackend:
         reference's."""
         if isinstance(x, dict):
             return {k: self.asarray(v) for k, v in x.items()}
-        if isinstance(x, ref.Trajectory):
+        if isinstance(x, ref.Trajectory) and x.is_numpy:
             return x
         if _trajectory_like(x):
             return ref.Trajectory.of(x, self.asarray, "one context (a torch Trajectory indexes its batch: tr[b]) "

@@ -7,7 +7,8 @@ the reference (the same checks and messages: ``torch_checks``) and converted.
 This class is thin: the block's pieces are ``torch_ops`` (the kinds themselves are ``reference.kinds``, shared with
 the reference), the update is the reference's one formula ``update_from_taps`` and its one ``Update`` class, the
 O(n·d) trajectory is the scan of ``torch_scan`` (one pass over the context in slabs, running-max softmax) and its
-lazy ``Trajectory`` is in ``torch_results``; a stack's prefix dynamics are ``torch_stack`` (one chunked causal
+``Trajectory`` is the reference's one class (``reference.trajectories``: its per-prefix vectors formed when
+read); a stack's prefix dynamics are ``torch_stack`` (one chunked causal
 attention pass per block, O(n²·d) time, O(n·d) memory).
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ from implicit_icl.reference.validation import check_remove
 from . import torch_ops
 from .torch_checks import (  # noqa: F401 (DTYPES, resolve_* re-exported)
     DTYPES, CheckedParams, Checks, dtype_name, resolve_device, resolve_dtype, synced)
-from .torch_results import Trajectory
+from implicit_icl.reference.trajectories import Trajectory
 from .torch_scan import layer_norm_increment, prefix_attention_scan, scan_trajectory  # noqa: F401 (re-exported)
 from .torch_stack import ELEMENTS, prefix_updates
 
@@ -71,7 +72,7 @@ class TorchBackend:
             return type(x)(self.asarray(v) for v in x)
         if isinstance(x, Update):
             return x.map(self.asarray)
-        if isinstance(x, (ref.Trajectory, Trajectory)):
+        if isinstance(x, Trajectory):
             raise ValueError("x is a Trajectory: asarray converts arrays, params dicts and Updates; compute the "
                              "trajectory with this backend (trajectory(params, cfg, context, query)) instead")
         return self.check.convert("x", x)
@@ -83,13 +84,11 @@ class TorchBackend:
             return {k: self.to_numpy(v) for k, v in x.items()}
         if isinstance(x, (list, tuple)):
             return type(x)(self.to_numpy(v) for v in x)
-        if isinstance(x, ref.Trajectory):
-            return x
         if isinstance(x, Update):
             return x if x.is_numpy else x.map(self.to_numpy)
         if isinstance(x, Trajectory):                 # forms the lazy fields (u, grad_u, predictions)
-            return ref.Trajectory.of(x, self.to_numpy, "one context, to_numpy(tr[b]), or its fields, "
-                                                       "to_numpy(tr.delta_W_norm)")
+            return x if x.is_numpy else Trajectory.of(
+                x, self.to_numpy, "one context, to_numpy(tr[b]), or its fields, to_numpy(tr.delta_W_norm)")
         if isinstance(x, torch.Tensor):
             x = x.detach().cpu()
             if x.dtype in (torch.bfloat16, torch.float16):

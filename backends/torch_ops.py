@@ -163,6 +163,17 @@ def mlp_from_pre(params: dict, cfg: BlockConfig, pre: torch.Tensor, b_out: torch
 
 
 zeros_like = torch.zeros_like
+
+
+def cat(tensors, axis: int) -> torch.Tensor:
+    """``torch.cat`` under the name every ``ops`` module gives it."""
+    return torch.cat(tensors, dim=axis)
+
+
+def amax(x: torch.Tensor, axis: int) -> torch.Tensor:
+    """The largest entry along ``axis`` (every ``ops`` module's name for it)."""
+    return x.amax(axis)
+
 OPS = sys.modules[__name__]      # this module as the ``ops`` of ``reference.kinds``
 
 

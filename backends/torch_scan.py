@@ -21,8 +21,9 @@ import torch
 
 from implicit_icl.reference import kinds
 
+from implicit_icl.reference.trajectories import Trajectory
+
 from . import torch_ops
-from .torch_results import Trajectory
 
 BLOCK = 64
 
@@ -316,10 +317,10 @@ def scan_trajectory(P0: dict, cfg, context: torch.Tensor, query: torch.Tensor, s
     if keep:
         kept, rescan = {"delta": delta, "delta_b": delta_b, "steps": steps}, None
     else:
-        kept = None
+        kept = {}
         rescan = lambda: scan_trajectory(P0, cfg, context, query, slab, acc, checks, keep=True).kept  # noqa: E731
     return Trajectory(W0=P0["mlp.W"], relative_change=cast(relative_change), params=P0, cfg=cfg, kept=kept,
-                      rescan=rescan, **out)
+                      rescan=rescan, ops=torch_ops.OPS, **out)
 
 
 def rms_norm_increment(y: torch.Tensor, dy: torch.Tensor, g: torch.Tensor, eps: float) -> torch.Tensor:

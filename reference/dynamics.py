@@ -8,87 +8,13 @@ with ``W_i`` on the query alone. Consecutive ``W_i`` follow online "gradient des
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-
 import numpy as np
 
 from .blocks import check_context_query, head, kept_positions, sequence, taps
 from .config import BlockConfig
+from .trajectories import Trajectory
 from .update import Update, _check_norm, apply_update, bias_key, update_from_taps
 from .validation import params_like
-
-
-@dataclass(frozen=True)
-class Trajectory:
-    """Everything about the prefixes ``i = 0..n`` of a context for one fixed query, kept factored.
-
-    Shapes (n = context length, D = d_model, M = d_mlp):
-
-    - ``a`` (D,): the tap of the query alone; every ``ΔW_i`` has it as right factor.
-    - ``delta`` (n+1, D): ``a_i − a``, where ``a_i`` is the tap with the first i context tokens.
-    - ``u`` (n+1, M): ``W_0 delta_i``, so ``ΔW_i = u_i aᵀ/‖a‖²``; ``delta_b`` (n+1, D): ``r_i − r``.
-    - ``delta_W_norm`` (n+1,): ``‖ΔW_i‖_F = ‖u_i‖/‖a‖``.
-    - ``step_norm`` (n,): ``‖ΔW_{i+1} − ΔW_i‖ = ‖u_{i+1} − u_i‖/‖a‖`` (any matrix norm: the step is rank 1).
-    - ``relative_change`` (n,): ``step_norm_i / ‖ΔW_i‖``; ``nan`` where ``ΔW_i = 0`` (always at i = 0).
-    - ``h``: the step size ``1/‖a‖²``.
-    - ``grad_u`` (n, M): ``Δ_i = grad_u_i aᵀ`` is the gradient of ``L_i``, i.e. ``grad_u_i = u_i − u_{i+1}``.
-    - ``loss`` (n,): ``L_i(W_i) = tr(Δ_iᵀ W_i)``; ``grad_norm`` (n,): ``‖Δ_i‖_F``.
-    - ``pred_context`` (n+1, D): ``T_{W_0}(c_1..c_i, x)``; ``pred_update`` (n+1, D): ``T_{W_i}(x)``.
-    """
-
-    W0: np.ndarray
-    a: np.ndarray
-    delta: np.ndarray
-    u: np.ndarray
-    delta_b: np.ndarray
-    delta_W_norm: np.ndarray
-    step_norm: np.ndarray
-    relative_change: np.ndarray
-    h: float
-    grad_u: np.ndarray
-    loss: np.ndarray
-    grad_norm: np.ndarray
-    pred_context: np.ndarray
-    pred_update: np.ndarray
-
-    @classmethod
-    def of(cls, x, convert, how: str) -> "Trajectory":
-        """Another backend's trajectory of *one* context (any object with this class's fields) as the reference's,
-        each field through ``convert`` (to float64 NumPy). A batched one (``a`` of more than one axis) would be
-        read as one context with the batch as its prefixes: refused, ``how`` saying what to convert instead."""
-        a = convert(x.a)
-        if np.ndim(a) > 1:
-            raise ValueError(f"x is a batched Trajectory (batch shape {tuple(np.shape(a))[:-1]}); the reference's "
-                             f"Trajectory holds one context (its axis 0 is the prefix): convert {how}")
-        h = convert(x.h)
-        return cls(**{f.name: convert(getattr(x, f.name)) for f in fields(cls) if f.name not in ("a", "h")},
-                   a=a, h=float(h) if np.ndim(h) == 0 else h)
-
-    @property
-    def n(self) -> int:
-        """Context length (the number of steps)."""
-        return self.u.shape[0] - 1
-
-    def update(self, i: int) -> Update:
-        """The update that absorbs the first ``i`` context tokens."""
-        return Update(u=self.u[i], a=self.a, delta_b=self.delta_b[i])
-
-    def delta_W(self, i: int) -> np.ndarray:
-        """``ΔW_i`` as a matrix ``(M, D)``."""
-        return self.update(i).delta_W
-
-    def W(self, i: int) -> np.ndarray:
-        """``W_i = W_0 + ΔW_i`` as a matrix ``(M, D)``."""
-        return self.W0 + self.delta_W(i)
-
-    def gradient(self, i: int) -> np.ndarray:
-        """``Δ_i = ∇_W L_i`` as a matrix ``(M, D)`` (P1 Prop. 3.1); ``W_{i+1} = W_i − h Δ_i``."""
-        return np.outer(self.grad_u[i], self.a)
-
-    @property
-    def prediction_error(self) -> np.ndarray:
-        """``max |pred_context_i − pred_update_i|`` per prefix: round-off, by the theorem."""
-        return np.max(np.abs(self.pred_context - self.pred_update), axis=-1)
 
 
 def trajectory(params: dict, cfg: BlockConfig, context, query) -> Trajectory:
@@ -122,11 +48,11 @@ def trajectory_from_taps(params: dict, cfg: BlockConfig, a_i: np.ndarray, r_i: n
     prefixes = update_from_taps(W0, a_i, r_i, a, r)                      # u (n+1, M), delta_b (n+1, D)
     u, delta_b = prefixes.u, prefixes.delta_b
     delta_W_norm = np.linalg.norm(u, axis=1) / a_norm                    # (n+1,)
-    steps = np.diff(u, axis=0)                                           # (n, M)
-    step_norm = np.linalg.norm(steps, axis=1) / a_norm                   # (n,)
+    u_steps = np.diff(u, axis=0)                                         # (n, M)
+    step_norm = np.linalg.norm(u_steps, axis=1) / a_norm                 # (n,)
     with np.errstate(divide="ignore", invalid="ignore"):
         relative_change = np.where(delta_W_norm[:-1] > 0, step_norm / delta_W_norm[:-1], np.nan)
-    grad_u = -steps                                                      # (n, M): Δ_i = grad_u_i aᵀ
+    grad_u = -u_steps                                                    # (n, M): Δ_i = grad_u_i aᵀ
     W_i_a = a @ W0.T + u[:-1]                                            # (n, M): W_i a = W_0 a + u_i
     loss = np.sum(grad_u * W_i_a, axis=1)                                # tr(Δ_iᵀ W_i) = grad_uᵀ W_i a
     grad_norm = np.linalg.norm(grad_u, axis=1) * a_norm
@@ -135,9 +61,10 @@ def trajectory_from_taps(params: dict, cfg: BlockConfig, a_i: np.ndarray, r_i: n
         head(apply_update(params, Update(u[i], a, delta_b[i])), cfg, a, r) for i in range(n + 1)
     ])                                                                   # (n+1, D): the query alone, W_i
     return Trajectory(
-        W0=W0, a=a, delta=delta, u=u, delta_b=delta_b, delta_W_norm=delta_W_norm, step_norm=step_norm,
-        relative_change=relative_change, h=float(1.0 / (a_norm * a_norm)), grad_u=grad_u, loss=loss,
-        grad_norm=grad_norm, pred_context=pred_context, pred_update=pred_update,
+        W0=W0, a=a, r=r, delta_W_norm=delta_W_norm, step_norm=step_norm, relative_change=relative_change,
+        h=float(1.0 / (a_norm * a_norm)), loss=loss, grad_norm=grad_norm, params=params, cfg=cfg,
+        kept=dict(delta=delta, delta_b=delta_b, steps=np.diff(a_i, axis=0), u=u, grad_u=grad_u,
+                  pred_context=pred_context, pred_update=pred_update),
     )
 
 

@@ -139,10 +139,25 @@ def mlp(params: dict, cfg: BlockConfig, a: np.ndarray, W=None, b_out=None) -> np
     ``W``/``b_out`` replace the params' (updated weights)."""
     W = params["mlp.W"] if W is None else W
     b_out = params["mlp.b_out"] if b_out is None else b_out
-    pre = a @ W.T + params["mlp.b"]                                                  # (..., d_in)
+    return mlp_from_pre(params, cfg, a @ W.T + params["mlp.b"], b_out)               # pre: (..., d_in)
+
+
+def mlp_from_pre(params: dict, cfg: BlockConfig, pre: np.ndarray, b_out) -> np.ndarray:
+    """The MLP after its first matrix: ``W_out σ(pre) + b_out``, or ``W_out (σ(gate) ⊙ up) + b_out`` for the gated
+    MLP; ``(..., d_in) → (..., d_model)``."""
     act = ACTIVATION_FNS[cfg.activation]
     hidden = act(pre[..., :cfg.d_mlp]) * pre[..., cfg.d_mlp:] if cfg.kind == "gated" else act(pre)   # (..., d_mlp)
     return hidden @ params["mlp.W_out"].T + b_out                                    # (..., d_model)
+
+
+def cat(arrays, axis: int) -> np.ndarray:
+    """``np.concatenate`` under the name every ``ops`` module gives it."""
+    return np.concatenate(arrays, axis=axis)
+
+
+def amax(x: np.ndarray, axis: int) -> np.ndarray:
+    """The largest entry along ``axis`` (every ``ops`` module's name for it)."""
+    return np.max(x, axis=axis)
 
 
 zeros_like = np.zeros_like

@@ -543,9 +543,9 @@ def test_a_trajectory_forms_its_per_prefix_vectors_only_when_read():
     rng = np.random.default_rng(2)
     C, x = rng.standard_normal((2, 40, 6)), rng.standard_normal((2, 6))
     lazy, kept = T64.trajectory(p, cfg, C, x, slab=16), T64.trajectory(p, cfg, C, x, slab=16, keep=True)
-    assert lazy.kept is None and "_per_prefix" not in lazy.__dict__ and kept.kept is not None
+    assert lazy.kept == {} and "_rescanned" not in lazy.__dict__ and set(kept.kept) == {"delta", "delta_b", "steps"}
     assert torch.equal(lazy.delta_W_norm, kept.delta_W_norm) and torch.equal(lazy.step_norm, kept.step_norm)
-    assert "_per_prefix" not in lazy.__dict__                        # reading the norms formed nothing
+    assert "_rescanned" not in lazy.__dict__                         # reading the norms formed nothing
     for name in ("delta", "delta_b", "steps"):
         assert torch.equal(getattr(lazy, name), getattr(kept, name)), name
         assert torch.equal(getattr(lazy[1], name), getattr(kept[1], name)), name

@@ -27,7 +27,7 @@ def pin_round_off(data):
     t = data.trajectory
     pred_update = np.nextafter(t.pred_context, np.inf)        # pred_context − pred_update = −1 ulp, exactly
     pred_update[0] = t.pred_context[0]                        # i = 0: no context, the same computation twice
-    return dataclasses.replace(data, trajectory=dataclasses.replace(t, pred_update=pred_update))
+    return dataclasses.replace(data, trajectory=dataclasses.replace(t, kept=dict(t.kept, pred_update=pred_update)))
 
 
 @pytest.fixture(scope="module")
