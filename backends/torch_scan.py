@@ -270,7 +270,6 @@ def scan_trajectory(P0: dict, cfg, context: torch.Tensor, query: torch.Tensor, s
     a0, r0 = torch_ops.taps_from_attention(P, cfg, x, A0)
     checks.norm(a0, cfg, "the query")
     a_norm_sq = (a0 * a0).sum(-1)                                                # (...)
-    a_norm = torch.sqrt(a_norm_sq)
     W0 = P["mlp.W"]
     G = W0.T @ W0                                                                # (D, D) Gram matrix
 
@@ -303,14 +302,8 @@ def scan_trajectory(P0: dict, cfg, context: torch.Tensor, query: torch.Tensor, s
         a_before = torch.cat([a_prev[..., None, :], a[..., :-1, :]], -2)         # a_i for step i → i+1
         loss[..., s0:s0 + S] = -(daG * a_before).sum(-1)                         # tr(Δ_iᵀW_i) = −stepᵀ G a_i
         a_prev = a[..., -1, :]
-    delta_W_norm = dW_n / a_norm[..., None]
-    step_norm = step_n / a_norm[..., None]
-    prev = delta_W_norm[..., :-1]
-    relative_change = torch.where(prev > 0, step_norm / torch.where(prev > 0, prev, 1), torch.nan)
-    grad_norm = step_norm * a_norm_sq[..., None]                                 # ‖Δ_i‖_F = ‖grad_u_i‖ ‖a‖
-    cast = lambda t: t.to(out_dtype)                                             # noqa: E731
-    out = {"a": cast(a0), "r": cast(r0), "delta_W_norm": cast(delta_W_norm), "step_norm": cast(step_norm),
-           "loss": cast(loss), "grad_norm": cast(grad_norm), "h": cast(1.0 / a_norm_sq)}
+    out = _norm_fields(dW_n, step_n, loss, a0, r0, a_norm_sq, out_dtype)
+    relative_change = out.pop("relative_change")
     # in the output dtype (float16 overflows at 65504); relative_change is nan at i = 0 by definition, and a
     # plain block's delta_b is zero by construction
     checks.finite("trajectory", **out, **({"delta_b": delta_b} if keep and cfg.kind != "plain" else {}))
@@ -319,8 +312,23 @@ def scan_trajectory(P0: dict, cfg, context: torch.Tensor, query: torch.Tensor, s
     else:
         kept = {}
         rescan = lambda: scan_trajectory(P0, cfg, context, query, slab, acc, checks, keep=True).kept  # noqa: E731
-    return Trajectory(W0=P0["mlp.W"], relative_change=cast(relative_change), params=P0, cfg=cfg, kept=kept,
+    return Trajectory(W0=P0["mlp.W"], relative_change=relative_change, params=P0, cfg=cfg, kept=kept,
                       rescan=rescan, ops=torch_ops.OPS, **out)
+
+
+def _norm_fields(dW_n, step_n, loss, a0, r0, a_norm_sq, out_dtype) -> dict:
+    """The Trajectory's O(n) fields, in the output dtype, from the scan's ``‖u_i‖`` and ``‖u_{i+1} − u_i‖``:
+    ``‖ΔW_i‖ = ‖u_i‖/‖a‖``, the step norms, ``relative_change`` (nan where ``ΔW_i = 0``), ``‖Δ_i‖_F = ‖grad_u_i‖ ‖a‖``
+    and ``h = 1/‖a‖²``."""
+    a_norm = torch.sqrt(a_norm_sq)
+    delta_W_norm = dW_n / a_norm[..., None]
+    step_norm = step_n / a_norm[..., None]
+    prev = delta_W_norm[..., :-1]
+    relative_change = torch.where(prev > 0, step_norm / torch.where(prev > 0, prev, 1), torch.nan)
+    grad_norm = step_norm * a_norm_sq[..., None]                                 # ‖Δ_i‖_F = ‖grad_u_i‖ ‖a‖
+    fields = {"a": a0, "r": r0, "delta_W_norm": delta_W_norm, "step_norm": step_norm, "loss": loss,
+              "grad_norm": grad_norm, "h": 1.0 / a_norm_sq, "relative_change": relative_change}
+    return {k: v.to(out_dtype) for k, v in fields.items()}
 
 
 def rms_norm_increment(y: torch.Tensor, dy: torch.Tensor, g: torch.Tensor, eps: float) -> torch.Tensor:
