@@ -18,10 +18,3 @@ def require(module: str, what: str):
     except ImportError as exc:
         raise MissingExtraError(f"{what} needs the Python package {module!r}, which is not installed: "
                                 f"{EXTRA_HINT}") from exc
-
-
-def as_option(exc: Exception) -> str:
-    """A loader's error message for the command line: its argument (``layer``, ``position``) named as the option
-    that set it (``--layer``, ``--position``)."""
-    text = str(exc)
-    return "--" + text if text.startswith(("layer must", "position must")) else text

@@ -60,6 +60,6 @@ def test_a_student_file_that_exits_at_import_is_feedback(places, capsys):
                                         (ValueError("position must be an int, got 99"), "--position must be"),
                                         (ValueError("TEXT is empty"), "TEXT is empty")])
 def test_loader_messages_name_the_option(exc, shown):
-    from implicit_icl.models.errors import as_option
+    from implicit_icl.commands import ANALYSIS_OPTIONS, as_option
 
-    assert as_option(exc).startswith(shown)
+    assert as_option(exc, ANALYSIS_OPTIONS).startswith(shown)

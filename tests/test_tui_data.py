@@ -137,7 +137,7 @@ def test_stack_checkpoint_is_refused(tmp_path):
 
 @pytest.mark.parametrize("bad", [0, -1, wdata.MAX_TOKENS + 1, 2.5, True])
 def test_tokens_must_be_positive_int(bad):
-    with pytest.raises(wdata.WalkthroughError, match="--tokens"):
+    with pytest.raises(wdata.WalkthroughError, match="n_tokens must be an integer"):   # the command says --tokens
         wdata.check_tokens(bad)
 
 

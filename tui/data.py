@@ -223,9 +223,9 @@ def curve_series(t: Trajectory, which: str) -> np.ndarray:
 # --- builders -----------------------------------------------------------------------------------------------------
 
 def check_tokens(n_tokens) -> int:
-    """``--tokens`` must be an int in ``1..MAX_TOKENS``."""
+    """``n_tokens`` (the prompt's context tokens) must be an int in ``1..MAX_TOKENS``."""
     if not is_int(n_tokens) or not 1 <= n_tokens <= MAX_TOKENS:
-        raise WalkthroughError(f"--tokens must be an integer from 1 to {MAX_TOKENS} (context tokens), got {n_tokens!r}")
+        raise WalkthroughError(f"n_tokens must be an integer from 1 to {MAX_TOKENS} (context tokens), got {n_tokens!r}")
     return int(n_tokens)
 
 

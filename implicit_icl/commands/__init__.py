@@ -1,8 +1,8 @@
 """The commands of ``implicit-icl``, one thin module each (``HELP``, ``DESCRIPTION``, ``add_arguments``, ``run``).
 
 A command checks its options, calls the library, and translates the library's errors (which name their own
-arguments) into option names. What every command shares is here: :func:`fail` (the one form of a command's error
-line) and the optional dependencies each extra installs (:data:`EXTRAS`, :func:`missing_extra`).
+arguments) into option names (:func:`as_option`). What every command shares is here: :func:`fail` (the one form of a
+command's error line) and the optional dependencies each extra installs (:data:`EXTRAS`, :func:`missing_extra`).
 """
 from __future__ import annotations
 
@@ -17,6 +17,20 @@ def fail(command: str, message: str, code: int = 2) -> int:
     """Print ``implicit-icl COMMAND: MESSAGE`` on stderr and return ``code`` (2: a bad argument, 1: a failure)."""
     print(f"implicit-icl {command}: {message}", file=sys.stderr)
     return code
+
+
+def as_option(exc: Exception, options: dict[str, str]) -> str:
+    """A library error's message for the command line: the argument it names first (``n_tokens must …``) named as
+    the option that set it (``--tokens must …``); ``options`` maps argument names to options."""
+    text = str(exc)
+    for name, option in options.items():
+        if text.startswith(f"{name} must") or text.startswith(f"{name} "):
+            return option + text[len(name):]
+    return text
+
+
+#: the arguments of the model analysis, as the explain and walkthrough commands call them
+ANALYSIS_OPTIONS = {"layer": "--layer", "position": "--position"}
 
 
 def missing_extra(command: str, module: str | None) -> str | None:

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 
-from implicit_icl.commands import fail
+from implicit_icl.commands import ANALYSIS_OPTIONS, as_option, fail
 
 HELP = "show the implicit rank-1 update of a real pretrained model's MLP (MiniLM, fewshot or a folder) for one token"
 DESCRIPTION = """\
@@ -235,9 +235,7 @@ def run(args) -> int:
         else:
             report, texts, ok = _explain_text(args, model)
     except ValueError as exc:
-        from implicit_icl.models.errors import as_option
-
-        return fail("explain", as_option(exc))
+        return fail("explain", as_option(exc, ANALYSIS_OPTIONS))
     if args.json == "-":
         print(json.dumps(report, indent=2))
     else:

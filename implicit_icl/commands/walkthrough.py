@@ -140,7 +140,10 @@ def check_arguments(args) -> None:
 
     check_backend_name(args.backend)                                   # checked whatever the source
     if args.tokens is not None:
-        check_tokens(args.tokens)
+        try:
+            check_tokens(args.tokens)
+        except ValueError as exc:
+            raise ValueError(commands.as_option(exc, {"n_tokens": "--tokens"})) from None
     if args.seed is not None and args.seed < 0:       # numpy's seed streams take non-negative integers only
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
     if args.model is not None:
@@ -239,9 +242,7 @@ def run(args) -> int:
                              "to render a step to a file use --export FILE.svg (or FILE.txt) with --step I")
         data = prepare(args)
     except (CheckpointError, ValueError) as exc:          # ZeroNormError and WalkthroughError are ValueErrors
-        from implicit_icl.models.errors import as_option
-
-        return fail(as_option(exc))
+        return fail(commands.as_option(exc, commands.ANALYSIS_OPTIONS))
     except OSError as exc:
         return fail(f"cannot read what was asked for: {exc}")
     if not 0 <= args.step <= data.n:
