@@ -10,7 +10,7 @@ import numpy as np
 
 from implicit_icl import reference as ref
 from implicit_icl.reference.blocks import check_context_query, kept_positions
-from implicit_icl.reference.model import normalise_stack
+from implicit_icl.reference.model import check_causal_stack, normalise_stack
 from implicit_icl.reference.trajectories import FIELDS
 from implicit_icl.reference.validation import check_params, from_tensor
 
@@ -67,7 +67,7 @@ class NumpyBackend:
             return {k: self.asarray(v) for k, v in x.items()}
         if isinstance(x, ref.Trajectory) and x.is_numpy:
             return x
-        if _trajectory_like(x):
+        if isinstance(x, ref.Trajectory) or _trajectory_like(x):      # the class first: hasattr would form fields
             return ref.Trajectory.of(x, self.asarray, "one context (a torch Trajectory indexes its batch: tr[b]) "
                                                       "or its fields")
         if isinstance(x, ref.Update) and x.is_numpy:
@@ -116,9 +116,7 @@ class NumpyBackend:
         blocks, cfgs = normalise_stack(model_params, model_cfg)
         for p, c in zip(blocks, cfgs):
             check_params(p, c)
-        if not all(c.causal for c in cfgs[:-1]):            # the last block's context states feed no block
-            raise ValueError("model_cfg must be causal in every block but the last for a stack's prefix dynamics "
-                             "(a non-causal block lets later tokens change the context's hidden states)")
+        check_causal_stack(cfgs)
         context, query = check_context_query(cfgs[0], context, query)
         model_params, model_cfg = blocks, cfgs
         per_prefix = []

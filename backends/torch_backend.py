@@ -20,8 +20,9 @@ from implicit_icl import reference as ref
 from implicit_icl.reference.checks import check_int
 from implicit_icl.reference.blocks import kept_positions
 from implicit_icl.reference.config import BlockConfig
-from implicit_icl.reference.model import normalise_stack
-from implicit_icl.reference.update import Update, bias_key, check_positions_input, update_from_taps
+from implicit_icl.reference.model import check_causal_stack, normalise_stack
+from implicit_icl.reference.update import (
+    Update, bias_key, check_positions_input, check_single_update, update_from_taps)
 from implicit_icl.reference.validation import check_remove
 
 from . import torch_ops
@@ -101,9 +102,11 @@ class TorchBackend:
 
     @synced
     def prepare(self, params, cfg: BlockConfig) -> CheckedParams:
-        """``params`` checked against ``cfg`` once and moved to this device and dtype: pass the result to every
-        call with this config and it is taken as it is (no per-call checks, no host syncs for them)."""
-        return CheckedParams(self.check.params(params, cfg), cfg, self.torch_device, self.torch_dtype)
+        """``params`` checked against ``cfg`` once and copied to this device and dtype (a copy: changing the
+        caller's tensors later cannot make it stale): pass the result to every call with this config and it is taken
+        as it is (no per-call checks, no host syncs for them)."""
+        checked = self.check.params(params, cfg)
+        return CheckedParams({k: v.clone() for k, v in checked.items()}, cfg, self.torch_device, self.torch_dtype)
 
     # the core API ----------------------------------------------------------------------------------------------
     def init_block(self, cfg: BlockConfig, seed: int = 0, **kw) -> dict:
@@ -171,11 +174,7 @@ class TorchBackend:
             raise ValueError(f"update must be an Update, got {type(update).__name__}")
         update = self.asarray(update)
         new = self.asarray(dict(params))                 # every entry on this backend (not only the two updated)
-        M, D = new["mlp.W"].shape
-        if tuple(update.u.shape) != (M,) or tuple(update.a.shape) != (D,) or tuple(update.delta_b.shape) != (D,):
-            raise ValueError(
-                f"update must be a single Update with u ({M},), a and delta_b ({D},); got u {tuple(update.u.shape)}, "
-                f"a {tuple(update.a.shape)}, delta_b {tuple(update.delta_b.shape)} (index a batch first)")
+        check_single_update(update, *new["mlp.W"].shape)
         new["mlp.W"] = new["mlp.W"] + update.delta_W
         key = bias_key(new)
         new[key] = new[key] + update.delta_b
@@ -215,7 +214,9 @@ class TorchBackend:
         difference, so they carry no cancellation even when they are 1e-6 of ``a``.
 
         The per-prefix vectors ``delta``, ``delta_b`` and ``steps`` (``O(n·d)``) are formed by a second scan when
-        first read, unless ``keep`` writes them during this one: a caller that reads the norms alone holds ``O(n)``.
+        first read, unless ``keep`` writes them during this one: a caller that reads the norms alone adds ``O(n)``
+        numbers to the context it passed. That second scan reads the context, query and params given here: change
+        them in place before it and the lazy fields follow the change (``keep=True`` to hold them now).
         """
         slab = self._slab_size(slab)
         P0 = self.check.params(params, cfg)
@@ -290,9 +291,7 @@ class TorchBackend:
         one stacked ``Update`` per block, ``u`` (..., n+1, d_mlp), ``a``/``delta_b`` (..., n+1, D) (``torch_stack``:
         one chunked causal attention pass per block, about ``elements`` logits at a time)."""
         blocks, cfgs = self._stack(model_params, model_cfg)
-        if not all(c.causal for c in cfgs[:-1]):            # the last block's context states feed no block
-            raise ValueError("model_cfg must be causal in every block but the last for a stack's prefix dynamics "
-                             "(a non-causal block lets later tokens change the context's hidden states)")
+        check_causal_stack(cfgs)
         if any(c.sliding_window is not None for c in cfgs):
             raise ValueError("model_cfg has a sliding window, which the torch backend's model_trajectory does not "
                              "compute yet; use the numpy backend's model_trajectory (O(n²)) for such a stack")

@@ -111,7 +111,10 @@ class CheckedParams(dict):
     def _refuse(self, *args, **kwargs):
         raise TypeError("prepared params are read-only: change a copy (dict(prepared)) and prepare it again")
 
-    __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = _refuse
+    __setitem__ = __delitem__ = __ior__ = update = pop = popitem = clear = setdefault = _refuse
+
+    def __reduce__(self):                      # copy, deepcopy and pickle give a plain (writable) dict of the tensors
+        return (dict, (dict(self),))
 
 
 class Checks:
@@ -214,3 +217,6 @@ class Checks:
                 return exc
             return AssertionError("‖a‖² flagged but check_norm found nothing")        # pragma: no cover
         self.expect((torch.isfinite(nsq) & (nsq > 0)).all(), error)
+        if dtype == torch.float16:             # Update.a_norm_sq sums a·a in the tap's own dtype: it must not overflow
+            own = (a.to(dtype) ** 2).sum(-1)
+            self.expect(torch.isfinite(own).all(), lambda: overflow_error(f"‖a‖² for {where}", dtype))

@@ -89,12 +89,13 @@ def attend(cfg: BlockConfig, q, k, v, mask=None, is_causal: bool = False) -> tor
     explicit softmax where they are (the fused kernels have no soft-cap), which forms the ``Tq × Tk`` logits."""
     if cfg.attn_softcap is None:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=cfg.attn_scale)
-    s = softcap(q @ k.transpose(-1, -2) * cfg.logit_scale, cfg.attn_softcap)          # (..., H, Tq, Tk)
+    acc = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype      # logits in >= float32
+    s = softcap(q.to(acc) @ k.to(acc).transpose(-1, -2) * cfg.logit_scale, cfg.attn_softcap)   # (..., H, Tq, Tk)
     if is_causal:
         mask = torch.ones(s.shape[-2:], dtype=torch.bool, device=s.device).tril()
     if mask is not None:
         s = s.masked_fill(~mask, -torch.inf)
-    return torch.softmax(s, -1) @ v
+    return (torch.softmax(s, -1) @ v.to(acc)).to(v.dtype)
 
 
 def query_attention(params: dict, cfg: BlockConfig, X: torch.Tensor, positions=None) -> torch.Tensor:
@@ -121,6 +122,9 @@ def alone_attention(params: dict, cfg: BlockConfig, X: torch.Tensor) -> torch.Te
 
 def rms_norm(x: torch.Tensor, g: torch.Tensor, eps: float, offset: float = 0.0) -> torch.Tensor:
     """RMSNorm over the last axis, ``(offset + g) ⊙ x/sqrt(mean(x²) + eps)``, as ``reference.layers.rms_norm``."""
+    if x.dtype in (torch.float16, torch.bfloat16):     # the mean square in float32 (float16's x² overflows at 256)
+        xf = x.float()
+        return ((offset + g.float()) * xf / torch.sqrt((xf * xf).mean(-1, keepdim=True) + eps)).to(x.dtype)
     return (offset + g) * x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps)
 
 
@@ -210,13 +214,15 @@ def block(params: dict, cfg: BlockConfig, Z: torch.Tensor) -> torch.Tensor:
 
 def init_block(cfg: BlockConfig, generator: torch.Generator | None = None, dtype=torch.float32,
                device=None) -> dict:
-    """Trainable params with PyTorch-style init: weights ``U(±1/√fan_in)``, biases zero, LN ``g=1, b=0``."""
+    """Trainable params with PyTorch-style init: weights ``U(±1/√fan_in)``, biases zero, norms scaling by 1 and
+    shifting by 0."""
     from implicit_icl.reference.config import param_shapes
 
     params = {}
     for key, shape in param_shapes(cfg).items():
-        if key.endswith(".g"):
-            t = torch.ones(shape, dtype=dtype, device=device)
+        if key.endswith(".g"):                     # a gain that scales by 1 (Gemma's 1 + g: g = 0)
+            rms = key.startswith("attn.") or cfg.norm_kind == "rms"
+            t = torch.full(shape, 1.0 - cfg.norm_offset if rms else 1.0, dtype=dtype, device=device)
         elif len(shape) == 2:
             bound = 1.0 / math.sqrt(shape[1])
             t = (torch.rand(shape, generator=generator, dtype=dtype) * 2 - 1).mul_(bound).to(device)

@@ -22,6 +22,10 @@ def chunked_attention(cfg, q, k, v, offset: int, own=None, elements: int = ELEME
     if given, its own extra key/value ``own = (k_own, v_own)`` (..., H, Tq, dh); chunks of query rows
     keep the logits at about ``elements`` numbers. Logits scaled by ``cfg.logit_scale`` and soft-capped by
     ``cfg.attn_softcap`` (``torch_ops.attend``). Returns (..., H, Tq, dh)."""
+    dtype = v.dtype
+    if q.dtype in (torch.float16, torch.bfloat16):     # logits, weights and sums in float32, as the fused kernels do
+        q, k, v = q.float(), k.float(), v.float()
+        own = None if own is None else (own[0].float(), own[1].float())
     Tq, Tk = q.shape[-2], k.shape[-2]
     rows = max(1, elements // max(1, Tk * int(np.prod(q.shape[:-2]))))
     scale, cap = cfg.logit_scale, cfg.attn_softcap
@@ -39,7 +43,7 @@ def chunked_attention(cfg, q, k, v, offset: int, own=None, elements: int = ELEME
             outs.append(w[..., :kmax] @ v[..., :kmax, :] + w[..., kmax:] * own[1][..., i0:i1, :])
         else:
             outs.append(torch.softmax(logits, -1) @ v[..., :kmax, :])
-    return torch.cat(outs, -2)
+    return torch.cat(outs, -2).to(dtype)
 
 
 def prefix_attention(P, cfg, Hc, Xq, elements):

@@ -26,6 +26,14 @@ def normalise_stack(model_params, model_cfg) -> tuple[list[dict], list[BlockConf
     return blocks, cfgs
 
 
+def check_causal_stack(cfgs) -> None:
+    """A stack's prefix dynamics need every block but the last to be causal: a non-causal block lets later tokens
+    change the context's hidden states (the last block's context states feed no block)."""
+    if not all(c.causal for c in cfgs[:-1]):
+        raise ValueError("model_cfg must be causal in every block but the last for a stack's prefix dynamics "
+                         "(a non-causal block lets later tokens change the context's hidden states)")
+
+
 def split_stack(flat: dict) -> list[dict]:
     """``{"blocks.0.attn.W_q": …}`` → ``[{"attn.W_q": …}, …]`` (the on-disk form of a stack)."""
     out: dict[int, dict] = {}

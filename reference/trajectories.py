@@ -43,7 +43,7 @@ FIELDS = ("W0", "a", "delta", "u", "delta_b", "delta_W_norm", "step_norm", "rela
           "grad_norm", "pred_context", "pred_update")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Trajectory:
     """Everything about the prefixes ``i = 0..n`` of a context for one fixed query, kept factored (module doc)."""
 

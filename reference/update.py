@@ -141,6 +141,15 @@ def bias_key(params: dict) -> str:
     return "mlp.b_post" if "mlp.b_post" in params else "mlp.b_out"
 
 
+def check_single_update(update: Update, M: int, D: int) -> None:
+    """A ``ValueError`` unless ``update`` is one update of a ``(M, D)`` matrix (``u`` (M,), ``a`` and ``delta_b``
+    (D,)): what ``apply_update`` adds, on every backend."""
+    shapes = tuple(tuple(getattr(update, f).shape) for f in ("u", "a", "delta_b"))
+    if shapes != ((M,), (D,), (D,)):
+        raise ValueError(f"update must be a single Update with u ({M},), a and delta_b ({D},); got u {shapes[0]}, "
+                         f"a {shapes[1]}, delta_b {shapes[2]} (index a batch first)")
+
+
 def apply_update(params: dict, update: Update) -> dict:
     """New params with ``mlp.W += ΔW`` and ``Δb`` added to the block's bias (:func:`bias_key`: ``mlp.b_out``, or
     ``mlp.b_post`` after a post-MLP norm); the input dict is not modified.
@@ -153,11 +162,7 @@ def apply_update(params: dict, update: Update) -> dict:
     update = Update(**{f: as_array(getattr(update, f), f"update.{f}", (None,), allow_batch=True)
                        for f in ("u", "a", "delta_b")})
     W = np.asarray(params["mlp.W"])
-    if update.u.shape != (W.shape[0],) or update.a.shape != (W.shape[1],) or update.delta_b.shape != (W.shape[1],):
-        raise ValueError(
-            f"update must be a single Update with u ({W.shape[0]},), a and delta_b ({W.shape[1]},); "
-            f"got u {update.u.shape}, a {update.a.shape}, delta_b {update.delta_b.shape} (index a batch first)"
-        )
+    check_single_update(update, *W.shape)
     new = dict(params)
     new["mlp.W"] = W + update.delta_W
     key = bias_key(params)

@@ -567,3 +567,48 @@ def test_gram_norm_is_exact_for_tiny_huge_and_zero_rows_in_float32(scale):
     assert np.all(np.isfinite(got.numpy()))
     np.testing.assert_allclose(got.double().numpy(), want, rtol=1e-5, atol=0)
     np.testing.assert_allclose(yG.double().numpy(), (y * scale) @ (W.T @ W), rtol=1e-4, atol=1e-45 * scale)
+
+
+def test_prepared_params_are_a_copy_that_stays_what_was_checked():
+    """prepare copies: a NaN written into the caller's tensors afterwards cannot reach the prepared params (the
+    unprepared call names it); the copy is read-only (|= too) and copies into a plain dict."""
+    import copy
+
+    cfg = ref.BlockConfig(d_model=4, d_mlp=8, n_heads=2, kind="pre-ln")
+    p = {k: torch.tensor(v) for k, v in ref.init_block(cfg, 0, bias_std=0.1, ln_std=0.1).items()}
+    Z = np.random.default_rng(0).standard_normal((5, 4))
+    P = T64.prepare(p, cfg)
+    before = T64.block(P, cfg, Z)
+    p["mlp.W"].fill_(float("nan"))
+    assert torch.equal(T64.block(P, cfg, Z), before)
+    with pytest.raises(ValueError, match=r"params\['mlp.W'\] contains non-finite values"):
+        T64.block(p, cfg, Z)
+    with pytest.raises(TypeError, match="read-only"):
+        P |= {"mlp.W": P["mlp.W"]}
+    assert type(copy.deepcopy(P)) is dict and type(copy.copy(P)) is dict
+
+
+def test_float16_rms_norm_and_update_norms_do_not_overflow_silently():
+    """float16's x² overflows at 256: RMSNorm takes its mean square in float32 (the output stays the float64 one,
+    not 0), and an update whose own ‖a‖² (summed in float16) overflows is an overflow error, not h = 0."""
+    from implicit_icl.backends import torch_ops
+
+    x = torch.full((2, 6), 300.0, dtype=torch.float16)
+    g = torch.ones(6, dtype=torch.float16)
+    np.testing.assert_allclose(torch_ops.rms_norm(x, g, 1e-6).float().numpy(), np.ones((2, 6)), rtol=1e-3)
+    cfg = ref.BlockConfig(d_model=4, d_mlp=8, n_heads=2, kind="residual")
+    p = ref.init_block(cfg, 0)
+    T16 = get_backend("torch", dtype="float16")
+    C, x = np.full((3, 4), 250.0), np.full(4, 250.0)                      # ‖a‖² ≈ 1.9e5 > 65504
+    with pytest.raises(ValueError, match="overflowed in float16"):
+        T16.implicit_update(p, cfg, C, x)
+
+
+def test_a_batched_torch_trajectory_is_refused_before_anything_is_formed():
+    cfg = ref.BlockConfig(d_model=4, d_mlp=8, n_heads=2, kind="pre-ln")
+    p = ref.init_block(cfg, 0)
+    rng = np.random.default_rng(1)
+    tr = T64.trajectory(p, cfg, rng.standard_normal((2, 6, 4)), rng.standard_normal((2, 4)))
+    with pytest.raises(ValueError, match="batched Trajectory"):
+        get_backend("numpy").asarray(tr)
+    assert "_rescanned" not in tr.__dict__ and tr == tr and tr != tr[0]     # identity equality, no array compare
