@@ -15,7 +15,7 @@ import torch
 
 from implicit_icl.reference.config import BlockConfig
 from implicit_icl.reference.update import check_norm
-from implicit_icl.reference.validation import params_like, real_array, real_dtype_problem
+from implicit_icl.reference.validation import params_like, real_array, real_dtype_problem, shape_problem
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16,
           "double": torch.float64, "float": torch.float32, "float16": torch.float16, "half": torch.float16}
@@ -165,14 +165,10 @@ class Checks:
     def tensor(self, x, name: str, shape: tuple, batch: bool = True) -> torch.Tensor:
         """``x`` as a finite tensor with trailing dimensions ``shape`` (``None`` = any size), any leading ones if
         ``batch``."""
-        expected = "(" + ("..., " if batch else "") + ", ".join("n" if s is None else str(s) for s in shape) \
-            + ("," if len(shape) == 1 and not batch else "") + ")"
         t = self.convert(name, x)
-        core = tuple(t.shape[t.ndim - len(shape):]) if t.ndim >= len(shape) else None
-        ok = core is not None and (t.ndim == len(shape) or batch) and all(
-            s is None or s == c for s, c in zip(shape, core))
-        if not ok:
-            raise ValueError(f"{name} must have shape {expected}, got {tuple(t.shape)}")
+        problem = shape_problem(name, t.shape, shape, batch, show_batch=True)
+        if problem:
+            raise ValueError(problem)
         self.expect(finite_flag(t), lambda: ValueError(f"{name} contains non-finite values (nan or inf)"))
         return t
 

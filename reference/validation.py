@@ -15,18 +15,28 @@ class ZeroNormError(ValueError):
     """
 
 
+def shape_problem(name: str, got: tuple, shape: tuple, batch: bool, show_batch: bool = False) -> str | None:
+    """Why an array of shape ``got`` is not ``shape`` (``None`` entries match any size; with ``batch`` any leading
+    dimensions too, shown as ``...`` when ``show_batch``), or ``None``: every backend's one shape check."""
+    got = tuple(got)
+    core = got[len(got) - len(shape):] if len(got) >= len(shape) else None
+    if core is not None and (len(got) == len(shape) or batch) and all(s is None or s == c for s, c in zip(shape, core)):
+        return None
+    lead = "..., " if batch and show_batch else ""
+    expected = "(" + lead + ", ".join("n" if s is None else str(s) for s in shape) \
+        + ("," if len(shape) == 1 and not lead else "") + ")"
+    return f"{name} must have shape {expected}, got {got}"
+
+
 def as_array(x, name: str, shape: tuple, *, allow_batch: bool = False) -> np.ndarray:
     """Convert ``x`` to a finite float64 array of ``shape`` (``None`` entries match any size).
 
     With ``allow_batch`` any number of leading dimensions is accepted in front of ``shape``.
     """
-    expected = "(" + ", ".join("n" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
     arr = real_array(name, from_tensor(x))
-    core = arr.shape[arr.ndim - len(shape):] if arr.ndim >= len(shape) else None
-    ok = core is not None and (arr.ndim == len(shape) or allow_batch) and all(
-        s is None or s == c for s, c in zip(shape, core))
-    if not ok:
-        raise ValueError(f"{name} must have shape {expected}, got {arr.shape}")
+    problem = shape_problem(name, arr.shape, shape, allow_batch)
+    if problem:
+        raise ValueError(problem)
     arr = arr.astype(np.float64, copy=False)
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} contains non-finite values (nan or inf)")
