@@ -45,8 +45,9 @@ class Backend(Protocol):
     def init_block(self, cfg, seed: int = 0, **kw) -> dict: """Random params; the same numbers as the reference."""
     def attention(self, params, cfg, Z): """``(…, T, d_model)`` contextual layer at every position."""
     def block(self, params, cfg, Z): """``(…, T, d_model)`` block output at every position."""
-    def block_output(self, params, cfg, context, query): """``T_W(C, x)``, ``(…, d_model)``."""
-    def implicit_update(self, params, cfg, context, query, remove=None): """P1 Thm 2.2: ``Update(u, a, delta_b)``."""
+    def block_output(self, params, cfg, context, query, positions=None): """``T_W(C, x)``, ``(…, d_model)``."""
+    def implicit_update(self, params, cfg, context, query, remove=None, positions=None):
+        """P1 Thm 2.2: ``Update(u, a, delta_b)``; removal is a mask (``positions`` of ``[C, x]``)."""
     def apply_update(self, params, update) -> dict: """``mlp.W += ΔW``, ``Δb`` on the bias ``bias_key`` names."""
     def position_updates(self, params, cfg, Z, query: str = "own"): """P2 (THEORY §3b): one update per position."""
     def trajectory(self, params, cfg, context, query): """P1 Prop. 3.1 over every prefix: a ``Trajectory``."""

@@ -18,7 +18,7 @@ import torch
 
 from implicit_icl import reference as ref
 from implicit_icl.reference.checks import check_int
-from implicit_icl.reference.blocks import kept_positions
+from implicit_icl.reference.blocks import check_positions, kept_positions
 from implicit_icl.reference.config import BlockConfig
 from implicit_icl.reference.model import check_causal_stack, normalise_stack
 from implicit_icl.reference.update import (
@@ -142,30 +142,42 @@ class TorchBackend:
         return torch_ops.taps_from_attention(P, cfg, query, A)
 
     @synced
-    def block_output(self, params, cfg, context, query) -> torch.Tensor:
-        """``T_W(C, x)``: the block output at the query's position, ``(..., d_model)``; ``context`` may be empty."""
+    def block_output(self, params, cfg, context, query, positions=None) -> torch.Tensor:
+        """``T_W(C, x)``: the block output at the query's position, ``(..., d_model)``; ``context`` may be empty.
+        ``positions``: where ``[C, x]`` sits in the full sequence (``reference.block_output``'s)."""
         P = self.check.params(params, cfg)
         context, query = self.check.context_query(cfg, context, query)
-        out = torch_ops.head(P, cfg, *self._query_taps(P, cfg, context, query))         # (..., D)
+        positions = self._positions(positions, context.shape[-2])
+        out = torch_ops.head(P, cfg, *self._query_taps(P, cfg, context, query, positions))   # (..., D)
         self.check.finite("block_output", output=out)
         return out
 
     @synced
-    def implicit_update(self, params, cfg, context, query, remove=None) -> Update:
+    def implicit_update(self, params, cfg, context, query, remove=None, positions=None) -> Update:
         """P1 Thm 2.2 / App. A / P2 (``update_from_taps``), where ``x`` sees ``C \\ Y`` with
-        ``Y = context[..., remove, :]`` (default: all of C)."""
+        ``Y = context[..., remove, :]`` (default: all of C), the kept tokens at their positions (``positions`` of
+        ``[C, x]``, default ``0..n``: removal is a mask)."""
         P = self.check.params(params, cfg)
         context, query = self.check.context_query(cfg, context, query)
         n = context.shape[-2]
+        positions = self._positions(positions, n)
         if isinstance(remove, torch.Tensor):
             remove = remove.detach().cpu().numpy()
         keep = np.zeros(0, np.int64) if remove is None else np.setdiff1d(np.arange(n), check_remove(remove, n))
         kept = context.index_select(-2, torch.as_tensor(keep, dtype=torch.long, device=self.torch_device))
-        a_x, r_x = self._query_taps(P, cfg, kept, query, kept_positions(keep, n))     # (..., D) each: a mask
+        a_x, r_x = self._query_taps(P, cfg, kept, query, kept_positions(keep, n, positions))   # (..., D): a mask
         self.check.norm(a_x, cfg, "the query")
-        upd = update_from_taps(P["mlp.W"], *self._query_taps(P, cfg, context, query), a_x, r_x)
+        upd = update_from_taps(P["mlp.W"], *self._query_taps(P, cfg, context, query, positions), a_x, r_x)
         self.check.finite("implicit_update", u=upd.u, delta_b=upd.delta_b)
         return upd
+
+    def _positions(self, positions, n: int):
+        """``positions`` of ``[C, x]`` checked as the reference checks them (``None`` stays ``None``: ``0..n``)."""
+        if positions is None:
+            return None
+        if isinstance(positions, torch.Tensor):
+            positions = positions.detach().cpu().numpy()
+        return check_positions(positions, n + 1)          # NumPy ints: torch_ops.positions_of moves them
 
     def apply_update(self, params, update) -> dict:
         """New params with ``mlp.W += ΔW`` and ``Δb`` on the block's bias (``reference.update.bias_key``: ``mlp.b_out``,
