@@ -180,8 +180,9 @@ def prefix_attention_scan(P: dict, cfg, x: torch.Tensor, context: torch.Tensor, 
         else:
             s = (q[..., :, None, :] * torch_ops.heads(P, cfg, C, "k", pos)).sum(-1)  # (..., H, S)
         s = torch_ops.softcap(s, cfg.attn_softcap)                                  # Gemma 2's capped logits
-        if cfg.sliding_window is not None:                                          # the query at n sees n − j < w
-            s = torch.where(n - pos < cfg.sliding_window, s, -torch.inf)
+        seen = torch_ops.visible(cfg, at_n, pos, causal=True)                       # a sliding window: n − j < w
+        if seen is not None:
+            s = torch.where(seen[0], s, -torch.inf)
         v = torch_ops.heads(P, cfg, C, "v")                                         # (..., H, S, dh)
         o, p, carry = prefix_softmax_means(s, v, carry)                             # (..., H, S, dh), (..., H, S)
         o_before = torch.cat([o_prev[..., None, :], o[..., :-1, :]], -2)           # o_{i−1}
