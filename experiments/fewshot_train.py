@@ -102,7 +102,7 @@ def _start(torch, preset, out_dir: Path, seed: int, resume: bool, threads: int, 
     ckpt, metrics_path = out_dir / T.CHECKPOINT, out_dir / T.METRICS
     if not resume:
         if ckpt.exists() and not overwrite:
-            raise FileExistsError(f"{ckpt} exists: pass --resume to continue it, or choose another --out")
+            raise FileExistsError(f"{ckpt} exists: pass `resume` to continue it, or choose another `out`")
         for name in (T.CHECKPOINT, T.METRICS) + FOLDER_FILES if overwrite else ():
             (out_dir / name).unlink(missing_ok=True)
         return params, names, opt, 0, 0.0, 0, []
@@ -189,7 +189,7 @@ def _train(torch, preset, out_dir: Path, seed, resume, progress, stop_after, thr
                 loss = _step(torch, params, names, opt, preset, batch(preset, seed, step))
                 step, done_here = step + 1, done_here + 1
                 if not math.isfinite(loss):
-                    raise T.TrainingError(f"training diverged at step {step} (Adam lr {preset.lr:g}); lower --lr")
+                    raise T.TrainingError(f"training diverged at step {step} (Adam lr {preset.lr:g}); lower `lr`")
                 acc_sum, acc_count = acc_sum + loss, acc_count + 1
                 bar.update(1)
                 if step % preset.eval_every == 0 or step == preset.steps:
@@ -210,7 +210,7 @@ def _train(torch, preset, out_dir: Path, seed, resume, progress, stop_after, thr
         _finish(preset, out_dir, params, seed, step, metrics[-1], log)
     else:
         save()
-        log(f"stopped at step {step}/{preset.steps}; continue with --resume")
+        log(f"stopped at step {step}/{preset.steps}; continue with `resume`")
     final = {k: v.detach().clone() for k, v in params.items()}
     return FewshotResult(out_dir, step, final, metrics, time.perf_counter() - t0)
 

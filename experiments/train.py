@@ -43,7 +43,7 @@ from .evaluate import validate, validation_prompts
 from .presets import Preset, is_count
 from .progress import progress_bar  # noqa: F401 (the one progress display: fewshot_train and reproduce use it)
 from .train_resume import (  # noqa: F401 (re-exported for fewshot_train and the tests)
-    ABSENT, FREE_ON_RESUME, OPTION_NAMES, STATE_DTYPE, SettingsMismatch, _check_arrays, _check_meta_fields,
+    ABSENT, FREE_ON_RESUME, STATE_DTYPE, SettingsMismatch, _check_arrays, _check_meta_fields,
     _check_metrics, _check_resumable, _check_settings, _flat, _setting_changes, optim_key,
 )
 
@@ -75,17 +75,17 @@ def machine_memory() -> int | None:
 
 
 def memory_problem(preset: Preset) -> str | None:
-    """Why ``preset`` cannot run in this machine's memory (the options named), or None; checked before any file."""
+    """Why ``preset`` cannot run in this machine's memory (its fields named), or None; checked before any file."""
     total = machine_memory()
     if not total:
         return None
     train_bytes, val_bytes = memory_needed(preset)
-    for needed, option, what in ((train_bytes, "--batch-size", "a training step"),
-                                 (val_bytes, "--val-prompts", "the validation")):
+    for needed, field, what in ((train_bytes, "batch_size", "a training step"),
+                                (val_bytes, "val_prompts", "the validation")):
         if needed > total:
-            return (f"{option} {getattr(preset, option[2:].replace('-', '_'))} with --n-points {preset.n_points}: "
+            return (f"`{field}` {getattr(preset, field)} with `n_points` {preset.n_points}: "
                     f"{what} would need about {needed / 2**30:.3g} GiB of memory, more than this machine's "
-                    f"{total / 2**30:.3g} GiB; lower {option} or --n-points")
+                    f"{total / 2**30:.3g} GiB; lower `{field}` or `n_points`")
     return None
 
 
@@ -251,11 +251,11 @@ class _Run:
         elif meta["threads"] != self.threads:
             self.log(f"note: {self.ckpt_path} was written on {meta['threads']} torch thread(s), this run uses "
                      f"{self.threads}: the result may differ from an uninterrupted run in the last bits (resume "
-                     "without --threads to keep the recorded count)")
+                     "without `threads` to keep the recorded count)")
 
     def start_over(self, overwrite: bool) -> None:
         if self.ckpt_path.exists() and not overwrite:
-            raise FileExistsError(f"{self.ckpt_path} exists: pass --resume to continue it, or choose another --out")
+            raise FileExistsError(f"{self.ckpt_path} exists: pass `resume` to continue it, or choose another `out`")
         if overwrite:
             for name in (CHECKPOINT, METRICS, MODEL):
                 (self.out_dir / name).unlink(missing_ok=True)
@@ -350,7 +350,7 @@ class _Run:
         if not math.isfinite(loss_value) or not all(bool(torch.isfinite(params[k]).all()) for k in self.names):
             # Never evaluate or checkpoint a diverged state: the last checkpoint stays the last good one.
             raise TrainingError(f"training diverged at step {self.step}: the loss or the weights are no longer "
-                                f"finite (Adam lr {preset.lr:g}); lower --lr")
+                                f"finite (Adam lr {preset.lr:g}); lower `lr`")
         self.acc_sum += loss_value
         self.acc_count += 1
         return loss_value
@@ -371,7 +371,7 @@ class _Run:
                      f"{result_val.loss_zero:.4g}); model in {out_dir / MODEL}")
         else:
             self.save()
-            self.log(f"stopped at step {self.step}/{preset.steps}; continue with --resume")
+            self.log(f"stopped at step {self.step}/{preset.steps}; continue with `resume`")
         return TrainResult(out_dir=out_dir, step=self.step, params=final, validation=result_val, seconds=seconds)
 
 
@@ -388,4 +388,4 @@ def save_model(path, params: dict, preset: Preset, seed: int, step: int, validat
 
 
 # Options a resume may change: neither alters the weights, the metrics or what the run's end writes (see
-# _check_settings for --steps, which may only be raised).
+# _check_settings for steps, which may only be raised).

@@ -1,7 +1,8 @@
 """What a training run checks before it resumes from a checkpoint: its meta fields, settings, arrays and metrics.
 
 A resume must use the recorded settings, except ``checkpoint_every`` and a larger ``steps`` (see ``train``); each
-check raises a ``CheckpointError`` that names the file and what differs, with the options a user would change.
+check raises a ``CheckpointError`` that names the file and what differs, with the arguments a user would change
+(``Preset`` fields and ``train``'s own, in backticks: `` `steps` ``; the train command names them as its options).
 """
 from __future__ import annotations
 
@@ -26,9 +27,6 @@ def optim_key(name: str, slot: str) -> str:
 
 
 FREE_ON_RESUME = ("checkpoint_every",)
-OPTION_NAMES = {"name": "--preset", "steps": "--steps", "batch_size": "--batch-size", "lr": "--lr",
-                "eval_every": "--eval-every", "checkpoint_every": "--checkpoint-every",
-                "val_prompts": "--val-prompts", "n_points": "--n-points"}
 ABSENT = "(absent)"         # how a setting one side does not record is shown
 
 
@@ -37,7 +35,7 @@ def _check_resumable(path: Path, arrays: dict, meta: dict, preset: Preset, seed:
     """Raise ``CheckpointError`` (naming ``path``) unless the training state in ``path`` continues ``preset``.
 
     Checked before anything is loaded into the model: the meta fields and their types, the settings (only
-    ``--checkpoint-every`` may differ, and ``--steps`` may be raised), the seed, and, once Adam has stepped, its two
+    ``checkpoint_every`` may differ, and ``steps`` may be raised), the seed, and, once Adam has stepped, its two
     moments for every parameter (present, of the parameter's shape, finite, the second one non-negative); with
     ``dtypes`` (the file's stored dtypes, ``stored_dtypes``) every one of those arrays stored as float32 (or
     wider, holding float32 values: a lossless copy).
@@ -59,7 +57,7 @@ def _check_resumable(path: Path, arrays: dict, meta: dict, preset: Preset, seed:
             continue                                        # float32, or wider holding float32 values exactly
         raise CheckpointError(f"checkpoint {path}: {what} {key!r} {problem}, expected {np.dtype(STATE_DTYPE)} (what "
                               "train writes; a copy re-saved in another dtype cannot continue the run exactly): "
-                              "start a new run into another --out")
+                              "start a new run into another `out`")
 
 
 def _check_metrics(path: Path, metrics: list[dict], step: int, recorded_steps, eval_every: int) -> None:
@@ -75,7 +73,7 @@ def _check_metrics(path: Path, metrics: list[dict], step: int, recorded_steps, e
             ", ".join(map(str, missing[:5])) + (", …" if len(missing) > 5 else "")
         raise CheckpointError(f"metrics file {path} {what}: the checkpoint at step {step} needs the evaluations "
                               "written before it (E1's curve would silently lose them); restore the file, or start "
-                              "a new run with --overwrite or into another --out")
+                              "a new run with `overwrite` or into another `out`")
 
 
 def _check_meta_fields(path: Path, meta: dict) -> None:
@@ -87,7 +85,7 @@ def _check_meta_fields(path: Path, meta: dict) -> None:
 
     def bad(field, expected):
         raise CheckpointError(f"checkpoint {path}: its meta '{field}' must be {expected}, got {meta[field]!r}; the "
-                              "file is damaged: start a new run into another --out")
+                              "file is damaged: start a new run into another `out`")
 
     if not isinstance(meta["preset"], dict):
         bad("preset", "a record of the training settings (a JSON object)")
@@ -132,25 +130,24 @@ def _check_settings(path: Path, recorded: dict, preset: Preset, step: int) -> No
     differ = sorted(k for k in set(given) | set(rec) if rec.get(k, ABSENT) != given.get(k, ABSENT)
                     and k not in FREE_ON_RESUME + ("steps",))
     if differ:
-        shown = "; ".join(f"{OPTION_NAMES.get(k, k)}: recorded {rec.get(k, ABSENT)!r}, given {given.get(k, ABSENT)!r}"
-                          for k in differ)
+        shown = "; ".join(f"`{k}`: recorded {rec.get(k, ABSENT)!r}, given {given.get(k, ABSENT)!r}" for k in differ)
         raise SettingsMismatch(f"checkpoint {path}: was written for a different preset/settings ({shown}); resume "
-                               "with the recorded values (on resume only --checkpoint-every may change, and --steps "
+                               "with the recorded values (on resume only `checkpoint_every` may change, and `steps` "
                                "may be raised)", shown)
     old_steps = rec.get("steps")
     if not is_count(old_steps, 1) or step > old_steps:
         raise CheckpointError(f"checkpoint {path}: its recorded preset has steps {old_steps!r} but the state is at "
                               f"step {step}; the file is damaged")
     if preset.steps < old_steps:
-        raise CheckpointError(f"checkpoint {path}: --steps: recorded {old_steps}, given {preset.steps}: --steps can be "
+        raise CheckpointError(f"checkpoint {path}: `steps`: recorded {old_steps}, given {preset.steps}: `steps` can be "
                               f"raised on resume, not lowered (a {preset.steps}-step run ends with an evaluation at "
-                              "its last step that this run did not make); train the shorter run into another --out")
+                              "its last step that this run did not make); train the shorter run into another `out`")
     if preset.steps > old_steps and step == old_steps and old_steps % preset.eval_every:
         raise CheckpointError(
-            f"checkpoint {path}: --steps: recorded {old_steps}, given {preset.steps}: this run ended at step "
-            f"{old_steps} with a final evaluation off the --eval-every {preset.eval_every} grid, which an "
+            f"checkpoint {path}: `steps`: recorded {old_steps}, given {preset.steps}: this run ended at step "
+            f"{old_steps} with a final evaluation off the `eval_every` {preset.eval_every} grid, which an "
             f"uninterrupted {preset.steps}-step run would not make (its metrics would differ); train the longer "
-            "run into another --out")
+            "run into another `out`")
 
 
 def _setting_changes(recorded: dict, preset: Preset) -> list[str]:
@@ -161,7 +158,7 @@ def _setting_changes(recorded: dict, preset: Preset) -> list[str]:
                      f"uninterrupted {preset.steps}-step run: the learning rate does not depend on the total)")
     for k in FREE_ON_RESUME:
         if recorded.get(k) != getattr(preset, k):
-            notes.append(f"{OPTION_NAMES[k]} {getattr(preset, k)} from now on (recorded {recorded.get(k)!r}); "
+            notes.append(f"`{k}` {getattr(preset, k)} from now on (recorded {recorded.get(k)!r}); "
                          "the weights do not depend on it")
     return notes
 
@@ -188,4 +185,4 @@ def _check_arrays(path: Path, arrays: dict, shapes: dict, adam_started: bool) ->
             else:
                 continue
             raise CheckpointError(f"checkpoint {path}: Adam's state {key!r} {problem}, expected finite values of "
-                                  f"shape {shape}; the file is damaged: start a new run into another --out")
+                                  f"shape {shape}; the file is damaged: start a new run into another `out`")

@@ -157,7 +157,7 @@ def test_resume_with_other_settings_is_refused(tmp_path):
         _train(tmp_path / "run", resume=True, seed=1)
     from implicit_icl.experiments.fewshot_train import train
 
-    with pytest.raises(CheckpointError, match="--lr"):
+    with pytest.raises(CheckpointError, match="`lr`: recorded"):
         train(get_preset("fewshot").with_overrides(**TINY, lr=1e-3), tmp_path / "run", resume=True,
               progress=False, log=lambda m: None)
 

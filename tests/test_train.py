@@ -198,7 +198,7 @@ def test_resume_rejects_corrupt_foreign_and_mismatched_checkpoints(tmp_path):
         train(p.with_overrides(lr=0.5), tmp_path / "other", resume=True, progress=False)
     with pytest.raises(CheckpointError, match="seed 0, not 3"):
         train(p, tmp_path / "other", seed=3, resume=True, progress=False)
-    with pytest.raises(FileExistsError, match="--resume"):
+    with pytest.raises(FileExistsError, match="pass `resume` to continue it, or choose another `out`"):
         train(p, tmp_path / "other", progress=False)
 
 
@@ -213,10 +213,10 @@ def test_cli_reports_a_corrupt_checkpoint_by_name(tmp_path):
 
 
 def test_diverging_training_stops_clearly_and_keeps_the_last_good_checkpoint(tmp_path):
-    """Adam at lr 1e4 overflows float32 within a few steps: a clear error naming --lr, no non-finite state saved."""
+    """Adam at lr 1e4 overflows float32 within a few steps: a clear error naming lr, no non-finite state saved."""
     from implicit_icl.experiments.train import TrainingError
 
-    with pytest.raises(TrainingError, match=r"diverged at step \d+.*lower --lr\. The last checkpoint in .* is kept"):
+    with pytest.raises(TrainingError, match=r"diverged at step \d+.*lower `lr`\. The last checkpoint in .* is kept"):
         _train(tmp_path, "div", steps=40, lr=1e4, checkpoint_every=1)
     params, _, meta = load_checkpoint(tmp_path / "div" / "checkpoint.npz")    # loads: every array is finite
     assert 0 < meta["step"] < 40 and all(np.isfinite(v).all() for v in params.values())
@@ -317,7 +317,7 @@ def test_resume_refuses_a_run_whose_metrics_were_deleted_or_truncated(stopped_ru
                                               "checkpoint at step 20 needs"):
         train(p, run_dir, seed=0, resume=True, progress=False, log=lambda m: None)
     metrics.unlink()
-    with pytest.raises(CheckpointError, match=f"metrics file {metrics} is missing: .*--overwrite"):
+    with pytest.raises(CheckpointError, match=f"metrics file {metrics} is missing: .*`overwrite`"):
         train(p, run_dir, seed=0, resume=True, progress=False, log=lambda m: None)
 
 
@@ -487,7 +487,26 @@ def test_resume_mismatch_shows_the_recorded_and_the_given_values(stopped_run):
     p, run_dir, *_ = stopped_run
     with pytest.raises(CheckpointError) as info:
         train(p.with_overrides(lr=0.5, eval_every=10), run_dir, resume=True, progress=False, log=lambda m: None)
-    assert "--eval-every: recorded 20, given 10; --lr: recorded 0.001, given 0.5" in str(info.value)
+    assert "`eval_every`: recorded 20, given 10; `lr`: recorded 0.001, given 0.5" in str(info.value)
+
+
+def test_the_train_command_names_the_resume_checks_arguments_as_its_options(stopped_run, capsys):
+    """The library names ``Preset`` fields and ``train``'s arguments; the command speaks of its options."""
+    from implicit_icl.cli import main
+
+    p, run_dir, *_ = stopped_run
+    argv = ["train", "--no-progress", "--out", str(run_dir), "--resume", "--steps", "40", "--n-points", "10",
+            "--batch-size", "16", "--val-prompts", "8"]
+    assert main([*argv, "--eval-every", "10", "--checkpoint-every", "20", "--lr", "0.5"]) == 1
+    err = _one_line(capsys.readouterr().err)
+    assert "(--eval-every: recorded 20, given 10; --lr: recorded 0.001, given 0.5); resume with the recorded " \
+           "values (on resume only --checkpoint-every may change, and --steps may be raised)" in err
+    assert main([*argv, "--eval-every", "20", "--checkpoint-every", "10", "--steps", "20"]) == 1
+    assert "--steps: recorded 40, given 20: --steps can be raised on resume, not lowered" in capsys.readouterr().err
+    assert main([*argv, "--eval-every", "20", "--checkpoint-every", "10"]) == 0
+    err = capsys.readouterr().err
+    assert "\n--checkpoint-every 10 from now on (recorded 20); the weights do not depend on it\n" in err
+    assert "`" not in err
 
 
 def test_resume_may_change_checkpoint_every_and_raise_steps_with_the_same_result(tmp_path):
@@ -499,7 +518,7 @@ def test_resume_may_change_checkpoint_every_and_raise_steps_with_the_same_result
     train(p, tmp_path / "part", progress=False, stop_after=20, log=lambda m: None)
     said = []
     train(p.with_overrides(checkpoint_every=10), tmp_path / "part", resume=True, progress=False, log=said.append)
-    assert any("--checkpoint-every 10 from now on (recorded 20)" in m for m in said), said
+    assert any("`checkpoint_every` 10 from now on (recorded 20)" in m for m in said), said
     assert (tmp_path / "part" / "model.npz").exists()                    # a finished 40-step run, extended:
     done = train(p.with_overrides(steps=80, checkpoint_every=10), tmp_path / "part", resume=True, progress=False,
                  log=said.append)
@@ -514,9 +533,9 @@ def test_resume_refuses_steps_it_cannot_continue_exactly(tmp_path):
 
     _train(tmp_path, "r", steps=30)                       # ends with an extra evaluation at 30 (eval_every 20)
     p = get_preset("p1").with_overrides(**TINY, steps=30)
-    with pytest.raises(CheckpointError, match=r"--steps: recorded 30, given 60: .*off the --eval-every 20 grid"):
+    with pytest.raises(CheckpointError, match=r"`steps`: recorded 30, given 60: .*off the `eval_every` 20 grid"):
         train(p.with_overrides(steps=60), tmp_path / "r", resume=True, progress=False, log=lambda m: None)
-    with pytest.raises(CheckpointError, match=r"--steps: recorded 30, given 20: --steps can be raised on resume, "
+    with pytest.raises(CheckpointError, match=r"`steps`: recorded 30, given 20: `steps` can be raised on resume, "
                                               "not lowered"):
         train(p.with_overrides(steps=20), tmp_path / "r", resume=True, progress=False, log=lambda m: None)
 

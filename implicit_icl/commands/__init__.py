@@ -6,6 +6,7 @@ command's error line) and the optional dependencies each extra installs (:data:`
 """
 from __future__ import annotations
 
+import re
 import sys
 
 # optional dependency (top-level module) -> the extra that installs it
@@ -19,14 +20,20 @@ def fail(command: str, message: str, code: int = 2) -> int:
     return code
 
 
-def as_option(exc: Exception, options: dict[str, str]) -> str:
-    """A library error's message for the command line: the argument it names first (``n_tokens must …``) named as
-    the option that set it (``--tokens must …``); ``options`` maps argument names to options."""
+def as_option(exc: Exception | str, options: dict[str, str]) -> str:
+    """A library error's message (or a line it logs) for the command line, its arguments named as the options that
+    set them (``options`` maps argument names to options): the argument a message begins with (``n_tokens must …``
+    becomes ``--tokens must …``), and every argument it marks mid-sentence (``another `out``` becomes ``another
+    --out``; a marked name no option sets loses its marks)."""
     text = str(exc)
     for name, option in options.items():
-        if text.startswith(f"{name} must") or text.startswith(f"{name} "):
-            return option + text[len(name):]
-    return text
+        if text.startswith(f"{name} "):
+            text = option + text[len(name):]
+            break
+    return _MARKED.sub(lambda m: options.get(m.group(1), m.group(1)), text)
+
+
+_MARKED = re.compile(r"`([A-Za-z_][A-Za-z0-9_.]*)`")     # how a library message marks an argument it names
 
 
 #: the arguments of the model analysis, as the explain and walkthrough commands call them

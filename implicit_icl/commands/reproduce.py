@@ -52,7 +52,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from implicit_icl.experiments.reproduce import checkpoint_problem, reproduce
-    from implicit_icl.commands.train import run_reporting_errors, seed_problem
+    from implicit_icl.commands.train import run_reporting_errors, say, seed_problem
 
     from implicit_icl.checkpoint import output_dir_problem
 
@@ -67,4 +67,4 @@ def run(args) -> int:
     command = " ".join(["implicit-icl", "reproduce"] + sys.argv[2:]) if sys.argv[1:2] == ["reproduce"] else None
     return run_reporting_errors("reproduce", args.out, lambda: reproduce(
         args.preset, args.out, quick=args.quick, checkpoint=args.checkpoint, seed=args.seed,
-        progress=not args.no_progress, command=command))
+        progress=not args.no_progress, command=command, log=say))

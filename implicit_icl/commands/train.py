@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from implicit_icl.commands import fail
+from implicit_icl.commands import as_option, fail
 
 HELP = "train the in-context regression transformer (presets p1, p2) or the few-shot Llama LM (fewshot); resumable"
 DESCRIPTION = """\
@@ -33,6 +33,24 @@ Exit status: 0 done; 1 training failed (diverged, or a checkpoint that cannot be
 130 interrupted (the last checkpoint is kept).
 """
 
+#: the preset's settings a user sets: option, ``Preset`` field, metavar, what it is
+SETTINGS = (("--steps", "steps", "N", "training steps"),
+            ("--batch-size", "batch_size", "N", "prompts per batch"),
+            ("--lr", "lr", "LR", "Adam's learning rate"),
+            ("--eval-every", "eval_every", "N", "evaluate every N steps"),
+            ("--checkpoint-every", "checkpoint_every", "N", "checkpoint every N steps"),
+            ("--val-prompts", "val_prompts", "N", "validation prompts"),
+            ("--n-points", "n_points", "N", "in-context examples per prompt"))
+#: the library's names (``Preset`` fields, ``train``'s arguments) for what train's options set
+OPTIONS = {field: option for option, field, *_ in SETTINGS} | {
+    "name": "--preset", "out": "--out", "seed": "--seed", "resume": "--resume", "overwrite": "--overwrite",
+    "threads": "--threads"}
+
+
+def say(message: str) -> None:
+    """Print a line the training logs, its arguments named as train's options (the library's ``log``)."""
+    print(as_option(message, OPTIONS), file=sys.stderr)
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--preset", default="p1", choices=("p1", "p2", "fewshot"),
@@ -51,14 +69,7 @@ def add_arguments(parser) -> None:
             return f"(the presets': {next(iter(values.values()))})"
         return "(the presets': " + ", ".join(f"{name} {v}" for name, v in values.items()) + ")"
 
-    for option, field, metavar, what in (
-            ("--steps", "steps", "N", "training steps"),
-            ("--batch-size", "batch_size", "N", "prompts per batch"),
-            ("--lr", "lr", "LR", "Adam's learning rate"),
-            ("--eval-every", "eval_every", "N", "evaluate every N steps"),
-            ("--checkpoint-every", "checkpoint_every", "N", "checkpoint every N steps"),
-            ("--val-prompts", "val_prompts", "N", "validation prompts"),
-            ("--n-points", "n_points", "N", "in-context examples per prompt")):
+    for option, field, metavar, what in SETTINGS:
         parser.add_argument(option, type=float if field == "lr" else int, metavar=metavar,
                             help=f"{what} {preset_values(field)}")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default 1, or on --resume the count recorded "
@@ -77,7 +88,7 @@ def preset_from_args(args):
     for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "val_prompts", "n_points"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+            raise ValueError(f"{OPTIONS[name]} must be >= 1, got {value}")
     if problem := seed_problem(args.seed) or threads_problem(args.threads):
         raise ValueError(problem)
     if args.lr is not None and not 0 < args.lr <= LR_MAX:          # nan fails both; 1e39 overflowed torch's Adam
@@ -86,7 +97,7 @@ def preset_from_args(args):
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every,
         checkpoint_every=args.checkpoint_every, val_prompts=args.val_prompts, n_points=args.n_points)
     if problem := memory_problem(preset):
-        raise ValueError(problem)
+        raise ValueError(as_option(problem, OPTIONS))
     return preset
 
 
@@ -124,20 +135,21 @@ def seed_problem(seed: int) -> str | None:
 
 
 def run_reporting_errors(command: str, out, job) -> int:
-    """Run ``job()`` and turn the errors a user can cause into one line on stderr and exit status 1."""
+    """Run ``job()`` and turn the errors a user can cause into one line on stderr and exit status 1 (the arguments
+    they name named as train's options)."""
     from implicit_icl.checkpoint import CheckpointError
     from implicit_icl.experiments.train import TrainingError
 
     try:
         job()
     except (CheckpointError, TrainingError) as exc:
-        return fail(command, f"error: {exc}", code=1)
+        return fail(command, f"error: {as_option(exc, OPTIONS)}", code=1)
     except MemoryError as exc:          # what memory_problem's estimate did not foresee
         hint = "; use a smaller --batch-size, --n-points or --val-prompts" if command == "train" else ""
         return fail(command, f"error: out of memory ({exc or 'no details'}){hint}", code=1)
     except OSError as exc:              # the run exists (no --resume), or --out cannot be created or written
         where = "" if exc.filename is None else f"--out {out}: {exc.filename}: "
-        return fail(command, f"error: {where}{exc.strerror if where else exc}", code=1)
+        return fail(command, f"error: {where}{exc.strerror if where else as_option(exc, OPTIONS)}", code=1)
     return 0
 
 
@@ -156,7 +168,7 @@ def run(args) -> int:
     try:
         return run_reporting_errors("train", args.out, lambda: train(
             preset, args.out, seed=args.seed, resume=args.resume, progress=not args.no_progress,
-            threads=args.threads, overwrite=args.overwrite))
+            threads=args.threads, overwrite=args.overwrite, log=say))
     except KeyboardInterrupt:
         print(f"interrupted: {interrupted_state(args.out)}", file=sys.stderr)
         return 130
