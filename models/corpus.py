@@ -25,7 +25,8 @@ import numpy as np
 
 from implicit_icl.reference.checks import check_int
 
-from .analysis import baseline, explain_rows, matched_random_block, split_query, top_share
+from .analysis import baseline, explain_rows, matched_random_block, split_query
+from .explanations import top_share
 
 POSITIONS = ("first", "middle", "last")
 STATISTICS = ("top_share", "top_share_random", "relative_norm", "relative_norm_random", "transfer_ratio",

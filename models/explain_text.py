@@ -90,7 +90,7 @@ def format_layer(ex, labels: Labels = MINILM) -> str:
     if ex.transfer_ratio is not None and ex.transfer_ratio.size:
         lines += ["", *query_dependence_lines(ex)]
     if ex.baseline is not None and ex.marginal_norm.size:
-        from implicit_icl.models.analysis import top_share
+        from implicit_icl.models.explanations import top_share
 
         b = ex.baseline
         lines += [

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from implicit_icl.cli import main
-from implicit_icl.models import analysis, corpus
+from implicit_icl.models import analysis, corpus, explanations
 from implicit_icl.models.prompts import PROMPTS
 
 
@@ -77,8 +77,8 @@ def test_corpus_statistics_are_explain_layers_prompt_by_prompt(model):
         for k, p in enumerate((1, (1 + d) // 2, d)):                # first, middle, last
             exs = [analysis.explain_layer(model, text, layer, p, dynamics=False, baseline_seed=s) for s in seeds]
             ex = exs[0]
-            expected = [analysis.top_share(ex.marginal_norm),
-                        np.mean([analysis.top_share(e.baseline.marginal_norm) for e in exs]),
+            expected = [explanations.top_share(ex.marginal_norm),
+                        np.mean([explanations.top_share(e.baseline.marginal_norm) for e in exs]),
                         ex.delta_W_norm / ex.W_norm, np.mean([e.baseline.relative_norm for e in exs]),
                         np.median(ex.transfer_ratio), np.median(ex.own_ratio),
                         float(ex.tokens[ex.context_index[np.argmax(ex.marginal_norm)]] == "[CLS]"),

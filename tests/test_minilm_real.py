@@ -30,7 +30,7 @@ pytest.importorskip("tokenizers", reason=REASON)
 pytest.importorskip("safetensors", reason=REASON)
 
 from implicit_icl.cli import main  # noqa: E402
-from implicit_icl.models import analysis, minilm  # noqa: E402
+from implicit_icl.models import analysis, explanations, minilm  # noqa: E402
 from implicit_icl.reference import (  # noqa: E402
     apply_update, block_output, implicit_update, model_forward,
 )
@@ -253,10 +253,10 @@ def test_the_attention_sink_is_learned_not_generic(model):
     for layer in (1, 2, 3, 4):
         trained = minilm.explain_layer(model, TEXTS[0], layer, dynamics=False, baseline_seed=None)
         assert trained.tokens[trained.context_index[np.argmax(trained.marginal_norm)]] == "[CLS]", layer
-        share = analysis.top_share(trained.marginal_norm)
+        share = explanations.top_share(trained.marginal_norm)
         for seed in range(5):
             base = minilm.explain_layer(model, TEXTS[0], layer, dynamics=False, baseline_seed=seed).baseline
-            assert share > analysis.top_share(base.marginal_norm) + 0.05, (layer, seed)
+            assert share > explanations.top_share(base.marginal_norm) + 0.05, (layer, seed)
             assert 1 / 3 < trained.relative_norm / base.relative_norm < 3, (layer, seed)
 
 

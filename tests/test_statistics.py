@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from implicit_icl.experiments import statistics as S
-from implicit_icl.models import analysis
+from implicit_icl.models import analysis, explanations
 from implicit_icl.reference import BlockConfig, block, init_block, implicit_update, taps
 
 TOL = 1e-12
@@ -55,8 +55,8 @@ def test_alignment_is_the_signed_normalised_frobenius_product():
 
 
 def test_top_share_is_the_largest_marginal_over_their_sum():
-    check_top_share(analysis.top_share)
-    assert np.isnan(analysis.top_share(np.zeros(3)))
+    check_top_share(explanations.top_share)
+    assert np.isnan(explanations.top_share(np.zeros(3)))
 
 
 def test_decay_slope_is_fitted_against_log_i():
