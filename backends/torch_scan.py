@@ -1,318 +1,217 @@
-"""Numerically stable prefix softmax scans: the attention of one query over every prefix of a context in O(n·d).
+"""The torch backend's O(n·d) trajectory: one pass over the context in slabs.
 
-For a fixed query the attention output over the prefix ``c_1..c_i`` is a softmax-weighted mean,
+For each slab the query's attention over every prefix is a running softmax mean (``torch_softmax_scan``, THEORY
+§8.5), its exact increments ``A_i − A_{i−1}`` come with it, and the taps, their exact increments and the Gram norms
+of the updates follow position-wise (``torch_increments``). A slab is one call of :func:`slab_step`; what carries
+from slab to slab is a :class:`State` of O(d) numbers.
 
-    o_i = N_i / D_i,   N_i = Σ_{j≤i} exp(s_j − m_i) v_j,   D_i = Σ_{j≤i} exp(s_j − m_i),   m_i = max_{j≤i} s_j,
+Two paths run the same step (ours):
 
-(THEORY §8.5: "``A(c_1..c_i, x)`` is a running weighted mean"). Shifting every prefix by its *own* running
-maximum ``m_i`` makes every weight ``≤ 1`` and the largest one exactly 1, so ``D_i ≥ 1``: no overflow and no
-0/0 for any finite logits (±1e4 included) and any length. Only weights that are negligible next to the
-maximum underflow, which is the correct answer in floating point.
-
-The scan is blocked: within a block of ``B`` tokens the prefix sums are a ``B × B`` lower-triangular weighted sum
-(every weight shifted by its row's running max), and the blocks' totals are themselves a sequence of
-(logit = block max, value = block total) that the same scan combines, recursively. Work is ``O(n·B·e)``,
-memory ``O(n·e + n·B)``, and every sum has at most ``B`` terms per level (``log_B n`` levels), which keeps the
-round-off of float32 sums at ``~ log_B(n)·B·eps`` in the worst case instead of ``n·eps``.
+- **eager**: :func:`slab_step` with ``fast=False``, which rescues the rare rows the one-pass forms cannot be trusted
+  on (a chunk whose running max rises by more than ``RISE``; a step whose ``yᵀGy`` under- or overflows) inline;
+- **compiled**: ``torch.compile`` of the same step with ``fast=True`` (no data-dependent branch, so Inductor fuses it
+  into a few kernels: C++ on the CPU, Triton on a GPU). It returns a flag instead of rescuing; a flagged slab is
+  run again eagerly from the same state, so both paths give the same numbers up to the fused kernels' order of
+  summation. Full slabs take the compiled step (one shape, compiled once per block config, dtype and device, and
+  cached for the process); the last, shorter slab runs eagerly. The flag is read once per slab: a host sync per
+  slab on a GPU (slabs are 2^18 tokens there), none on the CPU.
 """
 from __future__ import annotations
 
-import torch
+import functools
+from typing import NamedTuple
 
-from implicit_icl.reference import kinds
+import torch
 
 from implicit_icl.reference.trajectories import Trajectory
 
 from . import torch_ops
-
-BLOCK = 64
-
-
-_UPPER: dict = {}
-
-
-def _upper(L: int, device) -> torch.Tensor:
-    """The strictly upper triangle ``j > i`` of an ``L × L`` matrix (cached per size and device)."""
-    key = (L, str(device))
-    if key not in _UPPER:
-        _UPPER[key] = torch.ones(L, L, dtype=torch.bool, device=device).triu(1)
-    return _UPPER[key]
+from .torch_increments import (  # noqa: F401 (gram_norm, layer_norm_increment re-exported)
+    fast_gram_norm, gram_norm, layer_norm_increment, rms_norm_increment, tap_increments)
+from .torch_softmax_scan import (  # noqa: F401 (prefix_softmax_scan re-exported)
+    fast_prefix_softmax_means, prefix_softmax_means, prefix_softmax_scan)
 
 
-def _direct(s: torch.Tensor, V: torch.Tensor):
-    """``(m, N)`` for short sequences by a masked ``L × L`` weighted sum; ``s`` (..., L), ``V`` (..., L, e)."""
-    L = s.shape[-1]
-    m = torch.cummax(s, dim=-1).values                                   # (..., L)
-    m_ref = torch.where(torch.isfinite(m), m, 0)                         # rows of padding only: weights 0, not nan
-    w = s[..., None, :] - m_ref[..., :, None]                            # (..., L, L) [i, j], ≤ 0 where j ≤ i
-    w.masked_fill_(_upper(L, s.device), -torch.inf).exp_()              # weights exp(s_j − m_i), 0 where j > i
-    return m, w @ V                                                      # (..., L), (..., L, e)
+class State(NamedTuple):
+    """What one slab hands the next: the softmax partial sum ``carry = (m, num, den)`` ((...), (..., H, dh), (...)
+    per head), the last prefix's per-head mean ``o`` (..., H, dh), attention output ``A`` (..., D) and tap ``a``
+    (..., D)."""
+    carry: tuple
+    o: torch.Tensor
+    A: torch.Tensor
+    a: torch.Tensor
 
 
-def prefix_softmax_scan(s: torch.Tensor, V: torch.Tensor, block: int = BLOCK):
-    """Inclusive prefix scan: ``m_i = max_{j≤i} s_j`` and ``N_i = Σ_{j≤i} exp(s_j − m_i) V_j``.
-
-    ``s``: (..., L) finite logits; ``V``: (..., L, e) values (append a column of ones to get ``D_i``).
-    Returns ``m`` (..., L) and ``N`` (..., L, e).
-    """
-    L = s.shape[-1]
-    if L <= block:
-        return _direct(s, V)
-    n_chunks = -(-L // block)
-    pad = n_chunks * block - L                       # < block, so every chunk holds at least one real token
-    if pad:
-        s = torch.nn.functional.pad(s, (0, pad), value=-torch.inf)
-        V = torch.nn.functional.pad(V, (0, 0, 0, pad))
-    batch = s.shape[:-1]
-    e = V.shape[-1]
-    m_loc, N_loc = _direct(s.reshape(*batch, n_chunks, block),
-                           V.reshape(*batch, n_chunks, block, e))       # (..., C, B), (..., C, B, e)
-    M, P = prefix_softmax_scan(m_loc[..., -1], N_loc[..., -1, :], block)  # inclusive over chunks: (..., C), (..., C, e)
-    M_ex = torch.cat([torch.full_like(M[..., :1], -torch.inf), M[..., :-1]], dim=-1)      # exclusive: (..., C)
-    P_ex = torch.cat([torch.zeros_like(P[..., :1, :]), P[..., :-1, :]], dim=-2)           # (..., C, e)
-    m, N = combine(M_ex[..., None], P_ex[..., None, :], m_loc, N_loc)  # (..., C, B), (..., C, B, e)
-    return m.reshape(*batch, n_chunks * block)[..., :L], N.reshape(*batch, n_chunks * block, e)[..., :L, :]
+def _dense(state: State) -> State:
+    """The state with every tensor contiguous: the same strides at every slab, so the compiled step is compiled
+    once (Dynamo guards on strides, and on which arguments alias each other: :func:`start_state` copies)."""
+    return State(tuple(t.contiguous() for t in state.carry), *(t.contiguous() for t in state[1:]))
 
 
-def combine(m1: torch.Tensor, N1: torch.Tensor, m2: torch.Tensor, N2: torch.Tensor):
-    """Merge two softmax partial sums, each relative to its own maximum: ``(max, e^{m1−m} N1 + e^{m2−m} N2)``.
-
-    ``m*`` broadcast against ``N*[..., 0]``; an empty part has ``m = −inf`` and ``N = 0``.
-    """
-    m = torch.maximum(m1, m2)
-    m_ref = torch.where(torch.isfinite(m), m, 0)                         # both parts empty: 0, not nan
-    N = torch.exp(m1 - m_ref)[..., None] * N1 + torch.exp(m2 - m_ref)[..., None] * N2
-    return m, N
-
-
-CHUNK = 256     # tokens per chunk of the cumulative-sum path
-RISE = 20.0     # largest rise of the running max inside a chunk that the cumulative-sum path accepts
-
-
-def prefix_softmax_means(s: torch.Tensor, v: torch.Tensor, carry, chunk: int = CHUNK, rise: float = RISE):
-    """Softmax-weighted means over every prefix, continuing a partial sum ``carry``; the fast path of the scan.
-
-    ``s`` (..., L) logits and ``v`` (..., L, e) values of L new tokens; ``carry = (m, num, den)`` with shapes
-    (...), (..., e), (...) is the partial sum ``Σ exp(s_j − m) [v_j, 1]`` of the tokens before (``den ≥ 1``).
-    Returns ``o`` (..., L, e) with ``o_i`` the weighted mean over the carry and tokens ``≤ i``, ``p`` (..., L) the
-    weight of token i in its own prefix (so ``o_i − o_{i−1} = p_i (v_i − o_{i−1})`` exactly), and the new carry.
-
-    Within a chunk every weight is shifted by ``R``, the running max at the chunk's end, so ``exp(s_j − R) ≤ 1``
-    and a cumulative sum (one pass) gives the chunk's prefix sums. Row i's sum is at least
-    ``exp(m_i − R)``; where the running max rises by more than ``rise`` inside a chunk (extreme logits) that
-    chunk is recomputed with the exact per-row shift of :func:`prefix_softmax_scan`, so nothing underflows
-    to 0/0. The chunks' totals are combined by :func:`prefix_softmax_scan` over chunks.
-    """
-    cm, cnum, cden = carry
-    L, e = s.shape[-1], v.shape[-1]
-    n_chunks = max(1, -(-L // chunk))
-    pad = n_chunks * chunk - L
-    if pad:
-        s = torch.nn.functional.pad(s, (0, pad), value=-torch.inf)
-        v = torch.nn.functional.pad(v, (0, 0, 0, pad))
-    batch = s.shape[:-1]
-    m = torch.maximum(torch.cummax(s, -1).values, cm[..., None])                 # (..., L'): running max
-    s, v, m = (s.reshape(*batch, n_chunks, chunk), v.reshape(*batch, n_chunks, chunk, e),
-               m.reshape(*batch, n_chunks, chunk))
-    R = m[..., -1]                                                               # (..., C): max at chunk end
-    w = torch.exp(s - R[..., None])                                              # (..., C, B), ≤ 1
-    num = torch.cumsum(w[..., None] * v, -2)                                     # (..., C, B, e)
-    den = torch.cumsum(w, -1)                                                    # (..., C, B)
-    # inclusive scan over [carry, chunk 0, …, chunk C−1]; entry c is everything before chunk c
-    logits = torch.cat([cm[..., None], R], -1)                                   # (..., C+1)
-    tots = torch.cat([torch.cat([cnum, cden[..., None]], -1)[..., None, :],
-                      torch.cat([num[..., -1, :], den[..., -1:]], -1)], -2)      # (..., C+1, e+1)
-    M, P = prefix_softmax_scan(logits, tots)
-    new_carry = (M[..., -1], P[..., -1, :e], P[..., -1, e])
-    M, P = M[..., :-1], P[..., :-1, :]                                           # (..., C), (..., C, e+1)
-    f = torch.exp(M - R)                                                         # (..., C), ≤ 1
-    num += (f[..., None] * P[..., :e])[..., None, :]
-    den += (f * P[..., e])[..., None]
-    o = num / den[..., None]                                                     # (..., C, B, e)
-    p = w / den                                                                  # (..., C, B)
-    bad = (R - m[..., 0]) > rise                                                 # (..., C)
-    if bool(bad.any()):
-        idx = bad.nonzero(as_tuple=True)
-        sb, vb = s[idx], v[idx]                                                  # (K, B), (K, B, e)
-        mb, Nb = prefix_softmax_scan(sb, torch.cat([vb, torch.ones_like(vb[..., :1])], -1))
-        mb, Nb = combine(M[idx][:, None], P[idx][:, None, :], mb, Nb)           # (K, B), (K, B, e+1)
-        o[idx] = Nb[..., :e] / Nb[..., e:]
-        p[idx] = torch.exp(sb - mb) / Nb[..., e]
-    o = o.reshape(*batch, n_chunks * chunk, e)[..., :L, :]
-    p = p.reshape(*batch, n_chunks * chunk)[..., :L]
-    return o, p, new_carry
+def query_constants(P: dict, cfg, x: torch.Tensor, n: int) -> dict:
+    """What every slab needs of the query ``x`` (..., D) at position ``n`` (mask convention,
+    ``reference.blocks.kept_positions``: context token j sits at j, the query at n in every prefix): its query heads
+    ``q`` (scaled), value ``v_x`` and own logit ``s_x``; for blocks whose logits are linear in the key token (no
+    rotary, no q/k norm) ``qk`` (..., H, D) with ``s_j = qk_h·c_j (+ qb_h)``, one (D × H) product per token."""
+    at_n = torch.tensor([n], device=x.device)
+    xn = torch_ops.attention_input(P, cfg, x)[..., None, :]                         # (..., 1, D)
+    q = torch_ops.heads(P, cfg, xn, "q", at_n)[..., 0, :] * cfg.logit_scale         # (..., H, dh)
+    s_x = (q * torch_ops.heads(P, cfg, xn, "k", at_n)[..., 0, :]).sum(-1)          # (..., H)
+    Q = {"at_n": at_n, "q": q, "v_x": torch_ops.heads(P, cfg, xn, "v")[..., 0, :],
+         "s_x": torch_ops.softcap(s_x, cfg.attn_softcap)}
+    if not (cfg.rotary or cfg.qk_norm):
+        W_k = _per_query_head(cfg, P["attn.W_k"].reshape(cfg.kv_heads, cfg.head_dim, cfg.d_model))  # (H, dh, D)
+        Q["qk"] = (q[..., :, :, None] * W_k).sum(-2)                                # (..., H, D)
+        if "attn.b_k" in P:
+            Q["qb"] = (q * _per_query_head(cfg, P["attn.b_k"].reshape(cfg.kv_heads, cfg.head_dim))).sum(-1)
+    return Q
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# the scan driver: the query's attention over every prefix, then the trajectory's fields from it
-# ---------------------------------------------------------------------------------------------------------------
+def _per_query_head(cfg, t: torch.Tensor) -> torch.Tensor:
+    """A key/value-head tensor (H', ...) repeated for the query heads that share it (grouped-query attention)."""
+    return t.repeat_interleave(cfg.n_heads // cfg.kv_heads, 0)
+
+
+def start_state(P: dict, cfg, Q: dict, x: torch.Tensor, A0: torch.Tensor, a0: torch.Tensor) -> State:
+    """The state before the first context token: the query alone, whose mean is its own value ``v_x``."""
+    state = State((Q["s_x"], Q["v_x"], torch.ones_like(Q["s_x"])), Q["v_x"], A0, a0)
+    return State(tuple(t.clone() for t in state.carry), *(t.clone() for t in state[1:]))   # no aliases: see _dense
+
+
+def alone_output(P: dict, cfg, Q: dict) -> torch.Tensor:
+    """``A_0``: the query's attention output with no context, ``W_o v_x + b_o`` (..., D)."""
+    return torch_ops.merge_heads(P, cfg, Q["v_x"][..., None, :])[..., 0, :]
+
+
+def slab_attention(P: dict, cfg, Q: dict, C: torch.Tensor, pos: torch.Tensor, state: State, fast: bool):
+    """The query's attention output over the prefixes ending at each token of the slab ``C`` (..., S, D) (at
+    positions ``pos`` (S,)) and its exact increments: ``(A, dA, carry, o_last, flag)``, ``A`` and ``dA``
+    (..., S, D); ``flag`` is ``fast_prefix_softmax_means``' rescue flag (``None`` when not ``fast``)."""
+    C = torch_ops.attention_input(P, cfg, C)                                        # (..., S, D)
+    if "qk" in Q:
+        s = (C @ Q["qk"].transpose(-1, -2)).transpose(-1, -2)                       # (..., H, S) logits
+        s = s + Q["qb"][..., None] if "qb" in Q else s
+    else:
+        s = (Q["q"][..., :, None, :] * torch_ops.heads(P, cfg, C, "k", pos)).sum(-1)  # (..., H, S)
+    s = torch_ops.softcap(s, cfg.attn_softcap)                                      # Gemma 2's capped logits
+    seen = torch_ops.visible(cfg, Q["at_n"], pos, causal=True)                      # a sliding window: n − j < w
+    if seen is not None:
+        s = torch.where(seen[0], s, -torch.inf)
+    v = torch_ops.heads(P, cfg, C, "v")                                             # (..., H, S, dh)
+    if fast:
+        o, p, carry, flag = fast_prefix_softmax_means(s, v, state.carry)           # (..., H, S, dh), (..., H, S)
+    else:
+        (o, p, carry), flag = prefix_softmax_means(s, v, state.carry), None
+    o_before = torch.cat([state.o[..., None, :], o[..., :-1, :]], -2)              # o_{i−1}
+    inc = p[..., None] * (v - o_before)                                             # o_i − o_{i−1}, exact form
+    A, dA = torch_ops.merge_heads(P, cfg, o), torch_ops.merge_heads(P, cfg, inc, bias=False)
+    return A, dA, carry, o[..., -1, :], flag
+
+
+def slab_step(P: dict, Q: dict, x: torch.Tensor, a0: torch.Tensor, r0: torch.Tensor, G: torch.Tensor,
+              C: torch.Tensor, pos: torch.Tensor, state: State, *, cfg, keep: bool, fast: bool):
+    """One slab of the trajectory: ``(state, fields, flag)``. ``fields`` are the slab's ``‖u_i‖`` (..., S) (the
+    ``u`` of ``δ_i = a_i − a_0``, by the Gram matrix ``G``), ``‖u_i − u_{i−1}‖`` (..., S), the loss
+    ``tr(Δ_iᵀ W_i) = −stepᵀ G a_{i−1}`` (..., S), and with ``keep`` also ``δ_i``, ``r_i − r_0`` and the steps
+    (..., S, D). ``flag`` (``fast`` only) is a 0-d bool tensor: true when some row needs a rescue the fast forms
+    skip, and then the slab must be run again with ``fast=False``."""
+    A, dA, carry, o_last, flag = slab_attention(P, cfg, Q, C.to(x.dtype), pos, state, fast)
+    a, r = torch_ops.taps_from_attention(P, cfg, x[..., None, :].expand_as(A), A)   # (..., S, D)
+    da = tap_increments(P, cfg, x, A, dA, state.A)                                  # a_i − a_{i−1}, (..., S, D)
+    d = a - a0[..., None, :]                                                        # δ_i
+    if fast:
+        (dW_n, _, f_d), (step_n, daG, f_da) = fast_gram_norm(d, G), fast_gram_norm(da, G)
+        flag = flag | f_d | f_da
+    else:
+        (dW_n, _), (step_n, daG) = gram_norm(d, G), gram_norm(da, G)
+    a_before = torch.cat([state.a[..., None, :], a[..., :-1, :]], -2)              # a_{i−1}
+    fields = (dW_n, step_n, -(daG * a_before).sum(-1))
+    if keep:
+        fields += (d, r - r0[..., None, :], da)
+    return _dense(State(carry, o_last, A[..., -1, :], a[..., -1, :])), fields, flag
+
 
 def prefix_attention_scan(P: dict, cfg, x: torch.Tensor, context: torch.Tensor, slab: int):
     """Generator: first the query-alone attention output ``A_0`` (..., D), then for each slab of the context
     ``(s0, A, dA)``: the query's attention output over the prefixes ``s0+1 .. s0+S`` (..., S, D) and its exact
-    increments ``A_i − A_{i−1}`` (..., S, D). O(n·d) time, O(slab·d) working memory.
-
-    Positions follow the mask convention (``reference.blocks.kept_positions``): context token j sits at j and the
-    query at n for every prefix, so rotary logits and a sliding window are the same in every prefix."""
-    n, H, dh, D = context.shape[-2], cfg.n_heads, cfg.head_dim, cfg.d_model
-    at_n = torch.tensor([n], device=x.device)
-    xn = torch_ops.attention_input(P, cfg, x)[..., None, :]                         # (..., 1, D)
-    q = torch_ops.heads(P, cfg, xn, "q", at_n)[..., 0, :] * cfg.logit_scale         # (..., H, dh)
-    v_x = torch_ops.heads(P, cfg, xn, "v")[..., 0, :]                               # (..., H, dh)
-    s_x = (q * torch_ops.heads(P, cfg, xn, "k", at_n)[..., 0, :]).sum(-1)          # (..., H): the query's own logit
-    s_x = torch_ops.softcap(s_x, cfg.attn_softcap)
-    linear_keys = not (cfg.rotary or cfg.qk_norm)       # then s_j = (W_k^hᵀ q_h)·x_j + q_h·b_k^h, one (D × H) product
-    if linear_keys:
-        W_k = P["attn.W_k"].reshape(cfg.kv_heads, dh, D).repeat_interleave(H // cfg.kv_heads, 0)     # (H, dh, D)
-        qk = (q[..., :, :, None] * W_k).sum(-2)                                     # (..., H, D)
-        b_k = P["attn.b_k"].reshape(cfg.kv_heads, dh).repeat_interleave(H // cfg.kv_heads, 0) \
-            if "attn.b_k" in P else None
-        qb = (q * b_k).sum(-1) if b_k is not None else None                        # (..., H)
-    carry = (s_x, v_x, torch.ones_like(s_x))                                        # the query alone: o_0 = v_x
-    o_prev = v_x                                                                    # (..., H, dh)
-    yield torch_ops.merge_heads(P, cfg, v_x[..., None, :])[..., 0, :]               # (..., D)
-    for s0 in range(0, n, slab):
-        C = torch_ops.attention_input(P, cfg, context[..., s0:s0 + slab, :].to(x.dtype))   # (..., S, D)
-        pos = torch.arange(s0, s0 + C.shape[-2], device=x.device)
-        if linear_keys:
-            s = (C @ qk.transpose(-1, -2)).transpose(-1, -2)                        # (..., H, S) logits
-            s = s + qb[..., None] if qb is not None else s
-        else:
-            s = (q[..., :, None, :] * torch_ops.heads(P, cfg, C, "k", pos)).sum(-1)  # (..., H, S)
-        s = torch_ops.softcap(s, cfg.attn_softcap)                                  # Gemma 2's capped logits
-        seen = torch_ops.visible(cfg, at_n, pos, causal=True)                       # a sliding window: n − j < w
-        if seen is not None:
-            s = torch.where(seen[0], s, -torch.inf)
-        v = torch_ops.heads(P, cfg, C, "v")                                         # (..., H, S, dh)
-        o, p, carry = prefix_softmax_means(s, v, carry)                             # (..., H, S, dh), (..., H, S)
-        o_before = torch.cat([o_prev[..., None, :], o[..., :-1, :]], -2)           # o_{i−1}
-        inc = p[..., None] * (v - o_before)                                         # o_i − o_{i−1}, exact form
-        o_prev = o[..., -1, :]
-        yield s0, torch_ops.merge_heads(P, cfg, o), torch_ops.merge_heads(P, cfg, inc, bias=False)
+    increments ``A_i − A_{i−1}`` (..., S, D). O(n·d) time, O(slab·d) working memory (eager)."""
+    Q = query_constants(P, cfg, x, context.shape[-2])
+    A0 = alone_output(P, cfg, Q)
+    yield A0
+    state = start_state(P, cfg, Q, x, A0, A0)
+    for s0 in range(0, context.shape[-2], slab):
+        C = context[..., s0:s0 + slab, :].to(x.dtype)
+        A, dA, carry, o_last, _ = slab_attention(P, cfg, Q, C, _positions(s0, C), state, fast=False)
+        state = State(carry, o_last, A[..., -1, :], state.a)
+        yield s0, A, dA
 
 
-def tap_increments(P: dict, cfg, x: torch.Tensor, A: torch.Tensor, dA: torch.Tensor, A_prev: torch.Tensor):
-    """``a_i − a_{i−1}`` for every prefix of the slab from ``ΔA_i = A_i − A_{i−1}`` without subtracting taps
-    (``A_prev``: the attention output of the prefix before the slab).
-
-    Linear taps (plain, p1-skip, residual) move by ``ΔA``; LayerNorm taps by :func:`layer_norm_increment`, RMSNorm
-    taps by :func:`rms_norm_increment`; a parallel block's tap ``N2 x`` does not move. With ``post_norms`` the
-    residual moves by the increment of ``ln_post_attn(A)`` first (the same exact form).
-    """
-    if cfg.kind in ("plain", "p1-skip", "residual"):
-        return dA
-    if cfg.kind == "parallel":
-        return torch.zeros_like(dA)
-    A_before = torch.cat([A_prev[..., None, :], A[..., :-1, :]], -2)                # A_{i−1}: (..., S, D)
-    if cfg.post_norms:
-        g_post = cfg.norm_offset + P["ln_post_attn.g"]
-        dA = rms_norm_increment(A_before, dA, g_post, cfg.ln_eps) if cfg.norm_kind == "rms" \
-            else layer_norm_increment(A_before, dA, P["ln_post_attn.g"], cfg.ln_eps)
-        A_before = kinds.norm(P, cfg, "ln_post_attn", A_before, torch_ops.OPS)
-    before = x[..., None, :] + A_before                                             # the LN input of prefix i − 1
-    g = P["ln1.g"] if cfg.kind == "post-ln" else P["ln2.g"]
-    if cfg.norm_kind == "rms":
-        return rms_norm_increment(before, dA, cfg.norm_offset + g, cfg.ln_eps)
-    return layer_norm_increment(before, dA, g, cfg.ln_eps)
+def _positions(s0: int, C: torch.Tensor) -> torch.Tensor:
+    return torch.arange(s0, s0 + C.shape[-2], device=C.device)
 
 
-def gram_norm(y: torch.Tensor, G: torch.Tensor):
-    """``(‖W y‖, G y)`` rowwise from the Gram matrix ``G = WᵀW`` (``‖W y‖² = yᵀ G y``), never forming ``W y``.
-
-    Rows whose ``yᵀ G y`` is safely inside the dtype's range take the direct product; the rest (tiny steps of
-    1e-23 in float32 that would underflow when squared, or huge ones that would overflow) are recomputed with each
-    row scaled by its largest entry first. ``y`` (..., D) → (...), (..., D).
-    """
-    yG = y @ G                                                                      # (..., D)
-    q = (yG * y).sum(-1)                                                            # (...)
-    norm = torch.sqrt(q.clamp_min(0))
-    info = torch.finfo(q.dtype)
-    bad = ~((q > info.tiny / info.eps) & (q < info.max * info.eps))                 # zero rows land here too
-    if bool(bad.any()):                                                             # rare: rescale those rows only
-        idx = bad.nonzero(as_tuple=True)
-        s = y[idx].abs().amax(-1, keepdim=True)                                     # (K, 1)
-        z = y[idx] / torch.where(s > 0, s, 1)
-        zG = z @ G                                                                  # (K, D)
-        norm[idx] = torch.sqrt((zG * z).sum(-1).clamp_min(0)) * s[..., 0]
-        yG[idx] = zG * s
-    return norm, yG
+_COMPILED: dict = {}
 
 
-def layer_norm_increment(y: torch.Tensor, dy: torch.Tensor, g: torch.Tensor, eps: float) -> torch.Tensor:
-    """``LN(y + dy) − LN(y)`` without subtracting two LayerNorm outputs (the shift ``b`` cancels).
-
-    With ``c = y − mean y``, ``dc = dy − mean dy``, ``σ² = mean c² + eps`` and
-    ``σ'² = σ² + 2 mean(c·dc) + mean(dc²)``:
-    ``LN(y+dy) − LN(y) = g ⊙ (dc/σ' + c (1/σ' − 1/σ))`` and ``1/σ' − 1/σ = −(σ'² − σ²)/(σ σ' (σ + σ'))``;
-    every term is proportional to ``dy``, so the result has relative (not absolute) round-off.
-    """
-    c = y - y.mean(-1, keepdim=True)
-    dc = dy - dy.mean(-1, keepdim=True)
-    var = (c * c).mean(-1, keepdim=True) + eps                                       # σ²
-    dvar = 2 * (c * dc).mean(-1, keepdim=True) + (dc * dc).mean(-1, keepdim=True)    # σ'² − σ²
-    sd, sd_new = torch.sqrt(var), torch.sqrt(var + dvar)
-    return g * (dc / sd_new - c * dvar / (sd * sd_new * (sd + sd_new)))
+def compiled_step(cfg, keep: bool):
+    """``slab_step`` with ``fast=True`` under ``torch.compile`` (one graph, static shapes), cached per block config
+    and ``keep`` for the process (Dynamo guards on dtype, device and shapes within it)."""
+    key = (cfg, keep)
+    if key not in _COMPILED:
+        _COMPILED[key] = torch.compile(functools.partial(slab_step, cfg=cfg, keep=keep, fast=True),
+                                       dynamic=False, fullgraph=True)
+    return _COMPILED[key]
 
 
 def scan_trajectory(P0: dict, cfg, context: torch.Tensor, query: torch.Tensor, slab: int, acc: torch.dtype,
-                    checks, keep: bool = False) -> Trajectory:
+                    checks, keep: bool = False, compiled: bool = False) -> Trajectory:
     """The torch backend's ``trajectory`` on checked inputs (``P0`` params, ``context`` (..., n, D), ``query``
-    (..., D) in the output dtype): the scan's attention, then the taps and every field of the Trajectory, slab by
-    slab. ``acc`` is the dtype the scan accumulates in; ``checks`` (``torch_checks.Checks``) raises on a zero
-    ``‖a‖²`` or an overflow. With ``keep`` the per-prefix vectors (``delta``, ``delta_b``, ``steps``) are written as
-    the scan goes; without, the Trajectory forms them by scanning again when one is first read, so a caller that
-    reads the norms alone holds O(n) numbers, not O(n·d)."""
+    (..., D) in the output dtype), slab by slab (:func:`slab_step`; ``compiled``: full slabs through
+    :func:`compiled_step`). ``acc`` is the dtype the scan accumulates in; ``checks`` (``torch_checks.Checks``)
+    raises on a zero ``‖a‖²`` or an overflow. With ``keep`` the per-prefix vectors (``delta``, ``delta_b``,
+    ``steps``) are written as the scan goes; without, the Trajectory forms them by scanning again when one is first
+    read, so a caller that reads the norms alone holds O(n) numbers, not O(n·d)."""
     out_dtype = query.dtype
     P = {k: v.to(acc) for k, v in P0.items()}
     x = query.to(acc)                                                            # (..., D)
     batch, n, D = x.shape[:-1], context.shape[-2], cfg.d_model
-    scan = prefix_attention_scan(P, cfg, x, context, slab)
-    A0 = next(scan)                                                              # (..., D): the query alone
+    Q = query_constants(P, cfg, x, n)
+    A0 = alone_output(P, cfg, Q)                                                 # (..., D): the query alone
     a0, r0 = torch_ops.taps_from_attention(P, cfg, x, A0)
     checks.norm(a0, cfg, "the query")
-    a_norm_sq = (a0 * a0).sum(-1)                                                # (...)
     W0 = P["mlp.W"]
     G = W0.T @ W0                                                                # (D, D) Gram matrix
-
-    # outputs, filled slab by slab (row 0 of delta/delta_b/dW_sq is the query alone: exactly 0)
+    # the O(n) fields (entry 0 of ‖u‖ is the query alone: exactly 0), and with keep the per-prefix vectors
+    dW_n = torch.zeros(*batch, n + 1, dtype=acc, device=x.device)
+    step_n, loss = (torch.empty(*batch, n, dtype=acc, device=x.device) for _ in range(2))
+    outs = [dW_n[..., 1:], step_n, loss]
     if keep:
-        delta = torch.empty(*batch, n + 1, D, dtype=out_dtype, device=x.device)
-        delta_b = torch.zeros_like(delta) if cfg.kind == "plain" else torch.empty_like(delta)
+        delta, delta_b = (torch.zeros(*batch, n + 1, D, dtype=out_dtype, device=x.device) for _ in range(2))
         steps = torch.empty(*batch, n, D, dtype=out_dtype, device=x.device)
-        delta[..., 0, :] = 0
-        delta_b[..., 0, :] = 0
-    dW_n = torch.empty(*batch, n + 1, dtype=acc, device=x.device)
-    step_n = torch.empty(*batch, n, dtype=acc, device=x.device)
-    loss = torch.empty(*batch, n, dtype=acc, device=x.device)
-    dW_n[..., 0] = 0
-    A_prev = A0                                                                  # the previous prefix's attention
-    a_prev = a0
-    for s0, A, dA in scan:
-        a, r = torch_ops.taps_from_attention(P, cfg, x[..., None, :].expand_as(A), A)
-        da = tap_increments(P, cfg, x, A, dA, A_prev)                           # (..., S, D)
-        A_prev = A[..., -1, :]
-        S = A.shape[-2]
-        d = a - a0[..., None, :]
-        if keep:
-            delta[..., s0 + 1:s0 + 1 + S, :] = d
-            if cfg.kind != "plain":                                              # plain: r ≡ 0, Δb ≡ 0
-                delta_b[..., s0 + 1:s0 + 1 + S, :] = r - r0[..., None, :]
-            steps[..., s0:s0 + S, :] = da
-        dW_n[..., s0 + 1:s0 + 1 + S] = gram_norm(d, G)[0]                      # ‖u_i‖ = √(δ_iᵀ G δ_i)
-        step_n[..., s0:s0 + S], daG = gram_norm(da, G)
-        a_before = torch.cat([a_prev[..., None, :], a[..., :-1, :]], -2)         # a_i for step i → i+1
-        loss[..., s0:s0 + S] = -(daG * a_before).sum(-1)                         # tr(Δ_iᵀW_i) = −stepᵀ G a_i
-        a_prev = a[..., -1, :]
-    out = _norm_fields(dW_n, step_n, loss, a0, r0, a_norm_sq, out_dtype)
+        outs += [delta[..., 1:, :], delta_b[..., 1:, :], steps]
+    state = start_state(P, cfg, Q, x, A0, a0)
+    fast = compiled_step(cfg, keep) if compiled else None
+    for s0 in range(0, n, slab):
+        C = context[..., s0:s0 + slab, :]
+        args = (P, Q, x, a0, r0, G, C, _positions(s0, C), state)
+        flag = None
+        if fast is not None and C.shape[-2] == slab:
+            new_state, fields, flag = fast(*args)
+        if flag is None or bool(flag):                                           # eager, or a rescue is needed
+            new_state, fields, _ = slab_step(*args, cfg=cfg, keep=keep, fast=False)
+        for out, f in zip(outs, fields):                                         # scalars (..., S), vectors (..., S, D)
+            out.narrow(-1 if f.dim() == step_n.dim() else -2, s0, C.shape[-2]).copy_(f)
+        state = new_state
+    out = _norm_fields(dW_n, step_n, loss, a0, r0, (a0 * a0).sum(-1), out_dtype)
     relative_change = out.pop("relative_change")
-    # in the output dtype (float16 overflows at 65504); relative_change is nan at i = 0 by definition, and a
-    # plain block's delta_b is zero by construction
-    checks.finite("trajectory", **out, **({"delta_b": delta_b} if keep and cfg.kind != "plain" else {}))
+    # in the output dtype (float16 overflows at 65504); relative_change is nan at i = 0 by definition
+    checks.finite("trajectory", **out, **({"delta_b": delta_b} if keep else {}))
     if keep:
         kept, rescan = {"delta": delta, "delta_b": delta_b, "steps": steps}, None
     else:
         kept = {}
-        rescan = lambda: scan_trajectory(P0, cfg, context, query, slab, acc, checks, keep=True).kept  # noqa: E731
+        rescan = lambda: scan_trajectory(P0, cfg, context, query, slab, acc, checks, keep=True,  # noqa: E731
+                                         compiled=compiled).kept
     return Trajectory(W0=P0["mlp.W"], relative_change=relative_change, params=P0, cfg=cfg, kept=kept,
                       rescan=rescan, ops=torch_ops.OPS, **out)
 
@@ -330,16 +229,3 @@ def _norm_fields(dW_n, step_n, loss, a0, r0, a_norm_sq, out_dtype) -> dict:
     fields = {"a": a0, "r": r0, "delta_W_norm": delta_W_norm, "step_norm": step_norm, "loss": loss,
               "grad_norm": grad_norm, "h": 1.0 / a_norm_sq, "relative_change": relative_change}
     return {k: v.to(out_dtype) for k, v in fields.items()}
-
-
-def rms_norm_increment(y: torch.Tensor, dy: torch.Tensor, g: torch.Tensor, eps: float) -> torch.Tensor:
-    """``RMS(y + dy) − RMS(y)`` without subtracting two RMSNorm outputs (gain ``g``, already offset).
-
-    With ``σ² = mean y² + eps`` and ``σ'² = σ² + 2 mean(y·dy) + mean(dy²)``:
-    ``RMS(y+dy) − RMS(y) = g ⊙ (dy/σ' + y (1/σ' − 1/σ))``, ``1/σ' − 1/σ = −(σ'² − σ²)/(σ σ' (σ + σ'))``: every term
-    is proportional to ``dy`` (relative round-off), as in :func:`layer_norm_increment` without the centring.
-    """
-    var = (y * y).mean(-1, keepdim=True) + eps                                       # σ²
-    dvar = 2 * (y * dy).mean(-1, keepdim=True) + (dy * dy).mean(-1, keepdim=True)    # σ'² − σ²
-    sd, sd_new = torch.sqrt(var), torch.sqrt(var + dvar)
-    return g * (dy / sd_new - y * dvar / (sd * sd_new * (sd + sd_new)))
