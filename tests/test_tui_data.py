@@ -196,6 +196,43 @@ def test_braille_plot_marks_and_skips_nan():
     assert lines[0].plain[0] != " " and lines[-1].plain[-1] == "│"
 
 
+
+def _cells(lines) -> list:
+    return [[(t.plain[s.start:s.end], str(s.style)) for s in t.spans] for t in lines]
+
+
+_R, _G, _FAINT, _M = "#ff0000", "#00ff00", "#8a8a40", " on #3a3a1a"       # the series' colours, the marker column
+
+
+@pytest.mark.parametrize("options, y_range, cells", [
+    (dict(marker=2), (-1.0, 3.0), [
+        [("⢠", _R), ("⢣", _R), ("⡒", _R + _M), ("⠤", _G), ("⣠", _R), (" ", _FAINT)],
+        [("⠋", _R), ("⠁", _G), ("⠁", _R + _M), (" ", _FAINT), ("⠈", _G), ("⢳", _R)]]),
+    (dict(marker=3, log=True), (0.2, 3.0), [
+        [("⣀", _G), ("⡱", _R), ("⡉", _R), ("⠒", _G + _M), ("⡔", _R), (" ", _FAINT)],
+        [(" ", _FAINT), (" ", _FAINT), (" ", _FAINT), ("│", _FAINT + _M), ("⠑", _G), ("⢄", _G)]]),
+    (dict(marker=5, y_range=(-2.0, 4.0)), (-2.0, 4.0), [
+        [("⢀", _R), ("⢦", _R), ("⠤", _G), ("⠤", _G), ("⡠", _R), ("⡀", _R + _M)],
+        [("⠋", _R), ("⠁", _G), ("⠁", _R), (" ", _FAINT), ("⠈", _G), ("⠫", _R + _M)]]),
+])
+def test_braille_plot_draws_exactly_these_cells(options, y_range, cells):
+    """A small plot pinned cell by cell (character and style): two series sharing cells (the first wins), a gap,
+    a log axis dropping values <= 0, a given y range, the marker column over dots and over an empty cell."""
+    a = np.array([0.0, 3.0, 1.0, np.nan, 2.0, -1.0])
+    b = np.array([1.0, 1.0, 2.5, 2.0, 0.5, 0.2])
+    lines, used = view.braille_plot([(a, _R), (b, _G)], 6, 2, n_points=6, **options)
+    assert used == pytest.approx(y_range, rel=1e-12) and _cells(lines) == cells
+
+
+@pytest.mark.parametrize("series, log, y_range, last", [
+    ([], False, (0.0, 1.0), (" ", _FAINT)), ([], True, (1.0, 10.0), (" ", _FAINT)),
+    ([(np.array([np.nan, -1.0]), "#ffffff")], False, (-1.0, 0.0), ("⢀", "#ffffff")),
+    ([(np.array([np.nan, -1.0]), "#ffffff")], True, (1.0, 10.0), (" ", _FAINT)),
+])
+def test_braille_plot_without_values_to_draw_keeps_a_default_range(series, log, y_range, last):
+    lines, used = view.braille_plot(series, 3, 1, n_points=2, marker=0, log=log)
+    assert used == y_range and _cells(lines) == [[("│", _FAINT + _M), (" ", _FAINT), last]]
+
 # --- residual blocks: the check names the bias update (the reviewer's finding 1) -----------------------------------
 
 def test_residual_blocks_carry_the_bias_update():
