@@ -169,9 +169,37 @@ def braille_plot(series, width: int, height: int, *, n_points: int, marker: int 
     ≤ 0 on a log axis) leave gaps. ``marker``: an x index drawn as a highlighted column.
     Returns ``(lines, (y_lo, y_hi))`` with the y range actually used (in data units).
     """
-    px_w, px_h = 2 * width, 4 * height
-    finite = [np.asarray(v, float) for v, _ in series]
-    pool = np.concatenate([v[np.isfinite(v) & ((v > 0) if log else True)] for v in finite]) if finite else []
+    values = [np.asarray(v, float) for v, _ in series]
+    lo, hi = _y_axis(values, log, y_range)
+
+    def px_x(i):
+        return 0 if n_points <= 1 else int(round(i * (2 * width - 1) / (n_points - 1)))
+
+    def px_y(v):
+        t = ((math.log10(v) if log else v) - lo) / (hi - lo)
+        return int(round((1.0 - min(max(t, 0.0), 1.0)) * (4 * height - 1)))
+
+    bits, owner = np.zeros((height, width), dtype=int), np.full((height, width), -1)
+    for s, v in enumerate(values):
+        for x, y in _curve_pixels(v, log, px_x, px_y):
+            cy, cx = y // 4, x // 2
+            bits[cy, cx] |= _DOTS[y % 4][x % 2]
+            if owner[cy, cx] < 0:
+                owner[cy, cx] = s
+    mark_col = None if marker is None else px_x(marker) // 2
+    lines = _braille_lines(bits, owner, [colour for _, colour in series], mark_col)
+    return lines, ((10 ** lo, 10 ** hi) if log else (lo, hi))
+
+
+def _drawable(v, log: bool):
+    """Which values a curve draws: the finite ones (and > 0 on a log axis)."""
+    return np.isfinite(v) & ((v > 0) if log else True)
+
+
+def _y_axis(values: list, log: bool, y_range) -> tuple[float, float]:
+    """``(lo, hi)`` in axis units (log10 on a log axis): ``y_range``, else the drawable values' range (from 0 at most
+    on a linear axis), else a default; never empty."""
+    pool = np.concatenate([v[_drawable(v, log)] for v in values]) if values else []
     if y_range is not None:
         lo, hi = y_range
     elif len(pool):
@@ -182,54 +210,41 @@ def braille_plot(series, width: int, height: int, *, n_points: int, marker: int 
         lo, hi = (1.0, 10.0) if log else (0.0, 1.0)
     if log:
         lo, hi = math.log10(lo), math.log10(hi)
-    if hi <= lo:
-        hi = lo + 1.0
+    return (lo, lo + 1.0) if hi <= lo else (lo, hi)
 
-    def px_x(i):
-        return 0 if n_points <= 1 else int(round(i * (px_w - 1) / (n_points - 1)))
 
-    def px_y(v):
-        t = ((math.log10(v) if log else v) - lo) / (hi - lo)
-        return int(round((1.0 - min(max(t, 0.0), 1.0)) * (px_h - 1)))
+def _curve_pixels(v: np.ndarray, log: bool, px_x, px_y):
+    """The pixels ``(x, y)`` of one curve: each drawable value's, joined to the one before by a line segment (a value
+    that is not drawn leaves a gap)."""
+    prev = None
+    for i, (x, ok) in enumerate(zip(v, _drawable(v, log))):
+        if not ok:
+            prev = None
+            continue
+        cur = (px_x(i), px_y(x))
+        if prev is None:
+            yield cur
+        else:                                                        # a line segment from prev to cur
+            steps = max(abs(cur[0] - prev[0]), abs(cur[1] - prev[1]), 1)
+            for k in range(steps + 1):
+                yield (int(round(prev[0] + (cur[0] - prev[0]) * k / steps)),
+                       int(round(prev[1] + (cur[1] - prev[1]) * k / steps)))
+        prev = cur
 
-    bits = np.zeros((height, width), dtype=int)
-    owner = np.full((height, width), -1)
 
-    def dot(s, x, y):
-        cy, cx = divmod(y, 4)[0], divmod(x, 2)[0]
-        bits[cy, cx] |= _DOTS[y % 4][x % 2]
-        if owner[cy, cx] < 0:
-            owner[cy, cx] = s
-
-    for s, v in enumerate(finite):
-        ok = [np.isfinite(x) and (x > 0 or not log) for x in v]
-        prev = None
-        for i, x in enumerate(v):
-            if not ok[i]:
-                prev = None
-                continue
-            cur = (px_x(i), px_y(x))
-            if prev is None:
-                dot(s, *cur)
-            else:                                                    # a line segment from prev to cur
-                steps = max(abs(cur[0] - prev[0]), abs(cur[1] - prev[1]), 1)
-                for k in range(steps + 1):
-                    dot(s, int(round(prev[0] + (cur[0] - prev[0]) * k / steps)),
-                        int(round(prev[1] + (cur[1] - prev[1]) * k / steps)))
-            prev = cur
-    mark_col = None if marker is None else px_x(marker) // 2
+def _braille_lines(bits: np.ndarray, owner: np.ndarray, colours: list, mark_col: int | None) -> list:
+    """One ``Text`` per cell row: each cell's braille dots in its owning series' colour; the marker column on a
+    highlighted background (a bar where it has no dot)."""
     lines = []
-    for cy in range(height):
+    for cy in range(bits.shape[0]):
         line = Text()
-        for cx in range(width):
+        for cx in range(bits.shape[1]):
             b = bits[cy, cx]
-            colour = series[owner[cy, cx]][1] if b else None
             bg = "#3a3a1a" if cx == mark_col else None
             line.append(chr(0x2800 + b) if b else ("│" if cx == mark_col else " "),
-                        Style(color=colour if b else "#8a8a40", bgcolor=bg))
+                        Style(color=colours[owner[cy, cx]] if b else "#8a8a40", bgcolor=bg))
         lines.append(line)
-    y_lo, y_hi = (10 ** lo, 10 ** hi) if log else (lo, hi)
-    return lines, (y_lo, y_hi)
+    return lines
 
 
 # --- number formats ---------------------------------------------------------------------------------------------
