@@ -88,6 +88,14 @@ def eval_prompts(k: int, batch: int, rng: np.random.Generator) -> Prompts:
     return Prompts(k=k, ids=np.concatenate([shown, alone], axis=1), alone=alone, target=target)
 
 
+def seeded_prompts(n: int, n_pairs: int, seed: int) -> tuple[np.ndarray, str]:
+    """The ids ``(n, 2 n_pairs + 1)`` of ``n`` random prompts with ``n_pairs`` shown pairs (``eval_prompts`` seeded
+    ``[seed, 15]``: what ``explain --decompose`` averages over), and how they were drawn."""
+    p = eval_prompts(n_pairs, n, np.random.default_rng([seed, 15]))
+    return p.ids, (f"{n_pairs} distinct key→value pairs and a query among them, a fresh mapping each, "
+                   f"eval_prompts seeded [{seed}, 15]")
+
+
 def prompt_text(ids) -> str:
     """The words of token ids, space-separated (what ``tokenizer().decode`` gives)."""
     return " ".join(VOCAB[int(i)] for i in np.asarray(ids).ravel())

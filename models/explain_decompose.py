@@ -2,9 +2,10 @@
 
 The transfer's queries are ``--queries`` (space-separated tokens), else the bundled few-shot model's shown keys
 (every other token of the context, from the first), else the context tokens that occur before the last context
-token (so that the token after them is the induction answer), each once, the prompt's own query first. With
-``--model fewshot`` the figures are also averaged over ``--prompts N`` random prompts of its task
-(``experiments.fewshot_task.eval_prompts``, as many pairs as TEXT shows, seeded by ``--baseline-seed``).
+token (so that the token after them is the induction answer), each once, the prompt's own query first. Given the
+model's ``task`` (the command passes ``experiments.fewshot_task.seeded_prompts`` with ``--model fewshot``), the
+figures are also averaged over ``--prompts N`` random prompts of it (as many pairs as TEXT shows, seeded by
+``--baseline-seed``).
 """
 from __future__ import annotations
 
@@ -47,20 +48,10 @@ def _queries(args, model, ids) -> list[int]:
     return out
 
 
-def task_prompts(n: int, n_pairs: int, seed: int) -> tuple[list, str]:
-    """``n`` random prompts of the few-shot task with ``n_pairs`` shown pairs, each ``(ids, its shown keys with its
-    query first)``, and a description."""
-    from implicit_icl.experiments import fewshot_task
-
-    p = fewshot_task.eval_prompts(n_pairs, n, np.random.default_rng([seed, 15]))
-    prompts = [(ids, default_queries("fewshot", ids)) for ids in p.ids]
-    return prompts, (f"{n_pairs} distinct key→value pairs and a query among them, a fresh mapping each, "
-                     f"eval_prompts seeded [{seed}, 15]")
-
-
-def explain_decompose(args, model) -> tuple[dict, list, bool]:
+def explain_decompose(args, model, task=None) -> tuple[dict, list, bool]:
     """``(report, texts, ok)`` for ``explain --decompose`` (``ok``: the full-update KL is round-off, trained and
-    untrained, for the prompt)."""
+    untrained, for the prompt). ``task(n, n_pairs, seed) -> (ids, description)``: ``n`` random prompts of the
+    model's task with ``n_pairs`` shown pairs (their queries: its shown keys), or None."""
     from .bundled import describe
     from .decompose import check_causal_lm
     from .decompose_report import one_prompt, over_prompts, text, write_report
@@ -74,9 +65,10 @@ def explain_decompose(args, model) -> tuple[dict, list, bool]:
               "query_tokens": [model.decode([q]) for q in queries], "prompt": result, "task": None,
               "kl_tolerance": KL_TOLERANCE}
     texts = [text(result, f"{name} · {args.text!r} · next token after {tokens[-1]!r}")]
-    if args.model == "fewshot":
+    if task is not None:
         n = args.prompts or 50
-        prompts, what = task_prompts(n, (len(ids) - 1) // 2, args.baseline_seed)
+        task_ids, what = task(n, (len(ids) - 1) // 2, args.baseline_seed)
+        prompts = [(p, default_queries("fewshot", p)) for p in task_ids]
         print(f"explain --decompose: {n} random prompts of the task …", file=sys.stderr, flush=True)
         from .explain_corpus import _one_blas_thread
 

@@ -229,9 +229,10 @@ def run(args) -> int:
 
             report, texts, ok = explain_corpus(args, model)
         elif args.decompose:
+            from implicit_icl.experiments.fewshot_task import seeded_prompts
             from implicit_icl.models.explain_decompose import explain_decompose
 
-            report, texts, ok = explain_decompose(args, model)
+            report, texts, ok = explain_decompose(args, model, seeded_prompts if args.model == "fewshot" else None)
         else:
             report, texts, ok = _explain_text(args, model)
     except ValueError as exc:
