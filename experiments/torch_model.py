@@ -48,11 +48,12 @@ def head_with(params: dict, cfg: BlockConfig, a: torch.Tensor, r: torch.Tensor, 
 
 
 def predict_via_update(params: dict, cfg: BlockConfig, n_blocks: int, Z: torch.Tensor) -> torch.Tensor:
-    """``ŷ`` from the query alone through ``W + ΔW(C)``, ``b_out + Δb`` in every block, ``(B,)``.
+    """``ŷ`` from the query alone through ``W + ΔW(C)`` and the bias update ``Δb`` in every block, ``(B,)``.
 
     Each block's update comes from its input with context (THEORY §3c): ``u = W (a_C − a_x)``,
     ``ΔW = u a_xᵀ/‖a_x‖²`` formed as a matrix (so float32 round-off is that of the updated model),
-    ``Δb = r_C − r_x``. The query-alone state ``x`` then flows through the updated blocks.
+    ``Δb = r_C − r_x``, added where the block's bias is (``kinds.head``'s ``delta_b``: on ``mlp.b_out``, or after a
+    post-MLP norm). The query-alone state ``x`` then flows through the updated blocks.
     """
     H = Z                         # with context, (B, T, D)
     x = Z[:, -1, :]               # the query alone through updated blocks, (B, D)
@@ -60,9 +61,9 @@ def predict_via_update(params: dict, cfg: BlockConfig, n_blocks: int, Z: torch.T
         a_C, r_C = (t[:, -1, :] for t in T.taps(p, cfg, H))                    # (B, D) each
         a_x, r_x = (t[:, 0, :] for t in T.taps(p, cfg, H[:, -1:, :]))          # (B, D) each
         upd = update_from_taps(p["mlp.W"], a_C, r_C, a_x, r_x)                 # u (B, M)
-        # Block run on the query alone with the updated weights W + ΔW (B, M, D), b_out + Δb (B, D): its taps are
-        # (a_x, r_x) of its own input.
+        # Block run on the query alone with the updated weights W + ΔW (B, M, D) and the bias update Δb (B, D): its
+        # taps are (a_x, r_x) of its own input.
         a_q, r_q = (t[:, 0, :] for t in T.taps(p, cfg, x[:, None, :]))
-        x = T.head(p, cfg, a_q, r_q, W=p["mlp.W"] + upd.delta_W, b_out=p["mlp.b_out"] + upd.delta_b)
+        x = T.head(p, cfg, a_q, r_q, W=p["mlp.W"] + upd.delta_W, delta_b=upd.delta_b)
         H = T.block(p, cfg, H)
     return x[:, -1]

@@ -91,3 +91,21 @@ def test_config_records_the_new_fields_only_when_set_and_checks_them():
             BlockConfig(d_model=6, d_mlp=10, kind="gated", **{name: 0.0})
     with pytest.raises(ValueError, match="BlockConfig.post_norms"):
         BlockConfig(d_model=6, d_mlp=10, kind="gated", post_norms=1)
+
+
+@pytest.mark.parametrize("n_blocks", [0, 2])
+def test_the_trainer_s_prediction_via_the_update_is_exact_after_a_post_mlp_norm(n_blocks):
+    """``experiments.torch_model.predict_via_update`` (E1's "validation via ΔW") adds each block's Δb where the
+    block's bias is (``kinds.head``'s ``delta_b``): after the post-MLP norm it equals the prediction with context to
+    float64 round-off. Δb added to ``mlp.b_out``, inside that norm, missed it by more than 1e-3."""
+    torch = pytest.importorskip("torch", reason="the trainer's model is torch")
+    from implicit_icl.experiments import torch_model as TM
+
+    cfg = BlockConfig(d_model=6, d_mlp=10, **GEMMA2)
+    blocks = [init_block(cfg, seed, bias_std=0.3, ln_std=0.3) for seed in range(max(n_blocks, 1))]
+    flat = blocks[0] if not n_blocks else {f"blocks.{l}.{k}": v for l, b in enumerate(blocks) for k, v in b.items()}
+    params = {k: torch.tensor(v) for k, v in flat.items()}
+    Z = torch.tensor(np.random.default_rng(5).standard_normal((3, 7, 6)))
+    want = TM.predict(params, cfg, n_blocks, Z)
+    got = TM.predict_via_update(params, cfg, n_blocks, Z)
+    assert (got - want).abs().max() <= 1e-12 * (1 + want.abs().max())
