@@ -105,9 +105,10 @@ def available_backends() -> list[str]:
     return names
 
 
-def get_backend(name: str = "numpy", device=None, dtype=None) -> Backend:
+def get_backend(name: str = "numpy", device=None, dtype=None, **options) -> Backend:
     """The backend ``name`` on ``device`` (e.g. ``"cpu"``, ``"cuda"``, ``"mps"``) with ``dtype``
-    (a string such as ``"float32"`` or the framework's dtype); ``None`` means the backend's default."""
+    (a string such as ``"float32"`` or the framework's dtype); ``None`` means the backend's default. ``options``
+    go to the backend as they are (``get_backend("torch", compile=True)``)."""
     known = factories()
     if name not in known:
         raise ValueError(f"name must be one of the known backends {sorted(known)}, got {name!r}")
@@ -116,7 +117,12 @@ def get_backend(name: str = "numpy", device=None, dtype=None) -> Backend:
         factory = _load(factory)
     elif hasattr(factory, "load") and hasattr(factory, "name"):      # an entry point: load it on use
         factory = factory.load()
-    backend = factory(device=device, dtype=dtype)
+    try:
+        backend = factory(device=device, dtype=dtype, **options)
+    except TypeError as exc:
+        if not options or "unexpected keyword" not in str(exc):
+            raise
+        raise ValueError(f"backend {name!r} takes no option {sorted(options)}: {exc}") from None
     missing = [m for m in CORE if not hasattr(backend, m)]
     if missing:
         raise ValueError(f"backend {name!r} from {factory!r} lacks {missing}: it does not satisfy the Backend protocol")

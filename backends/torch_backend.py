@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from implicit_icl import reference as ref
-from implicit_icl.reference.checks import check_int
+from implicit_icl.reference.checks import check_bool, check_int
 from implicit_icl.reference.blocks import check_positions, kept_positions
 from implicit_icl.reference.config import BlockConfig
 from implicit_icl.reference.model import check_causal_stack, normalise_stack
@@ -29,7 +29,8 @@ from . import torch_ops
 from .torch_checks import (  # noqa: F401 (DTYPES, resolve_* re-exported)
     DTYPES, CheckedParams, Checks, dtype_name, resolve_device, resolve_dtype, synced)
 from implicit_icl.reference.trajectories import Trajectory
-from .torch_scan import layer_norm_increment, prefix_attention_scan, scan_trajectory  # noqa: F401 (re-exported)
+from .torch_scan import (  # noqa: F401 (layer_norm_increment re-exported)
+    compile_available, layer_norm_increment, prefix_attention_scan, scan_trajectory)
 from .torch_stack import ELEMENTS, prefix_updates
 
 SLAB = 1 << 13          # context tokens per slab of the trajectory scan on CPU (bounds its temporaries; cache-sized)
@@ -41,7 +42,8 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, device=None, dtype=None):
+    def __init__(self, device=None, dtype=None, compile: bool = False):
+        self.compile = check_bool("compile", compile)     # the trajectory's default path: see trajectory()
         self.torch_device = resolve_device(device)
         self.torch_dtype = resolve_dtype(dtype)
         # the scan's logits, exponentials and sums run in at least float32 (as fused attention kernels do);
@@ -61,7 +63,12 @@ class TorchBackend:
         return dtype_name(self.torch_dtype)
 
     def __repr__(self) -> str:
-        return f"TorchBackend(device={self.device!r}, dtype={self.dtype!r})"
+        return f"TorchBackend(device={self.device!r}, dtype={self.dtype!r}{', compile=True' if self.compile else ''})"
+
+    @property
+    def path(self) -> str:
+        """Which path the trajectory takes by default: ``"compiled"`` or ``"eager"`` (``torch_scan``)."""
+        return "compiled" if self.compile and compile_available(self.torch_device) else "eager"
 
     # conversions ---------------------------------------------------------------------------------------------
     def asarray(self, x):
@@ -216,7 +223,8 @@ class TorchBackend:
 
     # the O(n·d) trajectory ---------------------------------------------------------------------------------
     @synced
-    def trajectory(self, params, cfg, context, query, *, slab: int | None = None, keep: bool = False) -> Trajectory:
+    def trajectory(self, params, cfg, context, query, *, slab: int | None = None, keep: bool = False,
+                   compile: bool | None = None) -> Trajectory:
         """P1 Prop. 3.1 over every prefix ``c_1..c_i`` (i = 0..n) of ``context`` for one ``query``, in O(n·d).
 
         The query's attention over prefix i is a running softmax mean (``torch_scan``); the taps follow
@@ -229,11 +237,18 @@ class TorchBackend:
         first read, unless ``keep`` writes them during this one: a caller that reads the norms alone adds ``O(n)``
         numbers to the context it passed. That second scan reads the context, query and params given here: change
         them in place before it and the lazy fields follow the change (``keep=True`` to hold them now).
+
+        ``compile`` (default: the backend's ``compile``) runs every full slab through ``torch.compile`` of the
+        scan's step (``torch_scan``: the same numbers up to the fused kernels' order of summation; compiled once
+        per block config, dtype and device, then cached for the process). Where compilation is unavailable it warns
+        once and runs eagerly.
         """
         slab = self._slab_size(slab)
+        compiled = self.compile if compile is None else check_bool("compile", compile)
         P0 = self.check.params(params, cfg)
         context, query = self.check.context_query(cfg, context, query)
-        return scan_trajectory(P0, cfg, context, query, slab, self.acc_dtype, self.check, keep=keep)
+        return scan_trajectory(P0, cfg, context, query, slab, self.acc_dtype, self.check, keep=keep,
+                               compiled=compiled)
 
     def _slab_size(self, slab) -> int:
         """``slab`` (context tokens per step of the scan) checked; ``None`` is the device's default."""
@@ -311,9 +326,9 @@ class TorchBackend:
         return prefix_updates(blocks, cfgs, context, query, self.check, elements)
 
 
-def make_backend(device=None, dtype=None) -> TorchBackend:
+def make_backend(device=None, dtype=None, compile: bool = False) -> TorchBackend:
     """Factory used by ``get_backend("torch")``."""
-    return TorchBackend(device=device, dtype=dtype)
+    return TorchBackend(device=device, dtype=dtype, compile=compile)
 
 
 def _targets():

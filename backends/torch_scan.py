@@ -19,6 +19,10 @@ Two paths run the same step (ours):
 from __future__ import annotations
 
 import functools
+import importlib.util
+import shutil
+import sys
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -151,15 +155,45 @@ def _positions(s0: int, C: torch.Tensor) -> torch.Tensor:
 
 
 _COMPILED: dict = {}
+_UNAVAILABLE: dict = {}      # device type → why compiling failed there (this process then runs eagerly)
+
+
+def compile_available(device) -> bool:
+    """Whether the compiled step can run on ``device``: Inductor needs a C++ compiler on the CPU and Triton on CUDA
+    (other devices run eagerly), and compiling must not have failed there already in this process."""
+    kind = torch.device(device).type
+    if kind in _UNAVAILABLE:
+        return False
+    if kind == "cpu":
+        return sys.platform != "win32" and any(shutil.which(c) for c in ("g++", "c++", "clang++"))
+    return kind == "cuda" and importlib.util.find_spec("triton") is not None
+
+
+def _compile_failed(device, exc: Exception) -> None:
+    """Remember that compiling failed on ``device``'s type and say so once; the trajectory goes on eagerly."""
+    kind = torch.device(device).type
+    _UNAVAILABLE[kind] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    warnings.warn(f"torch.compile failed on {kind} ({_UNAVAILABLE[kind]}); the trajectory runs eagerly "
+                  f"(the same numbers, slower)", RuntimeWarning, stacklevel=3)
+
+
+RECOMPILE_LIMIT = 64     # compiled variants of the step (block config × keep × dtype × device × slab shape)
 
 
 def compiled_step(cfg, keep: bool):
     """``slab_step`` with ``fast=True`` under ``torch.compile`` (one graph, static shapes), cached per block config
-    and ``keep`` for the process (Dynamo guards on dtype, device and shapes within it)."""
+    and ``keep`` for the process (Dynamo guards on dtype, device and shapes within it). Every variant shares one code
+    object, whose default limit of 8 compiled variants a test suite or a sweep over blocks passes: the call raises
+    it to ``RECOMPILE_LIMIT`` (past that, Dynamo refuses and the trajectory runs eagerly, with a warning)."""
     key = (cfg, keep)
     if key not in _COMPILED:
-        _COMPILED[key] = torch.compile(functools.partial(slab_step, cfg=cfg, keep=keep, fast=True),
-                                       dynamic=False, fullgraph=True)
+        step = torch.compile(functools.partial(slab_step, cfg=cfg, keep=keep, fast=True), dynamic=False,
+                             fullgraph=True)
+
+        def call(*args):
+            with torch._dynamo.config.patch(recompile_limit=max(RECOMPILE_LIMIT, torch._dynamo.config.recompile_limit)):
+                return step(*args)
+        _COMPILED[key] = call
     return _COMPILED[key]
 
 
@@ -190,13 +224,17 @@ def scan_trajectory(P0: dict, cfg, context: torch.Tensor, query: torch.Tensor, s
         steps = torch.empty(*batch, n, D, dtype=out_dtype, device=x.device)
         outs += [delta[..., 1:, :], delta_b[..., 1:, :], steps]
     state = start_state(P, cfg, Q, x, A0, a0)
-    fast = compiled_step(cfg, keep) if compiled else None
+    fast = compiled_step(cfg, keep) if compiled and compile_available(x.device) else None
     for s0 in range(0, n, slab):
         C = context[..., s0:s0 + slab, :]
         args = (P, Q, x, a0, r0, G, C, _positions(s0, C), state)
         flag = None
         if fast is not None and C.shape[-2] == slab:
-            new_state, fields, flag = fast(*args)
+            try:
+                new_state, fields, flag = fast(*args)
+            except Exception as exc:                                             # noqa: BLE001 (a real error
+                _compile_failed(x.device, exc)                                   # recurs in the eager step)
+                fast, flag = None, None
         if flag is None or bool(flag):                                           # eager, or a rescue is needed
             new_state, fields, _ = slab_step(*args, cfg=cfg, keep=keep, fast=False)
         for out, f in zip(outs, fields):                                         # scalars (..., S), vectors (..., S, D)

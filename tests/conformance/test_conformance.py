@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 
 import pytest
 
@@ -79,3 +80,41 @@ def test_the_issues_float64_target_follows_from_the_suite_tolerance():
 @pytest.mark.parametrize("case", BAD, ids=[c[0] for c in BAD])
 def test_bad_input_raises_like_reference(target, case):
     check_bad_input(backend_for(target), case)
+
+
+#: the compiled scan's scenarios: one per distinct block shape of the scan (classic pre- and post-norm, rotary with
+#: grouped-query heads, partial rotary in a parallel block, soft-capped logits with post norms) and the long one,
+#: whose logit jumps make the compiled step flag slabs for the eager rescue. Each compiles two graphs (the norms, and
+#: the per-prefix vectors when read) in ~10 s on two cores; IMPLICIT_ICL_COMPILED=all runs every trajectory scenario
+COMPILED_NAMES = {"trajectory/pre-ln-gelu-h2-bias", "trajectory/post-ln-gelu-h2-bias", "trajectory/llama-gqa-rotary",
+                  "trajectory/neox-partial-rotary", "trajectory/gemma2-softcap-post-norms"}
+COMPILED = [s for s in SCENARIOS if s.op == "trajectory"
+            and (os.environ.get("IMPLICIT_ICL_COMPILED") == "all" or s.name in COMPILED_NAMES)]
+
+
+def _compiled_targets() -> list:
+    """The torch float32 targets (the fast path's dtype), skipped where ``torch.compile`` cannot run."""
+    from implicit_icl.backends.torch_scan import compile_available
+    out = []
+    for t in targets():
+        name, device, dtype = t.values[0]
+        if name != "torch" or dtype != "float32":
+            continue
+        if not t.marks and not compile_available(device):
+            t = pytest.param(t.values[0], id=t.id, marks=pytest.mark.skip(
+                reason=f"torch.compile cannot run on {device} here (no C++ compiler, or no Triton)"))
+        out.append(t)
+    return out
+
+
+@pytest.mark.parametrize("target", _compiled_targets())
+@pytest.mark.parametrize("sc", COMPILED + LONG[:1], ids=[s.name for s in COMPILED + LONG[:1]])
+def test_torch_compiled_scan_matches_reference(target, sc):
+    """The compiled scan (``trajectory(..., compile=True)``) cut into slabs of 2 (37 for the long scenario), so that
+    full slabs take the compiled step and the tail the eager one, equals the reference within the same tolerances as
+    every other path; the long scenario's logit jumps go through the flagged-slab rescue."""
+    backend = backend_for(target)
+    slab = 37 if sc in LONG else 2
+    actual = run(backend, dataclasses.replace(sc, kwargs=dict(sc.kwargs, slab=slab, compile=True)))
+    expected = long_expected(0, target) if sc in LONG else expected_for(backend, sc, REFERENCE)
+    compare(actual, expected, dtype_name(backend), sc.params)

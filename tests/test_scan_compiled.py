@@ -1,0 +1,96 @@
+"""The compiled path of the torch trajectory (``torch_scan``): where it runs, when it hands a slab back to the eager
+step, and that it falls back rather than fails. Its numbers are checked against the reference in the conformance
+suite (``test_torch_compiled_scan_matches_reference``); these tests pin the machinery around them."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from implicit_icl import reference as ref  # noqa: E402
+from implicit_icl.backends import get_backend, torch_scan  # noqa: E402
+
+needs_compile = pytest.mark.skipif(not torch_scan.compile_available("cpu"),
+                                   reason="torch.compile needs a C++ compiler on the CPU")
+
+
+def _block(d_model: int = 8, seed: int = 0, kind: str = "pre-ln"):
+    cfg = ref.BlockConfig(d_model=d_model, d_mlp=16, n_heads=2, kind=kind)
+    params = ref.init_block(cfg, seed, bias_std=0.1, ln_std=0.1)
+    rng = np.random.default_rng(seed)
+    return cfg, params, rng.standard_normal((20, d_model)), rng.standard_normal(d_model)
+
+
+def _graphs() -> int:
+    from torch._dynamo.utils import counters
+    return counters["stats"]["unique_graphs"]
+
+
+@needs_compile
+def test_the_compiled_step_is_compiled_once_per_block_and_reused_across_slabs_and_calls():
+    """20 tokens in slabs of 4: five full slabs through one graph (the state's strides and aliasing are the same at
+    every slab: no recompilation), and a second call compiles nothing. A d_model no other test uses makes the
+    block new to this process."""
+    cfg, params, C, x = _block(d_model=10)
+    tb = get_backend("torch", dtype="float32", compile=True)
+    before = _graphs()
+    tb.trajectory(params, cfg, C, x, slab=4).delta_W_norm
+    assert _graphs() - before == 1
+    tb.trajectory(params, cfg, C, x, slab=4).delta_W_norm
+    assert _graphs() - before == 1
+
+
+@needs_compile
+def test_a_flagged_slab_is_run_again_by_the_eager_step(monkeypatch):
+    """A logit that jumps by 100 inside one slab (past RISE = 20 inside a cumulative-sum chunk) makes the compiled
+    step raise its flag; that slab alone is re-run by the eager step, whose rescue gives the reference's numbers."""
+    cfg, params, C, x = _block(kind="residual")           # attention reads the tokens as they are (no norm)
+    dh = cfg.d_model // cfg.n_heads
+    q0 = params["attn.W_q"][:dh] @ x                                             # head 0's query (no biases)
+    k_dir = params["attn.W_k"][:dh].T @ q0                                       # the token direction it favours
+    C[13] = 200.0 * k_dir / (k_dir @ k_dir)              # head 0's logit of token 13: 200/√dh = 100
+    eager_runs = []
+    step = torch_scan.slab_step
+
+    def spy(*args, cfg, keep, fast):
+        if not fast:
+            eager_runs.append(args[6].shape[-2])
+        return step(*args, cfg=cfg, keep=keep, fast=fast)
+
+    monkeypatch.setattr(torch_scan, "slab_step", spy)
+    tb = get_backend("torch", dtype="float64", compile=True)
+    got = tb.trajectory(params, cfg, C, x, slab=4).delta_W_norm.numpy()
+    assert eager_runs == [4]                              # slab 12..15 only, run again eagerly
+    want = ref.trajectory(params, cfg, C, x).delta_W_norm
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)   # float64 round-off over 20 tokens
+
+
+def test_a_failing_compile_warns_once_and_runs_eagerly(monkeypatch):
+    """If compiling raises (no compiler, an unsupported op), the trajectory warns, gives the eager numbers exactly,
+    and the backend reports the eager path from then on."""
+    def broken(cfg, keep):
+        def call(*args):
+            raise RuntimeError("no C++ compiler in this test")
+        return call
+
+    monkeypatch.setattr(torch_scan, "compiled_step", broken)
+    monkeypatch.setattr(torch_scan, "_UNAVAILABLE", {})
+    monkeypatch.setattr(torch_scan, "compile_available", lambda device: "cpu" not in torch_scan._UNAVAILABLE)
+    cfg, params, C, x = _block()
+    tb = get_backend("torch", dtype="float32", compile=True)
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler in this test"):
+        got = tb.trajectory(params, cfg, C, x, slab=4).delta_W_norm
+    want = get_backend("torch", dtype="float32").trajectory(params, cfg, C, x, slab=4).delta_W_norm
+    assert torch.equal(got, want)
+    assert "cpu" in torch_scan._UNAVAILABLE
+
+
+def test_compile_is_a_checked_option_of_the_torch_backend_only():
+    with pytest.raises(ValueError, match="compile must be True or False"):
+        get_backend("torch", compile="yes")
+    with pytest.raises(ValueError, match="backend 'numpy' takes no option \\['compile'\\]"):
+        get_backend("numpy", compile=True)
+    cfg, params, C, x = _block()
+    with pytest.raises(ValueError, match="compile must be True or False"):
+        get_backend("torch").trajectory(params, cfg, C, x, compile=1)
