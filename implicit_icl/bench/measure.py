@@ -35,9 +35,11 @@ def scan(spec) -> dict:
 
     from implicit_icl.backends import get_backend
 
+    from implicit_icl.backends.torch_backend import SLAB, SLAB_GPU
+
     cfg, params, context, query = setup(spec)
     device = spec["device"]
-    tb = get_backend("torch", device=device, dtype=spec["dtype"])
+    tb = get_backend("torch", device=device, dtype=spec["dtype"], compile=spec.get("compile", False))
     C, x = tb.asarray(context), tb.asarray(query)
     P, how = prepared(tb, params, cfg)
     del context
@@ -46,7 +48,8 @@ def scan(spec) -> dict:
         tr = tb.trajectory(P, cfg, C, x)
         return tr.delta_W_norm                                        # the only field read: the norms
 
-    warm = first_calls(lambda: tb.trajectory(P, cfg, C[:4096], x), device)
+    # two full slabs: a compiled path compiles its step here, before the memory and the timed calls
+    warm = first_calls(lambda: tb.trajectory(P, cfg, C[:2 * (SLAB if device == "cpu" else SLAB_GPU)], x), device)
     memory = PeakMemory(device)
     t0 = time.perf_counter()
     norms = run()
@@ -64,6 +67,7 @@ def scan(spec) -> dict:
         for f in floors.values():
             f["times"].append(timed(f["_fn"], device))
     out = {"wall_s": min(walls), "cpu_s": min(cpus), "reps": reps, "first_full_call_s": first_full,
+           "compile_requested": bool(spec.get("compile", False)),
            "dtype": spec["dtype"], "backend": "torch", "extrapolated": False, "finite": finite,
            "method": "O(n·d) scan (trajectory; only delta_W_norm read), best of reps",
            "input_bytes": C.numel() * C.element_size(), "extra_bytes": extra, "extra_memory": memory.what,

@@ -169,9 +169,12 @@ def bench(sizes, device="cpu", budget=20.0, kind="pre-ln", positions=CPU_POSITIO
 
     progress()                                                 # the skeleton first: an unwritable --json fails now
     isolate = not quick                                        # --quick runs in-process
+    compiled = _compiled_sizes(sizes, device, result)
     for n in sizes:                                            # the scan and its floors first: the headline figures
-        result["trajectory"].append(_child(dict(base, op="scan", n=n, dtype="float32"), child_timeout, isolate))
-        progress()
+        for compile in (False, True) if n in compiled else (False,):
+            result["trajectory"].append(_child(dict(base, op="scan", n=n, dtype="float32", compile=compile),
+                                               child_timeout, isolate))
+            progress()
     # the accuracy and the update figures before the budgeted baselines: a run cut short by a time limit has them
     later = [("float32_error", dict(base, op="float32_error", n=max(sizes))),
              ("position_updates", dict(base, op="position_updates", Ts=list(positions), reps=3 if quick else 10)),
@@ -188,6 +191,19 @@ def bench(sizes, device="cpu", budget=20.0, kind="pre-ln", positions=CPU_POSITIO
     return result
 
 
+def _compiled_sizes(sizes, device: str, result: dict) -> list[int]:
+    """The n whose trajectory is measured on the compiled path too: those with two full slabs or more (a shorter
+    context runs the eager step only); none where torch.compile cannot run, said so in ``result["skipped"]``."""
+    from implicit_icl.backends.torch_backend import SLAB, SLAB_GPU
+    from implicit_icl.backends.torch_scan import compile_available
+
+    if not compile_available(device):
+        result.setdefault("skipped", []).append(
+            f"the compiled trajectory: torch.compile cannot run on {device} here (no C++ compiler, or no Triton)")
+        return []
+    return [n for n in sizes if n >= 2 * (SLAB if device == "cpu" else SLAB_GPU)]
+
+
 def _baselines(base, sizes, budget, device, result) -> list[dict]:
     """Re-running every prefix, per n (the NumPy reference on the CPU only, said so in ``result["skipped"]``)."""
     specs = []
@@ -197,8 +213,8 @@ def _baselines(base, sizes, budget, device, result) -> list[dict]:
         if device == "cpu":
             specs.append(dict(base, op="numpy_reference", n=n, budget=budget))
     if device != "cpu":                                        # said in the JSON, not skipped silently
-        result["skipped"] = [f"numpy_reference: the NumPy reference runs on the CPU only, not on {device} "
-                             "(run the bench with --device cpu for it)"]
+        result.setdefault("skipped", []).append(f"numpy_reference: the NumPy reference runs on the CPU only, not on "
+                                                f"{device} (run the bench with --device cpu for it)")
     return specs
 
 
