@@ -14,7 +14,7 @@ M = 1 << 20
 P2_JAX_H200_S = {1024: 0.9e-3, 4096: 1.7e-3, 16384: 7.6e-3}   # issue 16: P2's XLA-compiled updates on one H200
 GPU_POSITIONS = (256, 1024, 4096, 16384, 65536)               # the issue's "every T from 256 to 65,536"
 GPU_MODEL = (24, 16, 2048)                                    # layers, batch, tokens: the issue's whole model
-FLOOR_NAMES = {"kv_matmul": "K/V matmul", "read_write": "read+write of C"}
+FLOOR_NAMES = {"kv_matmul": "K/V matmul", "read_write": "read+write of C", "scan_matmuls": "its own matmuls"}
 
 
 def ratios(rows, sizes) -> list[dict]:
