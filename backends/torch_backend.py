@@ -207,19 +207,27 @@ class TorchBackend:
         """
         P = self.check.params(params, cfg)
         Z = check_positions_input(self._Z(Z, cfg), query)
-        return self._position_updates(P, cfg, Z, *torch_ops.taps(P, cfg, Z), query)
-
-    def _position_updates(self, P, cfg, Z, a, r, query: str) -> Update:
-        """Every position's update from the block's taps ``(a, r)`` on ``Z`` (..., T, D)."""
-        alone = Z if query == "own" else Z[..., -1:, :]
-        a_x, r_x = torch_ops.taps_from_attention(P, cfg, alone, torch_ops.alone_attention(P, cfg, alone))
-        if query == "own":
-            self.check.norm(a_x, cfg, "position", indexed=True)
-        else:
-            self.check.norm(a_x[..., 0, :], cfg, "the last token")
-        upd = update_from_taps(P["mlp.W"], a, r, a_x.expand_as(a), r_x.expand_as(r))  # u (..., T, d_mlp)
-        self.check.finite("position_updates", u=upd.u, delta_b=upd.delta_b)
+        upd, _, check = self._position_updates(P, cfg, Z, query)
+        self.check.updates("position_updates", [check])
         return upd
+
+    @staticmethod
+    def _position_updates(P, cfg, Z, query: str, forward: bool = False):
+        """``(update, out, check)``: every position's update on ``Z`` (..., T, D) from one attention pass, whose value
+        heads also give each token's run alone; ``out`` the block's output (the next block's input) if ``forward``;
+        ``check`` what ``Checks.updates`` must check (the alone taps' ``‖a‖²``, ``u`` and ``delta_b`` finite)."""
+        if query == "own":
+            A, A_x = torch_ops.attention_with_alone(P, cfg, Z)                        # (..., T, D) each
+            alone = Z
+        else:
+            A, alone = torch_ops.attention(P, cfg, Z), Z[..., -1:, :]
+            A_x = torch_ops.alone_attention(P, cfg, alone)                            # (..., 1, D)
+        a, r = torch_ops.taps_from_attention(P, cfg, Z, A)
+        out = torch_ops.head(P, cfg, a, r) if forward else None     # first: its temporaries free before u is formed
+        a_x, r_x = torch_ops.taps_from_attention(P, cfg, alone, A_x)
+        upd = update_from_taps(P["mlp.W"], a, r, a_x.expand_as(a), r_x.expand_as(r))  # u (..., T, d_mlp)
+        check = (a_x, cfg, "position", True) if query == "own" else (a_x[..., 0, :], cfg, "the last token", False)
+        return upd, out, (*check, {"u": upd.u, "delta_b": upd.delta_b})
 
     # the O(n·d) trajectory ---------------------------------------------------------------------------------
     @synced
@@ -268,6 +276,8 @@ class TorchBackend:
 
     # stacks ----------------------------------------------------------------------------------------------------
     def _stack(self, model_params, model_cfg):
+        """The blocks checked once (``CheckedParams``: the calls made with them take them as they are) and their
+        configs."""
         blocks, cfgs = normalise_stack(model_params, model_cfg)
         return [self.check.params(p, c) for p, c in zip(blocks, cfgs)], cfgs
 
@@ -295,15 +305,17 @@ class TorchBackend:
     @synced
     def model_position_updates(self, model_params, model_cfg, Z, query: str = "own") -> list[Update]:
         """Every block's update at every position (P2 block by block, THEORY §3b), ``u`` (..., T, d_mlp) per block,
-        in one pass: each block's taps serve both its updates and the next block's input (one forward's work plus
-        the tokens run alone, ``W_o W_v z``, and ``u = W(a − a_x)``)."""
+        in one pass: each block's attention serves both its updates and the next block's input (one forward's work
+        plus, per block, ``W_o`` on the value heads it already formed (each token alone), the alone taps and
+        ``u = W(a − a_x)``; the last block's output is not formed), with one deferred check for the whole stack."""
         blocks, cfgs = self._stack(model_params, model_cfg)
         H = check_positions_input(self.check.tensor(Z, "Z", (None, cfgs[0].d_model)), query)
-        updates = []
-        for P, cfg in zip(blocks, cfgs):
-            a, r = torch_ops.taps(P, cfg, H)                                          # (..., T, D) each
-            updates.append(self._position_updates(P, cfg, H, a, r, query))
-            H = torch_ops.head(P, cfg, a, r)                                          # the next block's input
+        updates, checks = [], []
+        for l, (P, cfg) in enumerate(zip(blocks, cfgs)):
+            upd, H, check = self._position_updates(P, cfg, H, query, forward=l + 1 < len(blocks))  # H: next input
+            updates.append(upd)
+            checks.append(check)
+        self.check.updates("position_updates", checks)          # one deferred check for the whole stack
         return updates
 
     def apply_model_updates(self, model_params, updates) -> list[dict]:

@@ -47,7 +47,14 @@ def heads(params: dict, cfg: BlockConfig, X: torch.Tensor, key: str, positions=N
         y = rms_norm(y, params[f"attn.{key}_norm.g"], cfg.ln_eps, cfg.norm_offset)
     if key in "qk" and cfg.rotary:
         y = rotate(y, positions_of(X, positions), cfg.rope_theta, cfg.rotary)
-    return y if n == cfg.n_heads else y.repeat_interleave(cfg.n_heads // n, dim=-3)    # (..., H, T, dh)
+    return y if key == "q" else repeat_kv(cfg, y, -3)                                 # (..., H, T, dh)
+
+
+def repeat_kv(cfg: BlockConfig, x: torch.Tensor, dim: int) -> torch.Tensor:
+    """A grouped-query block's key/value heads, the axis ``dim`` of ``x`` (``kv_heads`` long), each repeated for the
+    ``n_heads // kv_heads`` query heads it serves (``n_heads`` long); ``x`` itself without grouping. The one spelling
+    of the repeat, for activations ``(..., H', T, dh)`` and weights ``(H', dh, D)`` alike."""
+    return x if cfg.kv_heads == cfg.n_heads else x.repeat_interleave(cfg.n_heads // cfg.kv_heads, dim=dim)
 
 
 def merge_heads(params: dict, cfg: BlockConfig, o: torch.Tensor, bias: bool = True) -> torch.Tensor:
@@ -65,8 +72,10 @@ def visible(cfg: BlockConfig, q_pos: torch.Tensor, k_pos: torch.Tensor, causal: 
     return seen & (k_pos[None, :] <= q_pos[:, None]) if causal else seen
 
 
-def self_attention(params: dict, cfg: BlockConfig, X: torch.Tensor, positions=None) -> torch.Tensor:
-    """Multi-head softmax self-attention at every position, ``(..., T, d_model) → (..., T, d_model)``."""
+def self_attention(params: dict, cfg: BlockConfig, X: torch.Tensor, positions=None, alone: bool = False):
+    """Multi-head softmax self-attention at every position, ``(..., T, d_model) → (..., T, d_model)``; with
+    ``alone``, also every token's attention run alone (:func:`alone_attention`) from the same value heads:
+    ``(A, A_alone)``."""
     *batch, T, _ = X.shape
     # exactly one batch dimension: the fused (flash / memory-efficient) kernels accept only 4-D inputs, and any
     # other rank falls back to the math path, which forms the (T × T) logits (2.5 GB and 50× slower at T = 8k)
@@ -75,7 +84,10 @@ def self_attention(params: dict, cfg: BlockConfig, X: torch.Tensor, positions=No
     pos = positions_of(X, positions)
     mask = visible(cfg, pos, pos, cfg.causal)
     o = attend(cfg, q, k, v, mask, is_causal=cfg.causal and mask is None)
-    return merge_heads(params, cfg, o).reshape(*batch, T, cfg.d_model)               # (..., T, d_model)
+    A = merge_heads(params, cfg, o).reshape(*batch, T, cfg.d_model)                  # (..., T, d_model)
+    if not alone:
+        return A
+    return A, merge_heads(params, cfg, v).reshape(*batch, T, cfg.d_model)             # softmax over one logit: v
 
 
 def softcap(s: torch.Tensor, cap: float | None) -> torch.Tensor:
@@ -114,10 +126,8 @@ def alone_attention(params: dict, cfg: BlockConfig, X: torch.Tensor) -> torch.Te
     touch only the one logit."""
     X = kinds.attention_input(params, cfg, X, OPS)
     v = F.linear(X, params["attn.W_v"], params.get("attn.b_v"))                        # (..., T, Hkv*dh)
-    if cfg.kv_heads != cfg.n_heads:                                                     # each kv head serves a group
-        v = v.reshape(*v.shape[:-1], cfg.kv_heads, cfg.head_dim).repeat_interleave(cfg.n_heads // cfg.kv_heads, -2)
-        v = v.reshape(*v.shape[:-2], cfg.d_attn)                                        # (..., T, H*dh)
-    return F.linear(v, params["attn.W_o"], params.get("attn.b_o"))
+    v = repeat_kv(cfg, v.reshape(*v.shape[:-1], cfg.kv_heads, cfg.head_dim), -2)      # each kv head serves a group
+    return F.linear(v.reshape(*v.shape[:-2], cfg.d_attn), params["attn.W_o"], params.get("attn.b_o"))
 
 
 def rms_norm(x: torch.Tensor, g: torch.Tensor, eps: float, offset: float = 0.0) -> torch.Tensor:
@@ -132,38 +142,48 @@ def layer_norm(x: torch.Tensor, g: torch.Tensor, b: torch.Tensor, eps: float) ->
     return F.layer_norm(x, (x.shape[-1],), g, b, eps)
 
 
-def activation(cfg: BlockConfig, x: torch.Tensor) -> torch.Tensor:
-    """The reference's activations: relu, exact erf GELU, GELU's tanh approximation (GPT-2's ``gelu_new``), SiLU."""
+def activation(cfg: BlockConfig, x: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
+    """The reference's activations: relu, exact erf GELU, GELU's tanh approximation (GPT-2's ``gelu_new``), SiLU.
+    ``overwrite``: into ``x``'s own buffer where autograd need not keep it (the same numbers, one buffer fewer)."""
+    inplace = overwrite and not (torch.is_grad_enabled() and x.requires_grad)
     if cfg.activation == "relu":
-        return F.relu(x)
+        return F.relu(x, inplace=inplace)
     if cfg.activation == "silu":
-        return F.silu(x)
-    return F.gelu(x, approximate="tanh" if cfg.activation == "gelu_tanh" else "none")
+        return F.silu(x, inplace=inplace)
+    approximate = "tanh" if cfg.activation == "gelu_tanh" else "none"
+    return torch.ops.aten.gelu_(x, approximate=approximate) if inplace else F.gelu(x, approximate=approximate)
 
 
 def mlp(params: dict, cfg: BlockConfig, a: torch.Tensor, W=None, b_out=None) -> torch.Tensor:
     """``W_out σ(W a + b) + b_out`` (the gated MLP: ``W_out (σ(W_gate a + b_gate) ⊙ (W_up a + b_up))`` with
     ``W = [W_gate; W_up]``); ``W``/``b_out`` override the params (updated weights). A ``W`` with leading batch
-    dimensions ``(..., M, D)`` applies one matrix per row of ``a`` ``(..., D)``."""
+    dimensions ``(..., M, D)`` applies one matrix per row of ``a`` ``(..., D)``. The pre-activations are this
+    function's own: the hidden units overwrite them (a buffer of ``(..., d_in)`` fewer; no page faults from the
+    allocator handing a fresh one back to the system and taking it again)."""
     W = params["mlp.W"] if W is None else W
     b_out = params["mlp.b_out"] if b_out is None else b_out
     if W.dim() == 2:
-        return mlp_from_pre(params, cfg, F.linear(a, W, params["mlp.b"]), b_out)
+        return mlp_from_pre(params, cfg, F.linear(a, W, params["mlp.b"]), b_out, overwrite=True)
     pre = torch.einsum("...md,...d->...m", W, a) + params["mlp.b"]                     # (..., d_in)
-    return hidden(cfg, pre) @ params["mlp.W_out"].T + b_out
+    return hidden(cfg, pre, overwrite=True) @ params["mlp.W_out"].T + b_out
 
 
-def hidden(cfg: BlockConfig, pre: torch.Tensor) -> torch.Tensor:
+def hidden(cfg: BlockConfig, pre: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
     """The MLP's hidden units from its pre-activations ``W a + b``: ``σ(pre)``, or ``σ(gate) ⊙ up`` for the gated
-    MLP, ``(..., d_in) → (..., d_mlp)``."""
+    MLP, ``(..., d_in) → (..., d_mlp)``; ``overwrite``: in ``pre``'s buffer (:func:`activation`)."""
     if cfg.kind == "gated":
-        return activation(cfg, pre[..., :cfg.d_mlp]) * pre[..., cfg.d_mlp:]
-    return activation(cfg, pre)
+        gate, up = pre[..., :cfg.d_mlp], pre[..., cfg.d_mlp:]
+        if overwrite and not (torch.is_grad_enabled() and pre.requires_grad):
+            return activation(cfg, gate, overwrite=True).mul_(up)                   # a view of pre: no new buffer
+        return activation(cfg, gate) * up
+    return activation(cfg, pre, overwrite)
 
 
-def mlp_from_pre(params: dict, cfg: BlockConfig, pre: torch.Tensor, b_out: torch.Tensor) -> torch.Tensor:
-    """``W_out hidden(pre) + b_out``: the MLP after its first matrix, ``(..., d_in) → (..., d_model)``."""
-    return F.linear(hidden(cfg, pre), params["mlp.W_out"], b_out)
+def mlp_from_pre(params: dict, cfg: BlockConfig, pre: torch.Tensor, b_out: torch.Tensor,
+                 overwrite: bool = False) -> torch.Tensor:
+    """``W_out hidden(pre) + b_out``: the MLP after its first matrix, ``(..., d_in) → (..., d_model)``;
+    ``overwrite``: the hidden units in ``pre``'s buffer (the caller's ``pre`` is then gone)."""
+    return F.linear(hidden(cfg, pre, overwrite), params["mlp.W_out"], b_out)
 
 
 zeros_like = torch.zeros_like
@@ -184,6 +204,13 @@ OPS = sys.modules[__name__]      # this module as the ``ops`` of ``reference.kin
 def attention(params: dict, cfg: BlockConfig, Z: torch.Tensor, positions=None) -> torch.Tensor:
     """The contextual layer as the block uses it (``A(N1 Z)`` for the pre-norm kinds)."""
     return self_attention(params, cfg, kinds.attention_input(params, cfg, Z, OPS), positions)
+
+
+def attention_with_alone(params: dict, cfg: BlockConfig, Z: torch.Tensor):
+    """``(A, A_alone)``: :func:`attention` at every position, and every token's own run alone
+    (:func:`alone_attention`), from one normalisation and one value projection (what P2's updates at every position
+    read: no second pass over the tokens)."""
+    return self_attention(params, cfg, kinds.attention_input(params, cfg, Z, OPS), alone=True)
 
 
 def attention_input(params: dict, cfg: BlockConfig, Z: torch.Tensor) -> torch.Tensor:

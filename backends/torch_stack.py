@@ -46,17 +46,19 @@ def chunked_attention(cfg, q, k, v, offset: int, own=None, elements: int = ELEME
     return torch.cat(outs, -2).to(dtype)
 
 
-def prefix_attention(P, cfg, Hc, Xq, elements):
-    """Attention output of query ``Xq_i`` over ``[Hc_1..Hc_i, Xq_i]`` for i = 0..n, ``(..., n+1, D)``. Positions
-    follow the mask convention: context token j at j, every query at n (``reference.blocks.kept_positions``)."""
+def queries_over_prefixes(P, cfg, Hc, Xq, elements):
+    """``(A, A_alone)``, each ``(..., n+1, D)``: the attention output of query ``Xq_i`` over ``[Hc_1..Hc_i, Xq_i]``
+    for i = 0..n (each prefix with its own query: one causal pass), and of each ``Xq_i`` run alone (its own value
+    heads, already formed: ``torch_ops.alone_attention``). Positions follow the mask convention: context token j at
+    j, every query at n (``reference.blocks.kept_positions``)."""
     n = Hc.shape[-2]
     Xn, Cn = torch_ops.attention_input(P, cfg, Xq), torch_ops.attention_input(P, cfg, Hc)
     at_n = torch.full((n + 1,), n, device=Xq.device)
+    v_own = torch_ops.heads(P, cfg, Xn, "v")                                       # (..., H, n+1, dh)
     o = chunked_attention(cfg, torch_ops.heads(P, cfg, Xn, "q", at_n), torch_ops.heads(P, cfg, Cn, "k"),
                           torch_ops.heads(P, cfg, Cn, "v"), offset=0,
-                          own=(torch_ops.heads(P, cfg, Xn, "k", at_n), torch_ops.heads(P, cfg, Xn, "v")),
-                          elements=elements)
-    return torch_ops.merge_heads(P, cfg, o)
+                          own=(torch_ops.heads(P, cfg, Xn, "k", at_n), v_own), elements=elements)
+    return torch_ops.merge_heads(P, cfg, o), torch_ops.merge_heads(P, cfg, v_own)
 
 
 def causal_block(P, cfg, Hc, elements):
@@ -71,18 +73,20 @@ def causal_block(P, cfg, Hc, elements):
 
 def prefix_updates(blocks, cfgs, context, query, checks, elements: int = ELEMENTS):
     """One stacked ``Update`` per block: ``u`` (..., n+1, d_mlp), ``a``/``delta_b`` (..., n+1, D) (checked inputs;
-    ``checks.norm`` raises on a zero ``‖a‖²``). Block 1's queries are all ``x``, so its prefix outputs are also what
+    one deferred ``checks.updates`` raises on a zero ``‖a‖²``, the first block's first). Block 1's queries are all ``x``, so its prefix outputs are also what
     the O(n·d) scan gives."""
     n = context.shape[-2]
     Hc = context                                                                  # (..., n, D) context states
     Xq = query[..., None, :].expand(*query.shape[:-1], n + 1, query.shape[-1])   # (..., n+1, D) queries
-    updates = []
+    updates, norms = [], []
     for l, (P, cfg) in enumerate(zip(blocks, cfgs)):
-        a, r = torch_ops.taps_from_attention(P, cfg, Xq, prefix_attention(P, cfg, Hc, Xq, elements))
-        a_x, r_x = torch_ops.taps_from_attention(P, cfg, Xq, torch_ops.alone_attention(P, cfg, Xq))
-        checks.norm(a_x, cfg, "prefix", indexed=True)
+        A, A_x = queries_over_prefixes(P, cfg, Hc, Xq, elements)                  # (..., n+1, D) each
+        a, r = torch_ops.taps_from_attention(P, cfg, Xq, A)
+        a_x, r_x = torch_ops.taps_from_attention(P, cfg, Xq, A_x)
+        norms.append((a_x, cfg, "prefix", True, {}))
         updates.append(update_from_taps(P["mlp.W"], a, r, a_x, r_x))
         if l + 1 < len(blocks):
             Xq = torch_ops.head(P, cfg, a, r)                                     # next block's queries
             Hc = causal_block(P, cfg, Hc, elements)                               # next block's context
+    checks.updates("model_trajectory", norms)
     return updates
