@@ -212,10 +212,11 @@ class TorchBackend:
         return upd
 
     @staticmethod
-    def _position_updates(P, cfg, Z, query: str, forward: bool = False):
+    def _position_updates(P, cfg, Z, query: str, forward: bool = False, u=None):
         """``(update, out, check)``: every position's update on ``Z`` (..., T, D) from one attention pass, whose value
-        heads also give each token's run alone; ``out`` the block's output (the next block's input) if ``forward``;
-        ``check`` what ``Checks.updates`` must check (the alone taps' ``‖a‖²``, ``u`` and ``delta_b`` finite)."""
+        heads also give each token's run alone (``u`` written into the given buffer if any); ``out`` the block's
+        output (the next block's input) if ``forward``; ``check`` what ``Checks.updates`` must check (the alone taps'
+        ``‖a‖²``, ``u`` and ``delta_b`` finite)."""
         if query == "own":
             A, A_x = torch_ops.attention_with_alone(P, cfg, Z)                        # (..., T, D) each
             alone = Z
@@ -225,7 +226,8 @@ class TorchBackend:
         a, r = torch_ops.taps_from_attention(P, cfg, Z, A)
         out = torch_ops.head(P, cfg, a, r) if forward else None     # first: its temporaries free before u is formed
         a_x, r_x = torch_ops.taps_from_attention(P, cfg, alone, A_x)
-        upd = update_from_taps(P["mlp.W"], a, r, a_x.expand_as(a), r_x.expand_as(r))  # u (..., T, d_mlp)
+        taps = (P["mlp.W"], a, r, a_x.expand_as(a), r_x.expand_as(r))
+        upd = update_from_taps(*taps) if u is None else torch_ops.update_into(u, *taps)  # u (..., T, d_mlp)
         check = (a_x, cfg, "position", True) if query == "own" else (a_x[..., 0, :], cfg, "the last token", False)
         return upd, out, (*check, {"u": upd.u, "delta_b": upd.delta_b})
 
@@ -307,15 +309,18 @@ class TorchBackend:
         """Every block's update at every position (P2 block by block, THEORY §3b), ``u`` (..., T, d_mlp) per block,
         in one pass: each block's attention serves both its updates and the next block's input (one forward's work
         plus, per block, ``W_o`` on the value heads it already formed (each token alone), the alone taps and
-        ``u = W(a − a_x)``; the last block's output is not formed), with one deferred check for the whole stack."""
+        ``u = W(a − a_x)``; the last block's output is not formed), with one deferred check for the whole stack.
+        Every block's ``u`` is a view of one buffer (``torch_ops.stacked_buffers``)."""
         blocks, cfgs = self._stack(model_params, model_cfg)
         H = check_positions_input(self.check.tensor(Z, "Z", (None, cfgs[0].d_model)), query)
-        updates, checks = [], []
+        us = torch_ops.stacked_buffers([(*H.shape[:-1], P["mlp.W"].shape[0]) for P in blocks], H)   # every u
+        updates, checks, reductions = [], [], []
         for l, (P, cfg) in enumerate(zip(blocks, cfgs)):
-            upd, H, check = self._position_updates(P, cfg, H, query, forward=l + 1 < len(blocks))  # H: next input
+            upd, H, check = self._position_updates(P, cfg, H, query, forward=l + 1 < len(blocks), u=us[l])
             updates.append(upd)
             checks.append(check)
-        self.check.updates("position_updates", checks)          # one deferred check for the whole stack
+            reductions.append(self.check.reductions(check))   # while this block's results are in cache
+        self.check.updates("position_updates", checks, reductions)   # one deferred check for the whole stack
         return updates
 
     def apply_model_updates(self, model_params, updates) -> list[dict]:

@@ -229,29 +229,40 @@ class Checks:
         """``reference.update.check_norm`` of the taps ``a`` (..., D), read back from the device only on failure."""
         self.updates("", [(a, cfg, where, indexed, {})])
 
-    def updates(self, op: str, checks) -> None:
+    def updates(self, op: str, checks, reductions=None) -> None:
         """One deferred check for the updates of a block or of a whole stack: ``checks`` holds, block by block,
         ``(a, cfg, where, indexed, results)``: the taps ``a`` (..., D) whose ``‖a‖²`` must be positive and finite
         (:meth:`norm`; ``a=None``: none) and the tensors ``results`` that must be finite (:meth:`finite`, errors
-        naming ``op``). One flag from a few sums and minima per block; on an alarm the first failing check, in
-        order (each block's ``‖a‖²`` before its results), is found exactly and raised."""
+        naming ``op``). One flag from a few sums and minima per block (``reductions``: each check's
+        :meth:`reductions`, taken when it was formed; default: now); on an alarm the first failing check, in order
+        (each block's ``‖a‖²`` before its results), is found exactly and raised."""
         sums, minima = [], []
-        for a, _, _, _, results in checks:
-            if a is not None:
-                nsq, own = self._norm_sq(a)
-                if nsq.numel():
-                    sums.append(nsq.sum())                      # nan or inf in ‖a‖² (or a false alarm)
-                    minima.append(nsq.amin())                   # zero (or nan) in ‖a‖²
-                    if own is not None:
-                        sums.append(own.float().sum())
-            sums += [total(t).to(torch.float64 if t.dtype == torch.float64 else torch.float32)
-                     for t in results.values()]
+        for s, m in (reductions if reductions is not None else map(self.reductions, checks)):
+            sums += s
+            minima += m
         if not sums:
             return
         flag = torch.isfinite(torch.stack(sums)).all()
         if minima:
             flag = flag & (torch.stack(minima).amin() > 0)
         self.expect(flag, lambda: self._first_failure(op, checks))
+
+    @classmethod
+    def reductions(cls, check) -> tuple[list, list]:
+        """``(sums, minima)`` of one check of :meth:`updates`, as scalar tensors: a caller that forms a stack's
+        results block by block takes them as each block's are written (still in cache) and settles them all at the
+        end. A sum is non-finite if a nan or inf is summed (or, a false alarm, if finite values overflow it); the
+        minimum of ``‖a‖²`` is zero (or nan) where a tap is."""
+        a, _, _, _, results = check
+        sums, minima = [], []
+        if a is not None:
+            nsq, own = cls._norm_sq(a)
+            if nsq.numel():
+                sums.append(nsq.sum())
+                minima.append(nsq.amin())
+                if own is not None:
+                    sums.append(own.float().sum())
+        return sums + [total(t) for t in results.values()], minima
 
     @staticmethod
     def _norm_sq(a: torch.Tensor):

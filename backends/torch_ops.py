@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from implicit_icl.reference import kinds
 from implicit_icl.reference.config import BlockConfig
+from implicit_icl.reference.update import Update
 
 
 def positions_of(X: torch.Tensor, positions=None) -> torch.Tensor:
@@ -237,6 +238,25 @@ def head(params: dict, cfg: BlockConfig, a, r, W=None, b_out=None, delta_b=None)
 def block(params: dict, cfg: BlockConfig, Z: torch.Tensor) -> torch.Tensor:
     """The block output at every position, ``(..., T, d_model)``."""
     return head(params, cfg, *taps(params, cfg, Z))
+
+
+def update_into(u: torch.Tensor, W: torch.Tensor, a_C, r_C, a_x, r_x) -> Update:
+    """``reference.update.update_from_taps`` with ``u = W (a_C − a_x)`` written into the given buffer ``u``
+    (..., d_mlp) instead of a fresh one: the same operations, so the same numbers (tested equal). What lets a stack's
+    updates share one buffer (``TorchBackend.model_position_updates``); to go when ``update_from_taps`` takes an
+    ``out``."""
+    torch.matmul(a_C - a_x, W.T, out=u)
+    return Update(u=u, a=a_x, delta_b=r_C - r_x)
+
+
+def stacked_buffers(shapes, like: torch.Tensor) -> list[torch.Tensor]:
+    """Empty tensors of the given ``shapes`` (``like``'s dtype and device) carved out of one allocation: a stack's
+    outputs in one buffer, which the allocator keeps for the next call (glibc hands a freed block of tens of MB at the
+    top of its heap back to the system unless one such block was freed before; the pages then fault again, about
+    2 µs each) and which huge pages can back. A view keeps the whole buffer alive."""
+    sizes = [math.prod(s) for s in shapes]
+    flat = torch.empty(sum(sizes), dtype=like.dtype, device=like.device)
+    return [chunk.view(s) for chunk, s in zip(flat.split(sizes), shapes)]
 
 
 def init_block(cfg: BlockConfig, generator: torch.Generator | None = None, dtype=torch.float32,

@@ -78,15 +78,16 @@ def prefix_updates(blocks, cfgs, context, query, checks, elements: int = ELEMENT
     n = context.shape[-2]
     Hc = context                                                                  # (..., n, D) context states
     Xq = query[..., None, :].expand(*query.shape[:-1], n + 1, query.shape[-1])   # (..., n+1, D) queries
-    updates, norms = [], []
+    updates, norms, reductions = [], [], []
     for l, (P, cfg) in enumerate(zip(blocks, cfgs)):
         A, A_x = queries_over_prefixes(P, cfg, Hc, Xq, elements)                  # (..., n+1, D) each
         a, r = torch_ops.taps_from_attention(P, cfg, Xq, A)
         a_x, r_x = torch_ops.taps_from_attention(P, cfg, Xq, A_x)
         norms.append((a_x, cfg, "prefix", True, {}))
+        reductions.append(checks.reductions(norms[-1]))                          # while a_x is in cache
         updates.append(update_from_taps(P["mlp.W"], a, r, a_x, r_x))
         if l + 1 < len(blocks):
             Xq = torch_ops.head(P, cfg, a, r)                                     # next block's queries
             Hc = causal_block(P, cfg, Hc, elements)                               # next block's context
-    checks.updates("model_trajectory", norms)
+    checks.updates("model_trajectory", norms, reductions)
     return updates
