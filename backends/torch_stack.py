@@ -73,8 +73,8 @@ def causal_block(P, cfg, Hc, elements):
 
 def prefix_updates(blocks, cfgs, context, query, checks, elements: int = ELEMENTS):
     """One stacked ``Update`` per block: ``u`` (..., n+1, d_mlp), ``a``/``delta_b`` (..., n+1, D) (checked inputs;
-    one deferred ``checks.updates`` raises on a zero ``‖a‖²``, the first block's first). Block 1's queries are all ``x``, so its prefix outputs are also what
-    the O(n·d) scan gives."""
+    one deferred ``checks.updates`` raises on a zero ``‖a‖²``, the first block's first). Block 1's queries are all
+    ``x``, so its prefix outputs are also what the O(n·d) scan gives."""
     n = context.shape[-2]
     Hc = context                                                                  # (..., n, D) context states
     Xq = query[..., None, :].expand(*query.shape[:-1], n + 1, query.shape[-1])   # (..., n+1, D) queries
