@@ -37,7 +37,8 @@ def test_quick_bench_writes_the_documented_json(tmp_path, capsys):
     scan = [r for r in rows if r["op"] == "scan"]
     for r in scan:
         assert r["extrapolated"] is False and r["finite"] and r["path"] in ("eager", "compiled")
-        assert set(r["floors"]) == {"kv_matmul", "read_write"} and all(f["wall_s"] > 0 for f in r["floors"].values())
+        assert set(r["floors"]) == {"kv_matmul", "read_write", "scan_matmuls"}
+        assert all(f["wall_s"] > 0 for f in r["floors"].values())
         assert r["input_bytes"] == r["n"] * 64 * 4 and r["extra_bytes"] >= 0
     for ratio in res["ratios"]:
         assert ratio["per_prefix_update_over_scan"] > 0 and "prefix_forward_extrapolated" in ratio
@@ -290,17 +291,20 @@ def test_the_memory_a_call_adds_is_counted_from_the_resident_set_before_it():
     assert 64 * M <= extra < 64 * M + 32 * M
 
 
-def test_the_kv_floor_computes_the_k_and_v_projections():
+def test_the_floors_compute_the_k_and_v_projections_and_the_scans_own_products():
     import torch
 
     from implicit_icl.bench.measure import _floors
     g = torch.Generator().manual_seed(0)
     P = {"attn.W_k": torch.randn(64, 64, generator=g), "attn.W_v": torch.randn(64, 64, generator=g)}
     C = torch.randn(100, 64, generator=g)
-    floors = _floors(P, C, "cpu")
+    floors = _floors(P, C, "cpu", n_heads=4)
     kv = floors["kv_matmul"]["_fn"]()
     torch.testing.assert_close(kv, torch.cat([C @ P["attn.W_k"].T, C @ P["attn.W_v"].T], 1))
     torch.testing.assert_close(floors["read_write"]["_fn"](), C)
+    own = floors["scan_matmuls"]["_fn"]()                                # the logits, then five D × D products
+    assert [tuple(t.shape) for t in own] == [(100, 4)] + [(100, 64)] * 5
+    torch.testing.assert_close(own[-1], C.sum(1, keepdim=True).expand(100, 64))    # C times a matrix of ones
 
 
 def test_the_path_is_the_backends_word_else_whether_dynamo_compiled_a_graph():
