@@ -227,7 +227,7 @@ class TorchBackend:
         out = torch_ops.head(P, cfg, a, r) if forward else None     # first: its temporaries free before u is formed
         a_x, r_x = torch_ops.taps_from_attention(P, cfg, alone, A_x)
         taps = (P["mlp.W"], a, r, a_x.expand_as(a), r_x.expand_as(r))
-        upd = update_from_taps(*taps) if u is None else torch_ops.update_into(u, *taps)  # u (..., T, d_mlp)
+        upd = update_from_taps(*taps, out=u, ops=torch_ops.OPS)                       # u (..., T, d_mlp)
         check = (a_x, cfg, "position", True) if query == "own" else (a_x[..., 0, :], cfg, "the last token", False)
         return upd, out, (*check, {"u": upd.u, "delta_b": upd.delta_b})
 

@@ -15,7 +15,6 @@ import torch.nn.functional as F
 
 from implicit_icl.reference import kinds
 from implicit_icl.reference.config import BlockConfig
-from implicit_icl.reference.update import Update
 
 
 def positions_of(X: torch.Tensor, positions=None) -> torch.Tensor:
@@ -240,13 +239,9 @@ def block(params: dict, cfg: BlockConfig, Z: torch.Tensor) -> torch.Tensor:
     return head(params, cfg, *taps(params, cfg, Z))
 
 
-def update_into(u: torch.Tensor, W: torch.Tensor, a_C, r_C, a_x, r_x) -> Update:
-    """``reference.update.update_from_taps`` with ``u = W (a_C − a_x)`` written into the given buffer ``u``
-    (..., d_mlp) instead of a fresh one: the same operations, so the same numbers (tested equal). What lets a stack's
-    updates share one buffer (``TorchBackend.model_position_updates``); to go when ``update_from_taps`` takes an
-    ``out``."""
-    torch.matmul(a_C - a_x, W.T, out=u)
-    return Update(u=u, a=a_x, delta_b=r_C - r_x)
+def matmul_into(x: torch.Tensor, y: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``x @ y`` written into ``out`` (every ``ops`` module's name for it)."""
+    return torch.matmul(x, y, out=out)
 
 
 def stacked_buffers(shapes, like: torch.Tensor) -> list[torch.Tensor]:

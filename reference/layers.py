@@ -155,6 +155,11 @@ def cat(arrays, axis: int) -> np.ndarray:
     return np.concatenate(arrays, axis=axis)
 
 
+def matmul_into(x: np.ndarray, y: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``x @ y`` written into ``out`` (every ``ops`` module's name for it)."""
+    return np.matmul(x, y, out=out)
+
+
 def amax(x: np.ndarray, axis: int) -> np.ndarray:
     """The largest entry along ``axis`` (every ``ops`` module's name for it)."""
     return np.max(x, axis=axis)

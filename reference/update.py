@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from . import layers
 from .blocks import check_context_query, check_positions, kept_positions, sequence, taps
 from .config import BlockConfig
 from .kinds import TAP_NAMES
@@ -76,14 +77,17 @@ def reading_parts(update: Update, cfg: BlockConfig) -> dict:
     return {"W": update.u}
 
 
-def update_from_taps(W, a_C, r_C, a_x, r_x) -> Update:
+def update_from_taps(W, a_C, r_C, a_x, r_x, out=None, ops=layers) -> Update:
     """The one update formula (P1 Thm 2.2, P1 App. A, P2's generalisation: THEORY §3b), for every kind and backend.
 
     ``u = W (a_C − a_x)``, ``ΔW = u a_xᵀ/‖a_x‖²`` (kept factored) and ``Δb_out = r_C − r_x``, where ``(a_C, r_C)`` are
     the query's taps with the context and ``(a_x, r_x)`` without it (or without the removed subset Y). Taps
-    ``(..., d_model)``, ``W`` ``(d_mlp, d_model)``; ``u`` ``(..., d_mlp)``.
+    ``(..., d_model)``, ``W`` ``(d_mlp, d_model)``; ``u`` ``(..., d_mlp)``, written into ``out`` if given (a buffer of
+    that shape, e.g. a slice of one buffer for a whole stack) by ``ops.matmul_into`` (``ops`` the backend's ops
+    module, as in ``reference.kinds``).
     """
-    return Update(u=(a_C - a_x) @ W.T, a=a_x, delta_b=r_C - r_x)
+    u = (a_C - a_x) @ W.T if out is None else ops.matmul_into(a_C - a_x, W.T, out)
+    return Update(u=u, a=a_x, delta_b=r_C - r_x)
 
 
 def check_norm(a_norm_sq, kind: str, where: str, *, indexed: bool = False, overflow=None) -> None:

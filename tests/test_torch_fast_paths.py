@@ -52,14 +52,14 @@ def test_repeat_kv_repeats_each_kv_head_for_its_group_and_nothing_without_groups
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_update_into_a_stacked_buffer_equals_update_from_taps(dtype):
+def test_update_from_taps_into_a_stacked_buffer_equals_a_fresh_one(dtype):
     W = torch.randn(12, 5, dtype=dtype)
     a, r, a_x, r_x = (torch.randn(2, 4, 5, dtype=dtype) for _ in range(4))
     want = update_from_taps(W, a, r, a_x, r_x)
     u, other = torch_ops.stacked_buffers([(2, 4, 12), (3, 7)], a)
     assert u.shape == (2, 4, 12) and other.shape == (3, 7) and u.dtype == dtype
     assert u.untyped_storage().data_ptr() == other.untyped_storage().data_ptr()     # one allocation
-    got = torch_ops.update_into(u, W, a, r, a_x, r_x)
+    got = update_from_taps(W, a, r, a_x, r_x, out=u, ops=torch_ops.OPS)
     assert got.u is u
     for field in ("u", "a", "delta_b"):
         assert torch.equal(getattr(got, field), getattr(want, field)), field
@@ -192,3 +192,14 @@ def test_the_stack_runs_one_attention_per_block_and_no_last_head(monkeypatch):
         monkeypatch.setattr(module, name, wrapped)
     T32.model_position_updates(blocks, cfg, torch.randn(2, 6, cfg.d_model))
     assert counts == {"scaled_dot_product_attention": 3, "head": 2, "alone_attention": 0}
+
+
+def test_update_from_taps_into_a_numpy_buffer_equals_a_fresh_one():
+    """The reference's ``out`` (NumPy's ``matmul(out=)`` through ``reference.layers.matmul_into``)."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((12, 5))
+    a, r, a_x, r_x = (rng.standard_normal((3, 5)) for _ in range(4))
+    buf = np.empty((3, 12))
+    got, want = update_from_taps(W, a, r, a_x, r_x, out=buf), update_from_taps(W, a, r, a_x, r_x)
+    assert got.u is buf and np.array_equal(got.u, want.u) and np.array_equal(got.delta_b, want.delta_b)
