@@ -31,7 +31,7 @@ from implicit_icl.reference.trajectories import Trajectory
 
 from . import torch_ops
 from .torch_increments import (  # noqa: F401 (gram_norm, layer_norm_increment re-exported)
-    fast_gram_norm, gram_norm, layer_norm_increment, rms_norm_increment, tap_increments)
+    fast_gram_norm, gram_norm, layer_norm_increment, tap_increments)
 from .torch_softmax_scan import (  # noqa: F401 (prefix_softmax_scan re-exported)
     fast_prefix_softmax_means, prefix_softmax_means, prefix_softmax_scan)
 
@@ -64,16 +64,11 @@ def query_constants(P: dict, cfg, x: torch.Tensor, n: int) -> dict:
     Q = {"at_n": at_n, "q": q, "v_x": torch_ops.heads(P, cfg, xn, "v")[..., 0, :],
          "s_x": torch_ops.softcap(s_x, cfg.attn_softcap)}
     if not (cfg.rotary or cfg.qk_norm):
-        W_k = _per_query_head(cfg, P["attn.W_k"].reshape(cfg.kv_heads, cfg.head_dim, cfg.d_model))  # (H, dh, D)
+        W_k = torch_ops.repeat_kv(cfg, P["attn.W_k"].reshape(cfg.kv_heads, cfg.head_dim, cfg.d_model), 0)  # (H, dh, D)
         Q["qk"] = (q[..., :, :, None] * W_k).sum(-2)                                # (..., H, D)
         if "attn.b_k" in P:
-            Q["qb"] = (q * _per_query_head(cfg, P["attn.b_k"].reshape(cfg.kv_heads, cfg.head_dim))).sum(-1)
+            Q["qb"] = (q * torch_ops.repeat_kv(cfg, P["attn.b_k"].reshape(cfg.kv_heads, cfg.head_dim), 0)).sum(-1)
     return Q
-
-
-def _per_query_head(cfg, t: torch.Tensor) -> torch.Tensor:
-    """A key/value-head tensor (H', ...) repeated for the query heads that share it (grouped-query attention)."""
-    return t.repeat_interleave(cfg.n_heads // cfg.kv_heads, 0)
 
 
 def start_state(P: dict, cfg, Q: dict, x: torch.Tensor, A0: torch.Tensor, a0: torch.Tensor) -> State:
