@@ -3,7 +3,6 @@ terminal; it ships with the package, so a ``pip install`` has it too."""
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 from implicit_icl.commands import fail

@@ -154,10 +154,10 @@ def run_reporting_errors(command: str, out, job) -> int:
 
 
 def run(args) -> int:
-    from implicit_icl.experiments.train import train
-
     if args.preset == "fewshot":
         from implicit_icl.experiments.fewshot_train import train
+    else:
+        from implicit_icl.experiments.train import train
 
     try:
         preset = preset_from_args(args)
