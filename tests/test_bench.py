@@ -238,7 +238,10 @@ def test_with_both_paths_measured_the_targets_judge_the_compiled_one_and_the_bas
     compiled = figs[("trajectory, 65,536 tokens (compiled)", "K/V matmul")]
     assert compiled["target"] == "trajectory_64k_within_3x_kv_matmul" and compiled["ratio"] == pytest.approx(2.5)
     assert figs[("compile time, trajectory (65,536 tokens)", None)]["value"] == 9.0
-    assert report.ratios(res["trajectory"], [65536])[0]["per_prefix_update_over_scan"] == pytest.approx(200.0)
+    res["ratios"] = report.ratios(res["trajectory"], [65536])
+    assert res["ratios"][0]["per_prefix_update_over_scan"] == pytest.approx(200.0)
+    row = next(line for line in report.speedup_table(res).splitlines() if line.startswith("65,536"))
+    assert row.split()[1:3] == ["200", "ms"]                              # the eager time its ratios divide
 
 
 def test_the_tables_are_aligned_columns_with_dashes_for_what_was_not_measured():
@@ -330,3 +333,23 @@ def test_the_path_is_the_backends_word_else_whether_dynamo_compiled_a_graph():
 ])
 def test_a_failed_child_is_one_line_saying_how_it_ended(returncode, stderr, says):
     assert bench._failure(returncode, stderr) == says
+
+
+def test_the_compiled_trajectory_is_measured_after_its_compilation_and_says_so():
+    """Two full CPU slabs (16,384 tokens): the warm-up compiles the step, so the timed calls are steady-state, the
+    row says the compiled path ran and reports the compile time apart; the bench plans that row only where
+    torch.compile can run and the context has two full slabs."""
+    from implicit_icl.backends import torch_scan
+    from implicit_icl.backends.torch_backend import SLAB
+    from implicit_icl.bench.measure import worker
+
+    if not torch_scan.compile_available("cpu"):
+        pytest.skip("torch.compile needs a C++ compiler on the CPU")
+    spec = {"op": "scan", "n": 2 * SLAB, "d_model": 64, "d_mlp": 256, "n_heads": 4, "kind": "pre-ln",
+            "device": "cpu", "dtype": "float32", "compile": True, "threads": 1}
+    out = worker(spec)
+    assert out["path"] == "compiled" and out["compile_requested"] is True and out["finite"] is True
+    assert out["compile_s"] is not None and out["compile_s"] > 0
+    assert out["first_full_call_s"] < 10 * out["wall_s"] + 1.0       # no compilation left for the timed calls
+    plan = {}
+    assert bench._compiled_sizes([SLAB, 2 * SLAB], "cpu", plan) == [2 * SLAB] and "skipped" not in plan
