@@ -10,8 +10,17 @@ embeddings go to the first layer's device and the final norm and LM head to the 
 - ``position_updates(ids, query="own")``: each layer's update at every position (``model_position_updates``);
 - ``with_updates(updates)``: the same model with one (unbatched) ``Update`` per layer put into its weights;
 
-all return tensors. ``ids`` is ``(T,)`` or ``(..., T)``: a batch is prompts of **equal length** T (left-aligned,
-no padding and no attention mask; pad or group prompts by length yourself). Rows are at positions ``0..T−1``.
+all return tensors. ``ids`` is ``(T,)`` or ``(..., T)`` (an array or tensor: prompts of equal length, rows at
+positions ``0..T−1``, no padding), or a **ragged batch**: a list (or tuple) of 1-D prompts, of any lengths. A ragged
+batch is padded on the *right* to the longest prompt and run as one ``(B, T_max)`` batch; under causal attention no
+real token attends to a pad and every real token keeps its position ``0..len−1``, so each prompt's rows are those of
+the prompt run alone (to the round-off of batched matmuls). Each method then returns a list with one entry per prompt,
+each what the call on that prompt alone returns: ``embed``/``logits`` ``[(len_b, ·)]``, ``hidden_states``
+``[[H⁰..H^L] of prompt b]``, ``position_updates`` ``[[one Update per layer, u (len_b, d_in)]]`` and
+``last_token_updates`` ``[[one Update per layer, u (d_in,)]]`` at each prompt's own last token (layer by layer, the
+every-position update at ``len_b − 1``, whose query is that token). A list returns a list even where its prompts
+happen to have equal lengths; pass an array for a batched tensor. A bidirectional model (BERT: ``cfg.causal`` False)
+would attend to the padding, so it refuses prompts of different lengths.
 
 **Placement.** ``devices`` is one device (``"cpu"``, ``"cuda:1"``, …; default ``"cpu"``), a list of devices, or
 ``"auto"`` (every visible CUDA device, else ``"cpu"``). The layers are split into ``len(devices)`` contiguous groups
@@ -147,24 +156,50 @@ class TorchModel:
         first layer's device."""
         try:
             ids = token_ids.detach().cpu().numpy() if isinstance(token_ids, torch.Tensor) else np.asarray(token_ids)
-        except ValueError:                                       # a ragged batch: prompts of different lengths
-            raise ValueError("token_ids must be a (..., T) array of integers: prompts of equal length (pad or "
-                             "group them by length), got a ragged sequence") from None
-        if ids.ndim == 0 or ids.shape[-1] == 0 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
-            raise ValueError(f"token_ids must be a (..., T) array of integers with T >= 1 (prompts of equal "
-                             f"length), got shape {ids.shape} dtype {ids.dtype}")
+        except ValueError:                                       # e.g. [[1, 2], 3]: neither an array nor prompts
+            raise ValueError("token_ids must be a (..., T) array of integers or a list of 1-D prompts, got a "
+                             "ragged sequence") from None
+        return torch.as_tensor(self._checked(ids, "token_ids", "(..., T)"), device=self.layer_devices[0])
+
+    def _checked(self, ids: np.ndarray, name: str, shape: str) -> np.ndarray:
+        """``ids`` as int64 NumPy after the checks of ``check_ids`` (the one place of their messages), ``name``
+        the argument (``token_ids`` or one prompt ``token_ids[b]``), ``shape`` ``"(..., T)"`` or ``"(T,)"``."""
+        if (ids.ndim == 0 or (shape == "(T,)" and ids.ndim != 1) or ids.shape[-1] == 0 or ids.size == 0
+                or not np.issubdtype(ids.dtype, np.integer)):
+            raise ValueError(f"{name} must be a {shape} array of integers with T >= 1, got shape {ids.shape} "
+                             f"dtype {ids.dtype}")
         V = self.source.parts.tokens.shape[0]
         if ids.min() < 0 or ids.max() >= V:
-            raise ValueError(f"token_ids must lie in 0..{V - 1}, got {int(ids.min())}..{int(ids.max())}")
+            raise ValueError(f"{name} must lie in 0..{V - 1}, got {int(ids.min())}..{int(ids.max())}")
         P = self.source.parts.positions
         if P is not None and ids.shape[-1] > P.shape[0]:
-            raise ValueError(f"token_ids must hold at most {P.shape[0]} tokens (learned positions), got "
+            raise ValueError(f"{name} must hold at most {P.shape[0]} tokens (learned positions), got "
                              f"{ids.shape[-1]}")
-        return torch.as_tensor(ids.astype(np.int64), device=self.layer_devices[0])
+        return ids.astype(np.int64)
 
-    def embed(self, token_ids) -> torch.Tensor:
-        """``H⁰`` ``(..., T, D)`` as ``HFModel.embed``, on the first layer's device."""
-        ids, e = self.check_ids(token_ids), self._embed
+    def prompts(self, token_ids) -> tuple[torch.Tensor, list[int] | None]:
+        """``(ids, lengths)``: an array or tensor as ``check_ids`` with ``lengths`` ``None``; a ragged batch (a
+        non-empty list or tuple of 1-D prompts, module docstring) as ``(B, T_max)`` ids padded on the right (each
+        prompt with its own last token, a real id that no real position attends to) and each prompt's length."""
+        if not (isinstance(token_ids, (list, tuple)) and token_ids and all(map(_is_sequence, token_ids))):
+            return self.check_ids(token_ids), None
+        rows = [self._checked(t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t),
+                              f"token_ids[{b}]", "(T,)") for b, t in enumerate(token_ids)]
+        lengths = [len(r) for r in rows]
+        if len(set(lengths)) > 1 and not all(c.causal for c in self.cfgs):
+            raise ValueError(f"token_ids must be prompts of equal length for a bidirectional model "
+                             f"({self.source.family}), got lengths {lengths}: padding would be attended to")
+        T = max(lengths)
+        padded = np.stack([np.pad(r, (0, T - len(r)), mode="edge") for r in rows])              # (B, T_max)
+        return torch.as_tensor(padded, device=self.layer_devices[0]), lengths
+
+    def embed(self, token_ids):
+        """``H⁰`` ``(..., T, D)`` as ``HFModel.embed``, on the first layer's device (a ragged batch: a list)."""
+        ids, lengths = self.prompts(token_ids)
+        return _trim(self._embed_ids(ids), lengths)
+
+    def _embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        e = self._embed
         H0 = e.tokens[ids] * e.scale if e.scale != 1.0 else e.tokens[ids]                   # (..., T, D)
         if e.positions is not None:
             H0 = H0 + e.positions[: ids.shape[-1]]
@@ -187,9 +222,12 @@ class TorchModel:
                 out.extend(Hs[1:])
         return out if keep else [H]
 
-    def hidden_states(self, token_ids) -> list[torch.Tensor]:
-        """``[H⁰, H¹, …, H^L]`` of ``token_ids`` (``HFModel.hidden_states``), each ``(..., T, D)``."""
-        return self.forward(self.embed(token_ids))
+    def hidden_states(self, token_ids) -> list:
+        """``[H⁰, H¹, …, H^L]`` of ``token_ids`` (``HFModel.hidden_states``), each ``(..., T, D)`` (a ragged batch:
+        one such list per prompt)."""
+        ids, lengths = self.prompts(token_ids)
+        Hs = self.forward(self._embed_ids(ids))
+        return Hs if lengths is None else [[H[b, :n] for H in Hs] for b, n in enumerate(lengths)]
 
     def final(self, H_last: torch.Tensor) -> torch.Tensor:
         """The final norm (the identity without one)."""
@@ -210,16 +248,27 @@ class TorchModel:
         logits = logits + head.bias if head.bias is not None else logits
         return torch_ops.softcap(logits, head.softcap)                                      # Gemma 2's cap
 
-    def logits(self, token_ids) -> torch.Tensor:
-        """``(..., T, V)`` logits at every position."""
-        return self.logits_from(self.forward(self.embed(token_ids), keep=False)[-1])
+    def logits(self, token_ids):
+        """``(..., T, V)`` logits at every position (a ragged batch: one ``(len_b, V)`` per prompt, the head run on
+        the real rows only)."""
+        ids, lengths = self.prompts(token_ids)
+        H = self.forward(self._embed_ids(ids), keep=False)[-1]
+        return self.logits_from(H) if lengths is None else [self.logits_from(h) for h in _trim(H, lengths)]
 
     # ------------------------------------------------------------------------------------------- updates
-    def last_token_updates(self, token_ids) -> list[Update]:
+    def last_token_updates(self, token_ids) -> list:
         """Each layer's last-token update (``model_updates``: context ``H^ℓ_{0..T−2}``, query ``H^ℓ_{T−1}``), one
         ``Update`` per layer on its device: ``u`` ``(..., d_in)``, ``a``/``delta_b`` ``(..., D)``. One forward: the
-        query's attention without context is O(T·d) per layer."""
-        ups, H = [], self.embed(token_ids)
+        query's attention without context is O(T·d) per layer.
+
+        A ragged batch: one such list per prompt, at its own last token ``len_b − 1``, gathered layer by layer from
+        the batch's every-position updates (``query="own"``: position ``len_b − 1``'s update has that token as its
+        query and the tokens before it as context, which is the last-token update). That costs ``W``'s matmul at
+        every position and holds one layer's ``u`` ``(B, T_max, d_in)`` at a time."""
+        ids, lengths = self.prompts(token_ids)
+        if lengths is not None:
+            return self._ragged_last_token_updates(ids, lengths)
+        ups, H = [], self._embed_ids(ids)
         for start, stop in self.stages():
             blocks, cfgs, H = self._stage_args(start, stop, H)
             Hs = self.backend(start).model_forward(blocks, cfgs, H)
@@ -228,18 +277,44 @@ class TorchModel:
             H = Hs[-1]
         return ups
 
-    def position_updates(self, token_ids, query: str = "own") -> list[Update]:
+    def position_updates(self, token_ids, query: str = "own") -> list:
         """Each layer's update at every position (``model_position_updates``), ``u`` ``(..., T, d_in)``. On one
         device this is one pass; over several, each run of layers but the last is also run forward once more to
-        hand its output on."""
-        ups, H = [], self.embed(token_ids)
+        hand its output on. A ragged batch: one such list per prompt, ``u`` ``(len_b, d_in)``; with ``"own"`` the
+        padded batch's rows trimmed, with ``"last"`` (the query is each prompt's own last token) each layer's
+        updates of each prompt from its rows of the batch's hidden states."""
+        ids, lengths = self.prompts(token_ids)
+        if lengths is not None and query == "last":
+            return self._ragged_last_query_updates(ids, lengths)
+        ups, H = [], self._embed_ids(ids)
         stages = self.stages()
         for k, (start, stop) in enumerate(stages):
             args = self._stage_args(start, stop, H)
             ups += self.backend(start).model_position_updates(*args, query=query)
             if k + 1 < len(stages):
                 H = self.backend(start).model_forward(*args)[-1]
-        return ups
+        return ups if lengths is None else [[u.map(lambda t: t[b, :n]) for u in ups] for b, n in enumerate(lengths)]
+
+    def _layer_inputs(self, ids: torch.Tensor):
+        """``(layer, backend, params, cfg, H^ℓ)`` for every layer ℓ, ``H^ℓ`` (the layer's input) on its device."""
+        Hs = self.forward(self._embed_ids(ids))
+        for l, (P, c) in enumerate(zip(self.blocks, self.cfgs)):
+            yield l, self.backend(l), P, c, Hs[l].to(self.layer_devices[l])
+
+    def _ragged_last_token_updates(self, ids: torch.Tensor, lengths: list[int]) -> list[list[Update]]:
+        per_layer = []
+        for l, be, P, c, H in self._layer_inputs(ids):
+            rows = torch.arange(len(lengths), device=H.device)
+            last = torch.as_tensor(lengths, device=H.device) - 1
+            per_layer.append(be.position_updates(P, c, H, "own").map(lambda t: t[rows, last]))   # u (B, d_in)
+        return [[u.map(lambda t: t[b]) for u in per_layer] for b in range(len(lengths))]
+
+    def _ragged_last_query_updates(self, ids: torch.Tensor, lengths: list[int]) -> list[list[Update]]:
+        out = [[] for _ in lengths]
+        for l, be, P, c, H in self._layer_inputs(ids):
+            for b, n in enumerate(lengths):
+                out[b].append(be.position_updates(P, c, H[b, :n], "last"))
+        return out
 
     def with_updates(self, updates) -> "TorchModel":
         """This model with layer ℓ's weights moved by ``updates[ℓ]`` (``apply_update``: ``mlp.W += ΔW``,
@@ -250,6 +325,16 @@ class TorchModel:
         new.blocks = tuple(self.backend(l).prepare(self.backend(l).apply_update(P, u), c)
                            for l, (P, c, u) in enumerate(zip(self.blocks, self.cfgs, updates)))
         return new
+
+
+def _is_sequence(x) -> bool:
+    """One prompt of a ragged batch: a list, tuple, range or an array or tensor of at least one dimension."""
+    return isinstance(x, (list, tuple, range)) or (isinstance(x, (np.ndarray, torch.Tensor)) and x.ndim >= 1)
+
+
+def _trim(X: torch.Tensor, lengths):
+    """``X`` ``(B, T_max, …)`` as it is (``lengths`` ``None``) or its real rows, one ``(len_b, …)`` per prompt."""
+    return X if lengths is None else [X[b, :n] for b, n in enumerate(lengths)]
 
 
 def _unset(value, default) -> bool:

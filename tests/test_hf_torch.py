@@ -190,16 +190,133 @@ def test_every_layers_update_reproduces_the_next_token_logits(models, name):
 def test_bad_input_is_refused_by_name(models):
     model, _ = _get(models, "gpt_neox")
     tm = TorchModel(model, "float32")
-    for bad, match in (([[1, 2], [3]], "token_ids must be"), ([0.5, 1.0], "token_ids must be"),
-                       ([1, 50], r"token_ids must lie in 0..49"), ([], "token_ids must be")):
-        with pytest.raises(ValueError, match=match):
-            tm.logits(bad)
+    for bad, match in (([[1, 2], 3], "token_ids must be"), ([0.5, 1.0], "token_ids must be"),
+                       ([1, 50], r"token_ids must lie in 0..49"), ([], "token_ids must be"),
+                       ([[1, 2], []], r"token_ids\[1\] must be a \(T,\) array of integers with T >= 1"),
+                       ([[1, 2], [0.5]], r"token_ids\[1\] must be a \(T,\) array of integers"),
+                       ([[[1, 2]], [3]], r"token_ids\[0\] must be a \(T,\) array of integers"),
+                       ([[1, 2], [3, -1, 4]], r"token_ids\[1\] must lie in 0..49")):
+        for call in (tm.logits, tm.hidden_states, tm.last_token_updates, tm.position_updates):
+            with pytest.raises(ValueError, match=match):
+                call(bad)
     with pytest.raises(ValueError, match="model must be a model that models.hf.load returned"):
         TorchModel(model.parts)
     with pytest.raises(ValueError, match="updates must hold one Update per layer"):
         tm.with_updates([])
     with pytest.raises(ValueError, match=r"positions must lie in -9..8"):
         check_against_float64(tm, TINY_IDS, [9])
+
+
+# ragged batches ---------------------------------------------------------------------------------------------------
+#: three prompts of lengths 3, 7, 5: as a list, a NumPy array and a tensor (each kind of prompt a list may hold)
+RAGGED = [[3, 17, 0], np.array([49, 2, 2, 7, 13, 40, 1]), torch.tensor([8, 25, 11, 30, 4])]
+RAGGED_MODELS = ["llama", "gpt2", "mistral", "gemma2"]   # rotary + GQA, learned positions, sliding windows (3 < 7)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """``name → HFModel``, a tiny random model of ``test_hf_families``' config for ``name``, built on first use."""
+    if importlib.util.find_spec("transformers") is None:
+        pytest.skip("transformers is not installed (it builds the tiny models)")
+    from test_hf_families import FAMILIES, randomise
+
+    built = {}
+
+    def get(name):
+        if name not in built:
+            torch.manual_seed(0)
+            config, cls = FAMILIES[name]()
+            model = cls._from_config(config, attn_implementation="eager", dtype=torch.float64).eval()
+            randomise(model, seed=7)
+            folder = tmp_path_factory.mktemp(name)
+            model.save_pretrained(folder, safe_serialization=True)
+            built[name] = hf.load(folder)
+        return built[name]
+    return get
+
+
+def _same_update(got, want, what):
+    for field in ("u", "a", "delta_b"):
+        assert getattr(got, field).shape == getattr(want, field).shape, f"{what} {field}"
+        close(getattr(got, field), np64(getattr(want, field)), f"{what} {field}")
+
+
+@pytest.mark.parametrize("name", RAGGED_MODELS)
+def test_a_ragged_batch_equals_its_prompts_one_by_one(tiny, name):
+    """Prompts of lengths 3, 7, 5 in one call (padded on the right, layers split over ``["cpu", "cpu"]``): each
+    prompt's hidden states, logits, every-position updates (both queries) and last-token updates equal the same
+    calls on that prompt alone, float64 to 1e-12 of the values' scale. Not bit-for-bit: a (3, 7)-row matmul may
+    block and sum in another order than a (1, n)-row one, a float64 round-off of ~eps per operation (1e-12 is
+    ~4500 eps, and an error of order 1 — a pad attended to, a position shifted — would miss it by far)."""
+    model = tiny(name)
+    tm, split = TorchModel(model, "float64"), TorchModel(model, "float64", devices=["cpu", "cpu"])
+    H, logits, embedded = split.hidden_states(RAGGED), split.logits(RAGGED), split.embed(RAGGED)
+    own, last_query = split.position_updates(RAGGED), split.position_updates(RAGGED, query="last")
+    last = split.last_token_updates(RAGGED)
+    for out in (H, logits, embedded, own, last_query, last):
+        assert isinstance(out, list) and len(out) == len(RAGGED)
+    for b, prompt in enumerate(RAGGED):
+        n = len(prompt)
+        close(embedded[b], np64(tm.embed(prompt)), f"{name} prompt {b} H⁰")
+        assert len(H[b]) == model.n_layers + 1
+        for l, h in enumerate(tm.hidden_states(prompt)):
+            assert H[b][l].shape == (n, model.parts.tokens.shape[1])
+            close(H[b][l], np64(h), f"{name} prompt {b} H^{l}")
+        assert logits[b].shape == (n, model.lm_head.shape[0])
+        close(logits[b], np64(tm.logits(prompt)), f"{name} prompt {b} logits")
+        alone = tm.position_updates(prompt), tm.position_updates(prompt, "last"), tm.last_token_updates(prompt)
+        for got, want, what in zip((own, last_query, last), alone, ("own", "last", "last-token")):
+            for l in range(model.n_layers):
+                _same_update(got[b][l], want[l], f"{name} prompt {b} layer {l} {what}")
+
+
+def test_ragged_prompts_are_padded_on_the_right_and_left_padding_would_fail(tiny):
+    """The padding side is what makes a ragged batch exact: ``prompts`` puts each prompt at positions ``0..len−1``;
+    the same prompts padded on the left by hand (no mask) give other hidden states at their real rows (a real token
+    attends to the pads before it, and GPT-2's learned positions shift), far beyond round-off."""
+    model = tiny("gpt2")
+    tm = TorchModel(model, "float64")
+    ids, lengths = tm.prompts(RAGGED)
+    assert lengths == [3, 7, 5] and tuple(ids.shape) == (3, 7)
+    for b, prompt in enumerate(RAGGED):
+        assert ids[b, :lengths[b]].tolist() == list(np.asarray(prompt))
+    left = np.stack([np.pad(np.asarray(p), (7 - len(p), 0), mode="edge") for p in RAGGED])
+    H_left = tm.hidden_states(left)[-1]
+    for b, prompt in enumerate(RAGGED):
+        alone = np64(tm.hidden_states(prompt)[-1])
+        err = float(np.abs(np64(H_left[b, 7 - len(prompt):]) - alone).max())
+        assert (err > 1e-3) == (len(prompt) < 7), f"prompt {b}: left padding error {err:.3e}"
+
+
+def test_a_list_of_equal_length_prompts_is_a_list_of_results(tiny):
+    """A list returns a list even where its prompts have one length (the same numbers as the array batch); a
+    bidirectional model (BERT) takes such a list but refuses prompts of different lengths by name."""
+    for name in ("gpt2", "bert"):
+        tm = TorchModel(tiny(name), "float64")
+        rows = [[3, 17, 0, 42], [49, 2, 2, 7]]
+        got, want = tm.hidden_states(rows), tm.hidden_states(np.array(rows))
+        assert isinstance(got, list) and len(got) == 2
+        for b in range(2):
+            for l, h in enumerate(want):
+                close(got[b][l], np64(h[b]), f"{name} prompt {b} H^{l}")
+    for call in (tm.embed, tm.logits, tm.hidden_states, tm.position_updates, tm.last_token_updates):
+        with pytest.raises(ValueError, match=r"token_ids must be prompts of equal length for a bidirectional model "
+                                             r"\(bert\), got lengths \[3, 7, 5\]: padding would be attended to"):
+            call(RAGGED)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason=CUDA_MISSING)
+def test_cuda_ragged_batch_split_over_cuda_and_cpu(tiny):
+    """On CUDA (scripts/gpu_check.sh): a ragged batch on ``["cuda", "cpu"]`` in float32 equals each prompt alone on
+    the same placement to float32 round-off (64 eps of the values' scale)."""
+    tm = TorchModel(tiny("llama"), "float32", devices=["cuda", "cpu"])
+    rel = 64 * torch.finfo(torch.float32).eps
+    last, logits = tm.last_token_updates(RAGGED), tm.logits(RAGGED)
+    for b, prompt in enumerate(RAGGED):
+        close(logits[b], np64(tm.logits(prompt)), f"prompt {b} logits", rel)
+        for l, up in enumerate(tm.last_token_updates(prompt)):
+            assert last[b][l].u.device == up.u.device
+            close(last[b][l].u, np64(up.u), f"prompt {b} layer {l} last-token u", rel)
 
 
 @pytest.mark.parametrize("value", [30.0, np.ones(3)], ids=["number", "array"])
