@@ -120,7 +120,7 @@ def get_backend(name: str = "numpy", device=None, dtype=None, **options) -> Back
     try:
         backend = factory(device=device, dtype=dtype, **options)
     except TypeError as exc:
-        if not options or "unexpected keyword" not in str(exc):
+        if not any(f"unexpected keyword argument '{k}'" in str(exc) for k in options):   # not about the options
             raise
         raise ValueError(f"backend {name!r} takes no option {sorted(options)}: {exc}") from None
     missing = [m for m in CORE if not hasattr(backend, m)]

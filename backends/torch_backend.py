@@ -37,6 +37,11 @@ SLAB = 1 << 13          # context tokens per slab of the trajectory scan on CPU 
 SLAB_GPU = 1 << 18      # … on GPUs, where fewer, larger kernels win
 
 
+def slab_for(device) -> int:
+    """The trajectory's default slab on ``device``: ``SLAB`` on the CPU, ``SLAB_GPU`` elsewhere."""
+    return SLAB if torch.device(device).type == "cpu" else SLAB_GPU
+
+
 class TorchBackend:
     """The core API in PyTorch on ``device`` with ``dtype`` (default cpu, float32)."""
 
@@ -51,7 +56,7 @@ class TorchBackend:
         self.acc_dtype = torch.float32 if self.torch_dtype in (torch.bfloat16, torch.float16) else self.torch_dtype
         if self.torch_device.type == "mps" and self.torch_dtype == torch.float64:
             raise ValueError("dtype must be float32 or bfloat16 on device 'mps' (MPS has no float64), got float64")
-        self._slab = SLAB if self.torch_device.type == "cpu" else SLAB_GPU
+        self._slab = slab_for(self.torch_device)
         self.check = Checks(self.torch_device, self.torch_dtype)
 
     @property
@@ -310,10 +315,14 @@ class TorchBackend:
         in one pass: each block's attention serves both its updates and the next block's input (one forward's work
         plus, per block, ``W_o`` on the value heads it already formed (each token alone), the alone taps and
         ``u = W(a − a_x)``; the last block's output is not formed), with one deferred check for the whole stack.
-        Every block's ``u`` is a view of one buffer (``torch_ops.stacked_buffers``)."""
+        Every block's ``u`` is a view of one buffer (``torch_ops.stacked_buffers``; holding one block's ``u`` keeps
+        every block's alive), except where autograd must differentiate through them (then each is its own tensor)."""
         blocks, cfgs = self._stack(model_params, model_cfg)
         H = check_positions_input(self.check.tensor(Z, "Z", (None, cfgs[0].d_model)), query)
-        us = torch_ops.stacked_buffers([(*H.shape[:-1], P["mlp.W"].shape[0]) for P in blocks], H)   # every u
+        # every u in one buffer, unless autograd must see them (matmul(out=) has no gradient)
+        grad = torch_ops.needs_grad(H, *(t for P in blocks for t in P.values()))
+        us = [None] * len(blocks) if grad else \
+            torch_ops.stacked_buffers([(*H.shape[:-1], P["mlp.W"].shape[0]) for P in blocks], H)
         updates, checks, reductions = [], [], []
         for l, (P, cfg) in enumerate(zip(blocks, cfgs)):
             upd, H, check = self._position_updates(P, cfg, H, query, forward=l + 1 < len(blocks), u=us[l])

@@ -142,10 +142,16 @@ def layer_norm(x: torch.Tensor, g: torch.Tensor, b: torch.Tensor, eps: float) ->
     return F.layer_norm(x, (x.shape[-1],), g, b, eps)
 
 
+def needs_grad(*tensors: torch.Tensor) -> bool:
+    """Whether autograd will keep any of ``tensors``: then no op may write into a buffer it reads or owns
+    (in-place activations, ``matmul(out=)``)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def activation(cfg: BlockConfig, x: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
     """The reference's activations: relu, exact erf GELU, GELU's tanh approximation (GPT-2's ``gelu_new``), SiLU.
     ``overwrite``: into ``x``'s own buffer where autograd need not keep it (the same numbers, one buffer fewer)."""
-    inplace = overwrite and not (torch.is_grad_enabled() and x.requires_grad)
+    inplace = overwrite and not needs_grad(x)
     if cfg.activation == "relu":
         return F.relu(x, inplace=inplace)
     if cfg.activation == "silu":
@@ -173,7 +179,7 @@ def hidden(cfg: BlockConfig, pre: torch.Tensor, overwrite: bool = False) -> torc
     MLP, ``(..., d_in) → (..., d_mlp)``; ``overwrite``: in ``pre``'s buffer (:func:`activation`)."""
     if cfg.kind == "gated":
         gate, up = pre[..., :cfg.d_mlp], pre[..., cfg.d_mlp:]
-        if overwrite and not (torch.is_grad_enabled() and pre.requires_grad):
+        if overwrite and not needs_grad(pre):
             return activation(cfg, gate, overwrite=True).mul_(up)                   # a view of pre: no new buffer
         return activation(cfg, gate) * up
     return activation(cfg, pre, overwrite)

@@ -18,6 +18,7 @@ Two paths run the same step (ours):
 """
 from __future__ import annotations
 
+import collections
 import functools
 import importlib.util
 import shutil
@@ -47,9 +48,10 @@ class State(NamedTuple):
 
 
 def _dense(state: State) -> State:
-    """The state with every tensor contiguous: the same strides at every slab, so the compiled step is compiled
-    once (Dynamo guards on strides, and on which arguments alias each other: :func:`start_state` copies)."""
-    return State(tuple(t.contiguous() for t in state.carry), *(t.contiguous() for t in state[1:]))
+    """The state as fresh contiguous copies (O(d) numbers): the same strides at every slab, so the compiled step is
+    compiled once (Dynamo guards on strides and on which arguments alias each other), and no view keeping the last
+    slab's tensors alive."""
+    return State(tuple(t.clone() for t in state.carry), *(t.clone() for t in state[1:]))
 
 
 def query_constants(P: dict, cfg, x: torch.Tensor, n: int) -> dict:
@@ -74,7 +76,7 @@ def query_constants(P: dict, cfg, x: torch.Tensor, n: int) -> dict:
 def start_state(P: dict, cfg, Q: dict, x: torch.Tensor, A0: torch.Tensor, a0: torch.Tensor) -> State:
     """The state before the first context token: the query alone, whose mean is its own value ``v_x``."""
     state = State((Q["s_x"], Q["v_x"], torch.ones_like(Q["s_x"])), Q["v_x"], A0, a0)
-    return State(tuple(t.clone() for t in state.carry), *(t.clone() for t in state[1:]))   # no aliases: see _dense
+    return _dense(state)                                                   # copies: no aliases, see _dense
 
 
 def alone_output(P: dict, cfg, Q: dict) -> torch.Tensor:
@@ -116,6 +118,8 @@ def slab_step(P: dict, Q: dict, x: torch.Tensor, a0: torch.Tensor, r0: torch.Ten
     skip, and then the slab must be run again with ``fast=False``."""
     A, dA, carry, o_last, flag = slab_attention(P, cfg, Q, C.to(x.dtype), pos, state, fast)
     a, r = torch_ops.taps_from_attention(P, cfg, x[..., None, :].expand_as(A), A)   # (..., S, D)
+    if cfg.kind == "parallel":             # a = N2(x) never reads the context: δ_i = 0 exactly, in any summation order
+        a = a0[..., None, :].expand_as(a)
     da = tap_increments(P, cfg, x, A, dA, state.A)                                  # a_i − a_{i−1}, (..., S, D)
     d = a - a0[..., None, :]                                                        # δ_i
     if fast:
@@ -150,46 +154,84 @@ def _positions(s0: int, C: torch.Tensor) -> torch.Tensor:
 
 
 _COMPILED: dict = {}
-_UNAVAILABLE: dict = {}      # device type → why compiling failed there (this process then runs eagerly)
+_FAILED: dict = {}           # (block config, keep) → why compiling its step failed (it then runs eagerly)
+SLABS: collections.Counter = collections.Counter()
+"""Slabs run since import: ``"compiled"`` (the compiled step's numbers kept), ``"rescued"`` (flagged by the compiled
+step and run again eagerly), ``"eager"`` (no compiled step: a short last slab, compile off, unavailable or failed).
+What the bench and the tests read to know which path really ran."""
+
+
+def compile_unavailable(device) -> str | None:
+    """Why the compiled step cannot run on ``device`` (``None`` if it can): Inductor needs a C++ compiler on the CPU
+    and Triton on CUDA; other devices run eagerly."""
+    kind = torch.device(device).type
+    if kind == "cpu":
+        if sys.platform != "win32" and any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+            return None
+        return "torch.compile cannot run on the CPU here: no C++ compiler (g++, c++ or clang++) on PATH"
+    if kind == "cuda":
+        return None if importlib.util.find_spec("triton") is not None else \
+            "torch.compile cannot run on CUDA here: Triton is not installed"
+    return f"torch.compile is not used on {kind}: the trajectory runs eagerly there"
 
 
 def compile_available(device) -> bool:
-    """Whether the compiled step can run on ``device``: Inductor needs a C++ compiler on the CPU and Triton on CUDA
-    (other devices run eagerly), and compiling must not have failed there already in this process."""
-    kind = torch.device(device).type
-    if kind in _UNAVAILABLE:
-        return False
-    if kind == "cpu":
-        return sys.platform != "win32" and any(shutil.which(c) for c in ("g++", "c++", "clang++"))
-    return kind == "cuda" and importlib.util.find_spec("triton") is not None
+    """Whether the compiled step can run on ``device`` (:func:`compile_unavailable`)."""
+    return compile_unavailable(device) is None
 
 
-def _compile_failed(device, exc: Exception) -> None:
-    """Remember that compiling failed on ``device``'s type and say so once; the trajectory goes on eagerly."""
+def _compile_failed(cfg, keep: bool, device, exc: Exception) -> None:
+    """Remember that compiling this block's step failed and say so once per device type; it runs eagerly."""
     kind = torch.device(device).type
-    _UNAVAILABLE[kind] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    warnings.warn(f"torch.compile failed on {kind} ({_UNAVAILABLE[kind]}); the trajectory runs eagerly "
-                  f"(the same numbers, slower)", RuntimeWarning, stacklevel=3)
+    _FAILED[(cfg, keep)] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    if kind not in _FAILED:
+        _FAILED[kind] = _FAILED[(cfg, keep)]
+        warnings.warn(f"torch.compile failed on {kind} ({_FAILED[kind]}); this block's trajectory runs eagerly "
+                      f"(the same numbers, slower)", RuntimeWarning, stacklevel=4)
 
 
 RECOMPILE_LIMIT = 64     # compiled variants of the step (block config × keep × dtype × device × slab shape)
+_LIMIT_NAME = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
 
 
 def compiled_step(cfg, keep: bool):
     """``slab_step`` with ``fast=True`` under ``torch.compile`` (one graph, static shapes), cached per block config
     and ``keep`` for the process (Dynamo guards on dtype, device and shapes within it). Every variant shares one code
     object, whose default limit of 8 compiled variants a test suite or a sweep over blocks passes: the call raises
-    it to ``RECOMPILE_LIMIT`` (past that, Dynamo refuses and the trajectory runs eagerly, with a warning)."""
+    it to ``RECOMPILE_LIMIT`` (past that, Dynamo refuses and that block runs eagerly, with a warning)."""
     key = (cfg, keep)
     if key not in _COMPILED:
         step = torch.compile(functools.partial(slab_step, cfg=cfg, keep=keep, fast=True), dynamic=False,
                              fullgraph=True)
 
         def call(*args):
-            with torch._dynamo.config.patch(recompile_limit=max(RECOMPILE_LIMIT, torch._dynamo.config.recompile_limit)):
+            limit = max(RECOMPILE_LIMIT, getattr(torch._dynamo.config, _LIMIT_NAME))
+            with torch._dynamo.config.patch(**{_LIMIT_NAME: limit}):
                 return step(*args)
         _COMPILED[key] = call
     return _COMPILED[key]
+
+
+def run_slab(fast, args: tuple, cfg, keep: bool, full: bool):
+    """One slab's ``(state, fields)``: through the compiled step ``fast`` where there is one and the slab is full,
+    unless it flags a rescue; else the eager step. A compile failure (anything but running out of memory) marks
+    the block eager for the process (:func:`_compile_failed`); a real error in the inputs recurs in the eager step."""
+    if fast is not None and full:
+        P, Q, x, a0, r0, G, C, pos, state = args
+        try:
+            new_state, fields, flag = fast(P, Q, x, a0, r0, G, C.contiguous(), pos, state)  # one stride pattern
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:                                                 # noqa: BLE001 (see above)
+            _compile_failed(cfg, keep, x.device, exc)
+        else:
+            if not bool(flag):
+                SLABS["compiled"] += 1
+                return new_state, fields
+            SLABS["rescued"] += 1
+    else:
+        SLABS["eager"] += 1
+    return slab_step(*args, cfg=cfg, keep=keep, fast=False)[:2]
 
 
 def scan_trajectory(P0: dict, cfg, context: torch.Tensor, query: torch.Tensor, slab: int, acc: torch.dtype,
@@ -219,22 +261,14 @@ def scan_trajectory(P0: dict, cfg, context: torch.Tensor, query: torch.Tensor, s
         steps = torch.empty(*batch, n, D, dtype=out_dtype, device=x.device)
         outs += [delta[..., 1:, :], delta_b[..., 1:, :], steps]
     state = start_state(P, cfg, Q, x, A0, a0)
-    fast = compiled_step(cfg, keep) if compiled and compile_available(x.device) else None
+    use = compiled and compile_available(x.device) and (cfg, keep) not in _FAILED
     for s0 in range(0, n, slab):
         C = context[..., s0:s0 + slab, :]
-        args = (P, Q, x, a0, r0, G, C, _positions(s0, C), state)
-        flag = None
-        if fast is not None and C.shape[-2] == slab:
-            try:
-                new_state, fields, flag = fast(*args)
-            except Exception as exc:                                             # noqa: BLE001 (a real error
-                _compile_failed(x.device, exc)                                   # recurs in the eager step)
-                fast, flag = None, None
-        if flag is None or bool(flag):                                           # eager, or a rescue is needed
-            new_state, fields, _ = slab_step(*args, cfg=cfg, keep=keep, fast=False)
+        fast = compiled_step(cfg, keep) if use and (cfg, keep) not in _FAILED else None
+        state, fields = run_slab(fast, (P, Q, x, a0, r0, G, C, _positions(s0, C), state), cfg, keep,
+                                 full=C.shape[-2] == slab)
         for out, f in zip(outs, fields):                                         # scalars (..., S), vectors (..., S, D)
             out.narrow(-1 if f.dim() == step_n.dim() else -2, s0, C.shape[-2]).copy_(f)
-        state = new_state
     out = _norm_fields(dW_n, step_n, loss, a0, r0, (a0 * a0).sum(-1), out_dtype)
     relative_change = out.pop("relative_change")
     # in the output dtype (float16 overflows at 65504); relative_change is nan at i = 0 by definition

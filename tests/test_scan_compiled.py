@@ -3,6 +3,8 @@ step, and that it falls back rather than fails. Its numbers are checked against 
 suite (``test_torch_compiled_scan_matches_reference``); these tests pin the machinery around them."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -66,24 +68,70 @@ def test_a_flagged_slab_is_run_again_by_the_eager_step(monkeypatch):
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)   # float64 round-off over 20 tokens
 
 
-def test_a_failing_compile_warns_once_and_runs_eagerly(monkeypatch):
-    """If compiling raises (no compiler, an unsupported op), the trajectory warns, gives the eager numbers exactly,
-    and the backend reports the eager path from then on."""
+def test_a_failing_compile_warns_once_and_runs_that_block_eagerly(monkeypatch):
+    """If compiling raises (no compiler, an unsupported op, Dynamo's recompile limit), the trajectory warns once,
+    gives the eager numbers exactly, and that block runs eagerly from then on (counted as eager slabs)."""
     def broken(cfg, keep):
         def call(*args):
             raise RuntimeError("no C++ compiler in this test")
         return call
 
     monkeypatch.setattr(torch_scan, "compiled_step", broken)
-    monkeypatch.setattr(torch_scan, "_UNAVAILABLE", {})
-    monkeypatch.setattr(torch_scan, "compile_available", lambda device: "cpu" not in torch_scan._UNAVAILABLE)
+    monkeypatch.setattr(torch_scan, "compile_available", lambda device: True)
+    monkeypatch.setattr(torch_scan, "_FAILED", {})
     cfg, params, C, x = _block()
     tb = get_backend("torch", dtype="float32", compile=True)
     with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler in this test"):
         got = tb.trajectory(params, cfg, C, x, slab=4).delta_W_norm
     want = get_backend("torch", dtype="float32").trajectory(params, cfg, C, x, slab=4).delta_W_norm
     assert torch.equal(got, want)
-    assert "cpu" in torch_scan._UNAVAILABLE
+    assert (cfg, False) in torch_scan._FAILED
+    before = dict(torch_scan.SLABS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                                    # no second warning
+        tb.trajectory(params, cfg, C, x, slab=4).delta_W_norm
+    assert torch_scan.SLABS["eager"] - before.get("eager", 0) == 5       # 20 tokens in slabs of 4, all eager
+
+
+def _slabs_during(fn) -> dict:
+    before = dict(torch_scan.SLABS)
+    fn()
+    return {k: torch_scan.SLABS[k] - before.get(k, 0) for k in ("compiled", "rescued", "eager")}
+
+
+@needs_compile
+@pytest.mark.parametrize("kind", ["parallel", "window"])
+def test_blocks_whose_steps_are_exactly_zero_keep_the_compiled_numbers(kind):
+    """A parallel block's δ and steps are exactly 0 (the MLP never sees the context), and so is every step of a
+    sliding-window block outside its window: zero rows are exact, so they must not flag the slab for the eager
+    rescue (which made the compiled path slower than the eager one)."""
+    cfg, params, C, x = _block()
+    if kind == "parallel":
+        cfg = ref.BlockConfig(d_model=8, d_mlp=16, n_heads=2, kind="parallel")
+    else:
+        cfg = ref.BlockConfig(d_model=8, d_mlp=16, n_heads=2, kind="gated", sliding_window=3)
+    params = ref.init_block(cfg, 0, bias_std=0.1, ln_std=0.1)
+    tb = get_backend("torch", dtype="float64", compile=True)
+    counts = _slabs_during(lambda: tb.trajectory(params, cfg, C, x, slab=4).delta_W_norm)
+    assert counts == {"compiled": 5, "rescued": 0, "eager": 0}
+    got = tb.trajectory(params, cfg, C, x, slab=4).step_norm.numpy()
+    np.testing.assert_allclose(got, ref.trajectory(params, cfg, C, x).step_norm, rtol=1e-10, atol=1e-14)
+
+
+@needs_compile
+def test_batched_contexts_of_any_length_reuse_one_compiled_step():
+    """A batch's slabs are views strided by the context length: passed as they are, every new length recompiled
+    (and the recompile limit then turned compiling off). They are made contiguous, so lengths 20, 24 and 28 compile
+    one graph, and every full slab keeps the compiled numbers."""
+    cfg, params, _, _ = _block(d_model=12)
+    tb = get_backend("torch", dtype="float32", compile=True)
+    g = torch.Generator().manual_seed(0)
+    before = _graphs()
+    for n in (20, 24, 28):
+        C, x = torch.randn(2, n, 12, generator=g), torch.randn(2, 12, generator=g)
+        counts = _slabs_during(lambda: tb.trajectory(params, cfg, C, x, slab=4).delta_W_norm)
+        assert counts == {"compiled": n // 4, "rescued": 0, "eager": 0}
+    assert _graphs() - before == 1
 
 
 def test_compile_is_a_checked_option_of_the_torch_backend_only():

@@ -203,3 +203,21 @@ def test_update_from_taps_into_a_numpy_buffer_equals_a_fresh_one():
     buf = np.empty((3, 12))
     got, want = update_from_taps(W, a, r, a_x, r_x, out=buf), update_from_taps(W, a, r, a_x, r_x)
     assert got.u is buf and np.array_equal(got.u, want.u) and np.array_equal(got.delta_b, want.delta_b)
+
+
+def test_model_position_updates_differentiate_like_position_updates():
+    """With params or inputs that require grad, every block's u is its own tensor (``matmul(out=)`` has no
+    gradient): the gradient of Σ‖u‖² through the stack equals the one through position_updates on each block's
+    input, taken from model_forward."""
+    cfg = ref.BlockConfig(d_model=8, d_mlp=16, n_heads=2, kind="pre-ln")
+    blocks = [{k: torch.tensor(v, requires_grad=True) for k, v in p.items()}
+              for p in ref.init_model(cfg, 2, 0, bias_std=0.1, ln_std=0.1)]
+    Z = torch.tensor(np.random.default_rng(1).standard_normal((5, 8)), requires_grad=True)
+    T = get_backend("torch", dtype="float64")
+    ups = T.model_position_updates(blocks, cfg, Z)
+    g_fast = torch.autograd.grad(sum((u.u ** 2).sum() for u in ups), [Z, blocks[0]["mlp.W"]])
+    Hs = T.model_forward(blocks, cfg, Z)
+    slow = [T.position_updates(p, cfg, H) for p, H in zip(blocks, Hs[:-1])]
+    g_slow = torch.autograd.grad(sum((u.u ** 2).sum() for u in slow), [Z, blocks[0]["mlp.W"]])
+    for a, b in zip(g_fast, g_slow):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)     # float64: the same ops in the same order

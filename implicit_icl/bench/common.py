@@ -75,9 +75,10 @@ def first_calls(fn, device, calls: int = 2) -> list[float]:
     return [timed(fn, device) for _ in range(calls)]
 
 
-def with_path(out: dict, backend, overhead_s: float) -> dict:
-    """Add the path that ran, the first-call overhead and (compiled paths only) the compile time to ``out``."""
-    path, source = path_of(backend)
+def with_path(out: dict, backend, overhead_s: float, ran=None) -> dict:
+    """Add the path that ran, the first-call overhead and (compiled paths only) the compile time to ``out``;
+    ``ran``, where the measurement knows it, is ``(path, how we know)`` and wins over :func:`path_of`."""
+    path, source = ran or path_of(backend)
     out.update(path=path, path_source=source, first_call_overhead_s=max(0.0, overhead_s))
     out["compile_s"] = out["first_call_overhead_s"] if path != "eager" else None
     return out

@@ -37,7 +37,8 @@ def scan(spec) -> dict:
 
     from implicit_icl.backends import get_backend
 
-    from implicit_icl.backends.torch_backend import SLAB, SLAB_GPU
+    from implicit_icl.backends.torch_backend import slab_for
+    from implicit_icl.backends.torch_scan import SLABS
 
     cfg, params, context, query = setup(spec)
     device = spec["device"]
@@ -51,7 +52,8 @@ def scan(spec) -> dict:
         return tr.delta_W_norm                                        # the only field read: the norms
 
     # two full slabs: a compiled path compiles its step here, before the memory and the timed calls
-    warm = first_calls(lambda: tb.trajectory(P, cfg, C[:2 * (SLAB if device == "cpu" else SLAB_GPU)], x), device)
+    warm = first_calls(lambda: tb.trajectory(P, cfg, C[:2 * slab_for(device)], x), device)
+    slabs = dict(SLABS)
     memory = PeakMemory(device)
     t0 = time.perf_counter()
     norms = run()
@@ -79,7 +81,9 @@ def scan(spec) -> dict:
     if str(device).startswith("cuda"):
         out["peak_device_bytes"] = int(torch.cuda.max_memory_allocated())
     overhead = (warm[0] - warm[1]) + max(0.0, first_full - out["wall_s"])
-    return with_path(out, tb, overhead)
+    out["slabs"] = {k: SLABS[k] - slabs.get(k, 0) for k in ("compiled", "rescued", "eager")}
+    ran = ("compiled" if out["slabs"]["compiled"] else "eager", "the slabs the timed calls ran (torch_scan.SLABS)")
+    return with_path(out, tb, overhead, ran)
 
 
 def _floors(P, C, device, n_heads: int) -> dict:

@@ -194,14 +194,13 @@ def bench(sizes, device="cpu", budget=20.0, kind="pre-ln", positions=CPU_POSITIO
 def _compiled_sizes(sizes, device: str, result: dict) -> list[int]:
     """The n whose trajectory is measured on the compiled path too: those with two full slabs or more (a shorter
     context runs the eager step only); none where torch.compile cannot run, said so in ``result["skipped"]``."""
-    from implicit_icl.backends.torch_backend import SLAB, SLAB_GPU
-    from implicit_icl.backends.torch_scan import compile_available
+    from implicit_icl.backends.torch_backend import slab_for
+    from implicit_icl.backends.torch_scan import compile_unavailable
 
-    if not compile_available(device):
-        result.setdefault("skipped", []).append(
-            f"the compiled trajectory: torch.compile cannot run on {device} here (no C++ compiler, or no Triton)")
+    if why := compile_unavailable(device):
+        result.setdefault("skipped", []).append(f"the compiled trajectory: {why}")
         return []
-    return [n for n in sizes if n >= 2 * (SLAB if device == "cpu" else SLAB_GPU)]
+    return [n for n in sizes if n >= 2 * slab_for(device)]
 
 
 def _baselines(base, sizes, budget, device, result) -> list[dict]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import warnings
 
 import pytest
 
@@ -94,15 +95,14 @@ COMPILED = [s for s in SCENARIOS if s.op == "trajectory"
 
 def _compiled_targets() -> list:
     """The torch float32 targets (the fast path's dtype), skipped where ``torch.compile`` cannot run."""
-    from implicit_icl.backends.torch_scan import compile_available
+    from implicit_icl.backends.torch_scan import compile_unavailable
     out = []
     for t in targets():
         name, device, dtype = t.values[0]
         if name != "torch" or dtype != "float32":
             continue
-        if not t.marks and not compile_available(device):
-            t = pytest.param(t.values[0], id=t.id, marks=pytest.mark.skip(
-                reason=f"torch.compile cannot run on {device} here (no C++ compiler, or no Triton)"))
+        if not t.marks and compile_unavailable(device):
+            t = pytest.param(t.values[0], id=t.id, marks=pytest.mark.skip(reason=compile_unavailable(device)))
         out.append(t)
     return out
 
@@ -113,8 +113,14 @@ def test_torch_compiled_scan_matches_reference(target, sc):
     """The compiled scan (``trajectory(..., compile=True)``) cut into slabs of 2 (37 for the long scenario), so that
     full slabs take the compiled step and the tail the eager one, equals the reference within the same tolerances as
     every other path; the long scenario's logit jumps go through the flagged-slab rescue."""
+    from implicit_icl.backends.torch_scan import SLABS
     backend = backend_for(target)
     slab = 37 if sc in LONG else 2
-    actual = run(backend, dataclasses.replace(sc, kwargs=dict(sc.kwargs, slab=slab, compile=True)))
+    kept = SLABS["compiled"]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="torch.compile failed")     # a failed compile is a failure here
+        actual = run(backend, dataclasses.replace(sc, kwargs=dict(sc.kwargs, slab=slab, compile=True)))
+    if sc.inputs["context"].shape[-2] >= slab:                               # a full slab: the compiled step's
+        assert SLABS["compiled"] > kept, "no slab kept the compiled numbers: this checked the eager path only"
     expected = long_expected(0, target) if sc in LONG else expected_for(backend, sc, REFERENCE)
     compare(actual, expected, dtype_name(backend), sc.params)
