@@ -13,8 +13,11 @@ Two paths run the same step (ours):
   into a few kernels: C++ on the CPU, Triton on a GPU). It returns a flag instead of rescuing; a flagged slab is
   run again eagerly from the same state, so both paths give the same numbers up to the fused kernels' order of
   summation. Full slabs take the compiled step (one shape, compiled once per block config, dtype and device, and
-  cached for the process); the last, shorter slab runs eagerly. The flag is read once per slab: a host sync per
-  slab on a GPU (slabs are 2^18 tokens there), none on the CPU.
+  cached for the process); the last, shorter slab runs eagerly. The flags are read once, after the last slab
+  (:class:`SlabRunner`): one host sync per trajectory on a GPU where no slab needs a rescue.
+
+The eager step's rescues test their rows with a host sync each (three per slab); it is the reference of the
+compiled one, not the fast path.
 """
 from __future__ import annotations
 
@@ -212,26 +215,65 @@ def compiled_step(cfg, keep: bool):
     return _COMPILED[key]
 
 
-def run_slab(fast, args: tuple, cfg, keep: bool, full: bool):
-    """One slab's ``(state, fields)``: through the compiled step ``fast`` where there is one and the slab is full,
-    unless it flags a rescue; else the eager step. A compile failure (anything but running out of memory) marks
-    the block eager for the process (:func:`_compile_failed`); a real error in the inputs recurs in the eager step."""
-    if fast is not None and full:
-        P, Q, x, a0, r0, G, C, pos, state = args
-        try:
-            new_state, fields, flag = fast(P, Q, x, a0, r0, G, C.contiguous(), pos, state)  # one stride pattern
-        except torch.OutOfMemoryError:
-            raise
-        except Exception as exc:                                                 # noqa: BLE001 (see above)
-            _compile_failed(cfg, keep, x.device, exc)
-        else:
-            if not bool(flag):
-                SLABS["compiled"] += 1
-                return new_state, fields
+class SlabRunner:
+    """Runs the slabs of one trajectory and writes their fields into ``outs`` (views of the O(n) and, with ``keep``,
+    O(n·d) outputs), from ``args = (P, Q, x, a0, r0, G)``.
+
+    Full slabs go through the compiled step ``fast`` when there is one, **without a host sync**: its flags are
+    collected and read once at the end. If one is set, the first flagged slab is run again eagerly from the state
+    it started from (kept: O(d) numbers per slab), and every slab after it again (their state followed from the
+    flagged one's unrescued numbers); that repeats until no flag is set, so a context without extreme logits costs
+    one sync, and every slab's numbers end up from the compiled step or, where it flagged, the eager one."""
+
+    def __init__(self, cfg, keep: bool, context: torch.Tensor, slab: int, args: tuple, outs: list, fast):
+        self.cfg, self.keep, self.context, self.slab, self.args, self.outs = cfg, keep, context, slab, args, outs
+        self.fast = fast
+        self.scalar_dim = outs[0].dim()
+
+    def run(self, state: State) -> None:
+        start, n = 0, self.context.shape[-2]
+        while True:
+            pending = self._pass(start, state, n)                                # [(s0, state before, flag)]
+            flags = torch.stack([f for _, _, f in pending]).cpu() if pending else torch.zeros(0, dtype=torch.bool)
+            first = int(flags.int().argmax()) if bool(flags.any()) else len(pending)       # the one host sync
+            SLABS["compiled"] += first
+            if first == len(pending):
+                return
             SLABS["rescued"] += 1
-    else:
-        SLABS["eager"] += 1
-    return slab_step(*args, cfg=cfg, keep=keep, fast=False)[:2]
+            s0, state, _ = pending[first]
+            state = self._write(s0, *self._eager(s0, state))
+            start = s0 + self.slab
+
+    def _pass(self, start: int, state: State, n: int) -> list:
+        """Slabs ``start..n``: compiled where full (flags kept, not read), else eager."""
+        pending = []
+        for s0 in range(start, n, self.slab):
+            C = self.context[..., s0:s0 + self.slab, :]
+            if self.fast is not None and C.shape[-2] == self.slab:
+                try:
+                    new_state, fields, flag = self.fast(*self.args, C.contiguous(), _positions(s0, C), state)
+                except torch.OutOfMemoryError:
+                    raise
+                except Exception as exc:                                         # noqa: BLE001 (a real error
+                    _compile_failed(self.cfg, self.keep, C.device, exc)          # recurs in the eager step)
+                    self.fast = None
+                else:
+                    pending.append((s0, state, flag))
+                    state = self._write(s0, new_state, fields)
+                    continue
+            state = self._write(s0, *self._eager(s0, state))
+            SLABS["eager"] += 1
+        return pending
+
+    def _eager(self, s0: int, state: State):
+        C = self.context[..., s0:s0 + self.slab, :]
+        return slab_step(*self.args, C, _positions(s0, C), state, cfg=self.cfg, keep=self.keep, fast=False)[:2]
+
+    def _write(self, s0: int, state: State, fields) -> State:
+        S = fields[0].shape[-1]                                                  # fields[0] is ‖u_i‖, (..., S)
+        for out, f in zip(self.outs, fields):                                    # scalars (..., S), vectors (..., S, D)
+            out.narrow(-1 if f.dim() == self.scalar_dim else -2, s0, S).copy_(f)
+        return state
 
 
 def scan_trajectory(P0: dict, cfg, context: torch.Tensor, query: torch.Tensor, slab: int, acc: torch.dtype,
@@ -262,13 +304,8 @@ def scan_trajectory(P0: dict, cfg, context: torch.Tensor, query: torch.Tensor, s
         outs += [delta[..., 1:, :], delta_b[..., 1:, :], steps]
     state = start_state(P, cfg, Q, x, A0, a0)
     use = compiled and compile_available(x.device) and (cfg, keep) not in _FAILED
-    for s0 in range(0, n, slab):
-        C = context[..., s0:s0 + slab, :]
-        fast = compiled_step(cfg, keep) if use and (cfg, keep) not in _FAILED else None
-        state, fields = run_slab(fast, (P, Q, x, a0, r0, G, C, _positions(s0, C), state), cfg, keep,
-                                 full=C.shape[-2] == slab)
-        for out, f in zip(outs, fields):                                         # scalars (..., S), vectors (..., S, D)
-            out.narrow(-1 if f.dim() == step_n.dim() else -2, s0, C.shape[-2]).copy_(f)
+    SlabRunner(cfg, keep, context, slab, (P, Q, x, a0, r0, G), outs,
+               compiled_step(cfg, keep) if use else None).run(state)
     out = _norm_fields(dW_n, step_n, loss, a0, r0, (a0 * a0).sum(-1), out_dtype)
     relative_change = out.pop("relative_change")
     # in the output dtype (float16 overflows at 65504); relative_change is nan at i = 0 by definition

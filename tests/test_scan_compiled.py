@@ -44,14 +44,18 @@ def test_the_compiled_step_is_compiled_once_per_block_and_reused_across_slabs_an
 
 
 @needs_compile
-def test_a_flagged_slab_is_run_again_by_the_eager_step(monkeypatch):
-    """A logit that jumps by 100 inside one slab (past RISE = 20 inside a cumulative-sum chunk) makes the compiled
-    step raise its flag; that slab alone is re-run by the eager step, whose rescue gives the reference's numbers."""
+@pytest.mark.parametrize("jumps, reruns", [((13,), [4]), ((5, 13), [4, 4])])
+def test_a_flagged_slab_is_run_again_by_the_eager_step(monkeypatch, jumps, reruns):
+    """A logit that jumps by 100 or more inside a slab (past RISE = 20 inside a cumulative-sum chunk) makes the
+    compiled step raise its flag, read once after all slabs ran; the first flagged slab is re-run by the eager step
+    from the state it started from, the slabs after it again by the compiled one (a second flagged slab then found
+    in that pass), and the result is the reference's."""
     cfg, params, C, x = _block(kind="residual")           # attention reads the tokens as they are (no norm)
     dh = cfg.d_model // cfg.n_heads
     q0 = params["attn.W_q"][:dh] @ x                                             # head 0's query (no biases)
     k_dir = params["attn.W_k"][:dh].T @ q0                                       # the token direction it favours
-    C[13] = 200.0 * k_dir / (k_dir @ k_dir)              # head 0's logit of token 13: 200/√dh = 100
+    for j in jumps:
+        C[j] = 200.0 * (1 + j) * k_dir / (k_dir @ k_dir)  # head 0's logit of token j: 100 (1 + j), a new max each
     eager_runs = []
     step = torch_scan.slab_step
 
@@ -63,7 +67,7 @@ def test_a_flagged_slab_is_run_again_by_the_eager_step(monkeypatch):
     monkeypatch.setattr(torch_scan, "slab_step", spy)
     tb = get_backend("torch", dtype="float64", compile=True)
     got = tb.trajectory(params, cfg, C, x, slab=4).delta_W_norm.numpy()
-    assert eager_runs == [4]                              # slab 12..15 only, run again eagerly
+    assert eager_runs == reruns                           # the flagged slabs only (4..7, 12..15), run again eagerly
     want = ref.trajectory(params, cfg, C, x).delta_W_norm
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)   # float64 round-off over 20 tokens
 
