@@ -76,8 +76,8 @@ def _external_role(path: Path, cfg, meta: dict, preset_name: str, presets: dict)
                                   "tokens (x, y): E4 needs d_model >= 2")
         return "E4"
     if preset_name != "p1":
-        raise CheckpointError(f"checkpoint {path}: a single block, but with --preset {preset_name} only E1 and E4 "
-                              "run and E4 studies a stack (n_blocks >= 1): pass a stack, or use --preset p1 to "
+        raise CheckpointError(f"checkpoint {path}: a single block, but with `preset` {preset_name} only E1 and E4 "
+                              "run and E4 studies a stack (n_blocks >= 1): pass a stack, or use `preset` p1 to "
                               "study this block in E2/E3/E5")
     if cfg.d_model != presets["p1"].d + 1:
         raise CheckpointError(f"checkpoint {path}: d_model {cfg.d_model} does not fit the regression "

@@ -111,11 +111,11 @@ def train_or_resume(preset, out_dir: Path, seed: int, progress: bool, log):
         result = train(preset, out_dir, seed=seed, resume=resume, progress=progress, log=log)
     except SettingsMismatch as exc:      # reproduce has no option to match them with: say where they came from
         raise CheckpointError(f"{out_dir} holds a training run with other settings ({exc.shown}): made with or "
-                              "without --quick, or by an older implicit-icl; use another --out "
+                              "without `quick`, or by an older implicit-icl; use another `out` "
                               f"(or delete {out_dir})") from None
     except CheckpointError as exc:
-        raise CheckpointError(f"{exc}. {out_dir} holds a run with other settings (--quick or not, another --seed): "
-                              "use another --out") from None
+        raise CheckpointError(f"{exc}. {out_dir} holds a run with other settings (`quick` or not, another `seed`): "
+                              "use another `out`") from None
     metrics = [json.loads(l) for l in (out_dir / METRICS).read_text(encoding="utf-8").splitlines()]
     return out_dir / MODEL, metrics, result
 

@@ -509,7 +509,7 @@ def test_a_single_block_checkpoint_with_preset_p2_is_refused_before_anything_run
     """Review: with --preset p2 a --checkpoint was silently ignored. A block has no experiment there: refused."""
     from implicit_icl.checkpoint import CheckpointError, default_checkpoint_path
 
-    with pytest.raises(CheckpointError, match=r"single block, but with --preset p2 only E1 and E4 run"):
+    with pytest.raises(CheckpointError, match=r"single block, but with `preset` p2 only E1 and E4 run"):
         reproduce("p2", tmp_path / "o", quick=True, checkpoint=default_checkpoint_path(), settings=MICRO,
                   progress=False, log=lambda m: None)
     assert not (tmp_path / "o").exists()
@@ -614,5 +614,5 @@ def test_a_training_folder_with_other_settings_is_named_without_resume_advice(tm
     with pytest.raises(CheckpointError) as err:
         train_or_resume(get_preset("p1").with_overrides(val_prompts=8, **small), tmp_path, 0, False, lambda m: None)
     message = str(err.value)
-    assert "recorded 4, given 8" in message and "older implicit-icl" in message and "use another --out" in message
+    assert "recorded 4, given 8" in message and "older implicit-icl" in message and "use another `out`" in message
     assert "resume with" not in message

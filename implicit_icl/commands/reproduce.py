@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from implicit_icl.commands import fail
+from implicit_icl.commands import as_option, fail
 
 HELP = "reproduce the papers' experiments E1-E6 (figures, report.json, report.md)"
 DESCRIPTION = """\
@@ -52,19 +52,21 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from implicit_icl.experiments.reproduce import checkpoint_problem, reproduce
-    from implicit_icl.commands.train import run_reporting_errors, say, seed_problem
+    from implicit_icl.commands.train import OPTIONS, run_reporting_errors, say, seed_problem
 
     from implicit_icl.checkpoint import output_dir_problem
 
+    #: reproduce's arguments (and the library's names for them) as its options; train's for the training it runs
+    options = OPTIONS | {"preset": "--preset", "quick": "--quick"}
     problem = seed_problem(args.seed) or output_dir_problem(args.out, "--out")
     if problem is None and args.checkpoint is not None:
         # a file that does not load, an unusable meta record, or no experiment for it with this --preset: a bad
         # argument (exit 2), as in walkthrough --checkpoint, found before OUT is made or anything trains
         if why := checkpoint_problem(args.checkpoint, args.preset, args.quick):
-            problem = f"--checkpoint: {why}"
+            problem = f"--checkpoint: {as_option(why, options)}"
     if problem:
         return fail("reproduce", f"error: {problem}")
     command = " ".join(["implicit-icl", "reproduce"] + sys.argv[2:]) if sys.argv[1:2] == ["reproduce"] else None
     return run_reporting_errors("reproduce", args.out, lambda: reproduce(
         args.preset, args.out, quick=args.quick, checkpoint=args.checkpoint, seed=args.seed,
-        progress=not args.no_progress, command=command, log=say))
+        progress=not args.no_progress, command=command, log=say), options)

@@ -134,16 +134,16 @@ def seed_problem(seed: int) -> str | None:
     return None if seed_ok(seed) else f"--seed must be from 0 to 2**64 - 1, got {seed}"
 
 
-def run_reporting_errors(command: str, out, job) -> int:
+def run_reporting_errors(command: str, out, job, options: dict = OPTIONS) -> int:
     """Run ``job()`` and turn the errors a user can cause into one line on stderr and exit status 1 (the arguments
-    they name named as train's options)."""
+    they name named as the command's ``options``: train's by default)."""
     from implicit_icl.checkpoint import CheckpointError
     from implicit_icl.experiments.train import TrainingError
 
     try:
         job()
     except (CheckpointError, TrainingError) as exc:
-        return fail(command, f"error: {as_option(exc, OPTIONS)}", code=1)
+        return fail(command, f"error: {as_option(exc, options)}", code=1)
     except MemoryError as exc:          # what memory_problem's estimate did not foresee
         hint = "; use a smaller --batch-size, --n-points or --val-prompts" if command == "train" else ""
         return fail(command, f"error: out of memory ({exc or 'no details'}){hint}", code=1)
