@@ -33,11 +33,11 @@ def load_model(name_or_path: str, minilm_dir: str | None = None):
     from .hf_files import MissingFileError
 
     if not isinstance(name_or_path, str) or not name_or_path.strip():
-        raise ValueError(f"--model must name a bundled model ({', '.join(BUNDLED)}) or a model folder, got "
+        raise ValueError(f"name_or_path must name a bundled model ({', '.join(BUNDLED)}) or a model folder, got "
                          f"{name_or_path!r}")
     if minilm_dir is not None and name_or_path != "minilm":
-        raise ValueError(f"--model-dir is all-MiniLM-L6-v2's folder: it goes with --model minilm only "
-                         f"(give the folder itself as --model), not with --model {name_or_path}")
+        raise ValueError(f"minilm_dir is all-MiniLM-L6-v2's folder: it goes with `name_or_path` minilm only "
+                         f"(give the folder itself as `name_or_path`), not with `name_or_path` {name_or_path}")
     if name_or_path == "minilm":
         from . import minilm
 

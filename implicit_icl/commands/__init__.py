@@ -36,8 +36,8 @@ def as_option(exc: Exception | str, options: dict[str, str]) -> str:
 _MARKED = re.compile(r"`([A-Za-z_][A-Za-z0-9_.]*)`")     # how a library message marks an argument it names
 
 
-#: the arguments of the model analysis, as the explain and walkthrough commands call them
-ANALYSIS_OPTIONS = {"layer": "--layer", "position": "--position"}
+#: the arguments of the model loader and analysis, as the explain and walkthrough commands call them
+ANALYSIS_OPTIONS = {"layer": "--layer", "position": "--position", "name_or_path": "--model", "minilm_dir": "--model-dir"}
 
 
 def missing_extra(command: str, module: str | None) -> str | None:

@@ -181,8 +181,11 @@ def _load(args):
     except MissingExtraError as exc:
         return None, fail("explain", str(exc), code=1)
     except (OSError, ValueError) as exc:          # the message names IMPLICIT_ICL_MINILM_DIR when it came from there
+        text = as_option(exc, ANALYSIS_OPTIONS)
+        if text.startswith("--"):                 # load_model's own check of its arguments, named as options
+            return None, fail("explain", text)
         option = "--model-dir: " if args.model_dir else "" if args.model == "minilm" else "--model: "
-        return None, fail("explain", f"{option}{exc}")
+        return None, fail("explain", f"{option}{text}")
 
 
 def _explain_text(args, model) -> tuple[dict, list, bool]:
@@ -225,12 +228,12 @@ def run(args) -> int:
         return code
     try:
         if args.corpus:
-            from implicit_icl.models.explain_corpus import explain_corpus
+            from implicit_icl.commands.explain_corpus import explain_corpus
 
             report, texts, ok = explain_corpus(args, model)
         elif args.decompose:
             from implicit_icl.experiments.fewshot_task import seeded_prompts
-            from implicit_icl.models.explain_decompose import explain_decompose
+            from implicit_icl.commands.explain_decompose import explain_decompose
 
             report, texts, ok = explain_decompose(args, model, seeded_prompts if args.model == "fewshot" else None)
         else:

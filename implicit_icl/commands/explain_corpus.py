@@ -9,8 +9,8 @@ import contextlib
 import sys
 import time
 
-from .corpus import LEVEL, N_BOOT, POSITIONS, STATISTICS, corpus_statistics
-from .prompts import PROMPTS
+from implicit_icl.models.corpus import LEVEL, N_BOOT, POSITIONS, STATISTICS, corpus_statistics
+from implicit_icl.models.prompts import PROMPTS
 
 TOLERANCE = 1e-12   # × (1 + output scale), as explain's: the identity behind every update of the run
 COLUMNS = (("top token's share", "top_share", "top_share_random", "pct1"),
@@ -93,7 +93,7 @@ def _one_blas_thread():
 
 def explain_corpus(args, model) -> tuple[dict, list, bool]:
     """``(report, texts, ok)`` for ``explain --corpus``."""
-    from .analysis import check_layer
+    from implicit_icl.models.analysis import check_layer
 
     layers = range(model.n_layers) if args.layer is None else [check_layer(model, args.layer)]
     prompts = PROMPTS[:args.prompts] if args.prompts is not None else PROMPTS

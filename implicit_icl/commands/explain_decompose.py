@@ -52,9 +52,9 @@ def explain_decompose(args, model, task=None) -> tuple[dict, list, bool]:
     """``(report, texts, ok)`` for ``explain --decompose`` (``ok``: the full-update KL is round-off, trained and
     untrained, for the prompt). ``task(n, n_pairs, seed) -> (ids, description)``: ``n`` random prompts of the
     model's task with ``n_pairs`` shown pairs (their queries: its shown keys), or None."""
-    from .bundled import describe
-    from .decompose import check_causal_lm
-    from .decompose_report import one_prompt, over_prompts, text, write_report
+    from implicit_icl.models.bundled import describe
+    from implicit_icl.models.decompose import check_causal_lm
+    from implicit_icl.models.decompose_report import one_prompt, over_prompts, text, write_report
 
     check_causal_lm(model)
     name = describe(model, args.model)
