@@ -14,7 +14,7 @@ Two paths run the same step (ours):
   run again eagerly from the same state, so both paths give the same numbers up to the fused kernels' order of
   summation. Full slabs take the compiled step (one shape, compiled once per block config, dtype and device, and
   cached for the process); the last, shorter slab runs eagerly. The flags are read once, after the last slab
-  (:class:`SlabRunner`): one host sync per trajectory on a GPU where no slab needs a rescue.
+  (:class:`SlabRunner`): one host sync per trajectory.
 
 The eager step's rescues test their rows with a host sync each (three per slab); it is the reference of the
 compiled one, not the fast path.
@@ -219,11 +219,12 @@ class SlabRunner:
     """Runs the slabs of one trajectory and writes their fields into ``outs`` (views of the O(n) and, with ``keep``,
     O(n·d) outputs), from ``args = (P, Q, x, a0, r0, G)``.
 
-    Full slabs go through the compiled step ``fast`` when there is one, **without a host sync**: its flags are
-    collected and read once at the end. If one is set, the first flagged slab is run again eagerly from the state
-    it started from (kept: O(d) numbers per slab), and every slab after it again (their state followed from the
-    flagged one's unrescued numbers); that repeats until no flag is set, so a context without extreme logits costs
-    one sync, and every slab's numbers end up from the compiled step or, where it flagged, the eager one."""
+    Full slabs go through the compiled step ``fast`` when there is one, **without a host sync**: each one's flag is
+    kept with the state it started from (O(d) numbers) and all flags are read once, after the last slab. A flagged
+    slab is then run again eagerly from its saved state and only its fields are rewritten: a flag never makes the
+    state it hands on wrong (the carry is formed from the chunks' totals, and the last row of every chunk is
+    shifted by its own running max, so it is exact), so the slabs after it stand. At most one eager run per
+    compiled slab, and one sync per trajectory."""
 
     def __init__(self, cfg, keep: bool, context: torch.Tensor, slab: int, args: tuple, outs: list, fast):
         self.cfg, self.keep, self.context, self.slab, self.args, self.outs = cfg, keep, context, slab, args, outs
@@ -231,23 +232,8 @@ class SlabRunner:
         self.scalar_dim = outs[0].dim()
 
     def run(self, state: State) -> None:
-        start, n = 0, self.context.shape[-2]
-        while True:
-            pending = self._pass(start, state, n)                                # [(s0, state before, flag)]
-            flags = torch.stack([f for _, _, f in pending]).cpu() if pending else torch.zeros(0, dtype=torch.bool)
-            first = int(flags.int().argmax()) if bool(flags.any()) else len(pending)       # the one host sync
-            SLABS["compiled"] += first
-            if first == len(pending):
-                return
-            SLABS["rescued"] += 1
-            s0, state, _ = pending[first]
-            state = self._write(s0, *self._eager(s0, state))
-            start = s0 + self.slab
-
-    def _pass(self, start: int, state: State, n: int) -> list:
-        """Slabs ``start..n``: compiled where full (flags kept, not read), else eager."""
-        pending = []
-        for s0 in range(start, n, self.slab):
+        pending = []                                                             # [(s0, state before, flag)]
+        for s0 in range(0, self.context.shape[-2], self.slab):
             C = self.context[..., s0:s0 + self.slab, :]
             if self.fast is not None and C.shape[-2] == self.slab:
                 try:
@@ -263,7 +249,14 @@ class SlabRunner:
                     continue
             state = self._write(s0, *self._eager(s0, state))
             SLABS["eager"] += 1
-        return pending
+        if not pending:
+            return
+        flags = torch.stack([f for _, _, f in pending]).cpu()                    # the one host sync
+        SLABS["compiled"] += int((~flags).sum())
+        for (s0, before, _), flagged in zip(pending, flags.tolist()):
+            if flagged:                                                          # its fields, from the eager step
+                SLABS["rescued"] += 1
+                self._write(s0, *self._eager(s0, before))
 
     def _eager(self, s0: int, state: State):
         C = self.context[..., s0:s0 + self.slab, :]

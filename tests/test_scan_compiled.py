@@ -47,9 +47,9 @@ def test_the_compiled_step_is_compiled_once_per_block_and_reused_across_slabs_an
 @pytest.mark.parametrize("jumps, reruns", [((13,), [4]), ((5, 13), [4, 4])])
 def test_a_flagged_slab_is_run_again_by_the_eager_step(monkeypatch, jumps, reruns):
     """A logit that jumps by 100 or more inside a slab (past RISE = 20 inside a cumulative-sum chunk) makes the
-    compiled step raise its flag, read once after all slabs ran; the first flagged slab is re-run by the eager step
-    from the state it started from, the slabs after it again by the compiled one (a second flagged slab then found
-    in that pass), and the result is the reference's."""
+    compiled step raise its flag, read once after all slabs ran; each flagged slab alone is re-run by the eager step
+    from the state it started from (the state it handed on is right: the slabs after it stand), and the result is
+    the reference's."""
     cfg, params, C, x = _block(kind="residual")           # attention reads the tokens as they are (no norm)
     dh = cfg.d_model // cfg.n_heads
     q0 = params["attn.W_q"][:dh] @ x                                             # head 0's query (no biases)
@@ -66,8 +66,12 @@ def test_a_flagged_slab_is_run_again_by_the_eager_step(monkeypatch, jumps, rerun
 
     monkeypatch.setattr(torch_scan, "slab_step", spy)
     tb = get_backend("torch", dtype="float64", compile=True)
-    got = tb.trajectory(params, cfg, C, x, slab=4).delta_W_norm.numpy()
+    counts = _slabs_during(lambda: tb.trajectory(params, cfg, C, x, slab=4, keep=True))
     assert eager_runs == reruns                           # the flagged slabs only (4..7, 12..15), run again eagerly
+    assert counts == {"compiled": 5 - len(reruns), "rescued": len(reruns), "eager": 0}
+    tr, want_all = tb.trajectory(params, cfg, C, x, slab=4, keep=True), ref.trajectory(params, cfg, C, x)
+    np.testing.assert_allclose(tr.delta.numpy(), want_all.delta, rtol=1e-12, atol=1e-13)  # the rewritten vectors too
+    got = tb.trajectory(params, cfg, C, x, slab=4).delta_W_norm.numpy()
     want = ref.trajectory(params, cfg, C, x).delta_W_norm
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)   # float64 round-off over 20 tokens
 
