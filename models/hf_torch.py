@@ -302,12 +302,14 @@ class TorchModel:
             yield l, self.backend(l), P, c, Hs[l].to(self.layer_devices[l])
 
     def _ragged_last_token_updates(self, ids: torch.Tensor, lengths: list[int]) -> list[list[Update]]:
-        per_layer = []
+        """Each prompt's last-token update per layer, as ``model_updates`` forms it for the prompt alone (context
+        ``H^ℓ_{0..n−2}``, query ``H^ℓ_{n−1}``): O(n·d) per prompt and layer, not the every-position updates of the
+        padded batch (``(B, T, d_in)`` per layer) of which B rows would be kept."""
+        out = [[] for _ in lengths]
         for l, be, P, c, H in self._layer_inputs(ids):
-            rows = torch.arange(len(lengths), device=H.device)
-            last = torch.as_tensor(lengths, device=H.device) - 1
-            per_layer.append(be.position_updates(P, c, H, "own").map(lambda t: t[rows, last]))   # u (B, d_in)
-        return [[u.map(lambda t: t[b]) for u in per_layer] for b in range(len(lengths))]
+            for b, n in enumerate(lengths):
+                out[b].append(be.implicit_update(P, c, H[b, :n - 1], H[b, n - 1]))
+        return out
 
     def _ragged_last_query_updates(self, ids: torch.Tensor, lengths: list[int]) -> list[list[Update]]:
         out = [[] for _ in lengths]
