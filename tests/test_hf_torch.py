@@ -32,6 +32,20 @@ MODELS = ["fewshot", "gpt_neox", "gemma2"]
 CUDA_MISSING = "CUDA is not available on this machine (run scripts/gpu_check.sh on a GPU machine)"
 
 
+def _tiny_model(name: str, tmp_path_factory):
+    """A tiny random float64 model of ``test_hf_families``' config for ``name``, saved by ``transformers`` and loaded
+    by ours (needs transformers)."""
+    from test_hf_families import FAMILIES, randomise
+
+    torch.manual_seed(0)
+    config, cls = FAMILIES[name]()
+    model = cls._from_config(config, attn_implementation="eager", dtype=torch.float64).eval()
+    randomise(model, seed=7)
+    folder = tmp_path_factory.mktemp(name)
+    model.save_pretrained(folder, safe_serialization=True)
+    return hf.load(folder)
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """``name → (HFModel, (B, T) ids)``: the bundled fewshot model (weights and config only) and a tiny random
@@ -43,16 +57,8 @@ def models(tmp_path_factory):
             shutil.copy(fewshot_dir() / name, folder / name)
         out["fewshot"] = hf.load(folder), np.stack([FEWSHOT_IDS, np.roll(FEWSHOT_IDS, 4)])
     if importlib.util.find_spec("transformers") is not None:
-        from test_hf_families import FAMILIES, randomise
-
         for name in ("gpt_neox", "gemma2"):
-            torch.manual_seed(0)
-            config, cls = FAMILIES[name]()
-            model = cls._from_config(config, attn_implementation="eager", dtype=torch.float64).eval()
-            randomise(model, seed=7)
-            folder = tmp_path_factory.mktemp(name)
-            model.save_pretrained(folder, safe_serialization=True)
-            out[name] = hf.load(folder), TINY_IDS
+            out[name] = _tiny_model(name, tmp_path_factory), TINY_IDS
     return out
 
 
@@ -218,19 +224,11 @@ def tiny(tmp_path_factory):
     """``name → HFModel``, a tiny random model of ``test_hf_families``' config for ``name``, built on first use."""
     if importlib.util.find_spec("transformers") is None:
         pytest.skip("transformers is not installed (it builds the tiny models)")
-    from test_hf_families import FAMILIES, randomise
-
     built = {}
 
     def get(name):
         if name not in built:
-            torch.manual_seed(0)
-            config, cls = FAMILIES[name]()
-            model = cls._from_config(config, attn_implementation="eager", dtype=torch.float64).eval()
-            randomise(model, seed=7)
-            folder = tmp_path_factory.mktemp(name)
-            model.save_pretrained(folder, safe_serialization=True)
-            built[name] = hf.load(folder)
+            built[name] = _tiny_model(name, tmp_path_factory)
         return built[name]
     return get
 
