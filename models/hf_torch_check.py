@@ -138,8 +138,11 @@ def check_against_float64(tmodel: TorchModel, token_ids, positions) -> dict[str,
     layer's position update ``u`` and ``Δb``), each with its tolerance ``K · eps · scale`` (module docstring)."""
     if not isinstance(tmodel, TorchModel):
         raise ValueError(f"tmodel must be a TorchModel (models.hf_torch), got {type(tmodel).__name__}")
-    ids = tmodel.check_ids(token_ids).cpu().numpy()
-    ids = ids.reshape(-1, ids.shape[-1])                                                    # (B, T)
+    ids, lengths = tmodel.prompts(token_ids)
+    if lengths is not None and len(set(lengths)) > 1:
+        raise ValueError(f"token_ids must be prompts of equal length here (the positions are shared), got lengths "
+                         f"{lengths}: check a ragged batch one prompt at a time")
+    ids = ids.cpu().numpy().reshape(-1, ids.shape[-1])                                      # (B, T)
     pos = _positions(positions, ids.shape[-1])
     K = K_BLOCK[str(tmodel.dtype).removeprefix("torch.")] * (tmodel.n_layers + 1)
     eps = torch.finfo(tmodel.dtype).eps

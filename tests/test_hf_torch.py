@@ -359,3 +359,14 @@ def test_without_torch_the_import_names_the_extra(monkeypatch, module):
         monkeypatch.delitem(sys.modules, name, raising=False)
     with pytest.raises(MissingExtraError, match=r"implicit-icl\[torch\]"):
         importlib.import_module(module)
+
+
+def test_check_against_float64_refuses_a_ragged_batch_by_name(models):
+    """Its positions are shared by every prompt, so prompts of different lengths are refused in one line naming
+    token_ids (a list of equal-length prompts is checked like an array)."""
+    model, ids = next(iter(models.values()))
+    tm = TorchModel(model, "float32")
+    row = [int(t) for t in np.asarray(ids).reshape(-1, np.asarray(ids).shape[-1])[0]]
+    with pytest.raises(ValueError, match=r"^token_ids must be prompts of equal length here"):
+        check_against_float64(tm, [row, row[:-1]], [0])
+    assert set(check_against_float64(tm, [row, row], [0])) == set(check_against_float64(tm, np.array([row, row]), [0]))
