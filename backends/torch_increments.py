@@ -71,7 +71,7 @@ def _gram_norm(y: torch.Tensor, G: torch.Tensor):
     yG = y @ G                                                                      # (..., D)
     q = (yG * y).sum(-1)                                                            # (...)
     info = torch.finfo(q.dtype)
-    bad = ~((q > info.tiny / info.eps) & (q < info.max * info.eps)) & (y != 0).any(-1)   # a zero row is exact
+    bad = ~((q > info.tiny / info.eps) & (q < info.max * info.eps)) & (y.abs().amax(-1) > 0)  # a zero row is exact
     return torch.sqrt(q.clamp_min(0)), yG, bad
 
 

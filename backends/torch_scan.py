@@ -5,19 +5,19 @@ For each slab the query's attention over every prefix is a running softmax mean 
 of the updates follow position-wise (``torch_increments``). A slab is one call of :func:`slab_step`; what carries
 from slab to slab is a :class:`State` of O(d) numbers.
 
-Two paths run the same step (ours):
+One step, two forms (ours):
 
-- **eager**: :func:`slab_step` with ``fast=False``, which rescues the rare rows the one-pass forms cannot be trusted
-  on (a chunk whose running max rises by more than ``RISE``; a step whose ``yᵀGy`` under- or overflows) inline;
-- **compiled**: ``torch.compile`` of the same step with ``fast=True`` (no data-dependent branch, so Inductor fuses it
-  into a few kernels: C++ on the CPU, Triton on a GPU). It returns a flag instead of rescuing; a flagged slab is
-  run again eagerly from the same state, so both paths give the same numbers up to the fused kernels' order of
-  summation. Full slabs take the compiled step (one shape, compiled once per block config, dtype and device, and
-  cached for the process); the last, shorter slab runs eagerly. The flags are read once, after the last slab
-  (:class:`SlabRunner`): one host sync per trajectory.
+- **full** (:func:`slab_step` with ``fast=False``): it rescues the rare rows the one-pass forms cannot be trusted
+  on (a chunk whose running max rises by more than ``RISE``; a step whose ``yᵀGy`` under- or overflows) inline,
+  testing for them with a host sync each;
+- **fast** (``fast=True``): the same operations without a data-dependent branch; it returns a flag instead of
+  rescuing. It runs eagerly, or under ``torch.compile`` (``compile=True``: Inductor fuses it into a few kernels, C++
+  on the CPU and Triton on a GPU; full slabs only, one shape, compiled once per block config, dtype and device and
+  cached for the process).
 
-The eager step's rescues test their rows with a host sync each (three per slab); it is the reference of the
-compiled one, not the fast path.
+Every slab takes the fast form and the flags are read once, after the last slab; a flagged slab is then run again
+in the full form (:class:`SlabRunner`). So a trajectory costs one host sync, and its numbers are the full form's:
+bit for bit eagerly, up to the fused kernels' order of summation when compiled.
 """
 from __future__ import annotations
 
@@ -219,44 +219,47 @@ class SlabRunner:
     """Runs the slabs of one trajectory and writes their fields into ``outs`` (views of the O(n) and, with ``keep``,
     O(n·d) outputs), from ``args = (P, Q, x, a0, r0, G)``.
 
-    Full slabs go through the compiled step ``fast`` when there is one, **without a host sync**: each one's flag is
-    kept with the state it started from (O(d) numbers) and all flags are read once, after the last slab. A flagged
-    slab is then run again eagerly from its saved state and only its fields are rewritten: a flag never makes the
-    state it hands on wrong (the carry is formed from the chunks' totals, and the last row of every chunk is
-    shifted by its own running max, so it is exact), so the slabs after it stand. At most one eager run per
-    compiled slab, and one sync per trajectory."""
+    Every slab first takes the fast step (:func:`slab_step` with ``fast=True``): through ``compiled`` (the compiled
+    step) where there is one and the slab is full, else as it is, eagerly. Neither reads anything back: each slab's
+    flag is kept with the state it started from (O(d) numbers) and all flags are read once, after the last slab
+    (**one host sync per trajectory**). A flagged slab is then run again by the full eager step from its saved state
+    and only its fields are rewritten: a flag never makes the state it hands on wrong (the carry is formed from the
+    chunks' totals, and the last row of every chunk is shifted by its own running max, so it is exact), so the
+    slabs after it stand. Unflagged slabs are the full eager step's numbers too, bit for bit when not compiled: the
+    fast step is the same operations without the rescue branches."""
 
-    def __init__(self, cfg, keep: bool, context: torch.Tensor, slab: int, args: tuple, outs: list, fast):
+    def __init__(self, cfg, keep: bool, context: torch.Tensor, slab: int, args: tuple, outs: list, compiled):
         self.cfg, self.keep, self.context, self.slab, self.args, self.outs = cfg, keep, context, slab, args, outs
-        self.fast = fast
+        self.compiled = compiled
         self.scalar_dim = outs[0].dim()
 
     def run(self, state: State) -> None:
-        pending = []                                                             # [(s0, state before, flag)]
+        pending = []                                                             # [(s0, state before, flag, path)]
         for s0 in range(0, self.context.shape[-2], self.slab):
             C = self.context[..., s0:s0 + self.slab, :]
-            if self.fast is not None and C.shape[-2] == self.slab:
-                try:
-                    new_state, fields, flag = self.fast(*self.args, C.contiguous(), _positions(s0, C), state)
-                except torch.OutOfMemoryError:
-                    raise
-                except Exception as exc:                                         # noqa: BLE001 (a real error
-                    _compile_failed(self.cfg, self.keep, C.device, exc)          # recurs in the eager step)
-                    self.fast = None
-                else:
-                    pending.append((s0, state, flag))
-                    state = self._write(s0, new_state, fields)
-                    continue
-            state = self._write(s0, *self._eager(s0, state))
-            SLABS["eager"] += 1
+            (new_state, fields, flag), path = self._fast(s0, C, state)
+            pending.append((s0, state, flag, path))
+            state = self._write(s0, new_state, fields)
         if not pending:
             return
-        flags = torch.stack([f for _, _, f in pending]).cpu()                    # the one host sync
-        SLABS["compiled"] += int((~flags).sum())
-        for (s0, before, _), flagged in zip(pending, flags.tolist()):
-            if flagged:                                                          # its fields, from the eager step
-                SLABS["rescued"] += 1
+        flags = torch.stack([flag for _, _, flag, _ in pending]).cpu()           # the one host sync
+        for (s0, before, _, path), flagged in zip(pending, flags.tolist()):
+            SLABS["rescued" if flagged else path] += 1
+            if flagged:                                                          # its fields, from the full eager step
                 self._write(s0, *self._eager(s0, before))
+
+    def _fast(self, s0: int, C: torch.Tensor, state: State):
+        """``((state, fields, flag), path)`` of the fast step on the slab ``C`` at ``s0``; a compile failure
+        (anything but running out of memory) marks the block eager for the process (:func:`_compile_failed`)."""
+        if self.compiled is not None and C.shape[-2] == self.slab:
+            try:
+                return self.compiled(*self.args, C.contiguous(), _positions(s0, C), state), "compiled"
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as exc:                                             # noqa: BLE001 (a real error
+                _compile_failed(self.cfg, self.keep, C.device, exc)              # recurs in the eager step)
+                self.compiled = None
+        return slab_step(*self.args, C, _positions(s0, C), state, cfg=self.cfg, keep=self.keep, fast=True), "eager"
 
     def _eager(self, s0: int, state: State):
         C = self.context[..., s0:s0 + self.slab, :]
@@ -298,7 +301,7 @@ def scan_trajectory(P0: dict, cfg, context: torch.Tensor, query: torch.Tensor, s
     state = start_state(P, cfg, Q, x, A0, a0)
     use = compiled and compile_available(x.device) and (cfg, keep) not in _FAILED
     SlabRunner(cfg, keep, context, slab, (P, Q, x, a0, r0, G), outs,
-               compiled_step(cfg, keep) if use else None).run(state)
+               compiled_step(cfg, keep) if use else None).run(state)                # one host sync
     out = _norm_fields(dW_n, step_n, loss, a0, r0, (a0 * a0).sum(-1), out_dtype)
     relative_change = out.pop("relative_change")
     # in the output dtype (float16 overflows at 65504); relative_change is nan at i = 0 by definition

@@ -150,3 +150,25 @@ def test_compile_is_a_checked_option_of_the_torch_backend_only():
     cfg, params, C, x = _block()
     with pytest.raises(ValueError, match="compile must be True or False"):
         get_backend("torch").trajectory(params, cfg, C, x, compile=1)
+
+
+def test_the_eager_trajectory_reads_back_once_and_runs_the_syncing_rescues_only_on_flagged_slabs(monkeypatch):
+    """Without compiling, every slab takes the fast step eagerly (no host read-back) and the flags are read once;
+    the full step, whose rescues test their rows with a host sync each, runs on the flagged slab alone. Its
+    numbers are the reference's."""
+    cfg, params, C, x = _block(kind="residual")
+    dh = cfg.d_model // cfg.n_heads
+    k_dir = params["attn.W_k"][:dh].T @ (params["attn.W_q"][:dh] @ x)
+    C[13] = 200.0 * k_dir / (k_dir @ k_dir)               # a logit jump of 100 inside slab 12..15
+    syncing = []
+    for name in ("prefix_softmax_means", "gram_norm"):    # the forms with a host sync in them
+        def spy(*a, real=getattr(torch_scan, name), name=name, **k):
+            syncing.append(name)
+            return real(*a, **k)
+        monkeypatch.setattr(torch_scan, name, spy)
+    tb = get_backend("torch", dtype="float64")
+    counts = _slabs_during(lambda: tb.trajectory(params, cfg, C, x, slab=4).delta_W_norm)
+    assert counts == {"compiled": 0, "rescued": 1, "eager": 4}
+    assert syncing == ["prefix_softmax_means", "gram_norm", "gram_norm"]          # the flagged slab's full step
+    got = tb.trajectory(params, cfg, C, x, slab=4).delta_W_norm.numpy()
+    np.testing.assert_allclose(got, ref.trajectory(params, cfg, C, x).delta_W_norm, rtol=1e-12, atol=1e-14)
