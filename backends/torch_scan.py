@@ -76,7 +76,7 @@ def query_constants(P: dict, cfg, x: torch.Tensor, n: int) -> dict:
     return Q
 
 
-def start_state(P: dict, cfg, Q: dict, x: torch.Tensor, A0: torch.Tensor, a0: torch.Tensor) -> State:
+def start_state(Q: dict, A0: torch.Tensor, a0: torch.Tensor) -> State:
     """The state before the first context token: the query alone, whose mean is its own value ``v_x``."""
     state = State((Q["s_x"], Q["v_x"], torch.ones_like(Q["s_x"])), Q["v_x"], A0, a0)
     return _dense(state)                                                   # copies: no aliases, see _dense
@@ -144,7 +144,7 @@ def prefix_attention_scan(P: dict, cfg, x: torch.Tensor, context: torch.Tensor, 
     Q = query_constants(P, cfg, x, context.shape[-2])
     A0 = alone_output(P, cfg, Q)
     yield A0
-    state = start_state(P, cfg, Q, x, A0, A0)
+    state = start_state(Q, A0, A0)
     for s0 in range(0, context.shape[-2], slab):
         C = context[..., s0:s0 + slab, :].to(x.dtype)
         A, dA, carry, o_last, _ = slab_attention(P, cfg, Q, C, _positions(s0, C), state, fast=False)
@@ -158,6 +158,7 @@ def _positions(s0: int, C: torch.Tensor) -> torch.Tensor:
 
 _COMPILED: dict = {}
 _FAILED: dict = {}           # (block config, keep) → why compiling its step failed (it then runs eagerly)
+_WARNED: set = set()         # the device types a compile failure was reported on
 SLABS: collections.Counter = collections.Counter()
 """Slabs run since import: ``"compiled"`` (the compiled step's numbers kept), ``"rescued"`` (flagged by the compiled
 step and run again eagerly), ``"eager"`` (no compiled step: a short last slab, compile off, unavailable or failed).
@@ -186,10 +187,10 @@ def compile_available(device) -> bool:
 def _compile_failed(cfg, keep: bool, device, exc: Exception) -> None:
     """Remember that compiling this block's step failed and say so once per device type; it runs eagerly."""
     kind = torch.device(device).type
-    _FAILED[(cfg, keep)] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    if kind not in _FAILED:
-        _FAILED[kind] = _FAILED[(cfg, keep)]
-        warnings.warn(f"torch.compile failed on {kind} ({_FAILED[kind]}); this block's trajectory runs eagerly "
+    why = _FAILED[(cfg, keep)] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    if kind not in _WARNED:
+        _WARNED.add(kind)
+        warnings.warn(f"torch.compile failed on {kind} ({why}); this block's trajectory runs eagerly "
                       f"(the same numbers, slower)", RuntimeWarning, stacklevel=4)
 
 
@@ -298,7 +299,7 @@ def scan_trajectory(P0: dict, cfg, context: torch.Tensor, query: torch.Tensor, s
         delta, delta_b = (torch.zeros(*batch, n + 1, D, dtype=out_dtype, device=x.device) for _ in range(2))
         steps = torch.empty(*batch, n, D, dtype=out_dtype, device=x.device)
         outs += [delta[..., 1:, :], delta_b[..., 1:, :], steps]
-    state = start_state(P, cfg, Q, x, A0, a0)
+    state = start_state(Q, A0, a0)
     use = compiled and compile_available(x.device) and (cfg, keep) not in _FAILED
     SlabRunner(cfg, keep, context, slab, (P, Q, x, a0, r0, G), outs,
                compiled_step(cfg, keep) if use else None).run(state)                # one host sync

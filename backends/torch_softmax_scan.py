@@ -22,26 +22,14 @@ import torch
 BLOCK = 64
 
 
-_UPPER: dict = {}
-
-
-def _upper(L: int, device) -> torch.Tensor:
-    """The strictly upper triangle ``j > i`` of an ``L × L`` matrix (cached per size and device)."""
-    if torch.compiler.is_compiling():                     # a constant of the graph: no cache for Dynamo to guard on
-        return torch.ones(L, L, dtype=torch.bool, device=device).triu(1)
-    key = (L, str(device))
-    if key not in _UPPER:
-        _UPPER[key] = torch.ones(L, L, dtype=torch.bool, device=device).triu(1)
-    return _UPPER[key]
-
-
 def _direct(s: torch.Tensor, V: torch.Tensor):
     """``(m, N)`` for short sequences by a masked ``L × L`` weighted sum; ``s`` (..., L), ``V`` (..., L, e)."""
     L = s.shape[-1]
     m = torch.cummax(s, dim=-1).values                                   # (..., L)
     m_ref = torch.where(torch.isfinite(m), m, 0)                         # rows of padding only: weights 0, not nan
     w = s[..., None, :] - m_ref[..., :, None]                            # (..., L, L) [i, j], ≤ 0 where j ≤ i
-    w.masked_fill_(_upper(L, s.device), -torch.inf).exp_()              # weights exp(s_j − m_i), 0 where j > i
+    upper = torch.ones(L, L, dtype=torch.bool, device=s.device).triu(1)  # j > i (L ≤ BLOCK: no cache worth keeping)
+    w.masked_fill_(upper, -torch.inf).exp_()                             # weights exp(s_j − m_i), 0 where j > i
     return m, w @ V                                                      # (..., L), (..., L, e)
 
 

@@ -87,6 +87,7 @@ def test_a_failing_compile_warns_once_and_runs_that_block_eagerly(monkeypatch):
     monkeypatch.setattr(torch_scan, "compiled_step", broken)
     monkeypatch.setattr(torch_scan, "compile_available", lambda device: True)
     monkeypatch.setattr(torch_scan, "_FAILED", {})
+    monkeypatch.setattr(torch_scan, "_WARNED", set())
     cfg, params, C, x = _block()
     tb = get_backend("torch", dtype="float32", compile=True)
     with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler in this test"):
