@@ -12,15 +12,19 @@ embeddings go to the first layer's device and the final norm and LM head to the 
 
 all return tensors. ``ids`` is ``(T,)`` or ``(..., T)`` (an array or tensor: prompts of equal length, rows at
 positions ``0..T−1``, no padding), or a **ragged batch**: a list (or tuple) of 1-D prompts, of any lengths. A ragged
-batch is padded on the *right* to the longest prompt and run as one ``(B, T_max)`` batch; under causal attention no
-real token attends to a pad and every real token keeps its position ``0..len−1``, so each prompt's rows are those of
-the prompt run alone (to the round-off of batched matmuls). Each method then returns a list with one entry per prompt,
-each what the call on that prompt alone returns: ``embed``/``logits`` ``[(len_b, ·)]``, ``hidden_states``
-``[[H⁰..H^L] of prompt b]``, ``position_updates`` ``[[one Update per layer, u (len_b, d_in)]]`` and
-``last_token_updates`` ``[[one Update per layer, u (d_in,)]]`` at each prompt's own last token (layer by layer, the
-every-position update at ``len_b − 1``, whose query is that token). A list returns a list even where its prompts
-happen to have equal lengths; pass an array for a batched tensor. A bidirectional model (BERT: ``cfg.causal`` False)
-would attend to the padding, so it refuses prompts of different lengths.
+batch runs in **length buckets** (``models.hf_torch_ragged``): the prompts sorted by length and cut into groups whose
+padding is at most ``ragged_slack`` (25%) of their real tokens (``B_g · T_g ≤ 1.25 · Σ len_b``; one group where all
+lengths are equal), each group padded on the *right* to its own longest prompt and run as one ``(B_g, T_g)`` batch, so
+one long prompt and many short ones cost about their real tokens, not ``B · T_max``. Under causal attention no real
+token attends to a pad and every real token keeps its position ``0..len−1``: each prompt's rows do not depend on the
+other prompts (nor on its group), and are those of the prompt run alone (to the round-off of batched matmuls). Each
+method then returns a list with one entry per prompt, in the caller's order, each what the call on that prompt alone
+returns: ``embed``/``logits`` ``[(len_b, ·)]``, ``hidden_states`` ``[[H⁰..H^L] of prompt b]``, ``position_updates``
+``[[one Update per layer, u (len_b, d_in)]]`` and ``last_token_updates`` ``[[one Update per layer, u (d_in,)]]`` at
+each prompt's own last token (layer by layer, the every-position update at ``len_b − 1``, whose query is that token).
+A list returns a list even where its prompts happen to have equal lengths (then one bucket, the whole list in its
+order); pass an array for a batched tensor. A bidirectional model (BERT: ``cfg.causal`` False) would attend to the
+padding, so it refuses prompts of different lengths.
 
 **Placement.** ``devices`` is one device (``"cpu"``, ``"cuda:1"``, …; default ``"cpu"``), a list of devices, or
 ``"auto"`` (every visible CUDA device, else ``"cpu"``). The layers are split into ``len(devices)`` contiguous groups
@@ -48,6 +52,8 @@ except ImportError as exc:
 from implicit_icl.backends import get_backend, torch_ops
 from implicit_icl.backends.torch_checks import resolve_device
 from implicit_icl.reference.update import Update
+
+from .hf_torch_ragged import SLACK, in_buckets, padded
 
 __all__ = ["TorchModel", "place"]
 
@@ -83,6 +89,10 @@ def placement(n_layers: int, devices=None) -> tuple[list[torch.device], list[tup
 
 class TorchModel:
     """``model`` (an ``HFModel``) on torch in ``dtype`` over ``devices`` (module docstring)."""
+
+    #: a ragged batch's length buckets may hold this fraction more tokens than their prompts (``hf_torch_ragged``;
+    #: ``0``: one bucket per length, ``inf``: one padded batch); set it on an instance to change it there
+    ragged_slack = SLACK
 
     def __init__(self, model, dtype="float32", devices=None):
         if not isinstance(model, HFModel):
@@ -179,24 +189,41 @@ class TorchModel:
 
     def prompts(self, token_ids) -> tuple[torch.Tensor, list[int] | None]:
         """``(ids, lengths)``: an array or tensor as ``check_ids`` with ``lengths`` ``None``; a ragged batch (a
-        non-empty list or tuple of 1-D prompts, module docstring) as ``(B, T_max)`` ids padded on the right (each
-        prompt with its own last token, a real id that no real position attends to) and each prompt's length."""
-        if not (isinstance(token_ids, (list, tuple)) and token_ids and all(map(_is_sequence, token_ids))):
+        non-empty list or tuple of 1-D prompts, module docstring) as one ``(B, T_max)`` batch padded on the right
+        (each prompt with its own last token, a real id that no real position attends to) and each prompt's length.
+        The methods do not run this batch: they run its length buckets (``_each``)."""
+        rows = self._rows(token_ids)
+        if rows is None:
             return self.check_ids(token_ids), None
+        return torch.as_tensor(padded(rows), device=self.layer_devices[0]), [len(r) for r in rows]
+
+    def _rows(self, token_ids) -> list[np.ndarray] | None:
+        """A ragged batch's prompts, each checked as ``(T,)`` int64 NumPy (prompts of different lengths refused for a
+        bidirectional model); ``None`` for anything else (an array or tensor, left to ``check_ids``)."""
+        if not (isinstance(token_ids, (list, tuple)) and token_ids and all(map(_is_sequence, token_ids))):
+            return None
         rows = [self._checked(t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t),
                               f"token_ids[{b}]", "(T,)") for b, t in enumerate(token_ids)]
         lengths = [len(r) for r in rows]
         if len(set(lengths)) > 1 and not all(c.causal for c in self.cfgs):
             raise ValueError(f"token_ids must be prompts of equal length for a bidirectional model "
                              f"({self.source.family}), got lengths {lengths}: padding would be attended to")
-        T = max(lengths)
-        padded = np.stack([np.pad(r, (0, T - len(r)), mode="edge") for r in rows])              # (B, T_max)
-        return torch.as_tensor(padded, device=self.layer_devices[0]), lengths
+        return rows
+
+    def _each(self, token_ids, run):
+        """``run(ids, lengths)`` on ``token_ids``: an array or tensor once (``lengths`` ``None``, its result as it
+        is); a ragged batch once per length bucket (``ids`` ``(B_g, T_g)`` padded on the right, ``lengths`` its
+        prompts', ``run`` returning one result per prompt), the results as one list in the caller's order."""
+        rows = self._rows(token_ids)
+        if rows is None:
+            return run(self.check_ids(token_ids), None)
+        dev = self.layer_devices[0]
+        return in_buckets(rows, lambda group: run(torch.as_tensor(padded(group), device=dev), [len(r) for r in group]),
+                          self.ragged_slack)
 
     def embed(self, token_ids):
         """``H⁰`` ``(..., T, D)`` as ``HFModel.embed``, on the first layer's device (a ragged batch: a list)."""
-        ids, lengths = self.prompts(token_ids)
-        return _trim(self._embed_ids(ids), lengths)
+        return self._each(token_ids, lambda ids, lengths: _trim(self._embed_ids(ids), lengths))
 
     def _embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
         e = self._embed
@@ -225,7 +252,9 @@ class TorchModel:
     def hidden_states(self, token_ids) -> list:
         """``[H⁰, H¹, …, H^L]`` of ``token_ids`` (``HFModel.hidden_states``), each ``(..., T, D)`` (a ragged batch:
         one such list per prompt)."""
-        ids, lengths = self.prompts(token_ids)
+        return self._each(token_ids, self._hidden_states)
+
+    def _hidden_states(self, ids: torch.Tensor, lengths) -> list:
         Hs = self.forward(self._embed_ids(ids))
         return Hs if lengths is None else [[H[b, :n] for H in Hs] for b, n in enumerate(lengths)]
 
@@ -251,7 +280,9 @@ class TorchModel:
     def logits(self, token_ids):
         """``(..., T, V)`` logits at every position (a ragged batch: one ``(len_b, V)`` per prompt, the head run on
         the real rows only)."""
-        ids, lengths = self.prompts(token_ids)
+        return self._each(token_ids, self._logits)
+
+    def _logits(self, ids: torch.Tensor, lengths):
         H = self.forward(self._embed_ids(ids), keep=False)[-1]
         return self.logits_from(H) if lengths is None else [self.logits_from(h) for h in _trim(H, lengths)]
 
@@ -261,11 +292,11 @@ class TorchModel:
         ``Update`` per layer on its device: ``u`` ``(..., d_in)``, ``a``/``delta_b`` ``(..., D)``. One forward: the
         query's attention without context is O(T·d) per layer.
 
-        A ragged batch: one such list per prompt, at its own last token ``len_b − 1``, gathered layer by layer from
-        the batch's every-position updates (``query="own"``: position ``len_b − 1``'s update has that token as its
-        query and the tokens before it as context, which is the last-token update). That costs ``W``'s matmul at
-        every position and holds one layer's ``u`` ``(B, T_max, d_in)`` at a time."""
-        ids, lengths = self.prompts(token_ids)
+        A ragged batch: one such list per prompt, at its own last token ``len_b − 1`` (``_ragged_last_token_updates``:
+        context its rows ``0..len_b−2`` of its length bucket's hidden states, query its row ``len_b − 1``)."""
+        return self._each(token_ids, self._last_token_updates)
+
+    def _last_token_updates(self, ids: torch.Tensor, lengths) -> list:
         if lengths is not None:
             return self._ragged_last_token_updates(ids, lengths)
         ups, H = [], self._embed_ids(ids)
@@ -280,10 +311,12 @@ class TorchModel:
     def position_updates(self, token_ids, query: str = "own") -> list:
         """Each layer's update at every position (``model_position_updates``), ``u`` ``(..., T, d_in)``. On one
         device this is one pass; over several, each run of layers but the last is also run forward once more to
-        hand its output on. A ragged batch: one such list per prompt, ``u`` ``(len_b, d_in)``; with ``"own"`` the
-        padded batch's rows trimmed, with ``"last"`` (the query is each prompt's own last token) each layer's
-        updates of each prompt from its rows of the batch's hidden states."""
-        ids, lengths = self.prompts(token_ids)
+        hand its output on. A ragged batch: one such list per prompt, ``u`` ``(len_b, d_in)``; with ``"own"`` its
+        length bucket's padded rows trimmed, with ``"last"`` (the query is each prompt's own last token) each layer's
+        updates of each prompt from its rows of its bucket's hidden states."""
+        return self._each(token_ids, lambda ids, lengths: self._position_updates(ids, lengths, query))
+
+    def _position_updates(self, ids: torch.Tensor, lengths, query: str) -> list:
         if lengths is not None and query == "last":
             return self._ragged_last_query_updates(ids, lengths)
         ups, H = [], self._embed_ids(ids)
