@@ -13,6 +13,8 @@ attention pass per block, O(n²·d) time, O(n·d) memory).
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -25,12 +27,14 @@ from implicit_icl.reference.update import (
     Update, bias_key, check_positions_input, check_single_update, update_from_taps)
 from implicit_icl.reference.validation import check_remove
 
-from . import torch_ops
+from . import torch_compile, torch_ops
 from .torch_checks import (  # noqa: F401 (DTYPES, resolve_* re-exported)
     DTYPES, CheckedParams, Checks, dtype_name, resolve_device, resolve_dtype, synced)
 from implicit_icl.reference.trajectories import Trajectory
+from .torch_compile import compile_available
+from .torch_updates import block_forward, position_update_tensors, position_updates_of, update_check
 from .torch_scan import (  # noqa: F401 (layer_norm_increment re-exported)
-    compile_available, layer_norm_increment, prefix_attention_scan, scan_trajectory)
+    layer_norm_increment, prefix_attention_scan, scan_trajectory)
 from .torch_stack import ELEMENTS, prefix_updates
 
 SLAB = 1 << 13          # context tokens per slab of the trajectory scan on CPU (bounds its temporaries; cache-sized)
@@ -48,7 +52,8 @@ class TorchBackend:
     name = "torch"
 
     def __init__(self, device=None, dtype=None, compile: bool = False):
-        self.compile = check_bool("compile", compile)     # the trajectory's default path: see trajectory()
+        # compiled hot paths (block, position_updates, the stack's, the trajectory's default): see _compiles()
+        self.compile = check_bool("compile", compile)
         self.torch_device = resolve_device(device)
         self.torch_dtype = resolve_dtype(dtype)
         # the scan's logits, exponentials and sums run in at least float32 (as fused attention kernels do);
@@ -72,8 +77,22 @@ class TorchBackend:
 
     @property
     def path(self) -> str:
-        """Which path the trajectory takes by default: ``"compiled"`` or ``"eager"`` (``torch_scan``)."""
+        """Which path the hot calls take: ``"compiled"`` or ``"eager"`` (``torch_compile``; the trajectory's
+        default, ``torch_scan``)."""
         return "compiled" if self.compile and compile_available(self.torch_device) else "eager"
+
+    def _compiles(self, *tensors) -> bool:
+        """Whether ``block``, ``position_updates`` and the stack's calls run compiled (``torch_compile``): with
+        ``compile=True``, where compiled code can run, and when autograd need not differentiate through them (the
+        compiled forms are for inference: a graph that keeps gradients is a different graph, and rarely worth it)."""
+        return self.path == "compiled" and not torch_ops.needs_grad(*tensors)
+
+    def _forward(self, P, cfg, Z) -> torch.Tensor:
+        """``torch_ops.block`` on checked inputs, compiled where :meth:`_compiles` (one graph per block config)."""
+        if not self._compiles(Z, *P.values()):
+            return torch_ops.block(P, cfg, Z)
+        return torch_compile.run(("block", cfg), functools.partial(block_forward, cfg=cfg), self.torch_device,
+                                 dict(P), Z, what="this block's forward")
 
     # conversions ---------------------------------------------------------------------------------------------
     def asarray(self, x):
@@ -141,7 +160,7 @@ class TorchBackend:
     @synced
     def block(self, params, cfg, Z) -> torch.Tensor:
         """The block output at every position, ``(..., T, d_model)``."""
-        out = torch_ops.block(self.check.params(params, cfg), cfg, self._Z(Z, cfg))    # (..., T, D)
+        out = self._forward(self.check.params(params, cfg), cfg, self._Z(Z, cfg))    # (..., T, D)
         self.check.finite("block", output=out)
         return out
 
@@ -212,29 +231,24 @@ class TorchBackend:
         """
         P = self.check.params(params, cfg)
         Z = check_positions_input(self._Z(Z, cfg), query)
-        upd, _, check = self._position_updates(P, cfg, Z, query)
-        self.check.updates("position_updates", [check])
+        upd, _, check, reductions = self._position_updates(P, cfg, Z, query)
+        self.check.updates("position_updates", [check], [reductions])
         return upd
 
-    @staticmethod
-    def _position_updates(P, cfg, Z, query: str, forward: bool = False, u=None):
-        """``(update, out, check)``: every position's update on ``Z`` (..., T, D) from one attention pass, whose value
-        heads also give each token's run alone (``u`` written into the given buffer if any); ``out`` the block's
-        output (the next block's input) if ``forward``; ``check`` what ``Checks.updates`` must check (the alone taps'
-        ``‖a‖²``, ``u`` and ``delta_b`` finite)."""
-        if query == "own":
-            A, A_x = torch_ops.attention_with_alone(P, cfg, Z)                        # (..., T, D) each
-            alone = Z
-        else:
-            A, alone = torch_ops.attention(P, cfg, Z), Z[..., -1:, :]
-            A_x = torch_ops.alone_attention(P, cfg, alone)                            # (..., 1, D)
-        a, r = torch_ops.taps_from_attention(P, cfg, Z, A)
-        out = torch_ops.head(P, cfg, a, r) if forward else None     # first: its temporaries free before u is formed
-        a_x, r_x = torch_ops.taps_from_attention(P, cfg, alone, A_x)
-        taps = (P["mlp.W"], a, r, a_x.expand_as(a), r_x.expand_as(r))
-        upd = update_from_taps(*taps, out=u, ops=torch_ops.OPS)                       # u (..., T, d_mlp)
-        check = (a_x, cfg, "position", True) if query == "own" else (a_x[..., 0, :], cfg, "the last token", False)
-        return upd, out, (*check, {"u": upd.u, "delta_b": upd.delta_b})
+    def _position_updates(self, P, cfg, Z, query: str, forward: bool = False, u=None):
+        """``(update, out, check, reductions)`` of :func:`position_updates_of` on checked inputs, compiled where
+        :meth:`_compiles` (one graph per block config, ``query`` and ``forward``; ``u`` then unused: the compiled
+        graph allocates its own outputs), with what ``Checks.updates`` must check and its reductions."""
+        if not self._compiles(Z, *P.values()):
+            upd, out = position_updates_of(P, Z, cfg=cfg, query=query, forward=forward, u=u)
+            check = update_check(upd, cfg, query)
+            return upd, out, check, Checks.reductions(check)
+        fn = functools.partial(position_update_tensors, cfg=cfg, query=query, forward=forward)
+        u, a, delta_b, out, sums, minima = torch_compile.run(
+            ("position_updates", cfg, query, forward), fn, self.torch_device, dict(P), Z,
+            what="this block's position_updates")
+        upd = Update(u=u, a=a, delta_b=delta_b)
+        return upd, out, update_check(upd, cfg, query), (sums, minima)
 
     # the O(n·d) trajectory ---------------------------------------------------------------------------------
     @synced
@@ -294,7 +308,7 @@ class TorchBackend:
         blocks, cfgs = self._stack(model_params, model_cfg)
         Hs = [self.check.tensor(Z, "tokens", (None, cfgs[0].d_model))]
         for p, c in zip(blocks, cfgs):
-            Hs.append(torch_ops.block(p, c, Hs[-1]))
+            Hs.append(self._forward(p, c, Hs[-1]))
         return Hs
 
     @synced
@@ -321,14 +335,15 @@ class TorchBackend:
         H = check_positions_input(self.check.tensor(Z, "Z", (None, cfgs[0].d_model)), query)
         # every u in one buffer, unless autograd must see them (matmul(out=) has no gradient)
         grad = torch_ops.needs_grad(H, *(t for P in blocks for t in P.values()))
-        us = [None] * len(blocks) if grad else \
+        us = [None] * len(blocks) if grad or self._compiles() else \
             torch_ops.stacked_buffers([(*H.shape[:-1], P["mlp.W"].shape[0]) for P in blocks], H)
         updates, checks, reductions = [], [], []
         for l, (P, cfg) in enumerate(zip(blocks, cfgs)):
-            upd, H, check = self._position_updates(P, cfg, H, query, forward=l + 1 < len(blocks), u=us[l])
+            # the reductions taken while this block's results are in cache
+            upd, H, check, reduced = self._position_updates(P, cfg, H, query, forward=l + 1 < len(blocks), u=us[l])
             updates.append(upd)
             checks.append(check)
-            reductions.append(self.check.reductions(check))   # while this block's results are in cache
+            reductions.append(reduced)
         self.check.updates("position_updates", checks, reductions)   # one deferred check for the whole stack
         return updates
 

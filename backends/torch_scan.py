@@ -23,17 +23,13 @@ from __future__ import annotations
 
 import collections
 import functools
-import importlib.util
-import shutil
-import sys
-import warnings
 from typing import NamedTuple
 
 import torch
 
 from implicit_icl.reference.trajectories import Trajectory
 
-from . import torch_ops
+from . import torch_compile, torch_ops
 from .torch_increments import (  # noqa: F401 (gram_norm, layer_norm_increment re-exported)
     fast_gram_norm, gram_norm, layer_norm_increment, tap_increments)
 from .torch_softmax_scan import (  # noqa: F401 (prefix_softmax_scan re-exported)
@@ -156,64 +152,22 @@ def _positions(s0: int, C: torch.Tensor) -> torch.Tensor:
     return torch.arange(s0, s0 + C.shape[-2], device=C.device)
 
 
-_COMPILED: dict = {}
-_FAILED: dict = {}           # (block config, keep) → why compiling its step failed (it then runs eagerly)
-_WARNED: set = set()         # the device types a compile failure was reported on
 SLABS: collections.Counter = collections.Counter()
 """Slabs run since import: ``"compiled"`` (the compiled step's numbers kept), ``"rescued"`` (flagged by the compiled
 step and run again eagerly), ``"eager"`` (no compiled step: a short last slab, compile off, unavailable or failed).
 What the bench and the tests read to know which path really ran."""
 
 
-def compile_unavailable(device) -> str | None:
-    """Why the compiled step cannot run on ``device`` (``None`` if it can): Inductor needs a C++ compiler on the CPU
-    and Triton on CUDA; other devices run eagerly."""
-    kind = torch.device(device).type
-    if kind == "cpu":
-        if sys.platform != "win32" and any(shutil.which(c) for c in ("g++", "c++", "clang++")):
-            return None
-        return "torch.compile cannot run on the CPU here: no C++ compiler (g++, c++ or clang++) on PATH"
-    if kind == "cuda":
-        return None if importlib.util.find_spec("triton") is not None else \
-            "torch.compile cannot run on CUDA here: Triton is not installed"
-    return f"torch.compile is not used on {kind}: the trajectory runs eagerly there"
-
-
-def compile_available(device) -> bool:
-    """Whether the compiled step can run on ``device`` (:func:`compile_unavailable`)."""
-    return compile_unavailable(device) is None
-
-
-def _compile_failed(cfg, keep: bool, device, exc: Exception) -> None:
-    """Remember that compiling this block's step failed and say so once per device type; it runs eagerly."""
-    kind = torch.device(device).type
-    why = _FAILED[(cfg, keep)] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    if kind not in _WARNED:
-        _WARNED.add(kind)
-        warnings.warn(f"torch.compile failed on {kind} ({why}); this block's trajectory runs eagerly "
-                      f"(the same numbers, slower)", RuntimeWarning, stacklevel=4)
-
-
-RECOMPILE_LIMIT = 64     # compiled variants of the step (block config × keep × dtype × device × slab shape)
-_LIMIT_NAME = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+def step_key(cfg, keep: bool) -> tuple:
+    """The key of a block's compiled step in ``torch_compile`` (its cache and ``FAILED``)."""
+    return ("scan", cfg, keep)
 
 
 def compiled_step(cfg, keep: bool):
     """``slab_step`` with ``fast=True`` under ``torch.compile`` (one graph, static shapes), cached per block config
-    and ``keep`` for the process (Dynamo guards on dtype, device and shapes within it). Every variant shares one code
-    object, whose default limit of 8 compiled variants a test suite or a sweep over blocks passes: the call raises
-    it to ``RECOMPILE_LIMIT`` (past that, Dynamo refuses and that block runs eagerly, with a warning)."""
-    key = (cfg, keep)
-    if key not in _COMPILED:
-        step = torch.compile(functools.partial(slab_step, cfg=cfg, keep=keep, fast=True), dynamic=False,
-                             fullgraph=True)
-
-        def call(*args):
-            limit = max(RECOMPILE_LIMIT, getattr(torch._dynamo.config, _LIMIT_NAME))
-            with torch._dynamo.config.patch(**{_LIMIT_NAME: limit}):
-                return step(*args)
-        _COMPILED[key] = call
-    return _COMPILED[key]
+    and ``keep`` for the process (``torch_compile.compiled``)."""
+    return torch_compile.compiled(step_key(cfg, keep), functools.partial(slab_step, cfg=cfg, keep=keep, fast=True),
+                                  dynamic=False)
 
 
 class SlabRunner:
@@ -258,7 +212,8 @@ class SlabRunner:
             except torch.OutOfMemoryError:
                 raise
             except Exception as exc:                                             # noqa: BLE001 (a real error
-                _compile_failed(self.cfg, self.keep, C.device, exc)              # recurs in the eager step)
+                torch_compile.compile_failed(step_key(self.cfg, self.keep), C.device, exc,   # recurs in the eager
+                                             "this block's trajectory")                          # step)
                 self.compiled = None
         return slab_step(*self.args, C, _positions(s0, C), state, cfg=self.cfg, keep=self.keep, fast=True), "eager"
 
@@ -300,7 +255,7 @@ def scan_trajectory(P0: dict, cfg, context: torch.Tensor, query: torch.Tensor, s
         steps = torch.empty(*batch, n, D, dtype=out_dtype, device=x.device)
         outs += [delta[..., 1:, :], delta_b[..., 1:, :], steps]
     state = start_state(Q, A0, a0)
-    use = compiled and compile_available(x.device) and (cfg, keep) not in _FAILED
+    use = compiled and torch_compile.usable(step_key(cfg, keep), x.device)
     SlabRunner(cfg, keep, context, slab, (P, Q, x, a0, r0, G), outs,
                compiled_step(cfg, keep) if use else None).run(state)                # one host sync
     out = _norm_fields(dW_n, step_n, loss, a0, r0, (a0 * a0).sum(-1), out_dtype)

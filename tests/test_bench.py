@@ -339,11 +339,11 @@ def test_the_compiled_trajectory_is_measured_after_its_compilation_and_says_so()
     """Two full CPU slabs (16,384 tokens): the warm-up compiles the step, so the timed calls are steady-state, the
     row says the compiled path ran and reports the compile time apart; the bench plans that row only where
     torch.compile can run and the context has two full slabs."""
-    from implicit_icl.backends import torch_scan
+    from implicit_icl.backends import torch_compile
     from implicit_icl.backends.torch_backend import SLAB
     from implicit_icl.bench.measure import worker
 
-    if not torch_scan.compile_available("cpu"):
+    if not torch_compile.compile_available("cpu"):
         pytest.skip("torch.compile needs a C++ compiler on the CPU")
     spec = {"op": "scan", "n": 2 * SLAB, "d_model": 64, "d_mlp": 256, "n_heads": 4, "kind": "pre-ln",
             "device": "cpu", "dtype": "float32", "compile": True, "threads": 1}

@@ -11,9 +11,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from implicit_icl import reference as ref  # noqa: E402
-from implicit_icl.backends import get_backend, torch_scan  # noqa: E402
+from implicit_icl.backends import get_backend, torch_compile, torch_scan  # noqa: E402
 
-needs_compile = pytest.mark.skipif(not torch_scan.compile_available("cpu"),
+needs_compile = pytest.mark.skipif(not torch_compile.compile_available("cpu"),
                                    reason="torch.compile needs a C++ compiler on the CPU")
 
 
@@ -85,16 +85,16 @@ def test_a_failing_compile_warns_once_and_runs_that_block_eagerly(monkeypatch):
         return call
 
     monkeypatch.setattr(torch_scan, "compiled_step", broken)
-    monkeypatch.setattr(torch_scan, "compile_available", lambda device: True)
-    monkeypatch.setattr(torch_scan, "_FAILED", {})
-    monkeypatch.setattr(torch_scan, "_WARNED", set())
+    monkeypatch.setattr(torch_compile, "compile_available", lambda device: True)
+    monkeypatch.setattr(torch_compile, "FAILED", {})
+    monkeypatch.setattr(torch_compile, "_WARNED", set())
     cfg, params, C, x = _block()
     tb = get_backend("torch", dtype="float32", compile=True)
     with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler in this test"):
         got = tb.trajectory(params, cfg, C, x, slab=4).delta_W_norm
     want = get_backend("torch", dtype="float32").trajectory(params, cfg, C, x, slab=4).delta_W_norm
     assert torch.equal(got, want)
-    assert (cfg, False) in torch_scan._FAILED
+    assert torch_scan.step_key(cfg, False) in torch_compile.FAILED
     before = dict(torch_scan.SLABS)
     with warnings.catch_warnings():
         warnings.simplefilter("error")                                    # no second warning

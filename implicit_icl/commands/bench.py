@@ -195,7 +195,7 @@ def _compiled_sizes(sizes, device: str, result: dict) -> list[int]:
     """The n whose trajectory is measured on the compiled path too: those with two full slabs or more (a shorter
     context runs the eager step only); none where torch.compile cannot run, said so in ``result["skipped"]``."""
     from implicit_icl.backends.torch_backend import slab_for
-    from implicit_icl.backends.torch_scan import compile_unavailable
+    from implicit_icl.backends.torch_compile import compile_unavailable
 
     if why := compile_unavailable(device):
         result.setdefault("skipped", []).append(f"the compiled trajectory: {why}")

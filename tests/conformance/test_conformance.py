@@ -101,7 +101,7 @@ def _compiled_targets() -> list:
         if name != "torch" or dtype != "float32":
             continue
         if not t.marks:                                  # torch is here (without it the target is skipped already)
-            from implicit_icl.backends.torch_scan import compile_unavailable
+            from implicit_icl.backends.torch_compile import compile_unavailable
             if why := compile_unavailable(device):
                 t = pytest.param(t.values[0], id=t.id, marks=pytest.mark.skip(reason=why))
         out.append(t)
@@ -125,3 +125,38 @@ def test_torch_compiled_scan_matches_reference(target, sc):
         assert SLABS["compiled"] > kept, "no slab kept the compiled numbers: this checked the eager path only"
     expected = long_expected(0, target) if sc in LONG else expected_for(backend, sc, REFERENCE)
     compare(actual, expected, dtype_name(backend), sc.params)
+
+
+#: the compiled block calls' scenarios (``compile=True``: ``block``, ``position_updates``, the stack's calls): the
+#: classic kinds, causal and not, rotary with grouped-query heads, partial rotary in a parallel block, a sliding
+#: window and soft-capped logits (the explicit softmax), each query convention, and two stacks. Each compiles one or
+#: two graphs (~5 s each on two cores); IMPLICIT_ICL_COMPILED=all runs every scenario of these ops
+COMPILED_CALL_NAMES = {
+    "block/llama-gqa-rotary", "block/gemma2-softcap-post-norms", "position_updates-own/pre-ln-gelu-h2-bias",
+    "position_updates-last/post-ln-gelu-h2-bias-noncausal", "position_updates-own/gemma-offset-window",
+    "position_updates-last/neox-partial-rotary", "model_position_updates/gemma2-softcap-post-norms",
+    "model_forward/post-ln"}
+COMPILED_CALLS = [s for s in SCENARIOS if s.op in ("block", "position_updates", "model_position_updates",
+                                                   "model_forward")
+                  and (os.environ.get("IMPLICIT_ICL_COMPILED") == "all" or s.name in COMPILED_CALL_NAMES)]
+
+
+@functools.lru_cache(maxsize=None)
+def compiled_backend_for(target):
+    name, device, dtype = target
+    return get_backend(name, device=device, dtype=dtype, compile=True)
+
+
+@pytest.mark.parametrize("target", _compiled_targets())
+@pytest.mark.parametrize("sc", COMPILED_CALLS, ids=[s.name for s in COMPILED_CALLS])
+def test_torch_compiled_calls_match_reference(target, sc):
+    """``block``, ``position_updates`` and the stack's calls under ``torch.compile`` (``torch_compile``) equal the
+    reference within the same tolerances as every other path, and really ran compiled (no compile failure fell
+    back to the eager code: that would have checked the eager path only)."""
+    from implicit_icl.backends import torch_compile
+    assert len(COMPILED_CALLS) >= len(COMPILED_CALL_NAMES)                   # a renamed scenario is not dropped
+    before = sum(n for (_, path), n in torch_compile.CALLS.items() if path == "compiled")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="torch.compile failed")     # a failed compile is a failure here
+        check_scenario(compiled_backend_for(target), sc)
+    assert sum(n for (_, path), n in torch_compile.CALLS.items() if path == "compiled") > before

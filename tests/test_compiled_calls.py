@@ -1,0 +1,121 @@
+"""The compiled block calls of the torch backend (``compile=True``: ``block``, ``position_updates``,
+``model_forward``, ``model_position_updates``; ``torch_compile``): when they run compiled, that they fall back rather
+than fail, and that they are compiled once. Their numbers are checked against the reference in the conformance suite
+(``test_torch_compiled_calls_match_reference``); these tests pin the machinery around them."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from implicit_icl import reference as ref  # noqa: E402
+from implicit_icl.backends import get_backend, torch_compile  # noqa: E402
+
+needs_compile = pytest.mark.skipif(not torch_compile.compile_available("cpu"),
+                                   reason="torch.compile needs a C++ compiler on the CPU")
+
+
+def _stack(d_model: int, kind: str = "pre-ln", layers: int = 2):
+    cfg = ref.BlockConfig(d_model=d_model, d_mlp=2 * d_model, n_heads=2, kind=kind)
+    blocks = ref.init_model(cfg, layers, 0, bias_std=0.1, ln_std=0.1)
+    return cfg, blocks, np.random.default_rng(0).standard_normal((2, 7, d_model))
+
+
+def _calls(path: str) -> int:
+    return sum(n for (_, p), n in torch_compile.CALLS.items() if p == path)
+
+
+def _graphs() -> int:
+    from torch._dynamo.utils import counters
+    return counters["stats"]["unique_graphs"]
+
+
+@needs_compile
+def test_each_call_is_compiled_once_per_block_config_and_query_and_reused():
+    """Two blocks of one config share one graph per call (the params are its inputs), and calling again compiles
+    nothing: a d_model no other test uses makes the config new to this process. The stack's updates compile two
+    graphs (every block but the last also hands its output on)."""
+    cfg, blocks, Z = _stack(d_model=14)
+    tb = get_backend("torch", dtype="float32", compile=True)
+    before, compiled = _graphs(), _calls("compiled")
+    tb.model_position_updates(blocks, cfg, Z)
+    tb.model_forward(blocks, cfg, Z)
+    assert _graphs() - before == 3                   # updates with and without the hand-on, and the forward
+    assert _calls("compiled") - compiled == 4        # each block of each call ran compiled
+    tb.model_position_updates(blocks, cfg, Z)
+    tb.model_forward(blocks, cfg, Z)
+    assert _graphs() - before == 3
+
+
+def test_a_failing_compile_warns_once_and_runs_that_call_eagerly(monkeypatch):
+    """If compiling raises (no compiler, an unsupported op, Dynamo's recompile limit), the call warns once, gives
+    the eager numbers exactly, and that block config runs eagerly from then on (counted as eager calls)."""
+    def broken(key, fn, **options):
+        def call(*args):
+            raise RuntimeError("no C++ compiler in this test")
+        return call
+
+    monkeypatch.setattr(torch_compile, "compiled", broken)
+    monkeypatch.setattr(torch_compile, "compile_available", lambda device: True)
+    monkeypatch.setattr(torch_compile, "FAILED", {})
+    monkeypatch.setattr(torch_compile, "_WARNED", set())
+    cfg, blocks, Z = _stack(d_model=8)
+    tb, eager = get_backend("torch", dtype="float32", compile=True), get_backend("torch", dtype="float32")
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler in this test"):
+        got = tb.position_updates(blocks[0], cfg, Z)
+    want = eager.position_updates(blocks[0], cfg, Z)
+    assert all(torch.equal(g, w) for g, w in zip((got.u, got.a, got.delta_b), (want.u, want.a, want.delta_b)))
+    assert ("position_updates", cfg, "own", False) in torch_compile.FAILED
+    eager_calls = _calls("eager")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                                    # no second warning, for any call
+        tb.position_updates(blocks[0], cfg, Z)
+        assert torch.equal(tb.block(blocks[0], cfg, Z), eager.block(blocks[0], cfg, Z))
+    assert _calls("eager") - eager_calls == 2
+    assert ("block", cfg) in torch_compile.FAILED
+
+
+@needs_compile
+def test_calls_autograd_must_see_run_eagerly_and_keep_their_gradients():
+    """The compiled forms are for inference: with params that require grad the calls take the eager code (no
+    compiled call counted), and the gradient of a loss on ``u`` is the eager backend's."""
+    cfg, blocks, Z = _stack(d_model=8)
+    tb = get_backend("torch", dtype="float64", compile=True)
+    grads = []
+    for backend in (tb, get_backend("torch", dtype="float64")):
+        P = {k: torch.tensor(v, requires_grad=True) for k, v in blocks[0].items()}
+        compiled = _calls("compiled")
+        backend.position_updates(P, cfg, Z).u.square().sum().backward()
+        assert _calls("compiled") == compiled
+        grads.append(P["mlp.W"].grad)
+    assert torch.equal(*grads)
+
+
+def test_compile_stays_off_unless_asked_and_the_backend_says_which_path_runs():
+    """``compile`` is opt-in (DESIGN "Performance stance"); ``path`` says which path the calls take."""
+    cfg, blocks, Z = _stack(d_model=8)
+    eager = get_backend("torch", dtype="float32")
+    compiled = _calls("compiled")
+    eager.block(blocks[0], cfg, Z)
+    assert _calls("compiled") == compiled and eager.path == "eager"
+    want = "compiled" if torch_compile.compile_available("cpu") else "eager"
+    assert get_backend("torch", dtype="float32", compile=True).path == want
+
+
+@needs_compile
+def test_a_zero_tap_raises_the_same_error_on_the_compiled_path():
+    """The deferred check reads the compiled graph's own reductions: a token whose tap is zero (a zero token in a
+    block without biases: ``a_x = W_o W_v 0 = 0``) raises the eager path's error, naming the same position."""
+    cfg = ref.BlockConfig(d_model=8, d_mlp=16, n_heads=2, kind="plain")
+    params = ref.init_block(cfg, 0)
+    Z = np.random.default_rng(1).standard_normal((5, 8))
+    Z[3] = 0.0
+    messages, compiled = [], _calls("compiled")
+    for backend in (get_backend("torch", dtype="float32", compile=True), get_backend("torch", dtype="float32")):
+        with pytest.raises(ref.ZeroNormError, match="position 3") as err:
+            backend.position_updates(params, cfg, Z)
+        messages.append(str(err.value))
+    assert messages[0] == messages[1] and _calls("compiled") == compiled + 1
