@@ -212,9 +212,9 @@ def test_every_figure_is_its_value_over_its_floor_with_the_target_of_this_device
     assert figs[("trajectory, 65,536 tokens (eager)", "read+write of C")]["ratio"] == pytest.approx(20.0)
     assert figs[("trajectory's extra memory, 65,536 tokens (eager)", "its input")]["ratio"] == \
         pytest.approx(5e6 / 65536 / 256)
-    pos = figs[("updates at every position, T = 4,096", "block forward")]
+    pos = figs[("updates at every position, T = 4,096 (eager)", "block forward")]
     assert pos["ratio"] == pytest.approx(1.25) and pos["target"] is None   # a GPU target: none on this device
-    assert figs[("block forward (library), T = 4,096", "eager torch ops")]["ratio"] == pytest.approx(2.0)
+    assert figs[("block forward (library), T = 4,096 (eager)", "eager torch ops")]["ratio"] == pytest.approx(2.0)
     model = figs[("updates, every layer and position (24 layers × 2 × 512)", "model forward")]
     assert model["ratio"] == pytest.approx(2.0) and model["met"] is False
     assert not any("compile time" in name for name, _ in figs)           # nothing compiled: no compile rows
@@ -351,5 +351,49 @@ def test_the_compiled_trajectory_is_measured_after_its_compilation_and_says_so()
     assert out["path"] == "compiled" and out["compile_requested"] is True and out["finite"] is True
     assert out["compile_s"] is not None and out["compile_s"] > 0
     assert out["first_full_call_s"] < 10 * out["wall_s"] + 1.0       # no compilation left for the timed calls
-    plan = {}
-    assert bench._compiled_sizes([SLAB, 2 * SLAB], "cpu", plan) == [2 * SLAB] and "skipped" not in plan
+    plan, quick = {}, {}
+    assert bench._compiles("cpu", False, plan) and "skipped" not in plan
+    assert bench._compiled_sizes([SLAB, 2 * SLAB], "cpu") == [2 * SLAB]
+    assert not bench._compiles("cpu", True, quick) and "--quick" in quick["skipped"][0]   # said, not silent
+
+
+def test_the_compiled_block_calls_are_measured_beside_the_eager_ones(monkeypatch):
+    """With ``compile`` in the spec, each T and the whole model are measured on both paths in one child, the path
+    each ran read from ``torch_compile.CALLS`` (here a stand-in compiler that runs the eager function: the
+    plumbing, in a second; the compiled numbers themselves are the conformance suite's)."""
+    pytest.importorskip("torch")
+    from implicit_icl.backends import torch_compile
+    from implicit_icl.bench.measure import worker
+
+    monkeypatch.setattr(torch_compile, "compiled", lambda key, fn, **options: fn)
+    monkeypatch.setattr(torch_compile, "compile_available", lambda device: True)
+    base = {"d_model": 16, "d_mlp": 32, "n_heads": 2, "kind": "pre-ln", "device": "cpu", "compile": True}
+    pos = worker(dict(base, op="position_updates", Ts=[32], reps=1))["Ts"][0]
+    assert pos["torch"]["path"] == "eager" and pos["torch_compiled"]["path"] == "compiled"
+    assert pos["torch_compiled"]["compile_s"] is not None and pos["torch"]["compile_s"] is None
+    model = worker(dict(base, op="model_updates", layers=2, batch=1, T=16, reps=1))
+    assert model["path"] == "eager" and model["compiled"]["path"] == "compiled"
+
+
+def test_the_targets_judge_the_compiled_block_calls_where_they_ran():
+    """Where both paths were measured, the position and whole-model targets read the compiled entries and only
+    their figures carry the targets; a compiled entry that fell back to eager code is not judged."""
+    res = _result("cuda", gpu="NVIDIA H200", Ts=[(1024, 2e-3, 1e-3, 1e-3)],
+                  model={"layers": 24, "batch": 16, "T": 2048, "updates_s": 3.0, "forward_s": 2.0, "path": "eager"})
+    res["position_updates"]["Ts"][0]["torch_compiled"] = {"position_updates_s": 0.3e-3, "block_s": 0.25e-3,
+                                                          "eager_block_s": 1e-3, "path": "compiled"}
+    res["model_updates"]["compiled"] = {"updates_s": 2.4, "forward_s": 2.0, "path": "compiled"}
+    t = report.targets(res)
+    assert t["block_forward_T1024_at_most_0.3ms"]["value"] == pytest.approx(0.25)
+    assert t["block_forward_T1024_at_most_0.3ms"]["met"] is True and t["block_forward_T1024_at_most_0.3ms"]["path"] \
+        == "compiled"
+    assert t["position_updates_faster_than_p2_jax"]["value"] == pytest.approx(0.3 / 0.9)
+    assert t["model_updates_within_1.3x_forward"]["value"] == pytest.approx(1.2)
+    res["targets"] = t
+    figs = {f["figure"]: f for f in report.figures(res) if f["floor"]}
+    assert figs["block forward (library), T = 1,024 (compiled)"]["target"] == "block_forward_T1024_at_most_0.3ms"
+    assert figs["block forward (library), T = 1,024 (eager)"]["target"] is None
+    assert figs["updates, every layer and position (24 layers × 16 × 2,048) (compiled)"]["met"] is True
+    assert figs["updates, every layer and position (24 layers × 16 × 2,048) (eager)"]["target"] is None
+    res["model_updates"]["compiled"]["path"] = "eager"                   # compiling failed: the eager code ran
+    assert report.targets(res)["model_updates_within_1.3x_forward"]["value"] == pytest.approx(1.5)

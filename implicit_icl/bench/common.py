@@ -75,6 +75,21 @@ def first_calls(fn, device, calls: int = 2) -> list[float]:
     return [timed(fn, device) for _ in range(calls)]
 
 
+def compiled_calls() -> int:
+    """Calls of the torch backend that ran compiled so far (``torch_compile.CALLS``; 0 without torch)."""
+    try:
+        from implicit_icl.backends.torch_compile import CALLS
+    except ImportError:
+        return 0
+    return sum(n for (_, path), n in CALLS.items() if path == "compiled")
+
+
+def ran_compiled(before: int) -> tuple[str, str]:
+    """``(path, how we know)`` of the calls made since :func:`compiled_calls` was ``before``: ``"compiled"`` if any of
+    them ran compiled (a compile failure runs them eagerly and is counted so)."""
+    return ("compiled" if compiled_calls() > before else "eager"), "the calls that ran compiled (torch_compile.CALLS)"
+
+
 def with_path(out: dict, backend, overhead_s: float, ran=None) -> dict:
     """Add the path that ran, the first-call overhead and (compiled paths only) the compile time to ``out``;
     ``ran``, where the measurement knows it, is ``(path, how we know)`` and wins over :func:`path_of`."""

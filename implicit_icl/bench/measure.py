@@ -22,8 +22,8 @@ from __future__ import annotations
 import time
 
 from .baselines import float32_error, numpy_reference, per_prefix
-from .common import (PeakMemory, first_calls, peak_rss, prepared, setup, start_measurement, sync, timed,
-                           with_path)
+from .common import (PeakMemory, compiled_calls, first_calls, peak_rss, prepared, ran_compiled, setup,
+                     start_measurement, sync, timed, with_path)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -139,37 +139,50 @@ def position_updates(spec) -> dict:
 
 
 def _position_updates_at(spec, T: int) -> dict:
+    """One T of :func:`position_updates`: ``"torch"`` (eager), ``"torch_compiled"`` (with ``spec["compile"]``) and,
+    for T ≤ 4,096, ``"numpy"``, each the best of its repetitions after its first calls."""
     import torch
 
-    from implicit_icl.backends import get_backend, torch_ops
-
     cfg, params, _, _ = setup(dict(spec, n=0))
-    device, reps = spec["device"], spec["reps"]
     Z = torch.randn(T, cfg.d_model, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     res = {"T": T}
-    for name in ("torch", "numpy"):
+    for name in ("torch", "torch_compiled", "numpy"):
         if name == "numpy" and T > 4096:                              # O(T²) float64 attention on the host
             continue
-        be = get_backend(name, device=device if name == "torch" else None,
-                         dtype="float32" if name == "torch" else None)
-        (P, how), Zb = prepared(be, params, cfg), be.asarray(Z)
-        r = reps if name == "torch" else max(1, reps // 5)
-        pos, blk = (lambda: be.position_updates(P, cfg, Zb, query="own")), (lambda: be.block(P, cfg, Zb))
-        warm = first_calls(pos, device) if name == "torch" else [0.0, 0.0]
-        blk()
-        entry = {"position_updates_s": best_of(pos, device, r), "block_s": best_of(blk, device, r), "reps": r,
-                 "dtype": be.dtype, "params": how}
-        if name == "torch":
-            entry["eager_block_s"] = best_of(lambda: torch_ops.block(P, cfg, Zb), device, r)
-            with_path(entry, be, warm[0] - entry["position_updates_s"])
-        res[name] = entry
+        if name == "torch_compiled" and not spec.get("compile"):
+            continue
+        res[name] = _position_updates_of(spec, name, cfg, params, Z)
     return res
+
+
+def _position_updates_of(spec, name: str, cfg, params, Z) -> dict:
+    """Updates at every position and one block forward through one backend (``name`` as in
+    :func:`_position_updates_at`); for torch also the forward in plain eager ops and the path that ran."""
+    from implicit_icl.backends import get_backend, torch_ops
+
+    device, reps = spec["device"], spec["reps"]
+    on_torch = name != "numpy"
+    be = get_backend("torch" if on_torch else "numpy", device=device if on_torch else None,
+                     dtype="float32" if on_torch else None, **({"compile": True} if name == "torch_compiled" else {}))
+    (P, how), Zb = prepared(be, params, cfg), be.asarray(Z)
+    r = reps if on_torch else max(1, reps // 5)
+    pos, blk = (lambda: be.position_updates(P, cfg, Zb, query="own")), (lambda: be.block(P, cfg, Zb))
+    before = compiled_calls()
+    warm = [first_calls(f, device) for f in (pos, blk)]               # a compiled path compiles both here
+    entry = {"position_updates_s": best_of(pos, device, r), "block_s": best_of(blk, device, r), "reps": r,
+             "dtype": be.dtype, "params": how}
+    if on_torch:
+        entry["eager_block_s"] = best_of(lambda: torch_ops.block(P, cfg, Zb), device, r)
+        overhead = (warm[0][0] - entry["position_updates_s"]) + (warm[1][0] - entry["block_s"])
+        with_path(entry, be, overhead, ran_compiled(before))
+    return entry
 
 
 def model_updates(spec) -> dict:
     """Every layer's updates at every position of a stack against one forward of the stack, both through the
     backend: ``model_position_updates`` if the backend has it, else ``model_forward`` and ``position_updates`` on
-    each block's input (what a user of today's API writes)."""
+    each block's input (what a user of today's API writes); with ``spec["compile"]`` the same through the compiled
+    backend too, under ``"compiled"``."""
     import torch
 
     from implicit_icl import reference as ref
@@ -177,11 +190,22 @@ def model_updates(spec) -> dict:
 
     cfg, _, _, _ = setup(dict(spec, n=0))
     layers, batch, T, device = spec["layers"], spec["batch"], spec["T"], spec["device"]
-    tb = get_backend("torch", device=device, dtype="float32")
-    blocks = [prepared(tb, p, cfg) for p in ref.init_model(cfg, layers, 0, bias_std=0.1, ln_std=0.1)]
-    how, blocks = blocks[0][1], [p for p, _ in blocks]
     g = torch.Generator(device=device).manual_seed(3)
     Z = torch.randn(batch, T, cfg.d_model, generator=g, dtype=torch.float32, device=device)
+    params = ref.init_model(cfg, layers, 0, bias_std=0.1, ln_std=0.1)
+    out = {"layers": layers, "batch": batch, "T": T, "kind": cfg.kind}
+    out.update(_model_updates_of(get_backend("torch", device=device, dtype="float32"), params, cfg, Z, spec))
+    if spec.get("compile"):
+        tb = get_backend("torch", device=device, dtype="float32", compile=True)
+        out["compiled"] = _model_updates_of(tb, params, cfg, Z, spec)
+    return out
+
+
+def _model_updates_of(tb, params, cfg, Z, spec) -> dict:
+    """:func:`model_updates`' figures through the backend ``tb``, the updates and forwards interleaved."""
+    device = spec["device"]
+    blocks = [prepared(tb, p, cfg) for p in params]
+    how, blocks = blocks[0][1], [p for p, _ in blocks]
     fused = getattr(tb, "model_position_updates", None)
     if fused is not None:
         updates, method = (lambda: fused(blocks, cfg, Z)), "the backend's model_position_updates"
@@ -191,15 +215,15 @@ def model_updates(spec) -> dict:
             return [tb.position_updates(p, cfg, H) for p, H in zip(blocks, Hs[:-1])]
         method = "model_forward, then position_updates on each block's input (no fused call in this backend)"
     forward = lambda: tb.model_forward(blocks, cfg, Z)                # noqa: E731
-    warm = first_calls(updates, device)
-    forward()
+    before = compiled_calls()
+    warm = [first_calls(f, device) for f in (updates, forward)]        # a compiled path compiles both here
     walls, fwds = [], []
     for _ in range(spec["reps"]):                                     # interleaved
         walls.append(timed(updates, device))
         fwds.append(timed(forward, device))
-    out = {"layers": layers, "batch": batch, "T": T, "kind": cfg.kind, "updates_s": min(walls),
-           "forward_s": min(fwds), "reps": spec["reps"], "method": method, "params": how}
-    return with_path(out, tb, warm[0] - out["updates_s"])
+    out = {"updates_s": min(walls), "forward_s": min(fwds), "reps": spec["reps"], "method": method, "params": how}
+    overhead = (warm[0][0] - out["updates_s"]) + (warm[1][0] - out["forward_s"])
+    return with_path(out, tb, overhead, ran_compiled(before))
 
 
 OPS = {"scan": scan, "position_updates": position_updates, "model_updates": model_updates,

@@ -59,6 +59,24 @@ def _positions(res) -> list[dict]:
     return [r for r in (res.get("position_updates") or {}).get("Ts", []) if "torch" in r]
 
 
+def _judged(eager: dict, compiled: dict | None) -> dict:
+    """The entry a target judges: the compiled one where it ran compiled (the fast path the targets are for), else
+    the eager one."""
+    return compiled if compiled and compiled.get("path") == "compiled" else eager
+
+
+def _position(p: dict) -> dict:
+    """One T's torch entry that the targets judge (:func:`_judged`)."""
+    return _judged(p["torch"], p.get("torch_compiled"))
+
+
+def _model_entry(res) -> dict:
+    """The whole-model entry the target judges (:func:`_judged`), with the run's size."""
+    m = res.get("model_updates") or {}
+    size = {k: m[k] for k in ("layers", "batch", "T") if k in m}
+    return dict(_judged(m, m.get("compiled")), **size)
+
+
 def _div(a, b):
     return a / b if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b > 0 else None
 
@@ -97,34 +115,34 @@ def _extra_memory(res):
 
 
 def _block_forward_1024(res):
-    r = next((p["torch"] for p in _positions(res) if p["T"] == 1024), {})
+    r = next((_position(p) for p in _positions(res) if p["T"] == 1024), {})
     return (r["block_s"] * 1e3 if "block_s" in r else None), None, r.get("path")
 
 
 def _positions_worst(res):
     rows = _positions(res)
-    worst = max((_div(p["torch"]["position_updates_s"], p["torch"]["block_s"]) for p in rows), default=None)
+    worst = max((_div(_position(p)["position_updates_s"], _position(p)["block_s"]) for p in rows), default=None)
     missing = [T for T in GPU_POSITIONS if T not in {p["T"] for p in rows}]
     why = f"not measured at T = {', '.join(f'{T:,}' for T in missing)}" if missing and worst is not None else None
-    return worst, why, rows[0]["torch"].get("path") if rows else None
+    return worst, why, _position(rows[0]).get("path") if rows else None
 
 
 def _beats_p2(res):
     if not res["config"]["device"].startswith("cuda"):                 # host times against an H200's: no figure
         return None, None, None
     rows = [p for p in _positions(res) if p["T"] in P2_JAX_H200_S]
-    worst = max((p["torch"]["position_updates_s"] / P2_JAX_H200_S[p["T"]] for p in rows), default=None)
+    worst = max((_position(p)["position_updates_s"] / P2_JAX_H200_S[p["T"]] for p in rows), default=None)
     gpu = (res.get("machine") or {}).get("gpu") or ""
     why = None
     if worst is not None and "H200" not in gpu:
         why = "P2's figures were measured on an H200; this machine is " + (gpu or res["config"]["device"])
     elif worst is not None and len(rows) < len(P2_JAX_H200_S):
         why = "not measured at every T of P2's figures (1,024, 4,096, 16,384)"
-    return worst, why, rows[0]["torch"].get("path") if rows else None
+    return worst, why, _position(rows[0]).get("path") if rows else None
 
 
 def _model(res):
-    m = res.get("model_updates") or {}
+    m = _model_entry(res)
     value = _div(m.get("updates_s"), m.get("forward_s"))
     size = (m.get("layers"), m.get("batch"), m.get("T"))
     why = None
@@ -209,6 +227,8 @@ def targets(res) -> dict:
 # ---------------------------------------------------------------------------------------------------------------
 
 def _figure(name, value, unit, floor_name=None, floor=None, target=None, path=None) -> dict:
+    """One figure; a timed figure's name ends with the path it ran (``(eager)``, ``(compiled)``) where known."""
+    name += f" ({path})" if path and floor_name else ""
     return {"figure": name, "value": value, "unit": unit, "floor": floor_name, "floor_value": floor,
             "ratio": _div(value, floor), "target": target, "path": path}
 
@@ -229,13 +249,7 @@ def figures(res) -> list[dict]:
         for r in _scans(res, n):
             rows += _scan_figures(r, n, device, scan_keys.get(n, ()) if r is _scan(res, n) else ())
     rows += _position_figures(res, device)
-    m = res.get("model_updates") or {}
-    if "updates_s" in m:
-        rows.append(_figure(f"updates, every layer and position ({m['layers']} layers × {m['batch']} × "
-                            f"{m['T']:,})", m["updates_s"], "s", "model forward", m["forward_s"],
-                            "model_updates_within_1.3x_forward", m.get("path")))
-        if m.get("compile_s") is not None:
-            rows.append(_figure("compile time, model updates", m["compile_s"], "s", path=m.get("path")))
+    rows += _model_figures(res)
     status = res.get("targets") or {}
     for row in rows:
         row["met"] = status.get(row["target"], {}).get("met") if row["target"] else None
@@ -246,12 +260,12 @@ def _scan_figures(r: dict, n: int, device: str, target_keys) -> list[dict]:
     """A trajectory row's figures: its time against each floor, its extra memory, its compile time; the targets
     ``target_keys`` go to the row the targets judge (:func:`_scan`)."""
     path = r.get("path")
-    name, rows = f"trajectory, {n:,} tokens ({path})", []
+    name, rows = f"trajectory, {n:,} tokens", []
     for key, f in (r.get("floors") or {}).items():
         target = _device_target(device, *target_keys) if key == "kv_matmul" and target_keys else None
         rows.append(_figure(name, r["wall_s"], "s", FLOOR_NAMES.get(key, key), f["wall_s"], target, path))
     if "extra_bytes" in r:
-        rows.append(_figure(f"trajectory's extra memory, {n:,} tokens ({path})", r["extra_bytes"], "bytes",
+        rows.append(_figure(f"trajectory's extra memory, {n:,} tokens", r["extra_bytes"], "bytes",
                             "its input", r["input_bytes"],
                             "trajectory_1M_extra_memory_at_most_100MB" if n == M and target_keys else None, path))
     if r.get("compile_s") is not None:
@@ -260,20 +274,40 @@ def _scan_figures(r: dict, n: int, device: str, target_keys) -> list[dict]:
 
 
 def _position_figures(res, device) -> list[dict]:
+    """Each T's figures, per torch path measured (the targets on the entry they judge, :func:`_position`), and
+    NumPy's."""
     rows = []
     for p in _positions(res):
-        T, t = p["T"], p["torch"]
-        rows.append(_figure(f"updates at every position, T = {T:,}", t["position_updates_s"], "s", "block forward",
-                            t["block_s"], _device_target(device, "position_updates_within_1.2x_forward_T256_to_65536"),
-                            t.get("path")))
-        rows.append(_figure(f"block forward (library), T = {T:,}", t["block_s"], "s", "eager torch ops",
-                            t["eager_block_s"], "block_forward_T1024_at_most_0.3ms" if T == 1024 and device == "cuda"
-                            else None, t.get("path")))
+        T = p["T"]
+        for t in filter(None, (p["torch"], p.get("torch_compiled"))):
+            judged, path = t is _position(p), t.get("path")
+            rows.append(_figure(f"updates at every position, T = {T:,}", t["position_updates_s"], "s",
+                                "block forward", t["block_s"], _device_target(
+                                    device, "position_updates_within_1.2x_forward_T256_to_65536") if judged else None,
+                                path))
+            rows.append(_figure(f"block forward (library), T = {T:,}", t["block_s"], "s", "eager torch ops",
+                                t["eager_block_s"], "block_forward_T1024_at_most_0.3ms"
+                                if judged and T == 1024 and device == "cuda" else None, path))
+            if t.get("compile_s") is not None:
+                rows.append(_figure(f"compile time, position updates and forward (T = {T:,})", t["compile_s"], "s",
+                                    path=path))
         if "numpy" in p:
             rows.append(_figure(f"updates at every position (NumPy float64), T = {T:,}",
                                 p["numpy"]["position_updates_s"], "s", "NumPy block forward", p["numpy"]["block_s"]))
-        if t.get("compile_s") is not None:
-            rows.append(_figure(f"compile time, position updates (T = {T:,})", t["compile_s"], "s", path=t["path"]))
+    return rows
+
+
+def _model_figures(res) -> list[dict]:
+    """The whole model's figures, per path measured (the target on the entry it judges, :func:`_model_entry`)."""
+    m, rows = res.get("model_updates") or {}, []
+    judged = _judged(m, m.get("compiled"))
+    for e in filter(lambda e: "updates_s" in e, (m, m.get("compiled") or {})):
+        path = e.get("path")
+        rows.append(_figure(f"updates, every layer and position ({m['layers']} layers × {m['batch']} × "
+                            f"{m['T']:,})", e["updates_s"], "s", "model forward", e["forward_s"],
+                            "model_updates_within_1.3x_forward" if e is judged else None, path))
+        if e.get("compile_s") is not None:
+            rows.append(_figure("compile time, model updates and forward", e["compile_s"], "s", path=path))
     return rows
 
 

@@ -169,7 +169,8 @@ def bench(sizes, device="cpu", budget=20.0, kind="pre-ln", positions=CPU_POSITIO
 
     progress()                                                 # the skeleton first: an unwritable --json fails now
     isolate = not quick                                        # --quick runs in-process
-    compiled = _compiled_sizes(sizes, device, result)
+    compiles = _compiles(device, quick, result)
+    compiled = _compiled_sizes(sizes, device) if compiles else []
     for n in sizes:                                            # the scan and its floors first: the headline figures
         for compile in (False, True) if n in compiled else (False,):
             result["trajectory"].append(_child(dict(base, op="scan", n=n, dtype="float32", compile=compile),
@@ -177,9 +178,10 @@ def bench(sizes, device="cpu", budget=20.0, kind="pre-ln", positions=CPU_POSITIO
             progress()
     # the accuracy and the update figures before the budgeted baselines: a run cut short by a time limit has them
     later = [("float32_error", dict(base, op="float32_error", n=max(sizes))),
-             ("position_updates", dict(base, op="position_updates", Ts=list(positions), reps=3 if quick else 10)),
+             ("position_updates", dict(base, op="position_updates", Ts=list(positions), reps=3 if quick else 10,
+                                       compile=compiles)),
              ("model_updates", dict(base, op="model_updates", layers=model[0], batch=model[1], T=model[2],
-                                    reps=2 if quick else 3))]
+                                    reps=2 if quick else 3, compile=compiles))]
     for key, spec in later:
         result[key] = _child(spec, child_timeout, isolate)
         progress()
@@ -191,15 +193,23 @@ def bench(sizes, device="cpu", budget=20.0, kind="pre-ln", positions=CPU_POSITIO
     return result
 
 
-def _compiled_sizes(sizes, device: str, result: dict) -> list[int]:
-    """The n whose trajectory is measured on the compiled path too: those with two full slabs or more (a shorter
-    context runs the eager step only); none where torch.compile cannot run, said so in ``result["skipped"]``."""
-    from implicit_icl.backends.torch_backend import slab_for
+def _compiles(device: str, quick: bool, result: dict) -> bool:
+    """Whether the compiled paths are measured beside the eager ones: where torch.compile can run, and not in a
+    ``--quick`` run (in-process, seconds long: compiling would take most of it); why not, said in
+    ``result["skipped"]``."""
     from implicit_icl.backends.torch_compile import compile_unavailable
 
-    if why := compile_unavailable(device):
-        result.setdefault("skipped", []).append(f"the compiled trajectory: {why}")
-        return []
+    why = "--quick measures the eager paths only" if quick else compile_unavailable(device)
+    if why:
+        result.setdefault("skipped", []).append(f"the compiled paths: {why}")
+    return not why
+
+
+def _compiled_sizes(sizes, device: str) -> list[int]:
+    """The n whose trajectory is measured on the compiled path too: those with two full slabs or more (a shorter
+    context runs the eager step only)."""
+    from implicit_icl.backends.torch_backend import slab_for
+
     return [n for n in sizes if n >= 2 * slab_for(device)]
 
 
