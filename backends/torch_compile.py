@@ -12,6 +12,7 @@ call took: what the bench and the tests read to know which path really ran.
 from __future__ import annotations
 
 import collections
+import functools
 import importlib.util
 import shutil
 import sys
@@ -28,12 +29,18 @@ failed); ``what`` the key's first entry (``"block"``, ``"position_updates"``).""
 
 RECOMPILE_LIMIT = 256    # compiled variants of one function (block config × settings × dtype × device × shapes)
 _LIMIT_NAME = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+_LIMIT_HIT = getattr(torch._dynamo.exc, "FailOnRecompileLimitHit", ())   # what fullgraph raises at the limit
 
 
 def compile_unavailable(device) -> str | None:
     """Why compiled code cannot run on ``device`` (``None`` if it can): Inductor needs a C++ compiler on the CPU
-    and Triton on CUDA; other devices run eagerly."""
-    kind = torch.device(device).type
+    and Triton on CUDA; other devices run eagerly. Looked up once per device type (a search of PATH costs more than
+    a small compiled call)."""
+    return _unavailable(torch.device(device).type)
+
+
+@functools.lru_cache(maxsize=None)
+def _unavailable(kind: str) -> str | None:
     if kind == "cpu":
         if sys.platform != "win32" and any(shutil.which(c) for c in ("g++", "c++", "clang++")):
             return None
@@ -69,15 +76,18 @@ def compile_failed(key, device, exc: Exception, what: str) -> None:
 def compiled(key, fn, **options):
     """``torch.compile(fn, fullgraph=True, **options)``, made once per ``key`` and cached for the process. Every
     variant of one function shares its code object, whose default limit of 8 compiled variants a test suite or a
-    sweep over blocks passes: each call raises it to ``RECOMPILE_LIMIT`` (past that, Dynamo refuses and the call
-    fails over to eager code through :func:`run`, with a warning)."""
+    sweep over blocks passes: a call that meets the limit is retried with it raised to ``RECOMPILE_LIMIT`` (past
+    that, Dynamo refuses and the call fails over to eager code through :func:`run`, with a warning)."""
     if key not in _COMPILED:
         step = torch.compile(fn, fullgraph=True, **options)
 
         def call(*args):
-            limit = max(RECOMPILE_LIMIT, getattr(torch._dynamo.config, _LIMIT_NAME))
-            with torch._dynamo.config.patch(**{_LIMIT_NAME: limit}):
-                return step(*args)
+            try:
+                return step(*args)              # no config patch on every call: it costs as much as a small kernel
+            except _LIMIT_HIT:
+                limit = max(RECOMPILE_LIMIT, getattr(torch._dynamo.config, _LIMIT_NAME))
+                with torch._dynamo.config.patch(**{_LIMIT_NAME: limit}):
+                    return step(*args)
         _COMPILED[key] = call
     return _COMPILED[key]
 

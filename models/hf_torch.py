@@ -1,6 +1,7 @@
 """A loaded Hugging Face model (``models.hf.load``) run on the torch backend, layer by layer, batched, on any device.
 
-``TorchModel(model, dtype="float32", devices=None)`` converts every array of the model once: each layer's params are
+``TorchModel(model, dtype="float32", devices=None, compile=False)`` (``compile``: the layers' calls through
+``torch.compile``, ``backends.torch_compile``) converts every array of the model once: each layer's params are
 checked and moved by ``backend.prepare`` (a read-only ``CheckedParams`` on that layer's device and dtype), the
 embeddings go to the first layer's device and the final norm and LM head to the last one's. Then
 
@@ -51,6 +52,7 @@ except ImportError as exc:
 
 from implicit_icl.backends import get_backend, torch_ops
 from implicit_icl.backends.torch_checks import resolve_device
+from implicit_icl.reference.checks import check_bool
 from implicit_icl.reference.update import Update
 
 from .hf_torch_ragged import SLACK, in_buckets, padded
@@ -94,7 +96,8 @@ class TorchModel:
     #: ``0``: one bucket per length, ``inf``: one padded batch); set it on an instance to change it there
     ragged_slack = SLACK
 
-    def __init__(self, model, dtype="float32", devices=None):
+    def __init__(self, model, dtype="float32", devices=None, compile: bool = False):
+        self.compile = check_bool("compile", compile)     # the layers' calls through torch.compile (torch_compile)
         if not isinstance(model, HFModel):
             raise ValueError(f"model must be a model that models.hf.load returned (an HFModel), got "
                              f"{type(model).__name__}")
@@ -131,7 +134,8 @@ class TorchModel:
         """The torch backend of layer ``layer``'s device (one per device, all in this model's dtype)."""
         dev = self.layer_devices[layer]
         if str(dev) not in self._backends:
-            self._backends[str(dev)] = get_backend("torch", device=dev, dtype=self._requested_dtype)
+            self._backends[str(dev)] = get_backend("torch", device=dev, dtype=self._requested_dtype,
+                                                   compile=self.compile)
         return self._backends[str(dev)]
 
     def _tensor(self, arr, device):

@@ -119,3 +119,24 @@ def test_a_zero_tap_raises_the_same_error_on_the_compiled_path():
             backend.position_updates(params, cfg, Z)
         messages.append(str(err.value))
     assert messages[0] == messages[1] and _calls("compiled") == compiled + 1
+
+
+@needs_compile
+def test_a_call_past_dynamos_recompile_limit_is_retried_with_the_raised_limit(monkeypatch):
+    """Every block config is a variant of one code object; a call that meets Dynamo's limit (here set to 1, as a
+    sweep over blocks would meet the default 8) is compiled again under ``RECOMPILE_LIMIT`` rather than run eagerly,
+    and the limit is raised only for that retry."""
+    limit_name = torch_compile._LIMIT_NAME
+    monkeypatch.setattr(torch._dynamo.config, limit_name, 1)
+    tb = get_backend("torch", dtype="float32", compile=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="torch.compile failed")
+        for d_model in (6, 10):                                          # two configs no other test uses
+            cfg, blocks, Z = _stack(d_model=d_model)
+            compiled = _calls("compiled")
+            out = tb.block(blocks[0], cfg, Z)
+            assert _calls("compiled") == compiled + 1
+            # float32 against float64 on O(1) values through a few matmuls: ~1e-6; the conformance suite's bounds
+            # are the exact ones, this checks that the retried compile computed the block at all
+            np.testing.assert_allclose(out[0].numpy(), ref.block(blocks[0], cfg, Z[0]), rtol=1e-4, atol=1e-5)
+    assert getattr(torch._dynamo.config, limit_name) == 1
