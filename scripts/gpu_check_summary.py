@@ -170,21 +170,23 @@ def markdown_table(bench: dict, device: str) -> str:
 
 
 def _updates_lines(bench: dict) -> list[str]:
-    """Updates at every position against one forward of the block, and a whole model's against its forward."""
-    lines = ["", "| updates at every position | time | one block forward | ratio | the forward in eager ops |",
-             "|---|---|---|---|---|"]
+    """Updates at every position against one forward of the block, and a whole model's against its forward, on each
+    path measured (eager, and compiled where ``torch.compile`` ran)."""
+    lines = ["", "| updates at every position | path | time | one block forward | ratio | the forward in eager ops |",
+             "|---|---|---|---|---|---|"]
     for p in (bench.get("position_updates") or {}).get("Ts", []):
-        t = p.get("torch") or {}
-        if "position_updates_s" not in t:
-            lines.append(f"| T = {p.get('T', 0):,} | failed: {p.get('error', 'not measured')} | | | |")
+        if "position_updates_s" not in (p.get("torch") or {}):
+            lines.append(f"| T = {p.get('T', 0):,} | | failed: {p.get('error', 'not measured')} | | | |")
             continue
-        lines.append(f"| T = {p['T']:,} | {_seconds(t['position_updates_s'])} | {_seconds(t['block_s'])} | "
-                     f"{_ratio(t['position_updates_s'], t['block_s'])} | {_seconds(t.get('eager_block_s'))} |")
+        for t in filter(None, (p["torch"], p.get("torch_compiled"))):
+            lines.append(f"| T = {p['T']:,} | {t.get('path', 'eager')} | {_seconds(t['position_updates_s'])} | "
+                         f"{_seconds(t['block_s'])} | {_ratio(t['position_updates_s'], t['block_s'])} | "
+                         f"{_seconds(t.get('eager_block_s'))} |")
     m = bench.get("model_updates") or {}
-    if "updates_s" in m:
+    for e in filter(lambda e: "updates_s" in e, (m, m.get("compiled") or {})):
         lines.append(f"\nEvery layer's updates at every position, {m['layers']} layers × {m['batch']} × {m['T']:,} "
-                     f"tokens: {_seconds(m['updates_s'])}, {_ratio(m['updates_s'], m['forward_s'])} one forward of "
-                     f"the model ({_seconds(m['forward_s'])}; path: {m.get('path', 'eager')}).")
+                     f"tokens: {_seconds(e['updates_s'])}, {_ratio(e['updates_s'], e['forward_s'])} one forward of "
+                     f"the model ({_seconds(e['forward_s'])}; path: {e.get('path', 'eager')}).")
     return lines
 
 

@@ -215,7 +215,10 @@ def test_rehearsal_on_the_cpu_runs_every_step_through_the_package_shim(tmp_path)
         assert (tmp_path / name).stat().st_size > 0
     table = (tmp_path / "gpu_check.md").read_text()                 # README's table, ready to paste
     assert "| 2,048 tokens |" in table and ("fitted" in table or "measured" in table)
-    assert "| T = 128 |" in table and "| model_updates_within_1.3x_forward |" in table
+    assert "| T = 128 | eager |" in table and "| model_updates_within_1.3x_forward |" in table
+    from implicit_icl.backends.torch_compile import compile_available
+    if compile_available("cpu"):                                    # the compiled block calls beside the eager ones
+        assert "| T = 128 | compiled |" in table and "path: compiled" in table
 
 
 @needs_torch_and_bash

@@ -375,7 +375,7 @@ def test_check_against_float64_refuses_a_ragged_batch_by_name(models):
 def test_compile_runs_the_layers_compiled_with_the_eager_numbers(models):
     """``TorchModel(..., compile=True)`` runs every layer's calls through ``torch.compile`` (counted in
     ``torch_compile.CALLS``) and gives the eager model's numbers: float64, the same operations fused, so round-off
-    (1e-12 of the values' scale)."""
+    (1e-12 of the values' scale). The compiled forward alone is the conformance suite's (``model_forward``)."""
     from implicit_icl.backends import torch_compile
     if not torch_compile.compile_available("cpu"):
         pytest.skip("torch.compile needs a C++ compiler on the CPU")
@@ -385,7 +385,6 @@ def test_compile_runs_the_layers_compiled_with_the_eager_numbers(models):
     got, want = compiled.position_updates(ids), eager.position_updates(ids)
     for l, (g, w) in enumerate(zip(got, want)):
         _same_update(g, w, f"layer {l}")
-    close(compiled.logits(ids), np64(eager.logits(ids)), "logits")
-    assert sum(n for (_, path), n in torch_compile.CALLS.items() if path == "compiled") - before == 2 * model.n_layers
+    assert sum(n for (_, path), n in torch_compile.CALLS.items() if path == "compiled") - before == model.n_layers
     with pytest.raises(ValueError, match="compile"):
         TorchModel(model, compile="yes")
