@@ -13,8 +13,6 @@ attention pass per block, O(n²·d) time, O(n·d) memory).
 """
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import torch
 
@@ -31,7 +29,6 @@ from . import torch_compile, torch_ops
 from .torch_checks import (  # noqa: F401 (DTYPES, resolve_* re-exported)
     DTYPES, CheckedParams, Checks, dtype_name, resolve_device, resolve_dtype, synced)
 from implicit_icl.reference.trajectories import Trajectory
-from .torch_compile import compile_available
 from .torch_updates import block_forward, position_update_tensors, position_updates_of, update_check
 from .torch_scan import (  # noqa: F401 (layer_norm_increment re-exported)
     layer_norm_increment, prefix_attention_scan, scan_trajectory)
@@ -79,7 +76,7 @@ class TorchBackend:
     def path(self) -> str:
         """Which path the hot calls take: ``"compiled"`` or ``"eager"`` (``torch_compile``; the trajectory's
         default, ``torch_scan``)."""
-        return "compiled" if self.compile and compile_available(self.torch_device) else "eager"
+        return "compiled" if self.compile and torch_compile.compile_available(self.torch_device) else "eager"
 
     def _compiles(self, *tensors) -> bool:
         """Whether ``block``, ``position_updates`` and the stack's calls run compiled (``torch_compile``): with
@@ -91,8 +88,8 @@ class TorchBackend:
         """``torch_ops.block`` on checked inputs, compiled where :meth:`_compiles` (one graph per block config)."""
         if not self._compiles(Z, *P.values()):
             return torch_ops.block(P, cfg, Z)
-        return torch_compile.run(("block", cfg), functools.partial(block_forward, cfg=cfg), self.torch_device,
-                                 dict(P), Z, what="this block's forward")
+        return torch_compile.run(("block", cfg), block_forward, {"cfg": cfg}, self.torch_device, dict(P), Z,
+                                 what="this block's forward")
 
     # conversions ---------------------------------------------------------------------------------------------
     def asarray(self, x):
@@ -243,9 +240,9 @@ class TorchBackend:
             upd, out = position_updates_of(P, Z, cfg=cfg, query=query, forward=forward, u=u)
             check = update_check(upd, cfg, query)
             return upd, out, check, Checks.reductions(check)
-        fn = functools.partial(position_update_tensors, cfg=cfg, query=query, forward=forward)
         u, a, delta_b, out, sums, minima = torch_compile.run(
-            ("position_updates", cfg, query, forward), fn, self.torch_device, dict(P), Z,
+            ("position_updates", cfg, query, forward), position_update_tensors,
+            {"cfg": cfg, "query": query, "forward": forward}, self.torch_device, dict(P), Z,
             what="this block's position_updates")
         upd = Update(u=u, a=a, delta_b=delta_b)
         return upd, out, update_check(upd, cfg, query), (sums, minima)

@@ -3,8 +3,9 @@ fall-back to eager code when compiling fails (ours; DESIGN "Performance stance")
 
 Every compiled function here is the eager function itself under ``torch.compile``: the same operations, fused by
 Inductor (C++ on the CPU, Triton on a GPU), so its numbers are the eager numbers up to the fused kernels' order of
-summation. A compiled function is made once per key (a block config and the call's static settings) and cached for
-the process; Dynamo guards on dtype, device and shapes inside it. Where it cannot run (:func:`compile_unavailable`)
+summation. A compiled function is made once per key (a block config and the call's static settings), from a copy of
+the function with a code object of its own (:func:`own_copy`), and cached for the process; Dynamo guards on dtype,
+device and shapes inside it. Where it cannot run (:func:`compile_unavailable`)
 the callers run eagerly; where it fails, :func:`run` warns once per device type, remembers the key in ``FAILED`` and
 runs the eager function, so a user's call never fails because of the compiler. ``CALLS`` counts which path each
 call took: what the bench and the tests read to know which path really ran.
@@ -16,18 +17,19 @@ import functools
 import importlib.util
 import shutil
 import sys
+import types
 import warnings
 
 import torch
 
-FAILED: dict = {}            # key → why compiling it failed (its calls then run eagerly)
+FAILED: dict = {}            # (key, device type) → why compiling it failed (its calls then run eagerly there)
 _WARNED: set = set()         # the device types a compile failure was reported on
 _COMPILED: dict = {}
 CALLS: collections.Counter = collections.Counter()
 """Calls since import, by ``(what, path)``: ``path`` ``"compiled"`` or ``"eager"`` (compile off, unavailable or
 failed); ``what`` the key's first entry (``"block"``, ``"position_updates"``)."""
 
-RECOMPILE_LIMIT = 256    # compiled variants of one function (block config × settings × dtype × device × shapes)
+RECOMPILE_LIMIT = 64     # compiled variants of one key's function (dtype × device × shapes)
 _LIMIT_NAME = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
 _LIMIT_HIT = getattr(torch._dynamo.exc, "FailOnRecompileLimitHit", ())   # what fullgraph raises at the limit
 
@@ -58,47 +60,74 @@ def compile_available(device) -> bool:
 
 def usable(key, device) -> bool:
     """Whether a call keyed ``key`` on ``device`` should take the compiled path: compiling can run there and has
-    not failed for this key."""
-    return compile_available(device) and key not in FAILED
+    not failed for this key on this device type."""
+    return compile_available(device) and (key, torch.device(device).type) not in FAILED
 
 
 def compile_failed(key, device, exc: Exception, what: str) -> None:
-    """Remember that compiling ``key`` failed and say so once per device type; ``what`` (e.g. "this block's
-    trajectory") then runs eagerly."""
+    """Remember that compiling ``key`` failed on ``device``'s type and say so once per device type; ``what`` (e.g.
+    "this block's trajectory") then runs eagerly there."""
     kind = torch.device(device).type
-    why = FAILED[key] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    why = FAILED[key, kind] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     if kind not in _WARNED:
         _WARNED.add(kind)
         warnings.warn(f"torch.compile failed on {kind} ({why}); {what} runs eagerly (the same numbers, slower)",
                       RuntimeWarning, stacklevel=4)
 
 
-def compiled(key, fn, **options):
-    """``torch.compile(fn, fullgraph=True, **options)``, made once per ``key`` and cached for the process. Every
-    variant of one function shares its code object, whose default limit of 8 compiled variants a test suite or a
-    sweep over blocks passes: a call that meets the limit is retried with it raised to ``RECOMPILE_LIMIT`` (past
-    that, Dynamo refuses and the call fails over to eager code through :func:`run`, with a warning)."""
+def own_copy(fn, static: dict):
+    """``fn`` with the keyword-only arguments ``static`` (a block config, a query convention) bound as its defaults,
+    as a function of its own with a code object of its own: Dynamo keeps its compiled variants, its recompile count
+    and its dynamic-shape state per code object (and name), so each key compiles static graphs for its own shapes and
+    never meets the other keys' variants. (``functools.partial`` would share one wrapper's code object between
+    every key: the second block config would compile with symbolic sizes.)"""
+    name = f"{fn.__name__}__{len(_COMPILED)}"
+    code = fn.__code__.replace(co_name=name, **({"co_qualname": name} if sys.version_info >= (3, 11) else {}))
+    copy = types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
+    copy.__kwdefaults__ = dict(fn.__kwdefaults__ or {}, **static)
+    return copy
+
+
+def _limit_hit(exc: Exception) -> bool:
+    """Whether ``exc`` is Dynamo refusing to compile another variant (its recompile limit, once named
+    ``cache_size_limit``), not a real failure."""
+    if _LIMIT_HIT and isinstance(exc, _LIMIT_HIT):
+        return True
+    return isinstance(exc, torch._dynamo.exc.Unsupported) and "limit" in str(exc).lower()
+
+
+def compiled(key, fn, static: dict, **options):
+    """``torch.compile(fullgraph=True, **options)`` of ``fn`` with ``static`` bound (:func:`own_copy`), made once
+    per ``key`` and cached for the process. A call that meets Dynamo's limit of compiled variants (8 per code
+    object: dtypes × devices × shapes of one key) is retried with it raised to ``RECOMPILE_LIMIT`` (past that, the
+    call fails over to eager code through :func:`run`, with a warning); the limit is not patched on every call (that
+    costs as much as a small kernel)."""
     if key not in _COMPILED:
-        step = torch.compile(fn, fullgraph=True, **options)
+        copy = own_copy(fn, static)
+        step = torch.compile(copy, fullgraph=True, **options)
 
         def call(*args):
             try:
-                return step(*args)              # no config patch on every call: it costs as much as a small kernel
-            except _LIMIT_HIT:
+                return step(*args)
+            except Exception as exc:                                    # noqa: BLE001 (re-raised unless the limit)
+                if not _limit_hit(exc):
+                    raise
                 limit = max(RECOMPILE_LIMIT, getattr(torch._dynamo.config, _LIMIT_NAME))
                 with torch._dynamo.config.patch(**{_LIMIT_NAME: limit}):
                     return step(*args)
+        call.code = copy.__code__                                       # what Dynamo caches the variants on
         _COMPILED[key] = call
     return _COMPILED[key]
 
 
-def run(key, fn, device, *args, what: str):
-    """``fn(*args)`` compiled (cached under ``key``: :func:`compiled`, shapes dynamic after the first recompile)
-    where :func:`usable`, else eagerly; a compile failure (anything but running out of memory) marks ``key`` eager for
-    the process (:func:`compile_failed`) and this call runs ``fn`` eagerly."""
+def run(key, fn, static: dict, device, *args, what: str):
+    """``fn(*args, **static)`` compiled (cached under ``key``: :func:`compiled`; a key's shapes turn dynamic after
+    its first recompile) where :func:`usable`, else eagerly; a compile failure (anything but running out of memory)
+    marks ``key`` eager on this device type for the process (:func:`compile_failed`) and this call runs ``fn``
+    eagerly."""
     if usable(key, device):
         try:
-            out = compiled(key, fn)(*args)
+            out = compiled(key, fn, static)(*args)
             CALLS[key[0], "compiled"] += 1
             return out
         except torch.OutOfMemoryError:
@@ -106,4 +135,4 @@ def run(key, fn, device, *args, what: str):
         except Exception as exc:                                          # noqa: BLE001 (a real error recurs
             compile_failed(key, device, exc, what)                       # in the eager call below)
     CALLS[key[0], "eager"] += 1
-    return fn(*args)
+    return fn(*args, **static)

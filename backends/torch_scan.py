@@ -22,7 +22,6 @@ bit for bit eagerly, up to the fused kernels' order of summation when compiled.
 from __future__ import annotations
 
 import collections
-import functools
 from typing import NamedTuple
 
 import torch
@@ -166,7 +165,7 @@ def step_key(cfg, keep: bool) -> tuple:
 def compiled_step(cfg, keep: bool):
     """``slab_step`` with ``fast=True`` under ``torch.compile`` (one graph, static shapes), cached per block config
     and ``keep`` for the process (``torch_compile.compiled``)."""
-    return torch_compile.compiled(step_key(cfg, keep), functools.partial(slab_step, cfg=cfg, keep=keep, fast=True),
+    return torch_compile.compiled(step_key(cfg, keep), slab_step, {"cfg": cfg, "keep": keep, "fast": True},
                                   dynamic=False)
 
 

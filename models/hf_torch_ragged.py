@@ -26,6 +26,7 @@ results back in the caller's order.
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
@@ -42,7 +43,7 @@ def length_buckets(lengths, slack: float = SLACK) -> list[list[int]]:
     lengths = [int(n) for n in lengths]
     if any(n < 1 for n in lengths):
         raise ValueError(f"lengths must be positive integers, got {lengths}")
-    if not (isinstance(slack, (int, float)) and slack >= 0):                       # NaN fails too
+    if isinstance(slack, bool) or not (isinstance(slack, numbers.Real) and slack >= 0):    # NaN fails too
         raise ValueError(f"slack must be a number >= 0 (inf allowed), got {slack!r}")
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])                 # stable: ties in input order
     buckets: list[list[int]] = []

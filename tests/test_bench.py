@@ -1,6 +1,7 @@
 """``implicit-icl bench``: the JSON schema of a --quick run, and the extrapolation arithmetic."""
 from __future__ import annotations
 
+import functools
 import json
 
 import numpy as np
@@ -365,7 +366,7 @@ def test_the_compiled_block_calls_are_measured_beside_the_eager_ones(monkeypatch
     from implicit_icl.backends import torch_compile
     from implicit_icl.bench.measure import worker
 
-    monkeypatch.setattr(torch_compile, "compiled", lambda key, fn, **options: fn)
+    monkeypatch.setattr(torch_compile, "compiled", lambda key, fn, static, **options: functools.partial(fn, **static))
     monkeypatch.setattr(torch_compile, "compile_available", lambda device: True)
     base = {"d_model": 16, "d_mlp": 32, "n_heads": 2, "kind": "pre-ln", "device": "cpu", "compile": True}
     pos = worker(dict(base, op="position_updates", Ts=[32], reps=1))["Ts"][0]
@@ -397,3 +398,24 @@ def test_the_targets_judge_the_compiled_block_calls_where_they_ran():
     assert figs["updates, every layer and position (24 layers × 16 × 2,048) (eager)"]["target"] is None
     res["model_updates"]["compiled"]["path"] = "eager"                   # compiling failed: the eager code ran
     assert report.targets(res)["model_updates_within_1.3x_forward"]["value"] == pytest.approx(1.5)
+
+
+def test_an_entry_whose_calls_fell_back_to_eager_code_is_mixed_and_not_judged(monkeypatch):
+    """``ran_compiled``: all the calls since ``before`` compiled → "compiled"; some fell back to eager code (a
+    compile failure) → "mixed", which no target judges; none compiled → "eager"."""
+    import collections
+
+    from implicit_icl.backends import torch_compile
+    from implicit_icl.bench.common import calls, ran_compiled
+
+    monkeypatch.setattr(torch_compile, "CALLS", collections.Counter())
+    before = calls()
+    torch_compile.CALLS["block", "compiled"] += 3
+    assert ran_compiled(before)[0] == "compiled"
+    torch_compile.CALLS["position_updates", "eager"] += 1
+    assert ran_compiled(before)[0] == "mixed"
+    assert ran_compiled(calls())[0] == "eager"
+    res = _result("cuda", Ts=[(1024, 2e-3, 1e-3, 1e-3)])
+    res["position_updates"]["Ts"][0]["torch_compiled"] = {"position_updates_s": 0.3e-3, "block_s": 0.25e-3,
+                                                          "eager_block_s": 1e-3, "path": "mixed"}
+    assert report.targets(res)["block_forward_T1024_at_most_0.3ms"]["value"] == pytest.approx(1.0)   # the eager one

@@ -13,6 +13,7 @@ torch = pytest.importorskip("torch")
 
 from implicit_icl import reference as ref  # noqa: E402
 from implicit_icl.backends import get_backend, torch_compile  # noqa: E402
+from implicit_icl.bench.common import calls  # noqa: E402
 
 needs_compile = pytest.mark.skipif(not torch_compile.compile_available("cpu"),
                                    reason="torch.compile needs a C++ compiler on the CPU")
@@ -25,7 +26,8 @@ def _stack(d_model: int, kind: str = "pre-ln", layers: int = 2):
 
 
 def _calls(path: str) -> int:
-    return sum(n for (_, p), n in torch_compile.CALLS.items() if p == path)
+    """Calls of the torch backend that took ``path`` so far (``torch_compile.CALLS``)."""
+    return sum(n for (_, p), n in calls().items() if p == path)
 
 
 def _graphs() -> int:
@@ -53,7 +55,7 @@ def test_each_call_is_compiled_once_per_block_config_and_query_and_reused():
 def test_a_failing_compile_warns_once_and_runs_that_call_eagerly(monkeypatch):
     """If compiling raises (no compiler, an unsupported op, Dynamo's recompile limit), the call warns once, gives
     the eager numbers exactly, and that block config runs eagerly from then on (counted as eager calls)."""
-    def broken(key, fn, **options):
+    def broken(key, fn, static, **options):
         def call(*args):
             raise RuntimeError("no C++ compiler in this test")
         return call
@@ -68,14 +70,14 @@ def test_a_failing_compile_warns_once_and_runs_that_call_eagerly(monkeypatch):
         got = tb.position_updates(blocks[0], cfg, Z)
     want = eager.position_updates(blocks[0], cfg, Z)
     assert all(torch.equal(g, w) for g, w in zip((got.u, got.a, got.delta_b), (want.u, want.a, want.delta_b)))
-    assert ("position_updates", cfg, "own", False) in torch_compile.FAILED
+    assert (("position_updates", cfg, "own", False), "cpu") in torch_compile.FAILED
     eager_calls = _calls("eager")
     with warnings.catch_warnings():
         warnings.simplefilter("error")                                    # no second warning, for any call
         tb.position_updates(blocks[0], cfg, Z)
         assert torch.equal(tb.block(blocks[0], cfg, Z), eager.block(blocks[0], cfg, Z))
     assert _calls("eager") - eager_calls == 2
-    assert ("block", cfg) in torch_compile.FAILED
+    assert (("block", cfg), "cpu") in torch_compile.FAILED
 
 
 @needs_compile
@@ -123,20 +125,37 @@ def test_a_zero_tap_raises_the_same_error_on_the_compiled_path():
 
 @needs_compile
 def test_a_call_past_dynamos_recompile_limit_is_retried_with_the_raised_limit(monkeypatch):
-    """Every block config is a variant of one code object; a call that meets Dynamo's limit (here set to 1, as a
-    sweep over blocks would meet the default 8) is compiled again under ``RECOMPILE_LIMIT`` rather than run eagerly,
-    and the limit is raised only for that retry."""
+    """A key's variants (its dtypes, devices and shapes) share its code object; a call that meets Dynamo's limit
+    (here set to 1, so a second sequence length meets it) is compiled again under ``RECOMPILE_LIMIT`` rather than
+    run eagerly, and the limit is raised only for that retry."""
     limit_name = torch_compile._LIMIT_NAME
     monkeypatch.setattr(torch._dynamo.config, limit_name, 1)
     tb = get_backend("torch", dtype="float32", compile=True)
+    cfg, blocks, _ = _stack(d_model=6)                                   # a config no other test uses
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message="torch.compile failed")
-        for d_model in (6, 10):                                          # two configs no other test uses
-            cfg, blocks, Z = _stack(d_model=d_model)
+        for T in (5, 9):
+            Z = np.random.default_rng(T).standard_normal((T, 6))
             compiled = _calls("compiled")
             out = tb.block(blocks[0], cfg, Z)
             assert _calls("compiled") == compiled + 1
             # float32 against float64 on O(1) values through a few matmuls: ~1e-6; the conformance suite's bounds
             # are the exact ones, this checks that the retried compile computed the block at all
-            np.testing.assert_allclose(out[0].numpy(), ref.block(blocks[0], cfg, Z[0]), rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(out.numpy(), ref.block(blocks[0], cfg, Z), rtol=1e-4, atol=1e-5)
     assert getattr(torch._dynamo.config, limit_name) == 1
+
+
+@needs_compile
+def test_each_block_config_compiles_static_graphs_of_its_own():
+    """Each key compiles from a code object of its own (``torch_compile.own_copy``), on which Dynamo keeps its
+    variants: two block configs hold one variant each (shared, the second config would have been a recompile of the
+    first's code object with symbolic sizes: generic kernels, and the two keys' variants counted together)."""
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+    tb = get_backend("torch", dtype="float32", compile=True)
+    codes = []
+    for d_model in (12, 18):                                             # configs no other test uses
+        cfg, blocks, Z = _stack(d_model=d_model)
+        tb.block(blocks[0], cfg, Z)
+        codes.append(torch_compile._COMPILED["block", cfg].code)
+    assert codes[0] is not codes[1]
+    assert [len(_debug_get_cache_entry_list(c)) for c in codes] == [1, 1]

@@ -153,7 +153,7 @@ def test_an_unmet_performance_target_is_listed_and_tabled_but_does_not_fail_the_
     assert "| 1,048,576 tokens | 20 ms | 0.5 ms (40.0×) | 2.50 GB |" in table       # the scan against its floor
     assert "| trajectory_1M_within_5x_kv_matmul | 40 × | ≤ 5 × | no |" in table
     assert "| — (a CPU target; this run is on cuda) |" in table
-    assert "| T = 256 | 1 ms | 1 ms | 1.0× | 0.5 ms |" in table
+    assert "| T = 256 | eager | 1 ms | 1 ms | 1.0× | 0.5 ms |" in table
     assert "24 layers × 16 × 2,048 tokens: 0.3 s, 3.0× one forward" in table and "None" not in table
 
 
@@ -270,3 +270,16 @@ def test_the_real_suite_selected_for_cuda_passes_the_verdict_once_its_cuda_cases
     assert s["problems"] == [] and s["ok"] is True
     assert made_to_pass > 500 and s["conformance"]["cuda_passed"] >= made_to_pass   # + cpu tests named "cuda…"
     assert s["conformance"]["cpu_deselected_with_twin"] > 500       # every cpu case left out has its cuda twin
+
+
+def test_the_test_a_sigint_stopped_is_not_counted_as_passed(tmp_path):
+    """At its time limit the conformance step is stopped by SIGINT; pytest then writes the test it stopped as a
+    nameless, empty testcase, which is not a pass (the exit code 124 already fails the check)."""
+    good = _write(tmp_path)
+    xml = good / "conformance.xml"
+    xml.write_text(xml.read_text().replace("</testsuite>", '<testcase time="0.000" /></testsuite>'))
+    counts, _, _ = summary_mod.conformance_summary(str(xml), "cuda")
+    s = summary_mod.summarize(str(good), 124, 0, 100)
+    assert s["conformance"]["passed"] == counts["passed"] == len(GOOD_CASES) - sum(
+        1 for c in GOOD_CASES if c[1] != "passed")
+    assert "pytest exited with 124 (124 = timed out)" in s["problems"]

@@ -75,9 +75,11 @@ def test_length_buckets_partition_and_bound(lengths, slack):
 
 def test_length_buckets_refuses_bad_arguments_by_name():
     for lengths, slack, match in (([3, 0], SLACK, "lengths must be positive"), ([3], -0.1, "slack must be"),
-                                  ([3], math.nan, "slack must be"), ([3], "0.25", "slack must be")):
+                                  ([3], math.nan, "slack must be"), ([3], "0.25", "slack must be"),
+                                  ([3], True, "slack must be")):
         with pytest.raises(ValueError, match=match):
             length_buckets(lengths, slack)
+    assert length_buckets([3, 2], np.float32(0.5)) == length_buckets([3, 2], 0.5)     # NumPy reals are numbers
 
 
 def test_in_buckets_restores_the_callers_order():

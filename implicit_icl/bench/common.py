@@ -2,6 +2,8 @@
 ran (eager or compiled) and the memory a call adds beyond what was resident before it."""
 from __future__ import annotations
 
+import collections
+
 import sys
 import time
 
@@ -75,19 +77,29 @@ def first_calls(fn, device, calls: int = 2) -> list[float]:
     return [timed(fn, device) for _ in range(calls)]
 
 
-def compiled_calls() -> int:
-    """Calls of the torch backend that ran compiled so far (``torch_compile.CALLS``; 0 without torch)."""
+def calls() -> collections.Counter:
+    """The torch backend's calls so far by ``(what, path)`` (a copy of ``torch_compile.CALLS``; empty without
+    torch)."""
     try:
         from implicit_icl.backends.torch_compile import CALLS
     except ImportError:
-        return 0
-    return sum(n for (_, path), n in CALLS.items() if path == "compiled")
+        return collections.Counter()
+    return collections.Counter(CALLS)
 
 
-def ran_compiled(before: int) -> tuple[str, str]:
-    """``(path, how we know)`` of the calls made since :func:`compiled_calls` was ``before``: ``"compiled"`` if any of
-    them ran compiled (a compile failure runs them eagerly and is counted so)."""
-    return ("compiled" if compiled_calls() > before else "eager"), "the calls that ran compiled (torch_compile.CALLS)"
+def compiled_calls() -> int:
+    """How many of the torch backend's calls ran compiled so far."""
+    return sum(n for (_, path), n in calls().items() if path == "compiled")
+
+
+def ran_compiled(before: collections.Counter) -> tuple[str, str]:
+    """``(path, how we know)`` of the calls made since :func:`calls` was ``before``: ``"compiled"`` if they all ran
+    compiled, ``"mixed"`` if some fell back to eager code (a compile failure; the targets do not judge such an
+    entry), else ``"eager"``."""
+    new = calls() - before
+    compiled, eager = (sum(n for (_, p), n in new.items() if p == path) for path in ("compiled", "eager"))
+    path = "compiled" if compiled and not eager else "mixed" if compiled else "eager"
+    return path, "the calls that ran compiled or fell back to eager code (torch_compile.CALLS)"
 
 
 def with_path(out: dict, backend, overhead_s: float, ran=None) -> dict:

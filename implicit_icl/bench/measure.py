@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 
 from .baselines import float32_error, numpy_reference, per_prefix
-from .common import (PeakMemory, compiled_calls, first_calls, peak_rss, prepared, ran_compiled, setup,
+from .common import (PeakMemory, calls, first_calls, peak_rss, prepared, ran_compiled, setup,
                      start_measurement, sync, timed, with_path)
 
 
@@ -167,7 +167,7 @@ def _position_updates_of(spec, name: str, cfg, params, Z) -> dict:
     (P, how), Zb = prepared(be, params, cfg), be.asarray(Z)
     r = reps if on_torch else max(1, reps // 5)
     pos, blk = (lambda: be.position_updates(P, cfg, Zb, query="own")), (lambda: be.block(P, cfg, Zb))
-    before = compiled_calls()
+    before = calls()
     warm = [first_calls(f, device) for f in (pos, blk)]               # a compiled path compiles both here
     entry = {"position_updates_s": best_of(pos, device, r), "block_s": best_of(blk, device, r), "reps": r,
              "dtype": be.dtype, "params": how}
@@ -215,7 +215,7 @@ def _model_updates_of(tb, params, cfg, Z, spec) -> dict:
             return [tb.position_updates(p, cfg, H) for p, H in zip(blocks, Hs[:-1])]
         method = "model_forward, then position_updates on each block's input (no fused call in this backend)"
     forward = lambda: tb.model_forward(blocks, cfg, Z)                # noqa: E731
-    before = compiled_calls()
+    before = calls()
     warm = [first_calls(f, device) for f in (updates, forward)]        # a compiled path compiles both here
     walls, fwds = [], []
     for _ in range(spec["reps"]):                                     # interleaved

@@ -32,9 +32,12 @@ budgeted by --budget seconds and extrapolated past it (said so in the JSON). Upd
 forward of the block for each --positions T, the library's forward against plain eager torch ops, and a whole
 model's updates at every layer and position against one forward of the model (--model LAYERS BATCH T). The float32
 scan's error against float64 at the largest n, and the float64 scan against the NumPy reference's own update.
-Each of issue 16's targets is in the JSON as {value, target, met}, met null with a reason where this device cannot
-decide it (GPU targets on a CPU), with the path that ran (eager or compiled); compile time, where anything is
-compiled, is reported apart from the steady-state time.
+Where torch.compile can run (a C++ compiler on the CPU, Triton on CUDA; not with --quick), the trajectory (n with
+two full slabs), the updates at every position and the whole model are measured on the compiled path too
+(get_backend("torch", compile=True)), beside the eager one; the targets judge the compiled figures where they ran
+compiled. Each of issue 16's targets is in the JSON as {value, target, met}, met null with a reason where this
+device cannot decide it (GPU targets on a CPU), with the path that ran (eager or compiled); compile time is reported
+apart from the steady-state time.
 Progress goes to stderr, the tables to stdout; --json PATH writes the results ('-' for stdout, and the tables then
 go to stderr). Timings on shared machines are noisy: compare the ratios, which are measured in one run.
 

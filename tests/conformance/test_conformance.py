@@ -153,10 +153,10 @@ def test_torch_compiled_calls_match_reference(target, sc):
     """``block``, ``position_updates`` and the stack's calls under ``torch.compile`` (``torch_compile``) equal the
     reference within the same tolerances as every other path, and really ran compiled (no compile failure fell
     back to the eager code: that would have checked the eager path only)."""
-    from implicit_icl.backends import torch_compile
+    from implicit_icl.bench.common import compiled_calls
     assert len(COMPILED_CALLS) >= len(COMPILED_CALL_NAMES)                   # a renamed scenario is not dropped
-    before = sum(n for (_, path), n in torch_compile.CALLS.items() if path == "compiled")
+    before = compiled_calls()
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message="torch.compile failed")     # a failed compile is a failure here
         check_scenario(compiled_backend_for(target), sc)
-    assert sum(n for (_, path), n in torch_compile.CALLS.items() if path == "compiled") > before
+    assert compiled_calls() > before
