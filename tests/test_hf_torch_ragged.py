@@ -10,7 +10,6 @@ while a real fault — a pad attended to, a position shifted, a result given to 
 """
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import numpy as np
@@ -23,7 +22,7 @@ from implicit_icl.models.hf_torch_ragged import SLACK, in_buckets, length_bucket
 torch = pytest.importorskip("torch")
 
 from implicit_icl.models.hf_torch import TorchModel  # noqa: E402
-from test_hf_torch import _tiny_model, close, np64  # noqa: E402
+from test_hf_torch import _same_update, close, np64, tiny  # noqa: E402,F401 (tiny: the fixture)
 
 #: very different lengths, out of order: sorting (longest first) gives 40, 38 | 5, 4, 3
 LENGTHS = [3, 40, 5, 38, 4]
@@ -97,25 +96,6 @@ def test_in_buckets_restores_the_callers_order():
 
 
 # the model ---------------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    if importlib.util.find_spec("transformers") is None:
-        pytest.skip("transformers is not installed (it builds the tiny models)")
-    built = {}
-
-    def get(name):
-        if name not in built:
-            built[name] = _tiny_model(name, tmp_path_factory)
-        return built[name]
-    return get
-
-
-def _same_update(got, want, what):
-    for field in ("u", "a", "delta_b"):
-        assert getattr(got, field).shape == getattr(want, field).shape, f"{what} {field}"
-        close(getattr(got, field), np64(getattr(want, field)), f"{what} {field}")
-
-
 @pytest.mark.parametrize("name", ["llama", "gemma2"])        # rotary + GQA; sliding windows, soft-caps
 def test_very_different_lengths_equal_each_prompt_alone(tiny, name, monkeypatch):
     """Lengths 3, 40, 5, 38, 4 run as two padded batches, (2, 40) and (3, 5), not one (5, 40); each prompt's
