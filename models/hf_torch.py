@@ -349,10 +349,15 @@ class TorchModel:
         return out
 
     def _ragged_last_query_updates(self, ids: torch.Tensor, lengths: list[int]) -> list[list[Update]]:
+        """``"last"`` in a padded bucket: each prompt's query is its own last token, so the prompts of one length
+        run as one batch per layer (one call per distinct length, not per prompt)."""
         out = [[] for _ in lengths]
+        same = {n: [b for b, m in enumerate(lengths) if m == n] for n in dict.fromkeys(lengths)}
         for l, be, P, c, H in self._layer_inputs(ids):
-            for b, n in enumerate(lengths):
-                out[b].append(be.position_updates(P, c, H[b, :n], "last"))
+            for n, rows in same.items():
+                upd = be.position_updates(P, c, H[rows, :n], "last")                   # (len(rows), n, ·)
+                for j, b in enumerate(rows):
+                    out[b].append(upd.map(lambda t, j=j: t[j]))
         return out
 
     def with_updates(self, updates) -> "TorchModel":

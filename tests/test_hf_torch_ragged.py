@@ -166,3 +166,25 @@ def test_the_buckets_do_not_change_the_numbers(tiny, slack):
     tm._embed_ids = lambda ids: shapes.append(tuple(ids.shape)) or embed_ids(ids)
     tm.logits(_prompts([6, 6, 6]))
     assert shapes == [(3, 6)]
+
+
+def test_the_last_query_runs_prompts_of_one_length_as_one_batch(tiny, monkeypatch):
+    """With ``query="last"`` each prompt's query is its own last token: the prompts of one length in a bucket run as
+    one batched call per layer (here lengths 5, 4, 5, 5 in one bucket: two calls per layer, not four), each equal to
+    its prompt alone (float64, 1e-12 of the scale)."""
+    from implicit_icl.backends.torch_backend import TorchBackend
+    model = tiny("llama")
+    tm = TorchModel(model, "float64")
+    prompts = _prompts([5, 4, 5, 5])
+    batches = []
+    call = TorchBackend.position_updates
+    monkeypatch.setattr(TorchBackend, "position_updates",
+                        lambda self, P, c, Z, query="own": batches.append(tuple(Z.shape[:-1])) or call(self, P, c, Z,
+                                                                                                       query))
+    got = tm.position_updates(prompts, query="last")
+    assert batches == [(3, 5), (1, 4)] * model.n_layers
+    monkeypatch.undo()
+    for b, prompt in enumerate(prompts):
+        want = TorchModel(model, "float64").position_updates(prompt, "last")
+        for l in range(model.n_layers):
+            _same_update(got[b][l], want[l], f"prompt {b} layer {l}")
