@@ -194,8 +194,10 @@ def _run_script(out: Path, **env) -> subprocess.CompletedProcess:
 
 @needs_torch_and_bash
 def test_rehearsal_on_the_cpu_runs_every_step_through_the_package_shim(tmp_path):
+    # the compiled conformance cases are this suite's own (test_conformance): the rehearsal need not compile them again
     proc = _run_script(tmp_path, GPU_CHECK_DEVICE="cpu", GPU_CHECK_SIZES="2048", GPU_CHECK_POSITIONS="128 256",
-                       GPU_CHECK_MODEL="2 1 64", GPU_CHECK_BUDGET="0.3", GPU_CHECK_FORCE_SHIM="1")
+                       GPU_CHECK_MODEL="2 1 64", GPU_CHECK_BUDGET="0.3", GPU_CHECK_FORCE_SHIM="1",
+                       IMPLICIT_ICL_COMPILED="none")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "linking the checkout's package layout" in proc.stderr      # the path the GPU machine takes
     verdict = json.loads((tmp_path / "gpu_check.json").read_text())
