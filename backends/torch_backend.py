@@ -266,8 +266,8 @@ class TorchBackend:
 
         ``compile`` (default: the backend's ``compile``) runs every full slab through ``torch.compile`` of the
         scan's step (``torch_scan``: the same numbers up to the fused kernels' order of summation; compiled once
-        per block config, dtype and device, then cached for the process). Where compilation is unavailable it warns
-        once and runs eagerly.
+        per block config, dtype and device, then cached for the process). Where compilation is unavailable it runs
+        eagerly (``path`` says which); where compiling fails it warns once and runs eagerly.
         """
         slab = self._slab_size(slab)
         compiled = self.compile if compile is None else check_bool("compile", compile)

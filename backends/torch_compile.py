@@ -6,7 +6,8 @@ Inductor (C++ on the CPU, Triton on a GPU), so its numbers are the eager numbers
 summation. A compiled function is made once per key (a block config and the call's static settings), from a copy of
 the function with a code object of its own (:func:`own_copy`), and cached for the process; Dynamo guards on dtype,
 device and shapes inside it. Where it cannot run (:func:`compile_unavailable`)
-the callers run eagerly; where it fails, :func:`run` warns once per device type, remembers the key in ``FAILED`` and
+the callers run eagerly; where it fails, :func:`run` warns once per device type, remembers the key and the device
+type in ``FAILED`` and
 runs the eager function, so a user's call never fails because of the compiler. ``CALLS`` counts which path each
 call took: what the bench and the tests read to know which path really ran.
 """
@@ -81,8 +82,13 @@ def own_copy(fn, static: dict):
     and its dynamic-shape state per code object (and name), so each key compiles static graphs for its own shapes and
     never meets the other keys' variants. (``functools.partial`` would share one wrapper's code object between
     every key: the second block config would compile with symbolic sizes.)"""
+    code = fn.__code__
+    keyword_only = code.co_varnames[code.co_argcount:code.co_argcount + code.co_kwonlyargcount]
+    if not set(static) <= set(keyword_only):             # a default for anything else would be ignored
+        raise ValueError(f"static must name keyword-only arguments of {fn.__name__} {keyword_only}, got "
+                         f"{sorted(static)}")
     name = f"{fn.__name__}__{len(_COMPILED)}"
-    code = fn.__code__.replace(co_name=name, **({"co_qualname": name} if sys.version_info >= (3, 11) else {}))
+    code = code.replace(co_name=name, **({"co_qualname": name} if sys.version_info >= (3, 11) else {}))
     copy = types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
     copy.__kwdefaults__ = dict(fn.__kwdefaults__ or {}, **static)
     return copy

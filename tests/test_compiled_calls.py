@@ -159,3 +159,14 @@ def test_each_block_config_compiles_static_graphs_of_its_own():
         codes.append(torch_compile._COMPILED["block", cfg].code)
     assert codes[0] is not codes[1]
     assert [len(_debug_get_cache_entry_list(c)) for c in codes] == [1, 1]
+
+
+def test_own_copy_binds_keyword_only_arguments_and_refuses_others():
+    """The static settings become the copy's keyword defaults, which only keyword-only arguments have: any other
+    name would be ignored on the compiled path while the eager one raised, so it is refused by name."""
+    def f(x, *, k):
+        return x * k
+
+    assert torch_compile.own_copy(f, {"k": 3})(2) == 6
+    with pytest.raises(ValueError, match="static must name keyword-only arguments of f"):
+        torch_compile.own_copy(f, {"x": 1})
