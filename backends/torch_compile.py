@@ -126,19 +126,25 @@ def compiled(key, fn, static: dict, **options):
     return _COMPILED[key]
 
 
+def try_compiled(key, fn, static: dict, device, *args, what: str, **options):
+    """``fn(*args, **static)`` compiled (cached under ``key``: :func:`compiled`, with ``options``), or ``None``
+    where it cannot run (:func:`usable`) or failed: a compile failure (anything but running out of memory) marks
+    ``key`` eager on this device type for the process (:func:`compile_failed`; a real error in ``fn`` then recurs in
+    the caller's eager call). The one fall-back of every compiled path."""
+    if not usable(key, device):
+        return None
+    try:
+        return compiled(key, fn, static, **options)(*args)
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as exc:                                              # noqa: BLE001 (see above)
+        compile_failed(key, device, exc, what)
+        return None
+
+
 def run(key, fn, static: dict, device, *args, what: str):
-    """``fn(*args, **static)`` compiled (cached under ``key``: :func:`compiled`; a key's shapes turn dynamic after
-    its first recompile) where :func:`usable`, else eagerly; a compile failure (anything but running out of memory)
-    marks ``key`` eager on this device type for the process (:func:`compile_failed`) and this call runs ``fn``
-    eagerly."""
-    if usable(key, device):
-        try:
-            out = compiled(key, fn, static)(*args)
-            CALLS[key[0], "compiled"] += 1
-            return out
-        except torch.OutOfMemoryError:
-            raise
-        except Exception as exc:                                          # noqa: BLE001 (a real error recurs
-            compile_failed(key, device, exc, what)                       # in the eager call below)
-    CALLS[key[0], "eager"] += 1
-    return fn(*args, **static)
+    """``fn(*args, **static)``: compiled where it can be (:func:`try_compiled`; a key's shapes turn dynamic after
+    its first recompile), else eagerly, the path counted in ``CALLS``."""
+    out = try_compiled(key, fn, static, device, *args, what=what)
+    CALLS[key[0], "eager" if out is None else "compiled"] += 1
+    return fn(*args, **static) if out is None else out

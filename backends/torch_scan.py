@@ -162,13 +162,6 @@ def step_key(cfg, keep: bool) -> tuple:
     return ("scan", cfg, keep)
 
 
-def compiled_step(cfg, keep: bool):
-    """``slab_step`` with ``fast=True`` under ``torch.compile`` (one graph, static shapes), cached per block config
-    and ``keep`` for the process (``torch_compile.compiled``)."""
-    return torch_compile.compiled(step_key(cfg, keep), slab_step, {"cfg": cfg, "keep": keep, "fast": True},
-                                  dynamic=False)
-
-
 class Saved:
     """The state each slab of one trajectory starts from and its flag, kept for the flagged slabs' re-run, in
     buffers allocated once (``(slabs, …)`` per state tensor): keeping each slab's own small tensors instead
@@ -206,7 +199,7 @@ class SlabRunner:
     slabs after it stand. Unflagged slabs are the full eager step's numbers too, bit for bit when not compiled: the
     fast step is the same operations without the rescue branches."""
 
-    def __init__(self, cfg, keep: bool, context: torch.Tensor, slab: int, args: tuple, outs: list, compiled):
+    def __init__(self, cfg, keep: bool, context: torch.Tensor, slab: int, args: tuple, outs: list, compiled: bool):
         self.cfg, self.keep, self.context, self.slab, self.args, self.outs = cfg, keep, context, slab, args, outs
         self.compiled = compiled
         self.scalar_dim = outs[0].dim()
@@ -230,18 +223,18 @@ class SlabRunner:
                 self._write(s0, *self._eager(s0, saved.get(i)))
 
     def _fast(self, s0: int, C: torch.Tensor, state: State):
-        """``((state, fields, flag), path)`` of the fast step on the slab ``C`` at ``s0``; a compile failure
-        (anything but running out of memory) marks the block eager for the process (:func:`_compile_failed`)."""
-        if self.compiled is not None and C.shape[-2] == self.slab:
-            try:
-                return self.compiled(*self.args, C.contiguous(), _positions(s0, C), state), "compiled"
-            except torch.OutOfMemoryError:
-                raise
-            except Exception as exc:                                             # noqa: BLE001 (a real error
-                torch_compile.compile_failed(step_key(self.cfg, self.keep), C.device, exc,   # recurs in the eager
-                                             "this block's trajectory")                          # step)
-                self.compiled = None
-        return slab_step(*self.args, C, _positions(s0, C), state, cfg=self.cfg, keep=self.keep, fast=True), "eager"
+        """``((state, fields, flag), path)`` of the fast step on the slab ``C`` at ``s0``: a full slab compiled
+        where ``compiled`` (``torch_compile.try_compiled``: one graph, static shapes, per block config and ``keep``;
+        a compile failure marks the block eager for the process), else eagerly."""
+        static = {"cfg": self.cfg, "keep": self.keep, "fast": True}
+        if self.compiled and C.shape[-2] == self.slab:
+            out = torch_compile.try_compiled(step_key(self.cfg, self.keep), slab_step, static, C.device, *self.args,
+                                             C.contiguous(), _positions(s0, C), state,
+                                             what="this block's trajectory", dynamic=False)
+            if out is not None:
+                return out, "compiled"
+            self.compiled = False
+        return slab_step(*self.args, C, _positions(s0, C), state, **static), "eager"
 
     def _eager(self, s0: int, state: State):
         C = self.context[..., s0:s0 + self.slab, :]
@@ -257,8 +250,8 @@ class SlabRunner:
 def scan_trajectory(P0: dict, cfg, context: torch.Tensor, query: torch.Tensor, slab: int, acc: torch.dtype,
                     checks, keep: bool = False, compiled: bool = False) -> Trajectory:
     """The torch backend's ``trajectory`` on checked inputs (``P0`` params, ``context`` (..., n, D), ``query``
-    (..., D) in the output dtype), slab by slab (:func:`slab_step`; ``compiled``: full slabs through
-    :func:`compiled_step`). ``acc`` is the dtype the scan accumulates in; ``checks`` (``torch_checks.Checks``)
+    (..., D) in the output dtype), slab by slab (:func:`slab_step`; ``compiled``: full slabs compiled,
+    :class:`SlabRunner`). ``acc`` is the dtype the scan accumulates in; ``checks`` (``torch_checks.Checks``)
     raises on a zero ``‖a‖²`` or an overflow. With ``keep`` the per-prefix vectors (``delta``, ``delta_b``,
     ``steps``) are written as the scan goes; without, the Trajectory forms them by scanning again when one is first
     read, so a caller that reads the norms alone holds O(n) numbers, not O(n·d)."""
@@ -281,9 +274,7 @@ def scan_trajectory(P0: dict, cfg, context: torch.Tensor, query: torch.Tensor, s
         steps = torch.empty(*batch, n, D, dtype=out_dtype, device=x.device)
         outs += [delta[..., 1:, :], delta_b[..., 1:, :], steps]
     state = start_state(Q, A0, a0)
-    use = compiled and torch_compile.usable(step_key(cfg, keep), x.device)
-    SlabRunner(cfg, keep, context, slab, (P, Q, x, a0, r0, G), outs,
-               compiled_step(cfg, keep) if use else None).run(state)                # one host sync
+    SlabRunner(cfg, keep, context, slab, (P, Q, x, a0, r0, G), outs, compiled).run(state)   # one host sync
     out = _norm_fields(dW_n, step_n, loss, a0, r0, (a0 * a0).sum(-1), out_dtype)
     relative_change = out.pop("relative_change")
     # in the output dtype (float16 overflows at 65504); relative_change is nan at i = 0 by definition

@@ -23,3 +23,22 @@ def one_blas_thread():
         return
     with threadpool_limits(limits=1, user_api="blas"):
         yield
+
+
+@pytest.fixture
+def broken_compiler(monkeypatch):
+    """``torch.compile`` as if it could run here but every compile raised "no C++ compiler in this test", with a
+    fresh record of failures and warnings: the one fall-back of every compiled path (``torch_compile.try_compiled``).
+    Yields the ``torch_compile`` module."""
+    from implicit_icl.backends import torch_compile
+
+    def compiled(key, fn, static, **options):
+        def call(*args):
+            raise RuntimeError("no C++ compiler in this test")
+        return call
+
+    monkeypatch.setattr(torch_compile, "compiled", compiled)
+    monkeypatch.setattr(torch_compile, "compile_available", lambda device: True)
+    monkeypatch.setattr(torch_compile, "FAILED", {})
+    monkeypatch.setattr(torch_compile, "_WARNED", set())
+    return torch_compile

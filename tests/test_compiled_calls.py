@@ -52,18 +52,9 @@ def test_each_call_is_compiled_once_per_block_config_and_query_and_reused():
     assert _graphs() - before == 3
 
 
-def test_a_failing_compile_warns_once_and_runs_that_call_eagerly(monkeypatch):
+def test_a_failing_compile_warns_once_and_runs_that_call_eagerly(broken_compiler):
     """If compiling raises (no compiler, an unsupported op, Dynamo's recompile limit), the call warns once, gives
     the eager numbers exactly, and that block config runs eagerly from then on (counted as eager calls)."""
-    def broken(key, fn, static, **options):
-        def call(*args):
-            raise RuntimeError("no C++ compiler in this test")
-        return call
-
-    monkeypatch.setattr(torch_compile, "compiled", broken)
-    monkeypatch.setattr(torch_compile, "compile_available", lambda device: True)
-    monkeypatch.setattr(torch_compile, "FAILED", {})
-    monkeypatch.setattr(torch_compile, "_WARNED", set())
     cfg, blocks, Z = _stack(d_model=8)
     tb, eager = get_backend("torch", dtype="float32", compile=True), get_backend("torch", dtype="float32")
     with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler in this test"):

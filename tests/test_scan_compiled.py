@@ -76,18 +76,9 @@ def test_a_flagged_slab_is_run_again_by_the_eager_step(monkeypatch, jumps, rerun
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)   # float64 round-off over 20 tokens
 
 
-def test_a_failing_compile_warns_once_and_runs_that_block_eagerly(monkeypatch):
+def test_a_failing_compile_warns_once_and_runs_that_block_eagerly(broken_compiler):
     """If compiling raises (no compiler, an unsupported op, Dynamo's recompile limit), the trajectory warns once,
     gives the eager numbers exactly, and that block runs eagerly from then on (counted as eager slabs)."""
-    def broken(cfg, keep):
-        def call(*args):
-            raise RuntimeError("no C++ compiler in this test")
-        return call
-
-    monkeypatch.setattr(torch_scan, "compiled_step", broken)
-    monkeypatch.setattr(torch_compile, "compile_available", lambda device: True)
-    monkeypatch.setattr(torch_compile, "FAILED", {})
-    monkeypatch.setattr(torch_compile, "_WARNED", set())
     cfg, params, C, x = _block()
     tb = get_backend("torch", dtype="float32", compile=True)
     with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler in this test"):
