@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 
 from implicit_icl import reference as ref  # noqa: E402
 from implicit_icl.backends import get_backend, torch_compile  # noqa: E402
-from implicit_icl.bench.common import calls  # noqa: E402
+from implicit_icl.bench.common import calls_on  # noqa: E402
 
 needs_compile = pytest.mark.skipif(not torch_compile.compile_available("cpu"),
                                    reason="torch.compile needs a C++ compiler on the CPU")
@@ -23,11 +23,6 @@ def _stack(d_model: int, kind: str = "pre-ln", layers: int = 2):
     cfg = ref.BlockConfig(d_model=d_model, d_mlp=2 * d_model, n_heads=2, kind=kind)
     blocks = ref.init_model(cfg, layers, 0, bias_std=0.1, ln_std=0.1)
     return cfg, blocks, np.random.default_rng(0).standard_normal((2, 7, d_model))
-
-
-def _calls(path: str) -> int:
-    """Calls of the torch backend that took ``path`` so far (``torch_compile.CALLS``)."""
-    return sum(n for (_, p), n in calls().items() if p == path)
 
 
 def _graphs() -> int:
@@ -42,11 +37,11 @@ def test_each_call_is_compiled_once_per_block_config_and_query_and_reused():
     graphs (every block but the last also hands its output on)."""
     cfg, blocks, Z = _stack(d_model=14)
     tb = get_backend("torch", dtype="float32", compile=True)
-    before, compiled = _graphs(), _calls("compiled")
+    before, compiled = _graphs(), calls_on("compiled")
     tb.model_position_updates(blocks, cfg, Z)
     tb.model_forward(blocks, cfg, Z)
     assert _graphs() - before == 3                   # updates with and without the hand-on, and the forward
-    assert _calls("compiled") - compiled == 4        # each block of each call ran compiled
+    assert calls_on("compiled") - compiled == 4        # each block of each call ran compiled
     tb.model_position_updates(blocks, cfg, Z)
     tb.model_forward(blocks, cfg, Z)
     assert _graphs() - before == 3
@@ -62,12 +57,12 @@ def test_a_failing_compile_warns_once_and_runs_that_call_eagerly(broken_compiler
     want = eager.position_updates(blocks[0], cfg, Z)
     assert all(torch.equal(g, w) for g, w in zip((got.u, got.a, got.delta_b), (want.u, want.a, want.delta_b)))
     assert (("position_updates", cfg, "own", False), "cpu") in torch_compile.FAILED
-    eager_calls = _calls("eager")
+    eager_calls = calls_on("eager")
     with warnings.catch_warnings():
         warnings.simplefilter("error")                                    # no second warning, for any call
         tb.position_updates(blocks[0], cfg, Z)
         assert torch.equal(tb.block(blocks[0], cfg, Z), eager.block(blocks[0], cfg, Z))
-    assert _calls("eager") - eager_calls == 2
+    assert calls_on("eager") - eager_calls == 2
     assert (("block", cfg), "cpu") in torch_compile.FAILED
 
 
@@ -80,9 +75,9 @@ def test_calls_autograd_must_see_run_eagerly_and_keep_their_gradients():
     grads = []
     for backend in (tb, get_backend("torch", dtype="float64")):
         P = {k: torch.tensor(v, requires_grad=True) for k, v in blocks[0].items()}
-        compiled = _calls("compiled")
+        compiled = calls_on("compiled")
         backend.position_updates(P, cfg, Z).u.square().sum().backward()
-        assert _calls("compiled") == compiled
+        assert calls_on("compiled") == compiled
         grads.append(P["mlp.W"].grad)
     assert torch.equal(*grads)
 
@@ -91,9 +86,9 @@ def test_compile_stays_off_unless_asked_and_the_backend_says_which_path_runs():
     """``compile`` is opt-in (DESIGN "Performance stance"); ``path`` says which path the calls take."""
     cfg, blocks, Z = _stack(d_model=8)
     eager = get_backend("torch", dtype="float32")
-    compiled = _calls("compiled")
+    compiled = calls_on("compiled")
     eager.block(blocks[0], cfg, Z)
-    assert _calls("compiled") == compiled and eager.path == "eager"
+    assert calls_on("compiled") == compiled and eager.path == "eager"
     want = "compiled" if torch_compile.compile_available("cpu") else "eager"
     assert get_backend("torch", dtype="float32", compile=True).path == want
 
@@ -106,12 +101,12 @@ def test_a_zero_tap_raises_the_same_error_on_the_compiled_path():
     params = ref.init_block(cfg, 0)
     Z = np.random.default_rng(1).standard_normal((5, 8))
     Z[3] = 0.0
-    messages, compiled = [], _calls("compiled")
+    messages, compiled = [], calls_on("compiled")
     for backend in (get_backend("torch", dtype="float32", compile=True), get_backend("torch", dtype="float32")):
         with pytest.raises(ref.ZeroNormError, match="position 3") as err:
             backend.position_updates(params, cfg, Z)
         messages.append(str(err.value))
-    assert messages[0] == messages[1] and _calls("compiled") == compiled + 1
+    assert messages[0] == messages[1] and calls_on("compiled") == compiled + 1
 
 
 @needs_compile
@@ -127,9 +122,9 @@ def test_a_call_past_dynamos_recompile_limit_is_retried_with_the_raised_limit(mo
         warnings.filterwarnings("error", message="torch.compile failed")
         for T in (5, 9):
             Z = np.random.default_rng(T).standard_normal((T, 6))
-            compiled = _calls("compiled")
+            compiled = calls_on("compiled")
             out = tb.block(blocks[0], cfg, Z)
-            assert _calls("compiled") == compiled + 1
+            assert calls_on("compiled") == compiled + 1
             # float32 against float64 on O(1) values through a few matmuls: ~1e-6; the conformance suite's bounds
             # are the exact ones, this checks that the retried compile computed the block at all
             np.testing.assert_allclose(out.numpy(), ref.block(blocks[0], cfg, Z), rtol=1e-4, atol=1e-5)

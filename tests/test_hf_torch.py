@@ -377,15 +377,15 @@ def test_compile_runs_the_layers_compiled_with_the_eager_numbers(models):
     ``torch_compile.CALLS``) and gives the eager model's numbers: float64, the same operations fused, so round-off
     (1e-12 of the values' scale). The compiled forward alone is the conformance suite's (``model_forward``)."""
     from implicit_icl.backends import torch_compile
-    from implicit_icl.bench.common import compiled_calls
+    from implicit_icl.bench.common import calls_on
     if not torch_compile.compile_available("cpu"):
         pytest.skip("torch.compile needs a C++ compiler on the CPU")
     model, ids = _get(models, "fewshot")
     eager, compiled = TorchModel(model, "float64"), TorchModel(model, "float64", compile=True)
-    before = compiled_calls()
+    before = calls_on("compiled")
     got, want = compiled.position_updates(ids), eager.position_updates(ids)
     for l, (g, w) in enumerate(zip(got, want)):
         _same_update(g, w, f"layer {l}")
-    assert compiled_calls() - before == model.n_layers
+    assert calls_on("compiled") - before == model.n_layers
     with pytest.raises(ValueError, match="compile"):
         TorchModel(model, compile="yes")

@@ -87,9 +87,9 @@ def calls() -> collections.Counter:
     return collections.Counter(CALLS)
 
 
-def compiled_calls() -> int:
-    """How many of the torch backend's calls ran compiled so far."""
-    return sum(n for (_, path), n in calls().items() if path == "compiled")
+def calls_on(path: str) -> int:
+    """How many of the torch backend's calls took ``path`` (``"compiled"`` or ``"eager"``) so far."""
+    return sum(n for (_, p), n in calls().items() if p == path)
 
 
 def ran_compiled(before: collections.Counter) -> tuple[str, str]:

@@ -52,7 +52,7 @@ def _scan(res, n) -> dict:
     """The row a target at ``n`` judges: the compiled path where it ran (the fast path the targets are for), else
     the eager one."""
     rows = _scans(res, n)
-    return next((r for r in rows if r.get("path") == "compiled"), rows[0] if rows else {})
+    return _judged(rows[0] if rows else {}, next((r for r in rows if r.get("path") == "compiled"), None))
 
 
 def _positions(res) -> list[dict]:
