@@ -168,7 +168,9 @@ def _position_updates_of(spec, name: str, cfg, params, Z) -> dict:
     r = reps if on_torch else max(1, reps // 5)
     pos, blk = (lambda: be.position_updates(P, cfg, Zb, query="own")), (lambda: be.block(P, cfg, Zb))
     before = calls()
-    warm = [first_calls(f, device) for f in (pos, blk)]               # a compiled path compiles both here
+    # torch: first calls timed apart (a compiled path compiles both here); NumPy: one warm-up call, nothing to
+    # compile (its updates are O(T²) in float64: seconds at T = 4,096)
+    warm = [first_calls(f, device) for f in (pos, blk)] if on_torch else blk()
     entry = {"position_updates_s": best_of(pos, device, r), "block_s": best_of(blk, device, r), "reps": r,
              "dtype": be.dtype, "params": how}
     if on_torch:
