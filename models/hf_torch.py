@@ -197,8 +197,10 @@ class TorchModel:
         (each prompt with its own last token, a real id that no real position attends to) and each prompt's length.
         The methods do not run this batch: they run its length buckets (``_each``)."""
         rows = self._rows(token_ids)
-        if rows is None:
-            return self.check_ids(token_ids), None
+        return (self.check_ids(token_ids), None) if rows is None else self._padded(rows)
+
+    def _padded(self, rows: list[np.ndarray]) -> tuple[torch.Tensor, list[int]]:
+        """``rows`` as one ``(B, T_max)`` batch padded on the right, on the first layer's device, and their lengths."""
         return torch.as_tensor(padded(rows), device=self.layer_devices[0]), [len(r) for r in rows]
 
     def _rows(self, token_ids) -> list[np.ndarray] | None:
@@ -221,9 +223,7 @@ class TorchModel:
         rows = self._rows(token_ids)
         if rows is None:
             return run(self.check_ids(token_ids), None)
-        dev = self.layer_devices[0]
-        return in_buckets(rows, lambda group: run(torch.as_tensor(padded(group), device=dev), [len(r) for r in group]),
-                          self.ragged_slack)
+        return in_buckets(rows, lambda group: run(*self._padded(group)), self.ragged_slack)
 
     def embed(self, token_ids):
         """``H⁰`` ``(..., T, D)`` as ``HFModel.embed``, on the first layer's device (a ragged batch: a list)."""
