@@ -342,20 +342,21 @@ class TorchModel:
         """Each prompt's last-token update per layer, as ``model_updates`` forms it for the prompt alone (context
         ``H^ℓ_{0..n−2}``, query ``H^ℓ_{n−1}``): O(n·d) per prompt and layer, not the every-position updates of the
         padded batch (``(B, T, d_in)`` per layer) of which B rows would be kept."""
-        out = [[] for _ in lengths]
-        for l, be, P, c, H in self._layer_inputs(ids):
-            for b, n in enumerate(lengths):
-                out[b].append(be.implicit_update(P, c, H[b, :n - 1], H[b, n - 1]))
-        return out
+        return self._per_length(ids, lengths, lambda be, P, c, H: be.implicit_update(P, c, H[:, :-1], H[:, -1]))
 
     def _ragged_last_query_updates(self, ids: torch.Tensor, lengths: list[int]) -> list[list[Update]]:
-        """``"last"`` in a padded bucket: each prompt's query is its own last token, so the prompts of one length
-        run as one batch per layer (one call per distinct length, not per prompt)."""
+        """``"last"`` in a padded bucket: each prompt's query is its own last token."""
+        return self._per_length(ids, lengths, lambda be, P, c, H: be.position_updates(P, c, H, "last"))
+
+    def _per_length(self, ids: torch.Tensor, lengths: list[int], update) -> list[list[Update]]:
+        """One ``Update`` per layer for each prompt of a padded bucket whose update reads the prompt's own last
+        token: ``update(backend, params, cfg, H)`` on the layer's input rows of the prompts of one length ``n``,
+        ``H`` ``(rows, n, D)`` (one batched call per layer and distinct length, not per prompt), split per prompt."""
         out = [[] for _ in lengths]
         same = {n: [b for b, m in enumerate(lengths) if m == n] for n in dict.fromkeys(lengths)}
         for l, be, P, c, H in self._layer_inputs(ids):
             for n, rows in same.items():
-                upd = be.position_updates(P, c, H[rows, :n], "last")                   # (len(rows), n, ·)
+                upd = update(be, P, c, H[rows, :n])                                    # leading axis: rows
                 for j, b in enumerate(rows):
                     out[b].append(upd.map(lambda t, j=j: t[j]))
         return out

@@ -171,7 +171,7 @@ def test_the_buckets_do_not_change_the_numbers(tiny, slack):
 def test_the_last_query_runs_prompts_of_one_length_as_one_batch(tiny, monkeypatch):
     """With ``query="last"`` each prompt's query is its own last token: the prompts of one length in a bucket run as
     one batched call per layer (here lengths 5, 4, 5, 5 in one bucket: two calls per layer, not four), each equal to
-    its prompt alone (float64, 1e-12 of the scale)."""
+    its prompt alone (float64, 1e-12 of the scale); so do the last-token updates, batched the same way."""
     from implicit_icl.backends.torch_backend import TorchBackend
     model = tiny("llama")
     tm = TorchModel(model, "float64")
@@ -184,7 +184,10 @@ def test_the_last_query_runs_prompts_of_one_length_as_one_batch(tiny, monkeypatc
     got = tm.position_updates(prompts, query="last")
     assert batches == [(3, 5), (1, 4)] * model.n_layers
     monkeypatch.undo()
+    last = tm.last_token_updates(prompts)
     for b, prompt in enumerate(prompts):
-        want = TorchModel(model, "float64").position_updates(prompt, "last")
+        alone = TorchModel(model, "float64")
+        want, want_last = alone.position_updates(prompt, "last"), alone.last_token_updates(prompt)
         for l in range(model.n_layers):
             _same_update(got[b][l], want[l], f"prompt {b} layer {l}")
+            _same_update(last[b][l], want_last[l], f"prompt {b} layer {l} last-token")
