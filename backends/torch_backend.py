@@ -34,7 +34,8 @@ from .torch_scan import (  # noqa: F401 (layer_norm_increment re-exported)
     layer_norm_increment, prefix_attention_scan, scan_trajectory)
 from .torch_stack import ELEMENTS, prefix_updates
 
-SLAB = 1 << 13          # context tokens per slab of the trajectory scan on CPU (bounds its temporaries; cache-sized)
+SLAB = 1 << 12          # context tokens per slab of the trajectory scan on CPU: a (slab, 64) float32 temporary is 1 MB,
+                        # near a core's L2 (2 MB here); 8–14 % faster than 8,192 at 64k and 1M tokens (measured)
 SLAB_GPU = 1 << 18      # … on GPUs, where fewer, larger kernels win
 
 
