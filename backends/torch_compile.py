@@ -37,8 +37,11 @@ _LIMIT_HIT = getattr(torch._dynamo.exc, "FailOnRecompileLimitHit", ())   # what 
 
 def compile_unavailable(device) -> str | None:
     """Why compiled code cannot run on ``device`` (``None`` if it can): Inductor needs a C++ compiler on the CPU
-    and Triton on CUDA; other devices run eagerly. Looked up once per device type (a search of PATH costs more than
-    a small compiled call)."""
+    and Triton on CUDA; other devices run eagerly; nowhere where Dynamo is disabled (``TORCH_COMPILE_DISABLE=1``:
+    ``torch.compile`` then returns the eager function, which must not be counted as compiled). Looked up once per
+    device type (a search of PATH costs more than a small compiled call)."""
+    if torch._dynamo.config.disable:
+        return "torch.compile is disabled here (TORCH_COMPILE_DISABLE=1 or torch._dynamo.config.disable)"
     return _unavailable(torch.device(device).type)
 
 

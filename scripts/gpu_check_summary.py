@@ -3,13 +3,16 @@ device check passed and why not.
 
     python scripts/gpu_check_summary.py OUTDIR TEST_EXIT_CODE BENCH_EXIT_CODE SECONDS [DEVICE]
 
-It reads ``OUTDIR/conformance.xml`` (pytest's JUnit report) and ``OUTDIR/bench_<device>.json`` (``implicit-icl
-bench``) and fails the check (exit 1) when: a test failed or errored; a test case on DEVICE was skipped for any
+It reads ``OUTDIR/conformance.xml`` and ``conformance_compiled.xml`` (pytest's JUnit reports of the cases that
+compile nothing and of the compiled ones), ``OUTDIR/bench_<device>.json`` (``implicit-icl bench``), ``gpu_env.json``
+and ``steps.json``, and fails the check (exit 1) when: a test failed or errored; a test case on DEVICE was skipped for any
 reason other than being deselected on purpose; a CPU case deselected on purpose has no passed twin on DEVICE (same
 test id with the device swapped), or no case on DEVICE passed at all; pytest or the bench exited non-zero (124 is
 ``timeout``'s code); the bench reported an error, did not finish, produced non-finite norms, its float32 scan
 missed the float64 one by more than the target (1e-4 relative on ‖ΔW_i‖), or its float64 scan missed the NumPy
-reference's own update at a few prefixes by more than round-off (1e-10); the margins step
+reference's own update at a few prefixes by more than round-off (1e-10), or a measurement that asked for the
+compiled path ran (some of) its calls eagerly; torch.compile cannot run on a GPU device (``gpu_env.json``), or it
+can and the compiled conformance step left no report; the margins step
 (``OUTDIR/conformance_margins.json``) did not finish or found a scenario over its tolerance; a file is missing or
 unreadable. A performance target of issue 16 that is not met (the bench's ``targets``) is listed in
 ``bench_targets_not_met`` and shown in ``gpu_check.md``, but does not fail the check: the check is about correctness.
@@ -24,6 +27,7 @@ import sys
 import xml.etree.ElementTree as ET
 
 DESELECTED = "not selected"        # targets.py's reason for a device left out by IMPLICIT_ICL_CONFORMANCE_DEVICES
+REPORTS = ("conformance.xml", "conformance_compiled.xml")    # the cases that compile nothing, then the compiled ones
 
 
 def _on_device(test_name: str, device: str) -> bool:
@@ -32,12 +36,14 @@ def _on_device(test_name: str, device: str) -> bool:
     return f"-{device}-" in test_name or test_name.startswith(f"test_{device}_")
 
 
-def conformance_summary(xml_path: str, device: str) -> tuple[dict, dict, list[str]]:
-    """Counts per outcome, skip reasons with their counts, and the problems found in a JUnit report."""
+def conformance_summary(xml_paths, device: str) -> tuple[dict, dict, list[str]]:
+    """Counts per outcome, skip reasons with their counts, and the problems found in one JUnit report or several
+    (``xml_paths``, a path or a list: the parts of one run, a CPU case's device twin may be in another part)."""
     counts = {"passed": 0, "failed": 0, "error": 0, "skipped": 0, f"{device}_passed": 0, f"{device}_skipped": 0}
     skips: dict[str, int] = {}
     device_skipped, failed, problems, deselected, passed = [], [], [], [], set()
-    for case in ET.parse(xml_path).getroot().iter("testcase"):
+    paths = [xml_paths] if isinstance(xml_paths, str) else xml_paths
+    for case in (c for path in paths for c in ET.parse(path).getroot().iter("testcase")):
         name = case.get("name", "")
         if not name:                                # the test a SIGINT stopped: pytest writes it nameless and empty
             continue
@@ -98,6 +104,9 @@ def bench_summary(bench: dict) -> tuple[dict, list[str]]:
         problems.append(f"the scan produced non-finite norms at n = {not_finite}")
     if not bench.get("complete"):
         problems.append("the bench did not finish (see bench.log)")
+    fell, why = _fell_back(bench)
+    if fell:
+        problems.append(f"compiled paths ran (some of) their calls eagerly: {fell}; why: {why or 'not recorded'}")
     acc = bench.get("float32_error") or {}
     err = acc.get("max_rel_err_delta_W_norm")
     if "error" not in acc and not (isinstance(err, (int, float)) and err < 1e-4):
@@ -107,6 +116,48 @@ def bench_summary(bench: dict) -> tuple[dict, list[str]]:
         problems.append(f"float64 scan against the reference's own update at a few prefixes: max relative error "
                         f"of ‖ΔW_i‖ is {ref!r}, expected < 1e-10 (round-off)")
     return out, problems
+
+
+def _fell_back(bench: dict) -> tuple[list[str], dict]:
+    """The measurements that asked for the compiled path and did not run all of their calls compiled (``path``
+    "eager" or "mixed"), and the compile failures the bench recorded (``compile_failures``)."""
+    fell, why = [], {}
+    for r in bench.get("trajectory", []):
+        if r.get("compile_requested") and "wall_s" in r and r.get("path") != "compiled":
+            fell.append(f"the scan at n = {r.get('n')}: {r.get('path')}")
+    for p in (bench.get("position_updates") or {}).get("Ts", []):
+        t = p.get("torch_compiled") or {}
+        if "position_updates_s" in t and t.get("path") != "compiled":
+            fell.append(f"the updates at every position at T = {p.get('T')}: {t.get('path')}")
+    m = (bench.get("model_updates") or {}).get("compiled") or {}
+    if "updates_s" in m and m.get("path") != "compiled":
+        fell.append(f"the whole model: {m.get('path')}")
+    for r in bench.get("trajectory", []) + [bench.get(k) or {} for k in ("position_updates", "model_updates")]:
+        why.update(r.get("compile_failures") or {})
+    return fell, why
+
+
+def environment_summary(out: str, device: str) -> tuple[dict, list[str]]:
+    """What ``gpu_env.json`` and ``steps.json`` say (whether torch.compile runs on the device, what was deselected
+    and why, each step's exit code, seconds and limit), and the problems in it: torch.compile unable to run on a GPU
+    device (the compiled paths then went unchecked there), or able to and no report of the compiled cases."""
+    info, problems = {}, []
+    for name, key in (("gpu_env.json", "environment"), ("steps.json", "steps")):
+        try:
+            with open(os.path.join(out, name)) as f:
+                info[key] = json.load(f)
+        except FileNotFoundError:
+            continue
+        except json.JSONDecodeError as exc:
+            problems.append(f"{name} is not valid JSON: {exc}")
+    env = info.get("environment") or {}
+    info["deselected"] = env.get("deselected", [])
+    compiles = env.get("compile")
+    if compiles not in (None, "ok") and device != "cpu":
+        problems.append(f"torch.compile cannot run on {device} here ({compiles}): the compiled paths went unchecked")
+    if compiles == "ok" and not os.path.exists(os.path.join(out, REPORTS[1])):
+        problems.append(f"no {REPORTS[1]}: the compiled conformance step did not finish (see conformance.log)")
+    return info, problems
 
 
 def margins_summary(path: str) -> tuple[dict, list[str]]:
@@ -138,18 +189,22 @@ def _ratio(a, b) -> str:
     return f"{a / b:,.1f}×" if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b > 0 else "—"
 
 
-def markdown_table(bench: dict, device: str) -> str:
-    """The README's tables for this device: per n, the scan's time against its K/V-matmul floor, its peak memory
-    and the re-run baseline; the updates against one forward; then every target with its value and verdict."""
-    rows = {(r.get("op"), r.get("n")): r for r in bench.get("trajectory", [])}
+def markdown_table(bench: dict, device: str, notes=()) -> str:
+    """The README's tables for this device: per n and path (eager, and compiled where measured), the scan's time
+    against its K/V-matmul floor, its peak memory and the re-run baseline; the updates against one forward; then
+    every target with its value and verdict, and ``notes`` (what was deselected, and why)."""
+    rows = {(r.get("op"), r.get("n"), bool(r.get("compile_requested"))): r for r in bench.get("trajectory", [])}
     gpu = (bench.get("machine") or {}).get("gpu") or device
-    lines = [f"| context ({gpu}, float32) | O(n) scan | the K/V matmul floor (scan / floor) | peak "
+    lines = [f"| context ({gpu}, float32) | path | O(n) scan | the K/V matmul floor (scan / floor) | peak "
              f"{'device' if device != 'cpu' else 'process'} memory | the single-query update re-run on every prefix |",
-             "|---|---|---|---|---|"]
-    for n in (bench.get("config") or {}).get("sizes", []):
-        scan, base = rows.get(("scan", n), {}), rows.get(("per_prefix_update", n), {})
-        if "wall_s" not in scan:
-            lines.append(f"| {n:,} tokens | failed: {scan.get('error', 'not measured')} | | | |")
+             "|---|---|---|---|---|---|"]
+    for n, compiled in ((n, c) for n in (bench.get("config") or {}).get("sizes", []) for c in (False, True)):
+        scan, base = rows.get(("scan", n, compiled)), rows.get(("per_prefix_update", n, False), {})
+        if scan is None and compiled:                 # not measured compiled (torch.compile off, or under two slabs)
+            continue
+        path = (scan or {}).get("path", "compiled" if compiled else "eager")
+        if "wall_s" not in (scan or {}):
+            lines.append(f"| {n:,} tokens | {path} | failed: {(scan or {}).get('error', 'not measured')} | | | |")
             continue
         peak = scan.get("peak_device_bytes", scan.get("peak_rss_bytes"))
         kv = ((scan.get("floors") or {}).get("kv_matmul") or {}).get("wall_s")
@@ -158,7 +213,8 @@ def markdown_table(bench: dict, device: str) -> str:
         how += ", extrapolated" if base.get("extrapolated") else ""
         baseline = (f"{_seconds(base['wall_s'])}, {how} ({base['wall_s'] / scan['wall_s']:,.0f}×)"
                     if "wall_s" in base else base.get("error", "not measured"))
-        lines.append(f"| {n:,} tokens | {_seconds(scan['wall_s'])} | {floor} | {peak / 1e9:.2f} GB | {baseline} |")
+        lines.append(f"| {n:,} tokens | {path} | {_seconds(scan['wall_s'])} | {floor} | {peak / 1e9:.2f} GB | "
+                     f"{baseline} |")
     lines += _updates_lines(bench)
     err = bench.get("float32_error") or {}
     if "max_rel_err_delta_W_norm" in err:
@@ -168,7 +224,8 @@ def markdown_table(bench: dict, device: str) -> str:
         lines.append(f"The float64 scan against the NumPy reference's update at prefixes up to "
                      f"{max(int(i) for i in err.get('float64_scan_vs_reference_update', {'0': 0})):,} tokens: "
                      f"{err['float64_scan_vs_reference_max']:.2g} relative.")
-    return "\n".join(lines + _targets_lines(bench)) + "\n"
+    lines += _targets_lines(bench) + (["", *(f"Not run here: {note}." for note in notes)] if notes else [])
+    return "\n".join(lines) + "\n"
 
 
 def _updates_lines(bench: dict) -> list[str]:
@@ -209,18 +266,21 @@ def summarize(out: str, test_rc: int, bench_rc: int, seconds: int, device: str =
     """Everything above, as the dict written to ``OUTDIR/gpu_check.json`` (``"ok"``: the check passed)."""
     summary = {"device": device, "tests_exit_code": test_rc, "bench_exit_code": bench_rc, "seconds": seconds,
                "problems": []}
-    xml_path = os.path.join(out, "conformance.xml")
-    if os.path.exists(xml_path):
+    xml_paths = [os.path.join(out, name) for name in REPORTS if os.path.exists(os.path.join(out, name))]
+    if os.path.exists(os.path.join(out, REPORTS[0])):
         try:
-            counts, skips, problems = conformance_summary(xml_path, device)
+            counts, skips, problems = conformance_summary(xml_paths, device)
             summary.update(conformance=counts, skip_reasons=skips)
             summary["problems"] += problems
         except ET.ParseError as exc:
-            summary["problems"].append(f"conformance.xml is not a readable JUnit report: {exc}")
+            summary["problems"].append(f"a conformance report is not a readable JUnit report: {exc}")
     else:
-        summary["problems"].append("no conformance.xml: the test run did not finish (see conformance.log)")
+        summary["problems"].append(f"no {REPORTS[0]}: the test run did not finish (see conformance.log)")
     if test_rc != 0:
         summary["problems"].append(f"pytest exited with {test_rc} (124 = timed out)")
+    env, problems = environment_summary(out, device)
+    summary.update(env)
+    summary["problems"] += problems
     margins, problems = margins_summary(os.path.join(out, "conformance_margins.json"))
     summary["tolerance_margins"] = margins
     summary["problems"] += problems
@@ -238,7 +298,7 @@ def summarize(out: str, test_rc: int, bench_rc: int, seconds: int, device: str =
             summary["problems"].append(f"{os.path.basename(bench_path)} has an unexpected layout: {exc!r}")
         else:
             try:                                      # presentation only: a figure that cannot be shown is a note
-                summary["readme_table"] = markdown_table(bench, device)
+                summary["readme_table"] = markdown_table(bench, device, summary["deselected"])
             except (ArithmeticError, AttributeError, KeyError, TypeError, ValueError) as exc:
                 summary["readme_table_error"] = repr(exc)
     else:

@@ -166,6 +166,8 @@ def test_trajectory_targets_are_ratios_to_the_kv_matmul_decided_on_their_own_dev
     cuda = _result("cuda:0", scans=scans)["targets"]                      # "cuda:0" is a GPU run too
     assert cuda["trajectory_1M_within_5x_kv_matmul"]["met"] is False
     assert cuda["trajectory_1M_within_3x_kv_matmul"]["reason"] == "a CPU target; this run is on cuda"
+    memory = cuda["trajectory_1M_extra_memory_at_most_100MB"]             # issue 16 lists it under "CPU"
+    assert memory["met"] is None and memory["reason"] == "a CPU target; this run is on cuda"
 
 
 def test_updates_at_every_position_are_judged_at_their_worst_t_and_only_with_every_t():
@@ -419,3 +421,36 @@ def test_an_entry_whose_calls_fell_back_to_eager_code_is_mixed_and_not_judged(mo
     res["position_updates"]["Ts"][0]["torch_compiled"] = {"position_updates_s": 0.3e-3, "block_s": 0.25e-3,
                                                           "eager_block_s": 1e-3, "path": "mixed"}
     assert report.targets(res)["block_forward_T1024_at_most_0.3ms"]["value"] == pytest.approx(1.0)   # the eager one
+
+
+def test_a_compiling_measurement_gets_time_to_compile_beyond_its_budgeted_limit(monkeypatch):
+    """Compiling does not scale with --budget (Triton compiles cold on a fresh GPU machine): a measurement that
+    compiles is given ``COMPILE_S`` more than the others before it is stopped."""
+    import subprocess
+
+    seen = []
+
+    def stopped(cmd, **kw):
+        seen.append(kw["timeout"])
+        raise subprocess.TimeoutExpired(cmd, kw["timeout"])
+
+    monkeypatch.setattr(bench.subprocess, "run", stopped)
+    compiling = bench._child({"op": "scan", "n": 8, "device": "cpu", "compile": True}, 90.0)
+    bench._child({"op": "scan", "n": 8, "device": "cpu", "compile": False}, 90.0)
+    assert seen == [90.0 + bench.COMPILE_S, 90.0] and bench.COMPILE_S >= 60
+    assert compiling["error"] == f"timed out after {90 + bench.COMPILE_S:.0f} s"
+
+
+def test_a_compile_failure_during_a_measurement_is_in_its_json_with_why(broken_compiler):
+    """A compiled path that fell back says why in its measurement's JSON (the warning goes to the child's stderr,
+    which the bench reads only when the child fails); a failure from before the measurement is not its own."""
+    from implicit_icl.bench.measure import worker
+
+    broken_compiler.FAILED[("earlier",), "cpu"] = "RuntimeError: from before"
+    spec = {"op": "position_updates", "Ts": [16], "reps": 1, "compile": True, "d_model": 8, "d_mlp": 16,
+            "n_heads": 2, "kind": "pre-ln", "device": "cpu", "threads": None}
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler in this test"):
+        out = worker(spec)
+    assert out["Ts"][0]["torch_compiled"]["path"] == "eager"
+    assert set(out["compile_failures"]) == {"position_updates on cpu", "block on cpu"}
+    assert all(why == "RuntimeError: no C++ compiler in this test" for why in out["compile_failures"].values())

@@ -66,6 +66,21 @@ def test_a_failing_compile_warns_once_and_runs_that_call_eagerly(broken_compiler
     assert (("block", cfg), "cpu") in torch_compile.FAILED
 
 
+def test_with_dynamo_disabled_compiling_is_unavailable_and_calls_count_as_eager(monkeypatch):
+    """With ``TORCH_COMPILE_DISABLE=1`` (``torch._dynamo.config.disable``) ``torch.compile`` returns the eager
+    function: the backend then says compiling is unavailable, its path is eager and no call counts as compiled
+    (what ``scripts/gpu_check.sh`` sets where its probe cannot compile, so that the bench says so)."""
+    cfg, blocks, Z = _stack(d_model=8)
+    monkeypatch.setattr(torch._dynamo.config, "disable", True)
+    assert torch_compile.compile_unavailable("cpu") == \
+        "torch.compile is disabled here (TORCH_COMPILE_DISABLE=1 or torch._dynamo.config.disable)"
+    compiled = calls_on("compiled")
+    tb = get_backend("torch", dtype="float32", compile=True)
+    tb.block(blocks[0], cfg, Z)
+    tb.position_updates(blocks[0], cfg, Z)
+    assert tb.path == "eager" and calls_on("compiled") == compiled
+
+
 @needs_compile
 def test_calls_autograd_must_see_run_eagerly_and_keep_their_gradients():
     """The compiled forms are for inference: with params that require grad the calls take the eager code (no

@@ -113,6 +113,15 @@ def test_a_clean_run_is_ok_and_counts_every_skip_reason(tmp_path):
                                                  "float64_scan_vs_reference_max": 3e-6}), (0, 0),
      "float64 scan against the reference"),
     (GOOD_CASES, [GOOD_BENCH], (0, 0), "unexpected layout"),
+    (GOOD_CASES, dict(GOOD_BENCH, trajectory=GOOD_BENCH["trajectory"] + [
+        {"op": "scan", "n": 1 << 20, "wall_s": 0.1, "finite": True, "compile_requested": True, "path": "eager",
+         "compile_failures": {"scan on cuda": "BackendCompilerFailed: no C compiler"}}]), (0, 0),
+     "no C compiler"),
+    (GOOD_CASES, dict(GOOD_BENCH, position_updates={"Ts": [dict(GOOD_BENCH["position_updates"]["Ts"][0], torch_compiled={
+        "position_updates_s": 1e-3, "block_s": 1e-3, "path": "mixed"})]}), (0, 0),
+     "the updates at every position at T = 256: mixed"),
+    (GOOD_CASES, dict(GOOD_BENCH, model_updates=dict(GOOD_BENCH["model_updates"], compiled={
+        "updates_s": 0.3, "forward_s": 0.1, "path": "eager"})), (0, 0), "the whole model: eager"),
 ])
 def test_every_way_a_device_run_goes_wrong_fails_the_check(tmp_path, cases, bench, rcs, says):
     s = summary_mod.summarize(str(_write(tmp_path, cases, bench)), *rcs, 100)
@@ -132,6 +141,41 @@ def test_a_missing_or_exceeded_tolerance_margin_fails_the_check(tmp_path, margin
     assert any(says in p for p in s["problems"]), s["problems"]
 
 
+def test_the_compiled_report_joins_the_eager_one_and_its_absence_fails_where_compile_runs(tmp_path):
+    """The compiled cases run in a second pytest (``conformance_compiled.xml``): a CPU case deselected in one report
+    finds its device twin in the other; where gpu_env.json says torch.compile runs, a missing compiled report is a
+    problem, and where it cannot run on the GPU, that is one too (the compiled paths went unchecked)."""
+    twin = "test_torch_compiled_scan_matches_reference[trajectory/x-torch-{}-float32]"
+    out = _write(tmp_path, cases=GOOD_CASES + [(twin.format("cpu"), "skipped",
+                                                 "not selected: IMPLICIT_ICL_CONFORMANCE_DEVICES=cuda")])
+    (out / "conformance_compiled.xml").write_text(_junit([(twin.format("cuda"), "passed", "")]))
+    (out / "gpu_env.json").write_text(json.dumps({"compile": "ok", "deselected": []}))
+    (out / "steps.json").write_text(json.dumps({"conformance": {"exit_code": 0, "seconds": 80, "limit_s": 260}}))
+    s = summary_mod.summarize(str(out), 0, 0, 100)
+    assert s["ok"] is True, s["problems"]
+    assert s["conformance"]["cuda_passed"] == 4 and s["conformance"]["cpu_deselected_with_twin"] == 2
+    assert s["steps"]["conformance"]["limit_s"] == 260 and s["environment"]["compile"] == "ok"
+    (out / "conformance_compiled.xml").unlink()
+    s = summary_mod.summarize(str(out), 0, 0, 100)
+    assert "no conformance_compiled.xml: the compiled conformance step did not finish" in " ".join(s["problems"])
+    assert "have no passed cuda twin" in " ".join(s["problems"])
+    (out / "gpu_env.json").write_text(json.dumps({"compile": "RuntimeError: Failed to find C compiler"}))
+    s = summary_mod.summarize(str(out), 0, 0, 100)
+    assert "torch.compile cannot run on cuda here (RuntimeError: Failed to find C compiler)" in " ".join(s["problems"])
+    cpu = summary_mod.environment_summary(str(out), "cpu")          # a CPU rehearsal without a C++ compiler: a note
+    assert cpu[1] == [] and cpu[0]["environment"]["compile"].startswith("RuntimeError")
+
+
+def test_what_was_deselected_is_said_in_the_verdict_and_under_the_table(tmp_path):
+    why = "tests/test_hf_torch.py's tiny gpt_neox and gemma2 on cuda: transformers >= 4.56 builds them, this Python has none"
+    out = _write(tmp_path, bench=dict(GOOD_BENCH, config={"sizes": []}))
+    (out / "gpu_env.json").write_text(json.dumps({"compile": "ok", "deselected": [why]}))
+    (out / "conformance_compiled.xml").write_text(_junit([]))
+    s = summary_mod.summarize(str(out), 0, 0, 100)
+    assert s["ok"] is True and s["deselected"] == [why]
+    assert f"Not run here: {why}." in s["readme_table"]
+
+
 def test_the_margins_are_reported_per_dtype(tmp_path):
     s = summary_mod.summarize(str(_write(tmp_path)), 0, 0, 100)
     assert s["tolerance_margins"]["bfloat16"] == {"max_fraction": 0.12, "scenarios": 154,
@@ -145,12 +189,15 @@ def test_an_unmet_performance_target_is_listed_and_tabled_but_does_not_fail_the_
                                                      "met": False, "path": "eager"},
                "trajectory_1M_within_3x_kv_matmul": {"value": 40.0, "target": 3, "op": "<=", "unit": "×",
                                                      "met": None, "reason": "a CPU target; this run is on cuda"}}
-    bench = dict(GOOD_BENCH, config={"sizes": [1 << 20]}, trajectory=[scan, GOOD_BENCH["trajectory"][1]],
-                 targets=targets)
+    compiled = dict(scan, wall_s=0.004, compile_requested=True, path="compiled", peak_device_bytes=1e9)
+    bench = dict(GOOD_BENCH, config={"sizes": [1 << 20]}, targets=targets,
+                 trajectory=[dict(scan, compile_requested=False, path="eager"), compiled, GOOD_BENCH["trajectory"][1]])
     s = summary_mod.summarize(str(_write(tmp_path, bench=bench)), 0, 0, 100)
     assert s["ok"] is True and s["bench_targets_not_met"] == ["trajectory_1M_within_5x_kv_matmul"]
     table = s["readme_table"]
-    assert "| 1,048,576 tokens | 20 ms | 0.5 ms (40.0×) | 2.50 GB |" in table       # the scan against its floor
+    # each path's scan against its floor, and the re-run baseline against that row's scan (99 s / 20 ms, / 4 ms)
+    assert "| 1,048,576 tokens | eager | 20 ms | 0.5 ms (40.0×) | 2.50 GB | 99 s, measured (4,950×) |" in table
+    assert "| 1,048,576 tokens | compiled | 4 ms | 0.5 ms (8.0×) | 1.00 GB | 99 s, measured (24,750×) |" in table
     assert "| trajectory_1M_within_5x_kv_matmul | 40 × | ≤ 5 × | no |" in table
     assert "| — (a CPU target; this run is on cuda) |" in table
     assert "| T = 256 | eager | 1 ms | 1 ms | 1.0× | 0.5 ms |" in table
@@ -195,7 +242,8 @@ def _run_script(out: Path, **env) -> subprocess.CompletedProcess:
 @needs_torch_and_bash
 def test_rehearsal_on_the_cpu_runs_every_step_through_the_package_shim(tmp_path):
     # the compiled conformance cases are this suite's own (test_conformance): the rehearsal need not compile them again
-    proc = _run_script(tmp_path, GPU_CHECK_DEVICE="cpu", GPU_CHECK_SIZES="2048", GPU_CHECK_POSITIONS="128 256",
+    # 8,192 tokens: two CPU slabs, so the bench's compiled-trajectory child runs too (torch_backend.SLAB)
+    proc = _run_script(tmp_path, GPU_CHECK_DEVICE="cpu", GPU_CHECK_SIZES="8192", GPU_CHECK_POSITIONS="128 256",
                        GPU_CHECK_MODEL="2 1 64", GPU_CHECK_BUDGET="0.3", GPU_CHECK_FORCE_SHIM="1",
                        IMPLICIT_ICL_COMPILED="none")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -204,7 +252,7 @@ def test_rehearsal_on_the_cpu_runs_every_step_through_the_package_shim(tmp_path)
     assert verdict["ok"] is True and verdict["device"] == "cpu"
     assert verdict["conformance"]["cpu_passed"] > 500 and verdict["conformance"]["failed"] == 0
     bench = json.loads((tmp_path / "bench_cpu.json").read_text())
-    assert bench["complete"] and bench["config"]["sizes"] == [2048]
+    assert bench["complete"] and bench["config"]["sizes"] == [8192]
     assert bench["config"]["positions"] == [128, 256] and bench["config"]["model"] == [2, 1, 64]
     assert all(isinstance(t, dict) and "met" in t for t in verdict["bench_targets"].values())
     assert bench["float32_error"]["max_rel_err_delta_W_norm"] < 1e-4
@@ -216,11 +264,18 @@ def test_rehearsal_on_the_cpu_runs_every_step_through_the_package_shim(tmp_path)
     for name in ("conformance.log", "conformance.xml", "bench.log"):
         assert (tmp_path / name).stat().st_size > 0
     table = (tmp_path / "gpu_check.md").read_text()                 # README's table, ready to paste
-    assert "| 2,048 tokens |" in table and ("fitted" in table or "measured" in table)
+    assert "| 8,192 tokens | eager |" in table and ("fitted" in table or "measured" in table)
+    steps = json.loads((tmp_path / "steps.json").read_text())       # every step, its limit from the one deadline
+    assert list(steps) == ["conformance", "margins", "conformance_compiled", "bench"] or \
+        (list(steps) == ["conformance", "margins", "bench"] and env["compile"] != "ok")
+    assert all(s["exit_code"] == 0 and 10 <= s["limit_s"] <= 570 and s["seconds"] <= s["limit_s"]
+               for s in steps.values()), steps
     assert "| T = 128 | eager |" in table and "| model_updates_within_1.3x_forward |" in table
     from implicit_icl.backends.torch_compile import compile_available
     if compile_available("cpu"):                                    # the compiled block calls beside the eager ones
+        assert env["compile"] == "ok" and (tmp_path / "conformance_compiled.xml").stat().st_size > 0
         assert "| T = 128 | compiled |" in table and "path: compiled" in table
+        assert "| 8,192 tokens | compiled |" in table
 
 
 @needs_torch_and_bash

@@ -243,5 +243,18 @@ def worker(spec: dict) -> dict:
         torch.set_num_threads(spec["threads"])
     out = {"op": op, "n": spec.get("n"), "device": spec["device"]}
     start_measurement()
+    failed_before = set(_compile_failures())
     out.update(OPS[op](spec))
+    failures = {k: v for k, v in _compile_failures().items() if k not in failed_before}
+    if failures:                              # why a compiled path ran eagerly: its warning goes to a discarded stderr
+        out["compile_failures"] = failures
     return out
+
+
+def _compile_failures() -> dict:
+    """``torch_compile.FAILED`` as ``{"<what> on <device type>": why}`` (empty where torch is not installed)."""
+    try:
+        from implicit_icl.backends.torch_compile import FAILED
+    except ImportError:
+        return {}
+    return {f"{key[0]} on {kind}": why for (key, kind), why in FAILED.items()}

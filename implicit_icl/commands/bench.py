@@ -52,6 +52,7 @@ Exit status: 0 every measurement ran; 1 one failed (listed with its error) or to
 SCHEMA = "implicit-icl-bench/2"
 FULL_SIZES = (1024, 8192, 65536, 1 << 20)
 QUICK_SIZES = (256, 1024)
+COMPILE_S = 120.0   # a compiling measurement's extra time limit: compiling does not scale with --budget (Triton, cold)
 CPU_POSITIONS, QUICK_POSITIONS = (256, 4096), (256,)
 CPU_MODEL, QUICK_MODEL = (24, 2, 512), (2, 1, 64)      # layers, batch, tokens (the GPU's: bench.report.GPU_MODEL)
 
@@ -92,6 +93,9 @@ def _label(spec: dict) -> str:
 
 
 def _child(spec: dict, timeout: float, isolate: bool = True) -> dict:
+    """One measurement, in a child process (``isolate``) stopped after ``timeout`` s (plus ``COMPILE_S`` where it
+    compiles), or in this one; its error, not an exception, where it fails."""
+    timeout += COMPILE_S if spec.get("compile") else 0.0
     print(f"[bench] {spec['op']} {_label(spec)} on {spec['device']} …", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     if not isolate:                                            # --quick: in this process (peaks are not isolated)
