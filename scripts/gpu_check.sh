@@ -25,8 +25,9 @@
 # skipped, torch.compile cannot run on CUDA, a compiled path fell back to eager code, or the benchmark reports an
 # error. Nothing is skipped silently: every skip is counted with its reason in gpu_check.json (the CPU targets are
 # deselected on purpose with IMPLICIT_ICL_CONFORMANCE_DEVICES=cuda and say so; the bench JSON lists the NumPy
-# reference as CPU-only under "skipped"); without transformers >= 4.56 (it builds the tiny gpt_neox and gemma2 of
-# tests/test_hf_torch.py) their CUDA cases are deselected, and gpu_env.json and gpu_check.md say so.
+# reference as CPU-only under "skipped"); where transformers cannot build the tiny gpt_neox and gemma2 of
+# tests/test_hf_torch.py (missing, or older than the dev extra asks: tests/transformers_oracle.py) their CUDA cases
+# are deselected, and gpu_env.json and gpu_check.md say so.
 #
 # Rehearsal on a machine without a GPU (CI does this, tests/test_gpu_check_script.py): the same steps on the CPU at
 # small sizes, through the same package shim the GPU machine uses:
@@ -115,7 +116,7 @@ fi
 
 # 2. the machine (an image-wide TF32 override would quietly lower float32 matmuls to TF32: not for this check), what
 # it can run: torch.compile (a tiny function compiled and run: Triton needs a C compiler and Python's headers, not
-# only to be importable) and transformers >= 4.56 (it builds the tiny gpt_neox and gemma2 of tests/test_hf_torch.py)
+# only to be importable) and whether transformers can build the tiny gpt_neox and gemma2 of tests/test_hf_torch.py
 if [ -n "${TORCH_ALLOW_TF32_CUBLAS_OVERRIDE:-}" ]; then
   log "TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=$TORCH_ALLOW_TF32_CUBLAS_OVERRIDE was set: unset for this check"
   export GPU_CHECK_TF32_OVERRIDE_WAS="$TORCH_ALLOW_TF32_CUBLAS_OVERRIDE"
@@ -133,43 +134,55 @@ info = {"device": device, "available": available, "python": platform.python_vers
         # TF32 matmuls would turn every float32 case into a 10-bit-mantissa one (and fail it): say what is set
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
         "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
-        "tf32_override_env_unset": os.environ.get("GPU_CHECK_TF32_OVERRIDE_WAS"), "deselected": []}
-try:
-    import transformers
-    info["transformers"] = transformers.__version__
-    major, minor = (int(p) for p in transformers.__version__.split(".")[:2])
-    usable = (major, minor) >= (4, 56)
-except ImportError:
-    info["transformers"], usable = None, False
-if not usable:
-    info["deselected"].append(f"tests/test_hf_torch.py's tiny gpt_neox and gemma2 on {device}: transformers >= 4.56 "
-                              f"builds them, this Python has {info['transformers'] or 'none'}")
-info["compile"] = "not probed"
-if available:
-    from implicit_icl.backends.torch_compile import compile_unavailable
-    info["compile"] = compile_unavailable(device) or "ok"
-    if info["compile"] == "ok":
-        try:
-            x = torch.linspace(-1, 1, 64, device=device)
-            got = torch.compile(lambda t: torch.tanh(t) * 2 + t.sum(), fullgraph=True, dynamic=False)(x)
-            want = torch.tanh(x) * 2 + x.sum()                   # float32: sums in another order, so 1e-5 apart
-            assert torch.allclose(got, want, rtol=1e-5, atol=1e-5), "the compiled function's numbers are wrong"
-        except Exception as exc:               # noqa: BLE001 - recorded: the compiled steps then are not run
-            info["compile"] = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+        "tf32_override_env_unset": os.environ.get("GPU_CHECK_TF32_OVERRIDE_WAS"), "deselected": [],
+        "compile": "not probed"}
+sys.path.insert(0, "tests")
+from transformers_oracle import transformers_unusable   # the rule the tests skip by (tests/transformers_oracle.py)
+why = transformers_unusable()
+if why is not None:
+    info["deselected"].append(f"tests/test_hf_torch.py's tiny gpt_neox and gemma2 on {device}: {why} (it builds them)")
 json.dump(info, open(sys.argv[1], "w"), indent=2)
 print(json.dumps(info), file=sys.stderr)
 sys.exit(0 if available else 3)
 PYEOF
 status=$?
 set -e
-if [ $status -ne 0 ]; then log "FAIL: $DEVICE is not available to torch on this machine"; exit 3; fi
+case $status in
+  0) ;;
+  3) log "FAIL: $DEVICE is not available to torch on this machine"; exit 3;;
+  *) log "FAIL: the environment probe crashed (exit $status; its error is above)"; exit 2;;
+esac
 env_field() { "$PY" -c "import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$OUTDIR/gpu_env.json" "$1"; }
-COMPILE="$(env_field compile)"
+# 2b. can torch.compile run here: compile and run a tiny function, under a time limit (a cold Triton start, a hung
+# compile worker); the answer goes into gpu_env.json's "compile" ("ok", or why not)
+set +e
+COMPILE="$(timeout -k 10 180 "$PY" - "$DEVICE" <<'PYEOF'
+import sys, torch
+from implicit_icl.backends.torch_compile import compile_unavailable
+device = sys.argv[1]
+why = compile_unavailable(device)
+if why is None:
+    try:
+        x = torch.linspace(-1, 1, 64, device=device)
+        got = torch.compile(lambda t: torch.tanh(t) * 2 + t.sum(), fullgraph=True, dynamic=False)(x)
+        want = torch.tanh(x) * 2 + x.sum()                   # float32: sums in another order, so 1e-5 apart
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-5), "the compiled function's numbers are wrong"
+    except Exception as exc:                 # noqa: BLE001 - said: the compiled steps then are not run
+        why = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+print(why or "ok")
+PYEOF
+)"
+rc=$?
+set -e
+COMPILE="${COMPILE##*$'\n'}"                       # its last line: the answer, whatever a library printed before
+[ $rc -eq 0 ] || COMPILE="the compile probe did not finish (exit $rc; 124: its 180 s limit)"
+"$PY" -c "import json, sys; p = sys.argv[1]; d = json.load(open(p)); d['compile'] = sys.argv[2]; json.dump(d, open(p, 'w'), indent=2)" \
+  "$OUTDIR/gpu_env.json" "$COMPILE"
 [ "$COMPILE" = ok ] || log "torch.compile cannot run on $DEVICE here ($COMPILE): the compiled steps are left out"
 # pytest -k: the tiny-model cases that need transformers, where it is missing (gpu_env.json's "deselected" says why)
 KEEP=""
 if [ "$(env_field deselected)" != "[]" ]; then
-  log "transformers >= 4.56 is missing: tests/test_hf_torch.py's tiny gpt_neox and gemma2 cases on $DEVICE are deselected"
+  log "deselected: $(env_field deselected)"
   KEEP=" and not (gpt_neox-hf-$DEVICE or gemma2-hf-$DEVICE)"
 fi
 
@@ -201,7 +214,7 @@ conformance conformance conformance.xml "not compiled$KEEP" 260 300 || TEST_RC=$
 T0=$(date +%s); LIM=$(limit 260 60)
 log "tolerance margins on $DEVICE (limit ${LIM} s)"
 set +e
-timeout "$LIM" "$PY" scripts/conformance_margins.py "$DEVICE" "$OUTDIR/conformance_margins.json" \
+timeout -k 20 "$LIM" "$PY" scripts/conformance_margins.py "$DEVICE" "$OUTDIR/conformance_margins.json" \
   > /dev/null 2>> "$OUTDIR/conformance.log"
 MARGINS_RC=$?
 set -e
@@ -217,11 +230,11 @@ fi
 
 # 4. the benchmark at 1M and 16M tokens: the scan against its floors, the updates against one forward (block and a
 # 24-layer stack), the targets; baselines budgeted to 5 s each, then extrapolated; whatever time is left
-T0=$(date +%s); LIM=$(limit 10 100000)
+T0=$(date +%s); LIM=$(limit 30 100000)         # 20 s for a kill after the limit, 10 s for the summary
 log "bench on $DEVICE at $SIZES tokens (limit ${LIM} s)"
 set +e
 # shellcheck disable=SC2086  # SIZES, POSITIONS and MODEL are lists of numbers
-timeout "$LIM" "$PY" -m implicit_icl.cli bench --device "$DEVICE" --sizes $SIZES --budget "$BUDGET" \
+timeout -k 20 "$LIM" "$PY" -m implicit_icl.cli bench --device "$DEVICE" --sizes $SIZES --budget "$BUDGET" \
   ${POSITIONS:+--positions $POSITIONS} ${MODEL:+--model $MODEL} --json "$OUTDIR/bench_$DEVICE.json" \
   > "$OUTDIR/bench.log" 2>&1
 BENCH_RC=$?

@@ -11,8 +11,8 @@ test id with the device swapped), or no case on DEVICE passed at all; pytest or 
 ``timeout``'s code); the bench reported an error, did not finish, produced non-finite norms, its float32 scan
 missed the float64 one by more than the target (1e-4 relative on ‖ΔW_i‖), or its float64 scan missed the NumPy
 reference's own update at a few prefixes by more than round-off (1e-10), or a measurement that asked for the
-compiled path ran (some of) its calls eagerly; torch.compile cannot run on a GPU device (``gpu_env.json``), or it
-can and the compiled conformance step left no report; the margins step
+compiled path ran (some of) its calls eagerly; on CUDA, ``gpu_env.json`` is missing or says torch.compile cannot
+run there, or it can and the compiled conformance step left no report; the margins step
 (``OUTDIR/conformance_margins.json``) did not finish or found a scenario over its tolerance; a file is missing or
 unreadable. A performance target of issue 16 that is not met (the bench's ``targets``) is listed in
 ``bench_targets_not_met`` and shown in ``gpu_check.md``, but does not fail the check: the check is about correctness.
@@ -139,8 +139,9 @@ def _fell_back(bench: dict) -> tuple[list[str], dict]:
 
 def environment_summary(out: str, device: str) -> tuple[dict, list[str]]:
     """What ``gpu_env.json`` and ``steps.json`` say (whether torch.compile runs on the device, what was deselected
-    and why, each step's exit code, seconds and limit), and the problems in it: torch.compile unable to run on a GPU
-    device (the compiled paths then went unchecked there), or able to and no report of the compiled cases."""
+    and why, each step's exit code, seconds and limit), and the problems in it: on CUDA, no answer of the compile
+    probe, or torch.compile unable to run there (the compiled paths then went unchecked); torch.compile able to run
+    and no report of the compiled cases."""
     info, problems = {}, []
     for name, key in (("gpu_env.json", "environment"), ("steps.json", "steps")):
         try:
@@ -153,7 +154,9 @@ def environment_summary(out: str, device: str) -> tuple[dict, list[str]]:
     env = info.get("environment") or {}
     info["deselected"] = env.get("deselected", [])
     compiles = env.get("compile")
-    if compiles not in (None, "ok") and device != "cpu":
+    if device == "cuda" and compiles is None:                  # the compiled paths are checked on CUDA only
+        problems.append("no gpu_env.json with the compile probe's answer: whether the compiled paths ran is unknown")
+    elif device == "cuda" and compiles != "ok":
         problems.append(f"torch.compile cannot run on {device} here ({compiles}): the compiled paths went unchecked")
     if compiles == "ok" and not os.path.exists(os.path.join(out, REPORTS[1])):
         problems.append(f"no {REPORTS[1]}: the compiled conformance step did not finish (see conformance.log)")

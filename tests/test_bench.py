@@ -115,8 +115,8 @@ def test_a_failed_measurement_is_reported(capsys, monkeypatch):
 
 
 def test_the_accuracy_and_update_figures_come_right_after_the_scans(monkeypatch):
-    """A run cut short by a time limit (the GPU check gives the bench 160 s) must still hold the float32 error and
-    the update figures: they are measured after the scans and before any budgeted baseline."""
+    """A run cut short by a time limit (the GPU check gives the bench what its deadline leaves) must still hold the
+    float32 error and the update figures: they are measured after the scans and before any budgeted baseline."""
     order = []
 
     def fake_worker(spec):
@@ -339,7 +339,7 @@ def test_a_failed_child_is_one_line_saying_how_it_ended(returncode, stderr, says
 
 
 def test_the_compiled_trajectory_is_measured_after_its_compilation_and_says_so():
-    """Two full CPU slabs (16,384 tokens): the warm-up compiles the step, so the timed calls are steady-state, the
+    """Two full CPU slabs (2 × SLAB tokens): the warm-up compiles the step, so the timed calls are steady-state, the
     row says the compiled path ran and reports the compile time apart; the bench plans that row only where
     torch.compile can run and the context has two full slabs."""
     from implicit_icl.backends import torch_compile

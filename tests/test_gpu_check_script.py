@@ -61,8 +61,17 @@ GOOD_MARGINS = {"device": "cuda", "dtypes": {d: {"scenarios": 154, "max_fraction
                                              for d, f in (("float32", 0.09), ("bfloat16", 0.12))}}
 
 
-def _write(out: Path, cases=GOOD_CASES, bench=GOOD_BENCH, device="cuda", margins=GOOD_MARGINS):
+GOOD_ENV = {"device": "cuda", "compile": "ok", "deselected": []}
+GOOD_COMPILED = []          # the compiled cases' report (conformance_compiled.xml); its twin test fills it
+
+
+def _write(out: Path, cases=GOOD_CASES, bench=GOOD_BENCH, device="cuda", margins=GOOD_MARGINS, env=GOOD_ENV,
+           compiled=GOOD_COMPILED):
     out.mkdir(exist_ok=True)
+    if env is not None:
+        (out / "gpu_env.json").write_text(json.dumps(env))
+    if compiled is not None:
+        (out / "conformance_compiled.xml").write_text(_junit(compiled))
     if margins is not None:
         (out / "conformance_margins.json").write_text(json.dumps(margins))
     if cases is not None:
@@ -147,9 +156,8 @@ def test_the_compiled_report_joins_the_eager_one_and_its_absence_fails_where_com
     problem, and where it cannot run on the GPU, that is one too (the compiled paths went unchecked)."""
     twin = "test_torch_compiled_scan_matches_reference[trajectory/x-torch-{}-float32]"
     out = _write(tmp_path, cases=GOOD_CASES + [(twin.format("cpu"), "skipped",
-                                                 "not selected: IMPLICIT_ICL_CONFORMANCE_DEVICES=cuda")])
-    (out / "conformance_compiled.xml").write_text(_junit([(twin.format("cuda"), "passed", "")]))
-    (out / "gpu_env.json").write_text(json.dumps({"compile": "ok", "deselected": []}))
+                                                 "not selected: IMPLICIT_ICL_CONFORMANCE_DEVICES=cuda")],
+                 compiled=[(twin.format("cuda"), "passed", "")])
     (out / "steps.json").write_text(json.dumps({"conformance": {"exit_code": 0, "seconds": 80, "limit_s": 260}}))
     s = summary_mod.summarize(str(out), 0, 0, 100)
     assert s["ok"] is True, s["problems"]
@@ -164,13 +172,16 @@ def test_the_compiled_report_joins_the_eager_one_and_its_absence_fails_where_com
     assert "torch.compile cannot run on cuda here (RuntimeError: Failed to find C compiler)" in " ".join(s["problems"])
     cpu = summary_mod.environment_summary(str(out), "cpu")          # a CPU rehearsal without a C++ compiler: a note
     assert cpu[1] == [] and cpu[0]["environment"]["compile"].startswith("RuntimeError")
+    (out / "gpu_env.json").write_text(json.dumps({"compile": "torch.compile is not used on mps: the backend runs "
+                                                             "eagerly there"}))
+    assert summary_mod.environment_summary(str(out), "mps")[1] == []   # by design: MPS runs eagerly
+    (out / "gpu_env.json").unlink()                                   # on CUDA, no answer is a problem
+    assert "no gpu_env.json" in " ".join(summary_mod.environment_summary(str(out), "cuda")[1])
 
 
 def test_what_was_deselected_is_said_in_the_verdict_and_under_the_table(tmp_path):
-    why = "tests/test_hf_torch.py's tiny gpt_neox and gemma2 on cuda: transformers >= 4.56 builds them, this Python has none"
-    out = _write(tmp_path, bench=dict(GOOD_BENCH, config={"sizes": []}))
-    (out / "gpu_env.json").write_text(json.dumps({"compile": "ok", "deselected": [why]}))
-    (out / "conformance_compiled.xml").write_text(_junit([]))
+    why = "tests/test_hf_torch.py's tiny gpt_neox and gemma2 on cuda: transformers is not installed (it builds them)"
+    out = _write(tmp_path, bench=dict(GOOD_BENCH, config={"sizes": []}), env=dict(GOOD_ENV, deselected=[why]))
     s = summary_mod.summarize(str(out), 0, 0, 100)
     assert s["ok"] is True and s["deselected"] == [why]
     assert f"Not run here: {why}." in s["readme_table"]
@@ -323,6 +334,8 @@ def test_the_real_suite_selected_for_cuda_passes_the_verdict_once_its_cuda_cases
     tree.write(xml)
     (tmp_path / "bench_cuda.json").write_text(json.dumps(GOOD_BENCH))
     (tmp_path / "conformance_margins.json").write_text(json.dumps(GOOD_MARGINS))   # the rehearsal runs the real one
+    (tmp_path / "gpu_env.json").write_text(json.dumps(GOOD_ENV))     # the compiled cases are in conformance.xml here
+    (tmp_path / "conformance_compiled.xml").write_text(_junit([]))
     s = summary_mod.summarize(str(tmp_path), 0, 0, 100)
     assert s["problems"] == [] and s["ok"] is True
     assert made_to_pass > 500 and s["conformance"]["cuda_passed"] >= made_to_pass   # + cpu tests named "cuda…"
@@ -340,3 +353,20 @@ def test_the_test_a_sigint_stopped_is_not_counted_as_passed(tmp_path):
     assert s["conformance"]["passed"] == counts["passed"] == len(GOOD_CASES) - sum(
         1 for c in GOOD_CASES if c[1] != "passed")
     assert "pytest exited with 124 (124 = timed out)" in s["problems"]
+
+
+def test_the_tiny_models_need_the_transformers_the_dev_extra_names(monkeypatch):
+    """One rule, read by the tests' fixtures and by the script's probe (tests/transformers_oracle.py): missing, or
+    older than pyproject.toml's ``transformers>=X.Y``, means the tiny models cannot be built (they use ``dtype=``)."""
+    import types
+
+    from transformers_oracle import minimum, transformers_unusable
+
+    assert minimum() >= (4, 56)
+    monkeypatch.setitem(sys.modules, "transformers", None)            # import fails: not installed
+    assert transformers_unusable() == "transformers is not installed"
+    old = ".".join(map(str, (minimum()[0], minimum()[1] - 1))) + ".3"
+    monkeypatch.setitem(sys.modules, "transformers", types.SimpleNamespace(__version__=old))
+    assert transformers_unusable() == f"transformers {old} is older than {'.'.join(map(str, minimum()))}"
+    monkeypatch.setitem(sys.modules, "transformers", types.SimpleNamespace(__version__="9.0.0.dev0"))
+    assert transformers_unusable() is None

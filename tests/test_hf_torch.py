@@ -9,7 +9,6 @@ target, relative to the values' magnitude); float32 and bfloat16 within ``hf_tor
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import shutil
 
 import numpy as np
@@ -23,6 +22,7 @@ from implicit_icl.models.hf_families import Parts  # noqa: E402
 from implicit_icl.models.hf_torch import TorchModel, place  # noqa: E402
 from implicit_icl.models.hf_torch_check import K_BLOCK, check_against_float64  # noqa: E402
 from implicit_icl.reference import model_updates, position_updates  # noqa: E402
+from transformers_oracle import transformers_unusable  # noqa: E402
 
 # fewshot's task, "a 3 c 7 f 1 h 12 b 9 k 0 m 5 d 2 c" (key → value pairs, then a query key) through its tokenizer:
 # ids here, so that the CUDA case needs neither tokenizers nor transformers on the GPU machine
@@ -56,7 +56,7 @@ def models(tmp_path_factory):
         for name in ("config.json", "model.safetensors"):
             shutil.copy(fewshot_dir() / name, folder / name)
         out["fewshot"] = hf.load(folder), np.stack([FEWSHOT_IDS, np.roll(FEWSHOT_IDS, 4)])
-    if importlib.util.find_spec("transformers") is not None:
+    if transformers_unusable() is None:
         for name in ("gpt_neox", "gemma2"):
             out[name] = _tiny_model(name, tmp_path_factory), TINY_IDS
     return out
@@ -65,7 +65,7 @@ def models(tmp_path_factory):
 def _get(models, name):
     if name not in models:
         pytest.skip("the bundled few-shot model is not in this install (implicit-icl train --preset fewshot)"
-                    if name == "fewshot" else f"transformers is not installed (it builds the tiny {name})")
+                    if name == "fewshot" else f"{transformers_unusable()} (it builds the tiny {name})")
     return models[name]
 
 
@@ -222,8 +222,9 @@ RAGGED_MODELS = ["llama", "gpt2", "mistral", "gemma2"]   # rotary + GQA, learned
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """``name → HFModel``, a tiny random model of ``test_hf_families``' config for ``name``, built on first use."""
-    if importlib.util.find_spec("transformers") is None:
-        pytest.skip("transformers is not installed (it builds the tiny models)")
+    why = transformers_unusable()
+    if why is not None:
+        pytest.skip(f"{why} (it builds the tiny models)")
     built = {}
 
     def get(name):
