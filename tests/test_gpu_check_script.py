@@ -362,10 +362,10 @@ def test_the_tiny_models_need_the_transformers_the_dev_extra_names(monkeypatch):
 
     from transformers_oracle import minimum, transformers_unusable
 
-    assert minimum() >= (4, 56)
+    assert minimum() >= (4, 56)                                       # dtype= (4.56), rope_parameters (5.0)
     monkeypatch.setitem(sys.modules, "transformers", None)            # import fails: not installed
     assert transformers_unusable() == "transformers is not installed"
-    old = ".".join(map(str, (minimum()[0], minimum()[1] - 1))) + ".3"
+    old = f"{minimum()[0] - 1}.99.3"
     monkeypatch.setitem(sys.modules, "transformers", types.SimpleNamespace(__version__=old))
     assert transformers_unusable() == f"transformers {old} is older than {'.'.join(map(str, minimum()))}"
     monkeypatch.setitem(sys.modules, "transformers", types.SimpleNamespace(__version__="9.0.0.dev0"))

@@ -2,7 +2,7 @@
 
 Plain Python, no pytest: ``scripts/gpu_check.sh`` asks it too, to deselect on a GPU machine exactly the cases the
 tests would skip there. The minimum is the dev extra's ``transformers>=X.Y`` in ``pyproject.toml`` (one place): the
-tests build models with ``dtype=``, which transformers 4.56 brought.
+tests build models with ``dtype=`` (transformers 4.56) and configs with ``rope_parameters`` (transformers 5).
 """
 from __future__ import annotations
 
