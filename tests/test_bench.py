@@ -78,6 +78,7 @@ def test_fit_total_sums_the_fitted_quadratic():
     (["--threads", "100000"], "--threads must be from 1 to"),              # crashed torch (exit 139)
     (["--budget", "-1"], "--budget must be a positive number"),
     (["--budget", "nan"], "--budget must be a positive number"),
+    (["--time-limit", "0"], "--time-limit must be a positive number"),
     (["--kind", "transformer"], "--kind must be one of"),
     (["--device", "no-such-device"], "--device"),
     (["--device", "cuda:99"], "--device"),                                  # no CUDA here, or no 100th GPU
@@ -127,6 +128,32 @@ def test_the_accuracy_and_update_figures_come_right_after_the_scans(monkeypatch)
     bench.bench((64, 128), quick=True, budget=0.1, positions=(16,), model=(1, 1, 8))
     assert order[:5] == ["scan", "scan", "float32_error", "position_updates", "model_updates"]
     assert set(order[5:]) == OPS - {"scan"}
+
+
+def test_a_time_limit_leaves_out_the_baselines_it_has_no_time_for_and_says_so(monkeypatch):
+    """With ``time_limit`` the bench starts no re-run baseline that fewer than ``2·budget + 30`` s are left for: the
+    run still completes with every other figure, and the baselines left out are named with the seconds left.
+    Each fake measurement here "takes" 10 s of a fake clock."""
+    clock, order = [0.0], []
+
+    def fake_worker(spec):
+        clock[0] += 10.0
+        order.append((spec["op"], spec.get("n")))
+        return {"op": spec["op"], "n": spec.get("n"), "wall_s": 1.0, "extrapolated": False}
+
+    monkeypatch.setattr(bench, "worker", fake_worker)
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
+    # 5 measurements before the baselines (50 s), then baselines need 2·1 + 30 = 32 s each: at a 100 s limit two fit
+    # (50 → 60 → 70 s; at 70 s 30 s are left)
+    res = bench.bench((64, 128), quick=True, budget=1.0, positions=(16,), model=(1, 1, 8), time_limit=100.0)
+    assert res["complete"] is True and len(order) == 7
+    assert order[5:] == [("per_prefix_update", 64), ("prefix_forward", 64)]
+    assert res["skipped"][-1] == ("numpy_reference n=64 and the re-run baselines after it: 30 s were left of "
+                                  "--time-limit 100 s, and one needs about 32 s")
+    assert "Not measured: numpy_reference n=64" in report.summary(res)
+    clock[0], order[:] = 0.0, []                                      # no limit: every baseline
+    unlimited = bench.bench((64, 128), quick=True, budget=1.0, positions=(16,), model=(1, 1, 8))
+    assert len(order) == 5 + 6 and not any("baselines after it" in why for why in unlimited["skipped"])
 
 
 # ---- the report's logic, on made-up results: every figure below is computed by hand here, none is timed

@@ -370,3 +370,25 @@ def test_the_tiny_models_need_the_transformers_the_dev_extra_names(monkeypatch):
     assert transformers_unusable() == f"transformers {old} is older than {'.'.join(map(str, minimum()))}"
     monkeypatch.setitem(sys.modules, "transformers", types.SimpleNamespace(__version__="9.0.0.dev0"))
     assert transformers_unusable() is None
+
+
+def _collected(*k) -> set[str]:
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                           "tests/test_hf_torch.py", *k], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, IMPLICIT_ICL_CONFORMANCE_DEVICES="cuda"))
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    return {line for line in proc.stdout.splitlines() if "::" in line}
+
+
+@needs_torch_and_bash
+def test_without_transformers_the_script_deselects_exactly_the_tiny_models_cuda_cases():
+    """The script's ``-k`` for a GPU machine whose transformers cannot build the tiny models (read from the script,
+    with ``$DEVICE`` = cuda) leaves out exactly the gpt_neox and gemma2 CUDA cases of tests/test_hf_torch.py: a
+    renamed test id would otherwise match nothing there, and those cases would skip and fail the one GPU run."""
+    line = next(x for x in SCRIPT.read_text().splitlines() if x.strip().startswith('KEEP=" and not'))
+    keep = line.split('"')[1].replace("$DEVICE", "cuda")
+    everything, kept = _collected(), _collected("-k", f"not compiled{keep}")
+    left_out = {t for t in everything - kept if "compile" not in t}
+    assert left_out == {f"tests/test_hf_torch.py::test_cuda_model_within_K_eps_scale_and_split_over_cpu_and_cuda"
+                        f"[{name}-hf-cuda-{dtype}]" for name in ("gpt_neox", "gemma2")
+                        for dtype in ("float32", "bfloat16")}

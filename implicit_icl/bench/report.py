@@ -372,4 +372,5 @@ def summary(res) -> str:
     failed = [r for r in res["trajectory"] + [res["float32_error"], res["position_updates"], res["model_updates"]]
               if "error" in r]
     parts += [f"FAILED {r.get('op')} n={r.get('n')}: {r['error']}" for r in failed]
+    parts += [f"Not measured: {why}" for why in res.get("skipped", [])]
     return "\n".join(parts)

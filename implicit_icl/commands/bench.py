@@ -73,6 +73,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--model", type=int, nargs=3, metavar=("LAYERS", "BATCH", "T"),
                         help=f"the stack for the whole-model figure (default {CPU_MODEL} on cpu, {GPU_MODEL} on a "
                              f"GPU; quick {QUICK_MODEL})")
+    parser.add_argument("--time-limit", type=float, metavar="S",
+                        help="seconds this run may take: the re-run baselines (measured last) are not started once "
+                             "too little of S is left for one, and are listed under 'skipped' (scripts/gpu_check.sh "
+                             "sets it from its deadline); default: no limit")
     parser.add_argument("--threads", type=int, metavar="K",
                         help="torch CPU threads in each measurement (default 1 on cpu: on a shared machine "
                              "OpenMP threads spin-wait for descheduled peers and 2 threads run 5-20x slower; "
@@ -154,9 +158,10 @@ def _machine(device: str) -> dict:
 
 
 def bench(sizes, device="cpu", budget=20.0, kind="pre-ln", positions=CPU_POSITIONS, quick=False, threads=None,
-          on_progress=None, model=CPU_MODEL) -> dict:
+          on_progress=None, model=CPU_MODEL, time_limit=None) -> dict:
     """Run every measurement; ``on_progress(partial_result)`` is called after each (so a killed run leaves JSON).
-    ``positions``: the T of the all-position figures; ``model``: (layers, batch, T) of the whole-model figure."""
+    ``positions``: the T of the all-position figures; ``model``: (layers, batch, T) of the whole-model figure;
+    ``time_limit``: the seconds the run may take (:func:`_time_left_for`)."""
     base = {"d_model": 64, "d_mlp": 256, "n_heads": 4, "kind": kind, "device": device, "threads": threads}
     child_timeout = max(60.0, 6 * budget + 60)            # per measurement; 180 s at the default budget
     result = {
@@ -193,7 +198,10 @@ def bench(sizes, device="cpu", budget=20.0, kind="pre-ln", positions=CPU_POSITIO
         result[key] = _child(spec, child_timeout, isolate)
         progress()
     for spec in _baselines(base, sizes, budget, device, result):
-        result["trajectory"].append(_child(spec, child_timeout, isolate))
+        left = _time_left_for(spec, time_limit, time.perf_counter() - started, result)
+        if left is None:
+            break
+        result["trajectory"].append(_child(spec, min(child_timeout, left), isolate))
         progress()
     result["complete"] = True
     progress()
@@ -218,6 +226,21 @@ def _compiled_sizes(sizes, device: str) -> list[int]:
     from implicit_icl.backends.torch_backend import slab_for
 
     return [n for n in sizes if n >= 2 * slab_for(device)]
+
+
+def _time_left_for(spec: dict, time_limit, elapsed: float, result: dict) -> float | None:
+    """The seconds left of ``time_limit`` for the baseline ``spec`` (infinite without a limit), or ``None`` where
+    fewer than it needs are left (its budget twice, and 30 s to start and extrapolate): then it and the baselines
+    after it are not started, said in ``result["skipped"]``."""
+    if time_limit is None:
+        return float("inf")
+    left, need = time_limit - elapsed, 2 * spec["budget"] + 30
+    if left >= need:
+        return left
+    result.setdefault("skipped", []).append(
+        f"{spec['op']} n={spec['n']} and the re-run baselines after it: {max(left, 0):.0f} s were left of "
+        f"--time-limit {time_limit:g} s, and one needs about {need:.0f} s")
+    return None
 
 
 def _baselines(base, sizes, budget, device, result) -> list[dict]:
@@ -253,6 +276,8 @@ def _check_args(args) -> str | None:
         return problem
     if args.budget is not None and not 0 < args.budget < float("inf"):
         return f"--budget must be a positive number of seconds, got {args.budget}"
+    if args.time_limit is not None and not 0 < args.time_limit < float("inf"):
+        return f"--time-limit must be a positive number of seconds, got {args.time_limit}"
     if args.kind not in KINDS:
         return f"--kind must be one of {list(KINDS)}, got {args.kind!r}"
     if args.json is not None and args.json != "-":          # "" is refused there, not taken as no --json
@@ -292,7 +317,7 @@ def run(args) -> int:
 
     try:
         result = bench(sizes, device=args.device, budget=budget, kind=args.kind, positions=positions,
-                       quick=args.quick, threads=threads, on_progress=save, model=model)
+                       quick=args.quick, threads=threads, on_progress=save, model=model, time_limit=args.time_limit)
     except _CannotWrite as exc:
         print(exc, file=sys.stderr)
         return 2
