@@ -14,7 +14,9 @@ its context. Then the query token is run *alone* (its row of ``H⁰``, one token
 Each is read against the prompt's own distribution ``p``: ``KL(p ‖ q)`` in nats, the probability ``q(t)`` and the
 rank of the model's top token ``t = argmax p``, and whether ``argmax q = t``. The share that flows through the
 weights is ``1 − KL(p ‖ q_ΔW) / KL(p ‖ q_none)`` (ours: 1 = the ΔWs alone recover the context's effect, 0 = no
-better than no update, negative = worse). For a ``parallel`` block the MLP never sees the context, so ``ΔW = 0``
+better than no update, negative = worse; undefined, ``None``, where the context moves the prediction by less than
+``SHARE_FLOOR`` nats). The ΔW and Δb shares are not a split of one whole: they need not add to 1, and in the ΔW-only
+run each later layer's ΔW meets an input other than the one it was computed for. For a ``parallel`` block the MLP never sees the context, so ``ΔW = 0``
 exactly and ``delta_W`` *is* ``none`` (THEORY §11); ``Decomposition.delta_W_zero`` says so.
 
 Transfer ("thought patch", Mazzawi et al. 2025, arXiv 2510.08734; THEORY §8.2): the updates computed for one query
@@ -34,8 +36,11 @@ from implicit_icl.reference import Update, apply_update, bias_key, model_forward
 
 from .analysis import matched_random_block
 
-__all__ = ["Decomposition", "Transfer", "decompose", "fit_patch", "kl_divergence", "log_softmax", "readout",
-           "run_alone", "transfer", "untrained_twin"]
+__all__ = ["SHARE_FLOOR", "Decomposition", "Transfer", "decompose", "fit_patch", "kl_divergence", "log_softmax",
+           "readout", "run_alone", "transfer", "untrained_twin"]
+
+
+SHARE_FLOOR = 1e-3   # nats: below this KL(p ‖ q_none) a share is a ratio of two tiny numbers, so it is not given
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -123,10 +128,11 @@ class Decomposition:
     def read_layer(self, layer: int) -> dict:
         return readout(self.reference, self.per_layer[layer], self.target)
 
-    def share(self, name: str) -> float:
-        """``1 − KL(p ‖ q_name) / KL(p ‖ q_none)`` (ours; ``nan`` when the context changes nothing)."""
+    def share(self, name: str) -> float | None:
+        """``1 − KL(p ‖ q_name) / KL(p ‖ q_none)`` (ours; ``None`` where the context moves the prediction by less
+        than ``SHARE_FLOOR`` nats: the ratio of two tiny numbers says nothing)."""
         none = self.read("none")["kl"]
-        return 1.0 - self.read(name)["kl"] / none if none > 0 else float("nan")
+        return 1.0 - self.read(name)["kl"] / none if none >= SHARE_FLOOR else None
 
     def to_dict(self) -> dict:
         d = {"ids": [int(i) for i in self.ids], "top_token": self.top, "target": self.target,
@@ -217,9 +223,12 @@ class Transfer:
 
 
 def _mean_reads(reads: list[dict]) -> dict:
+    """Each figure's mean over the reads that have it (``correct`` only where the query's answer is known: ``None``
+    if none is), with ``n`` reads and ``n_correct`` of them scored."""
     keys = ("kl", "p_top", "rank_top", "agrees", "correct")
-    return {k: float(np.mean([r[k] for r in reads])) if reads and k in reads[0] else None for k in keys} | {
-        "n": len(reads)}
+    means = {k: float(np.mean([r[k] for r in reads if k in r])) if any(k in r for r in reads) else None
+             for k in keys}
+    return means | {"n": len(reads), "n_correct": sum("correct" in r for r in reads)}
 
 
 def transfer(model, context, queries, targets=None, Ks=(1, 2, 4)) -> Transfer:

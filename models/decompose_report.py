@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .decompose import decompose, induction_targets, transfer, untrained_twin
+from .corpus import bootstrap_ci
+from .decompose import SHARE_FLOOR, decompose, induction_targets, transfer, untrained_twin
 
 VARIANTS = (("all", "every layer's update (ΔW and Δb)"), ("none", "no update (query without context)"),
             ("delta_W", "only the ΔWs"), ("delta_b", "only the Δbs"))
@@ -17,7 +18,8 @@ PARALLEL_NOTE = ("ΔW = 0 exactly in every layer: a parallel-residual block's ML
                  "whole effect of the context is the Δbs.")
 CLAIM = ("ours (THEORY §3c, §11): the query alone with every layer's update reproduces the prompt's next-token "
          "distribution (KL = round-off); the ΔW-only and Δb-only runs are not exact, and their gap is the measurement. "
-         "Transfer / patch: Mazzawi et al. 2025 (arXiv 2510.08734), THEORY §8.2.")
+         "Transfer of one query's updates to another: Mazzawi et al. 2025 (arXiv 2510.08734), THEORY §8.2; the patch "
+         "fitted over K queries (least squares per layer, as E5): ours.")
 
 
 def one_prompt(model, ids, queries=None, seed: int = 0, Ks=(1, 2, 4)) -> dict:
@@ -39,18 +41,39 @@ def one_prompt(model, ids, queries=None, seed: int = 0, Ks=(1, 2, 4)) -> dict:
 
 def over_prompts(model, prompts, seed: int = 0, Ks=(1, 2, 4)) -> dict:
     """Means over ``prompts`` (each ``(ids, queries)``) of every figure of :func:`one_prompt`, trained and
-    untrained."""
+    untrained (a figure a prompt does not define, a share or an accuracy, is left out of its mean), with
+    ``intervals``: the 95 % bootstrap interval over prompts (``corpus.bootstrap_ci``) of the shares and of each
+    variant's and transfer method's KL and accuracy, and ``identity_max_kl``: the largest full-update KL of any
+    prompt (the identity checked on every prompt, not on their mean)."""
     runs = [one_prompt(model, ids, queries, seed, Ks) for ids, queries in prompts]
-    out = {"n_prompts": len(runs)}
+    out = {"n_prompts": len(runs), "identity_max_kl": max(
+        abs(r[m]["decomposition"]["variants"]["all"]["kl"]) for r in runs for m in ("trained", "untrained"))}
     for name in ("trained", "untrained"):
-        decs = [r[name]["decomposition"] for r in runs]
-        out[name] = {"decomposition": _mean_tree([{**d["variants"], "share": {"delta_W": d["share_delta_W"],
-                                                                             "delta_b": d["share_delta_b"]},
-                                                   "layers": {str(l["layer"]): l for l in d["layers"]}}
-                                                  for d in decs])}
+        trees = [{**d["variants"], "share": {"delta_W": d["share_delta_W"], "delta_b": d["share_delta_b"]},
+                  "layers": {str(l["layer"]): l for l in d["layers"]}}
+                 for d in (r[name]["decomposition"] for r in runs)]
+        out[name] = {"decomposition": _mean_tree(trees),
+                     "intervals": {"share": {k: _interval([t["share"][k] for t in trees]) for k in
+                                             ("delta_W", "delta_b")},
+                                   "decomposition": {v: _figure_intervals([t[v] for t in trees]) for v, _ in
+                                                     VARIANTS}}}
         if all("transfer" in r[name] for r in runs):
-            out[name]["transfer"] = _mean_tree([r[name]["transfer"] for r in runs])
+            transfers = [r[name]["transfer"] for r in runs]
+            out[name]["transfer"] = _mean_tree(transfers)
+            out[name]["intervals"]["transfer"] = {k: _figure_intervals([t[k] for t in transfers])
+                                                  for k in transfers[0]}
     return out
+
+
+def _interval(values) -> list | None:
+    """The 95 % bootstrap interval ``[lo, hi]`` over prompts of the defined values (``None``s left out; ``None``
+    if fewer than 2 are defined)."""
+    vals = [float(v) for v in values if v is not None]
+    return list(bootstrap_ci(vals)[1:]) if len(vals) >= 2 else None
+
+
+def _figure_intervals(reads: list[dict]) -> dict:
+    return {k: _interval([r.get(k) for r in reads]) for k in ("kl", "correct")}
 
 
 def _mean_tree(trees: list):
@@ -58,7 +81,7 @@ def _mean_tree(trees: list):
     first = trees[0]
     if isinstance(first, dict):
         return {k: _mean_tree([t[k] for t in trees]) for k in first}
-    if first is None or isinstance(first, str):
+    if isinstance(first, str):
         return first
     vals = [float(t) for t in trees if t is not None]
     return float(np.mean(vals)) if vals else None
@@ -90,15 +113,55 @@ def decomposition_lines(result: dict, tokens_of=None) -> list[str]:
     t_layers = t["layers"] if isinstance(t["layers"], list) else list(t["layers"].values())
     u_layers = u["layers"] if isinstance(u["layers"], list) else list(u["layers"].values())
     lines += [_row(f"only layer {l}'s update", a, b) for l, (a, b) in enumerate(zip(t_layers, u_layers))]
+    over = "share" in t                                           # means over prompts (over_prompts), not one prompt
     share_t = t.get("share", {"delta_W": t.get("share_delta_W"), "delta_b": t.get("share_delta_b")})
     share_u = u.get("share", {"delta_W": u.get("share_delta_W"), "delta_b": u.get("share_delta_b")})
+    what = ("the mean over prompts of each prompt's 1 − KL(q)/KL(no update)" if over else
+            "1 − KL(q)/KL(no update)")
+    identity = (f"  'every layer's update': the largest KL over the prompts, trained and untrained, is "
+                f"{result['identity_max_kl']:.2g}" if over else f"  'every layer's update' KL = {tv['all']['kl']:.2g}")
     lines += ["",
-              f"  share of the context's effect recovered, 1 − KL(q)/KL(no update) (ours): only the ΔWs "
-              f"{share_t['delta_W']:.1%} (untrained {share_u['delta_W']:.1%}), only the Δbs {share_t['delta_b']:.1%} "
-              f"(untrained {share_u['delta_b']:.1%})",
-              f"  'every layer's update' KL = {tv['all']['kl']:.2g}: the identity (round-off), not a finding"]
+              f"  share of the context's effect recovered, {what} (ours): only the ΔWs "
+              f"{_share(share_t['delta_W'])} (untrained {_share(share_u['delta_W'])}), only the Δbs "
+              f"{_share(share_t['delta_b'])} (untrained {_share(share_u['delta_b'])}); not a split of one whole: the "
+              f"two need not add to 100 %, and with only the ΔWs each later layer's ΔW meets an input it was not "
+              f"computed for",
+              identity + ": the identity (round-off), not a finding"]
+    if None in (*share_t.values(), *share_u.values()):
+        lines.append(f"  n/a: the context moves the prediction by less than {SHARE_FLOOR:g} nats (KL with no update), "
+                     f"too little for a ratio")
+    if over:
+        lines += intervals_lines(result, "share", (("delta_W", "share, only the ΔWs"),
+                                                   ("delta_b", "share, only the Δbs")))
+        lines += intervals_lines(result, "decomposition", VARIANTS[1:])[1:]
     if t.get("delta_W_zero"):
         lines.append("  " + PARALLEL_NOTE)
+    return lines
+
+
+def _share(value) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
+def _bounds(interval, percent: bool) -> str:
+    if interval is None:
+        return "—"
+    return "[" + ", ".join(f"{v:.1%}" if percent else f"{v:.3g}" for v in interval) + "]"
+
+
+def intervals_lines(result: dict, part: str, rows) -> list[str]:
+    """95 % bootstrap intervals over the prompts (``over_prompts``) of ``part``'s figures ``rows`` ((key, label)):
+    shares as they are, else each row's accuracy and KL, trained beside untrained."""
+    t, u = result["trained"]["intervals"].get(part), result["untrained"]["intervals"].get(part)
+    if t is None:
+        return []
+    lines = [f"  95 % bootstrap intervals over the {result['n_prompts']} prompts (trained; untrained):"]
+    for key, label in rows:
+        if part == "share":
+            lines.append(f"    {label}: {_bounds(t[key], True)}; {_bounds(u[key], True)}")
+        else:
+            lines.append(f"    {label}: accuracy {_bounds(t[key]['correct'], True)}; {_bounds(u[key]['correct'], True)}"
+                         f" · KL {_bounds(t[key]['kl'], False)}; {_bounds(u[key]['kl'], False)}")
     return lines
 
 
@@ -115,6 +178,8 @@ def transfer_lines(result: dict) -> list[str]:
     lines = ["transfer ('thought patch', Mazzawi et al. 2025): a query of the same context run alone with …",
              *_head()]
     lines += [_row(what, t[k], u[k]) for k, what in rows]
+    if "intervals" in result["trained"]:
+        lines += intervals_lines(result, "transfer", rows)
     return lines
 
 
@@ -145,5 +210,6 @@ def write_report(folder, report: dict) -> list[Path]:
     folder = Path(folder)
     md, js = folder / "report.md", folder / "report.json"
     atomic_write_bytes(md, lambda f: f.write(markdown(report).encode()))
-    atomic_write_bytes(js, lambda f: f.write(json.dumps(report, indent=2).encode()))
+    text = json.dumps(report, indent=2, allow_nan=False)        # strict JSON: an undefined figure is null, not NaN
+    atomic_write_bytes(js, lambda f: f.write(text.encode()))
     return [md, js]

@@ -257,3 +257,69 @@ def test_walkthrough_on_a_folder_says_parallel_and_checks_round_off(tiny, tmp_pa
     out = tmp_path / "w.txt"
     assert main(["walkthrough", "--model", str(tiny["gpt_neox"][0]), PROMPT, "--export", str(out)]) == 0
     assert "ΔW = 0 exactly" in out.read_text()
+
+
+def test_a_query_without_an_answer_is_left_out_of_the_accuracy_not_a_crash(tiny):
+    """A query whose key the context never shows has no answer: it is left out of the accuracy (``n_correct``
+    counts the scored ones) and kept in every other mean; before, the summary raised ``KeyError: 'correct'``
+    whenever some queries had an answer and others did not."""
+    _, ours, _ = tiny["llama"]
+    ids = _ids(ours)
+    unseen = _ids(ours, "k")[0]                                         # never in PROMPT
+    context, queries = ids[:-1], [int(ids[-1]), int(unseen), int(ids[0])]
+    targets = D.induction_targets(context, queries)
+    assert targets[1] is None and None not in (targets[0], targets[2])
+    tr = D.transfer(ours, context, queries, targets, Ks=(1,))
+    summary = tr.summary()
+    scored = [(s, t) for s in range(3) for t in range(3) if s != t and targets[t] is not None]
+    assert summary["transfer"]["n"] == 6 and summary["transfer"]["n_correct"] == len(scored) == 4
+    assert summary["transfer"]["correct"] == pytest.approx(
+        np.mean([np.argmax(tr.cross[s][t]) == targets[t] for s, t in scored]))
+    assert summary["transfer"]["kl"] == pytest.approx(np.mean(
+        [_kl_scipy(tr.reference[t], tr.cross[s][t]) for s in range(3) for t in range(3) if s != t]), abs=1e-9)
+
+
+def test_a_share_is_not_given_where_the_context_barely_moves_the_prediction(tiny):
+    """``share`` is the ratio of two KLs: where the context moves the prediction by less than ``SHARE_FLOOR`` nats
+    it is ``None`` (null in JSON, "n/a" in the text), not a number made of round-off."""
+    _, ours, _ = tiny["llama"]
+    dec = D.decompose(ours, _ids(ours))
+    assert dec.read("none")["kl"] >= D.SHARE_FLOOR and dec.share("delta_W") == pytest.approx(
+        1 - dec.read("delta_W")["kl"] / dec.read("none")["kl"])
+    still = D.Decomposition(ids=dec.ids, reference=dec.variants["none"] + 1e-4 * np.arange(dec.reference.size),
+                            variants=dec.variants, per_layer=dec.per_layer, delta_W_norms=dec.delta_W_norms,
+                            delta_b_norms=dec.delta_b_norms, delta_W_zero=False)
+    assert 0 < still.read("none")["kl"] < D.SHARE_FLOOR and still.share("delta_W") is None
+    assert json.loads(json.dumps(still.to_dict(), allow_nan=False))["share_delta_W"] is None
+
+
+def test_the_means_over_prompts_carry_bootstrap_intervals_and_the_largest_identity_error(tiny):
+    """``over_prompts``: each mean with its 95 % bootstrap interval over prompts, recomputed here from each prompt's
+    own figures (``one_prompt``) with ``corpus.bootstrap_ci``; the identity is the largest full-update KL of any
+    prompt, not a mean (where errors of both signs could cancel)."""
+    from implicit_icl.models.corpus import bootstrap_ci
+    from implicit_icl.models.decompose_report import one_prompt, over_prompts
+
+    _, ours, _ = tiny["llama"]
+    prompts = [(_ids(ours, text), None) for text in (PROMPT, "a 3 c 7 f 1 h 12 a", "h 1 f 3 a 12 f", "c 7 a 3 c")]
+    got = over_prompts(ours, prompts)
+    runs = [one_prompt(ours, ids, None) for ids, _ in prompts]
+    for name in ("trained", "untrained"):
+        decs = [r[name]["decomposition"] for r in runs]
+        shares = [d["share_delta_W"] for d in decs if d["share_delta_W"] is not None]
+        assert got[name]["decomposition"]["share"]["delta_W"] == pytest.approx(np.mean(shares))
+        assert got[name]["intervals"]["share"]["delta_W"] == pytest.approx(list(bootstrap_ci(shares)[1:]))
+        kls = [d["variants"]["none"]["kl"] for d in decs]
+        assert got[name]["intervals"]["decomposition"]["none"]["kl"] == pytest.approx(list(bootstrap_ci(kls)[1:]))
+    assert got["identity_max_kl"] == max(abs(r[m]["decomposition"]["variants"]["all"]["kl"]) for r in runs
+                                         for m in ("trained", "untrained"))
+
+
+def test_cli_decompose_a_query_the_context_never_shows(capsys):
+    """The bundled few-shot model on a prompt whose query key is not among the shown pairs: the command reports
+    (its transfer queries mix answered and unanswered ones), exit 0, and says the means are with intervals."""
+    if not (fewshot_dir() / "config.json").is_file():
+        pytest.skip("the bundled few-shot model is not in this install")
+    assert main(["explain", "--model", "fewshot", "--decompose", "a 3 c 7 f", "--prompts", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "95 % bootstrap intervals over the 3 prompts" in out and "the largest KL over the prompts" in out

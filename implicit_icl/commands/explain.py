@@ -59,12 +59,15 @@ never sees the context, and the whole effect is Δb (THEORY §11); the text says
 --decompose (a decoder model): every layer's last-token update computed from TEXT, then the query token run alone
 with all of them (the prompt's own distribution: KL ≈ 0, the identity), none, only the ΔWs, only the Δbs, and each
 layer's alone; KL to the prompt's distribution, probability and rank of its top token, the share of the context's
-effect that flows through the MLP weights; and the transfer of the updates to the other queries of the same
-context (--queries "a f"; fewshot: the shown keys) against the query run with its context and a patch fitted over
-K queries (Mazzawi et al. 2025). Each figure beside an untrained twin (every array redrawn, --baseline-seed S).
-With --model fewshot, also the means over --prompts N random prompts of its task (default 50). --report DIR
-writes report.md and report.json.
-Exit status: 0 ok; 1 the extra is missing or an identity error exceeds 1e-12 × (1 + output scale); 2 a bad
+effect recovered by the ΔWs alone and by the Δbs alone (1 − KL/KL(no update), ours; not a split: the two need not
+add to 100 %; n/a where the context moves the prediction by less than 1e-3 nats); and the transfer of the updates
+to the other queries of the same context (--queries "a f"; fewshot: the shown keys; Mazzawi et al. 2025) against
+the query run with its context and a patch fitted over K queries (least squares, ours). Each figure beside an
+untrained twin (every array redrawn, --baseline-seed S). With --model fewshot, also the means over --prompts N
+random prompts of its task (default 50), each with its 95 % bootstrap interval over the prompts. --report DIR
+writes report.md and report.json (strict JSON: an undefined figure is null).
+Exit status: 0 ok; 1 the extra is missing or an identity error exceeds 1e-12 × (1 + output scale) (with
+--decompose: a full-update KL above 1e-10 nats, on TEXT or on any prompt of the task); 2 a bad
 argument (an empty TEXT, layer, position, a text longer than 512 tokens, a --model-dir or IMPLICIT_ICL_MINILM_DIR
 folder that cannot be read, a --json path that cannot be written; missing folders of --json are created).
 """

@@ -50,7 +50,7 @@ def _queries(args, model, ids) -> list[int]:
 
 def explain_decompose(args, model, task=None) -> tuple[dict, list, bool]:
     """``(report, texts, ok)`` for ``explain --decompose`` (``ok``: the full-update KL is round-off, trained and
-    untrained, for the prompt). ``task(n, n_pairs, seed) -> (ids, description)``: ``n`` random prompts of the
+    untrained, for the prompt and for every prompt of the task). ``task(n, n_pairs, seed) -> (ids, description)``: ``n`` random prompts of the
     model's task with ``n_pairs`` shown pairs (their queries: its shown keys), or None."""
     from implicit_icl.models.bundled import describe
     from implicit_icl.models.decompose import check_causal_lm
@@ -76,6 +76,8 @@ def explain_decompose(args, model, task=None) -> tuple[dict, list, bool]:
             report["task"] = over_prompts(model, prompts, seed=args.baseline_seed) | {"what": what}
         texts.append(text(report["task"], f"means over {n} random prompts of the task ({what})"))
     kls = [result[m]["decomposition"]["variants"]["all"]["kl"] for m in ("trained", "untrained")]
+    if report["task"] is not None:                    # the identity on every prompt of the task, not on their mean
+        kls.append(report["task"]["identity_max_kl"])
     ok = all(abs(k) <= KL_TOLERANCE for k in kls)
     report["ok"] = bool(ok)
     if args.report:
