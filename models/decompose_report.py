@@ -44,9 +44,10 @@ def over_prompts(model, prompts, seed: int = 0, Ks=(1, 2, 4)) -> dict:
     untrained (a figure a prompt does not define, a share or an accuracy, is left out of its mean), with
     ``intervals``: the 95 % bootstrap interval over prompts (``corpus.bootstrap_ci``) of the shares and of each
     variant's and transfer method's KL and accuracy, and ``identity_max_kl``: the largest full-update KL of any
-    prompt (the identity checked on every prompt, not on their mean)."""
-    runs = [one_prompt(model, ids, queries, seed, Ks) for ids, queries in prompts]
-    out = {"n_prompts": len(runs), "identity_max_kl": max(
+    prompt (the identity checked on every prompt, not on their mean). Prompt i's untrained twin is drawn with seed
+    ``seed + i``, so the untrained means and intervals cover the twin's draw as well as the prompt."""
+    runs = [one_prompt(model, ids, queries, seed + i, Ks) for i, (ids, queries) in enumerate(prompts)]
+    out = {"n_prompts": len(runs), "twin_seeds": [seed, seed + len(runs) - 1], "identity_max_kl": max(
         abs(r[m]["decomposition"]["variants"]["all"]["kl"]) for r in runs for m in ("trained", "untrained"))}
     for name in ("trained", "untrained"):
         trees = [{**d["variants"], "share": {"delta_W": d["share_delta_W"], "delta_b": d["share_delta_b"]},
@@ -155,7 +156,9 @@ def intervals_lines(result: dict, part: str, rows) -> list[str]:
     t, u = result["trained"]["intervals"].get(part), result["untrained"]["intervals"].get(part)
     if t is None:
         return []
-    lines = [f"  95 % bootstrap intervals over the {result['n_prompts']} prompts (trained; untrained):"]
+    first, last = result.get("twin_seeds", (None, None))
+    lines = [f"  95 % bootstrap intervals over the {result['n_prompts']} prompts (trained; untrained, a twin of its "
+             f"own per prompt, seeds {first}–{last}):"]
     for key, label in rows:
         if part == "share":
             lines.append(f"    {label}: {_bounds(t[key], True)}; {_bounds(u[key], True)}")

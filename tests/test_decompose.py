@@ -295,15 +295,15 @@ def test_a_share_is_not_given_where_the_context_barely_moves_the_prediction(tiny
 
 def test_the_means_over_prompts_carry_bootstrap_intervals_and_the_largest_identity_error(tiny):
     """``over_prompts``: each mean with its 95 % bootstrap interval over prompts, recomputed here from each prompt's
-    own figures (``one_prompt``) with ``corpus.bootstrap_ci``; the identity is the largest full-update KL of any
-    prompt, not a mean (where errors of both signs could cancel)."""
+    own figures (``one_prompt``, prompt i's untrained twin drawn with seed i) with ``corpus.bootstrap_ci``; the
+    identity is the largest full-update KL of any prompt, not a mean (where errors of both signs could cancel)."""
     from implicit_icl.models.corpus import bootstrap_ci
     from implicit_icl.models.decompose_report import one_prompt, over_prompts
 
     _, ours, _ = tiny["llama"]
     prompts = [(_ids(ours, text), None) for text in (PROMPT, "a 3 c 7 f 1 h 12 a", "h 1 f 3 a 12 f", "c 7 a 3 c")]
     got = over_prompts(ours, prompts)
-    runs = [one_prompt(ours, ids, None) for ids, _ in prompts]
+    runs = [one_prompt(ours, ids, None, seed=i) for i, (ids, _) in enumerate(prompts)]    # a twin per prompt
     for name in ("trained", "untrained"):
         decs = [r[name]["decomposition"] for r in runs]
         shares = [d["share_delta_W"] for d in decs if d["share_delta_W"] is not None]
@@ -311,6 +311,7 @@ def test_the_means_over_prompts_carry_bootstrap_intervals_and_the_largest_identi
         assert got[name]["intervals"]["share"]["delta_W"] == pytest.approx(list(bootstrap_ci(shares)[1:]))
         kls = [d["variants"]["none"]["kl"] for d in decs]
         assert got[name]["intervals"]["decomposition"]["none"]["kl"] == pytest.approx(list(bootstrap_ci(kls)[1:]))
+    assert got["twin_seeds"] == [0, 3]
     assert got["identity_max_kl"] == max(abs(r[m]["decomposition"]["variants"]["all"]["kl"]) for r in runs
                                          for m in ("trained", "untrained"))
 

@@ -64,7 +64,8 @@ add to 100 %; n/a where the context moves the prediction by less than 1e-3 nats)
 to the other queries of the same context (--queries "a f"; fewshot: the shown keys; Mazzawi et al. 2025) against
 the query run with its context and a patch fitted over K queries (least squares, ours). Each figure beside an
 untrained twin (every array redrawn, --baseline-seed S). With --model fewshot, also the means over --prompts N
-random prompts of its task (default 50), each with its 95 % bootstrap interval over the prompts. --report DIR
+random prompts of its task (default 50; prompt i's twin drawn with seed S + i), each with its 95 % bootstrap
+interval over the prompts. --report DIR
 writes report.md and report.json (strict JSON: an undefined figure is null).
 Exit status: 0 ok; 1 the extra is missing or an identity error exceeds 1e-12 × (1 + output scale) (with
 --decompose: a full-update KL above 1e-10 nats, on TEXT or on any prompt of the task); 2 a bad
