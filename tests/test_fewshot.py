@@ -174,4 +174,35 @@ def test_the_docs_table_is_the_bundled_model_s():
     assert [r["k"] for r in now["rows"]] == [r["k"] for r in recorded["rows"]]
     for a, b in zip(now["rows"], recorded["rows"]):
         assert (a["accuracy"], a["accuracy_alone"]) == (b["accuracy"], b["accuracy_alone"]), a["k"]
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-6)
+        assert a["accuracy_untrained"] == b["accuracy_untrained"] and a["loss"] == pytest.approx(b["loss"], rel=1e-4,
+                                                                                                abs=1e-6)
+        for key in ("accuracy", "accuracy_alone", "accuracy_untrained"):
+            assert a[f"{key}_interval"] == pytest.approx(b[f"{key}_interval"], abs=1e-15)
+
+
+def test_the_accuracy_intervals_are_wilson_score_intervals():
+    """The table's 95 % intervals against SciPy's Wilson interval of a binomial proportion (an independent
+    implementation), at the edges (0 and n successes) and inside, to 1e-12."""
+    from scipy.stats import binomtest
+
+    from implicit_icl.experiments.fewshot_accuracy import wilson_interval
+
+    for k, n in ((0, 1000), (45, 1000), (1000, 1000), (3, 7), (500, 1000)):
+        ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+        assert wilson_interval(k, n) == pytest.approx([ci.low, ci.high], abs=1e-12), (k, n)
+
+
+def test_the_untrained_twin_of_the_table_keeps_shapes_and_scales_not_weights():
+    """The table's control: every array redrawn N(mean, std) of the trained one (seeded): same shapes and dtypes,
+    means and spreads within sampling error of the trained arrays', no array equal to the trained one."""
+    from implicit_icl.experiments.fewshot_accuracy import untrained_twin
+
+    params, _ = fewshot_model.load_folder(FOLDER, dtype=torch.float32)
+    twin = untrained_twin(params)
+    assert twin.keys() == params.keys()
+    for k, v in params.items():
+        w = twin[k]
+        assert w.shape == v.shape and w.dtype == v.dtype and not torch.equal(w, v), k
+        if v.numel() >= 1000:                        # the sample std's relative error is about 1/√(2n) < 2.3 %
+            assert float(w.std()) == pytest.approx(float(v.std()), rel=0.1), k
+    assert all(torch.equal(a, b) for a, b in zip(untrained_twin(params).values(), twin.values()))   # seeded
