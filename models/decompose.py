@@ -207,13 +207,15 @@ class Transfer:
 
     def summary(self) -> dict:
         """Means over target queries (over sources too for ``transfer``) of KL, p(top), top-1 agreement and
-        accuracy; ``with_context``: the model's own accuracy with the context."""
+        accuracy; ``with_context``: the model's own accuracy with the context; ``identity_max_kl``: the largest
+        KL of a query run alone with its own updates (the identity, checked on every query)."""
         Q = len(self.queries)
         methods = {"own": self._reads(lambda t: self.own[t]), "none": self._reads(lambda t: self.none[t]),
                    "transfer": [readout(self.reference[t], self.cross[s][t], self.targets[t])
                                 for s in range(Q) for t in range(Q) if s != t]}
         methods |= {f"patch_K{K}": self._reads(lambda t, K=K: self.patch[K][t]) for K in self.patch}
         out = {name: _mean_reads(reads) for name, reads in methods.items()}
+        out["identity_max_kl"] = max(abs(r["kl"]) for r in methods["own"])    # own updates: exact, on every query
         known = [t for t in range(Q) if self.targets[t] is not None]
         out["with_context"] = {"kl": 0.0, "p_top": float(np.mean([np.exp(log_softmax(r).max()) for r in
                                                                 self.reference])), "rank_top": 1.0, "agrees": 1.0,

@@ -39,16 +39,23 @@ def one_prompt(model, ids, queries=None, seed: int = 0, Ks=(1, 2, 4)) -> dict:
     return out
 
 
+def identity_max_kl(result: dict) -> float:
+    """The largest KL, trained and untrained, of a query alone with its own updates in one :func:`one_prompt`
+    result: the decomposition's full update and every transfer query's own (the identity, THEORY §3c)."""
+    return max(max(abs(result[m]["decomposition"]["variants"]["all"]["kl"]),
+                   result[m].get("transfer", {}).get("identity_max_kl", 0.0)) for m in ("trained", "untrained"))
+
+
 def over_prompts(model, prompts, seed: int = 0, Ks=(1, 2, 4)) -> dict:
     """Means over ``prompts`` (each ``(ids, queries)``) of every figure of :func:`one_prompt`, trained and
     untrained (a figure a prompt does not define, a share or an accuracy, is left out of its mean), with
     ``intervals``: the 95 % bootstrap interval over prompts (``corpus.bootstrap_ci``) of the shares and of each
-    variant's and transfer method's KL and accuracy, and ``identity_max_kl``: the largest full-update KL of any
-    prompt (the identity checked on every prompt, not on their mean). Prompt i's untrained twin is drawn with seed
+    variant's and transfer method's KL and accuracy, and ``identity_max_kl``: the largest KL of any prompt's query
+    alone with its own updates (:func:`identity_max_kl`: the identity checked on every prompt, not on their mean). Prompt i's untrained twin is drawn with seed
     ``seed + i``, so the untrained means and intervals cover the twin's draw as well as the prompt."""
     runs = [one_prompt(model, ids, queries, seed + i, Ks) for i, (ids, queries) in enumerate(prompts)]
-    out = {"n_prompts": len(runs), "twin_seeds": [seed, seed + len(runs) - 1], "identity_max_kl": max(
-        abs(r[m]["decomposition"]["variants"]["all"]["kl"]) for r in runs for m in ("trained", "untrained"))}
+    out = {"n_prompts": len(runs), "twin_seeds": [seed, seed + len(runs) - 1],
+           "identity_max_kl": max(identity_max_kl(r) for r in runs)}
     for name in ("trained", "untrained"):
         trees = [{**d["variants"], "share": {"delta_W": d["share_delta_W"], "delta_b": d["share_delta_b"]},
                   "layers": {str(l["layer"]): l for l in d["layers"]}}
@@ -60,9 +67,10 @@ def over_prompts(model, prompts, seed: int = 0, Ks=(1, 2, 4)) -> dict:
                                                      VARIANTS}}}
         if all("transfer" in r[name] for r in runs):
             transfers = [r[name]["transfer"] for r in runs]
-            out[name]["transfer"] = _mean_tree(transfers)
+            out[name]["transfer"] = _mean_tree(transfers) | {
+                "identity_max_kl": max(t["identity_max_kl"] for t in transfers)}   # a largest, not a mean
             out[name]["intervals"]["transfer"] = {k: _figure_intervals([t[k] for t in transfers])
-                                                  for k in transfers[0]}
+                                                  for k, v in transfers[0].items() if isinstance(v, dict)}
     return out
 
 
@@ -119,7 +127,8 @@ def decomposition_lines(result: dict, tokens_of=None) -> list[str]:
     share_u = u.get("share", {"delta_W": u.get("share_delta_W"), "delta_b": u.get("share_delta_b")})
     what = ("the mean over prompts of each prompt's 1 − KL(q)/KL(no update)" if over else
             "1 − KL(q)/KL(no update)")
-    identity = (f"  'every layer's update': the largest KL over the prompts, trained and untrained, is "
+    identity = (f"  'every layer's update': the largest KL over the prompts (and their transfer queries' own "
+                f"updates), trained and untrained, is "
                 f"{result['identity_max_kl']:.2g}" if over else f"  'every layer's update' KL = {tv['all']['kl']:.2g}")
     lines += ["",
               f"  share of the context's effect recovered, {what} (ours): only the ΔWs "

@@ -146,6 +146,8 @@ def test_transfer_own_patch_and_summary(tiny):
     pairs = [_kl_scipy(tr.reference[t], tr.cross[s][t]) for s in range(Q) for t in range(Q) if s != t]
     summary = tr.summary()
     assert summary["transfer"]["kl"] == pytest.approx(np.mean(pairs), abs=1e-9) and summary["transfer"]["n"] == 12
+    own = [abs(_kl_scipy(tr.reference[t], tr.own[t])) for t in range(Q)]        # the identity on every query
+    assert summary["identity_max_kl"] == pytest.approx(max(own), abs=1e-15) and max(own) <= TOL
     correct = np.mean([np.argmax(tr.patch[3][t]) == targets[t] for t in range(Q)])
     assert summary["patch_K3"]["correct"] == pytest.approx(correct)
     assert summary["with_context"]["correct"] == pytest.approx(
@@ -324,3 +326,4 @@ def test_cli_decompose_a_query_the_context_never_shows(capsys):
     assert main(["explain", "--model", "fewshot", "--decompose", "a 3 c 7 f", "--prompts", "3"]) == 0
     out = capsys.readouterr().out
     assert "95 % bootstrap intervals over the 3 prompts" in out and "the largest KL over the prompts" in out
+    assert "own updates), trained and untrained, is" in out
