@@ -29,7 +29,8 @@ Z95 = 1.959963984540054         # the standard normal's 97.5 % quantile
 
 def wilson_interval(successes: int, n: int, z: float = Z95) -> list[float]:
     """The Wilson score interval ``[lo, hi]`` of the proportion ``successes / n`` (95 % with the default ``z``):
-    ``(p + z²/2n ± z √(p(1−p)/n + z²/4n²)) / (1 + z²/n)``; it stays inside [0, 1] and is not empty at 0 or n."""
+    ``(p + z²/2n ± z √(p(1−p)/n + z²/4n²)) / (1 + z²/n)``; it stays inside [0, 1] and is not empty at 0 or
+    n."""
     p, zz = successes / n, z * z
     centre, half = p + zz / (2 * n), z * math.sqrt(p * (1 - p) / n + zz / (4 * n * n))
     return [(centre - half) / (1 + zz / n), (centre + half) / (1 + zz / n)]

@@ -16,8 +16,8 @@ rank of the model's top token ``t = argmax p``, and whether ``argmax q = t``. Th
 weights is ``1 − KL(p ‖ q_ΔW) / KL(p ‖ q_none)`` (ours: 1 = the ΔWs alone recover the context's effect, 0 = no
 better than no update, negative = worse; undefined, ``None``, where the context moves the prediction by less than
 ``SHARE_FLOOR`` nats). The ΔW and Δb shares are not a split of one whole: they need not add to 1, and in the ΔW-only
-run each later layer's ΔW meets an input other than the one it was computed for. For a ``parallel`` block the MLP never sees the context, so ``ΔW = 0``
-exactly and ``delta_W`` *is* ``none`` (THEORY §11); ``Decomposition.delta_W_zero`` says so.
+run each later layer's ΔW meets an input other than the one it was computed for. For a ``parallel`` block the MLP
+never sees the context, so ``ΔW = 0`` exactly and ``delta_W`` *is* ``none`` (THEORY §11); ``Decomposition.delta_W_zero`` says so.
 
 Transfer ("thought patch", Mazzawi et al. 2025, arXiv 2510.08734; THEORY §8.2): the updates computed for one query
 applied to another query of the same context, run alone, against that query run with its context, with no update,

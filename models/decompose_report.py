@@ -51,8 +51,9 @@ def over_prompts(model, prompts, seed: int = 0, Ks=(1, 2, 4)) -> dict:
     untrained (a figure a prompt does not define, a share or an accuracy, is left out of its mean), with
     ``intervals``: the 95 % bootstrap interval over prompts (``corpus.bootstrap_ci``) of the shares and of each
     variant's and transfer method's KL and accuracy, and ``identity_max_kl``: the largest KL of any prompt's query
-    alone with its own updates (:func:`identity_max_kl`: the identity checked on every prompt, not on their mean). Prompt i's untrained twin is drawn with seed
-    ``seed + i``, so the untrained means and intervals cover the twin's draw as well as the prompt."""
+    alone with its own updates (:func:`identity_max_kl`: the identity checked on every prompt, not on their mean).
+    Prompt i's untrained twin is drawn with seed ``seed + i``, so the untrained means and intervals cover the twin's
+    draw as well as the prompt."""
     runs = [one_prompt(model, ids, queries, seed + i, Ks) for i, (ids, queries) in enumerate(prompts)]
     out = {"n_prompts": len(runs), "twin_seeds": [seed, seed + len(runs) - 1],
            "identity_max_kl": max(identity_max_kl(r) for r in runs)}
@@ -143,7 +144,7 @@ def decomposition_lines(result: dict, tokens_of=None) -> list[str]:
     if over:
         lines += intervals_lines(result, "share", (("delta_W", "share, only the ΔWs"),
                                                    ("delta_b", "share, only the Δbs")))
-        lines += intervals_lines(result, "decomposition", VARIANTS[1:])[1:]
+        lines += intervals_lines(result, "decomposition", VARIANTS[1:], header=False)
     if t.get("delta_W_zero"):
         lines.append("  " + PARALLEL_NOTE)
     return lines
@@ -159,15 +160,16 @@ def _bounds(interval, percent: bool) -> str:
     return "[" + ", ".join(f"{v:.1%}" if percent else f"{v:.3g}" for v in interval) + "]"
 
 
-def intervals_lines(result: dict, part: str, rows) -> list[str]:
+def intervals_lines(result: dict, part: str, rows, header: bool = True) -> list[str]:
     """95 % bootstrap intervals over the prompts (``over_prompts``) of ``part``'s figures ``rows`` ((key, label)):
-    shares as they are, else each row's accuracy and KL, trained beside untrained."""
+    shares as they are, else each row's accuracy and KL, trained beside untrained; ``header``: the line saying so
+    first (left out to continue the lines of another part)."""
     t, u = result["trained"]["intervals"].get(part), result["untrained"]["intervals"].get(part)
     if t is None:
         return []
     first, last = result.get("twin_seeds", (None, None))
     lines = [f"  95 % bootstrap intervals over the {result['n_prompts']} prompts (trained; untrained, a twin of its "
-             f"own per prompt, seeds {first}–{last}):"]
+             f"own per prompt, seeds {first}–{last}):"] if header else []
     for key, label in rows:
         if part == "share":
             lines.append(f"    {label}: {_bounds(t[key], True)}; {_bounds(u[key], True)}")

@@ -126,8 +126,9 @@ def test_a_clean_run_is_ok_and_counts_every_skip_reason(tmp_path):
         {"op": "scan", "n": 1 << 20, "wall_s": 0.1, "finite": True, "compile_requested": True, "path": "eager",
          "compile_failures": {"scan on cuda": "BackendCompilerFailed: no C compiler"}}]), (0, 0),
      "no C compiler"),
-    (GOOD_CASES, dict(GOOD_BENCH, position_updates={"Ts": [dict(GOOD_BENCH["position_updates"]["Ts"][0], torch_compiled={
-        "position_updates_s": 1e-3, "block_s": 1e-3, "path": "mixed"})]}), (0, 0),
+    (GOOD_CASES, dict(GOOD_BENCH, position_updates={"Ts": [dict(
+        GOOD_BENCH["position_updates"]["Ts"][0],
+        torch_compiled={"position_updates_s": 1e-3, "block_s": 1e-3, "path": "mixed"})]}), (0, 0),
      "the updates at every position at T = 256: mixed"),
     (GOOD_CASES, dict(GOOD_BENCH, model_updates=dict(GOOD_BENCH["model_updates"], compiled={
         "updates_s": 0.3, "forward_s": 0.1, "path": "eager"})), (0, 0), "the whole model: eager"),

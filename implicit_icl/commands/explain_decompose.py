@@ -50,8 +50,8 @@ def _queries(args, model, ids) -> list[int]:
 
 def explain_decompose(args, model, task=None) -> tuple[dict, list, bool]:
     """``(report, texts, ok)`` for ``explain --decompose`` (``ok``: the full-update KL is round-off, trained and
-    untrained, for the prompt and for every prompt of the task). ``task(n, n_pairs, seed) -> (ids, description)``: ``n`` random prompts of the
-    model's task with ``n_pairs`` shown pairs (their queries: its shown keys), or None."""
+    untrained, for the prompt and for every prompt of the task). ``task(n, n_pairs, seed) -> (ids, description)``:
+    ``n`` random prompts of the model's task with ``n_pairs`` shown pairs (their queries: its shown keys), or None."""
     from implicit_icl.models.bundled import describe
     from implicit_icl.models.decompose import check_causal_lm
     from implicit_icl.models.decompose_report import identity_max_kl, one_prompt, over_prompts, text, write_report
